@@ -1,0 +1,53 @@
+"""errands: background tasks that a web application's users can watch.
+
+The public API is what this module exports; everything else is internal.
+"""
+
+from .app import ANY_OWNER, Errands, SyncErrands
+from .context import TaskContext
+from .errors import (
+    ConfigurationError,
+    ErrandsError,
+    InvalidPayload,
+    InvalidTransition,
+    PayloadTooLarge,
+    Retry,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+    TaskTimeout,
+    UnknownTask,
+    WaitTimeout,
+)
+from .records import Page, Progress, Status, TaskError, TaskRecord
+from .registry import TaskDefinition
+from .worker import Worker, WorkerSettings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANY_OWNER",
+    "ConfigurationError",
+    "Errands",
+    "ErrandsError",
+    "InvalidPayload",
+    "InvalidTransition",
+    "Page",
+    "PayloadTooLarge",
+    "Progress",
+    "Retry",
+    "Status",
+    "SyncErrands",
+    "TaskCancelled",
+    "TaskContext",
+    "TaskDefinition",
+    "TaskError",
+    "TaskFailed",
+    "TaskNotFound",
+    "TaskRecord",
+    "TaskTimeout",
+    "UnknownTask",
+    "WaitTimeout",
+    "Worker",
+    "WorkerSettings",
+]

@@ -1,0 +1,615 @@
+"""The ``Errands`` facade: task registry, submit / get / list / cancel / wait, workers.
+
+The async methods are the core; ``app.sync`` offers the same methods to synchronous
+code. Both run the same store functions (``errands.store``), the async ones on a small
+thread pool, the sync ones in the calling thread.
+
+Every method an end user's request can reach takes ``owner``. Pass the user's id; a
+task of another owner raises :class:`TaskNotFound` exactly as a missing id does.
+Administrative code (the CLI, admin pages) passes :data:`ANY_OWNER` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from pydantic import BaseModel
+from sqlalchemy import Connection, event
+from sqlalchemy.engine import URL
+
+from .engines import Engine, SqlEngine
+from .errors import ConfigurationError, PayloadTooLarge, TaskNotFound, WaitTimeout
+from .events import notifier_for
+from .ids import is_task_id, new_task_id
+from .records import Page, Progress, Status, TaskRecord
+from .registry import Backoff, Executor, Registry, TaskDefinition, make_definition
+from .store import tasks
+from .store.database import Database
+from .store.queue import Change
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _AnyOwner:
+    def __repr__(self) -> str:
+        return "ANY_OWNER"
+
+
+#: Pass as ``owner=`` from administrative code to act on every owner's tasks.
+ANY_OWNER: Any = _AnyOwner()
+
+DEFAULT_MAX_PAYLOAD = 256 * 1024
+
+
+def owner_filter(owner: object) -> str | None:
+    """The owner to put in a query: a user's id, or None for :data:`ANY_OWNER`."""
+    if owner is ANY_OWNER:
+        return None
+    if not isinstance(owner, str) or not owner:
+        raise ValueError("owner must be a non-empty string (or ANY_OWNER for admin code)")
+    return owner
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _as_datetime(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class Errands:
+    """An errands application: a database, an engine and the registered tasks.
+
+    ``Errands("sqlite:///errands.db")``; with no URL, ``$ERRANDS_DATABASE_URL`` or
+    ``sqlite:///errands.db``. Nothing connects until the first operation.
+    """
+
+    def __init__(
+        self,
+        database_url: str | URL | None = None,
+        *,
+        engine: str = "sql",
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+        default_retention: timedelta | None = timedelta(days=7),
+        pool_size: int | None = None,
+    ) -> None:
+        self.db = Database(database_url, pool_size=pool_size)
+        self.notifier = notifier_for(self.db)
+        if engine != "sql":
+            raise ConfigurationError(f"unknown engine {engine!r} (available: 'sql')")
+        self.engine: Engine = SqlEngine(self.notifier)
+        self.registry = Registry()
+        self.max_payload_bytes = max_payload_bytes
+        self.default_retention = default_retention
+        self.watchers = Watchers(self)
+        self.sync = SyncErrands(self)
+
+    # -- registering tasks -----------------------------------------------------------
+    @overload
+    def task(self, fn: F, /) -> TaskDefinition: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        max_attempts: int = 3,
+        timeout: float | None = None,
+        priority: int = 0,
+        backoff: Backoff = 1.0,
+        backoff_max: float = 300.0,
+        executor: Executor | None = None,
+        retention: timedelta | float | None = None,
+        payload: type[BaseModel] | None = None,
+    ) -> Callable[[F], TaskDefinition]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        max_attempts: int = 3,
+        timeout: float | None = None,
+        priority: int = 0,
+        backoff: Backoff = 1.0,
+        backoff_max: float = 300.0,
+        executor: Executor | None = None,
+        retention: timedelta | float | None = None,
+        payload: type[BaseModel] | None = None,
+    ) -> Any:
+        """Register ``fn(ctx, payload)`` as a task.
+
+        - ``max_attempts``: runs in all, counting retries (default 3).
+        - ``timeout``: seconds per attempt; a timed-out attempt fails (and is retried
+          while attempts remain).
+        - ``priority``: higher runs first.
+        - ``backoff``: base seconds of the exponential retry delay (with jitter), or a
+          function ``attempt -> seconds``; ``backoff_max`` caps it.
+        - ``executor``: ``"async"`` (coroutine functions, the default for them),
+          ``"thread"`` (plain functions, their default) or ``"process"`` (CPU-bound
+          plain functions, each attempt in a worker child process).
+        - ``retention``: how long a finished record is kept (``timedelta`` or seconds;
+          ``math.inf`` keeps it forever); default: the app's ``default_retention``.
+        - ``payload``: the pydantic model of the payload; by default the annotation of
+          the function's second parameter (a plain ``dict`` accepts any JSON object).
+        """
+
+        def register(f: Callable[..., Any]) -> TaskDefinition:
+            definition = make_definition(
+                f,
+                name=name,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                priority=priority,
+                backoff=backoff,
+                backoff_max=backoff_max,
+                executor=executor,
+                retention=retention,
+                payload=payload,
+            )
+            self.registry.add(definition)
+            return definition
+
+        return register(fn) if fn is not None else register
+
+    def expiry(self, name: str, now: float) -> datetime | None:
+        """When a record of task ``name`` finished at ``now`` may be purged (None: never)."""
+        keep = self.default_retention
+        definition = self.registry.find(name)
+        if definition is not None and not definition.default_retention:
+            keep = definition.retention
+        if keep is None or keep == timedelta.max:
+            return None
+        return _as_datetime(now) + keep
+
+    # -- submit ----------------------------------------------------------------------
+    def _prepare(
+        self,
+        name: str,
+        payload: Any,
+        owner: str,
+        priority: int | None,
+        run_at: datetime | timedelta | None,
+    ) -> tuple[TaskRecord, dict[str, Any], dict[str, Any]]:
+        if not isinstance(owner, str) or not owner:
+            raise ValueError("owner must be a non-empty string")
+        if len(owner) > 255:
+            raise ValueError("owner must be at most 255 characters")
+        definition = self.registry.get(name)
+        _, stored = definition.parse(payload)
+        size = len(json.dumps(stored, separators=(",", ":")).encode())
+        if size > self.max_payload_bytes:
+            raise PayloadTooLarge(size, self.max_payload_bytes)
+        now = _now()
+        if run_at is None:
+            start = now
+        elif isinstance(run_at, timedelta):
+            start = now + run_at.total_seconds()
+        elif isinstance(run_at, datetime):
+            if run_at.tzinfo is None:
+                raise ValueError("run_at must be timezone-aware")
+            start = run_at.timestamp()
+        else:
+            raise TypeError("run_at must be a datetime or a timedelta")
+        prio = definition.priority if priority is None else int(priority)
+        stamp = _as_datetime(now)
+        task_id = new_task_id(now)
+        row = {
+            "id": task_id,
+            "owner": owner,
+            "name": name,
+            "payload": stored,
+            "status": Status.QUEUED.value,
+            "attempts": 0,
+            "max_attempts": definition.max_attempts,
+            "priority": prio,
+            "run_at": _as_datetime(start),
+            "cancel_requested": False,
+            "version": 1,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        job = {"task_id": task_id, "name": name, "owner": owner, "priority": prio, "run_at": start}
+        record = TaskRecord(
+            id=task_id, owner=owner, name=name, payload=stored, status=Status.QUEUED,
+            progress=Progress(), result=None, error=None, attempts=0,
+            max_attempts=definition.max_attempts, priority=prio, run_at=row["run_at"],
+            cancel_requested=False, version=1, created_at=stamp, updated_at=stamp,
+            started_at=None, finished_at=None, expires_at=None,
+        )
+        return record, row, job
+
+    def _create(self, conn: Connection, row: dict[str, Any], job: dict[str, Any]) -> None:
+        tasks.insert_task(conn, row)
+        self.engine.enqueue(conn, job)
+
+    def _submitted(self, record: TaskRecord) -> None:
+        self.engine.after_commit([record.id])
+        self.notifier.publish_changes(
+            [Change(record.id, record.owner, record.version, record.status)]
+        )
+
+    async def submit(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        owner: str,
+        priority: int | None = None,
+        run_at: datetime | timedelta | None = None,
+        connection: Any = None,
+    ) -> TaskRecord:
+        """Create a task record for ``owner`` and queue it; returns the record.
+
+        With ``connection=`` (a SQLAlchemy ``Connection``, ``Session``,
+        ``AsyncConnection`` or ``AsyncSession`` on the same database) the record and
+        its job are written in the caller's transaction: rolled back, nothing exists;
+        committed, it runs.
+        """
+        record, row, job = self._prepare(name, payload, owner, priority, run_at)
+        if connection is None:
+            await self.db.awrite(self._create, row, job)
+            self._submitted(record)
+            return record
+        self.db.ensure_schema()
+        sync_obj = await _run_in_caller(connection, partial(self._create, row=row, job=job))
+        _on_commit(sync_obj, partial(self._submitted, record))
+        return record
+
+    # -- reading -----------------------------------------------------------------------
+    async def get(self, task_id: str, *, owner: str) -> TaskRecord:
+        """The task's record; :class:`TaskNotFound` if there is none for this owner."""
+        who = owner_filter(owner)
+        if not isinstance(task_id, str) or not is_task_id(task_id):
+            raise TaskNotFound()
+        record = await self.db.aread(tasks.get, task_id, who)
+        if record is None:
+            raise TaskNotFound()
+        return record
+
+    async def list(
+        self,
+        *,
+        owner: str,
+        status: Status | str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """The owner's tasks, newest first, ``limit`` (1–500) at a time."""
+        args = _list_args(owner, status, limit, cursor)
+        items, next_cursor = await self.db.aread(tasks.list_page, *args, name=name)
+        return Page(items, next_cursor)
+
+    async def outputs(
+        self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, Any]]:
+        """Items the task emitted with sequence number greater than ``after``."""
+        who = owner_filter(owner)
+        if not is_task_id(task_id):
+            raise TaskNotFound()
+        items = await self.db.aread(tasks.outputs, task_id, who, after=after, limit=limit)
+        if items is None:
+            raise TaskNotFound()
+        return items
+
+    # -- changing --------------------------------------------------------------------
+    def _cancel_op(self, conn: Connection, task_id: str, who: str | None) -> tuple[
+        TaskRecord | None, bool
+    ]:
+        now = _now()
+        return tasks.cancel(conn, task_id, who, _as_datetime(now), partial(self.expiry, now=now))
+
+    def _cancelled(self, record: TaskRecord | None, ask_worker: bool) -> TaskRecord:
+        if record is None:
+            raise TaskNotFound()
+        if ask_worker:
+            self.engine.request_cancel([record.id])
+        self.notifier.publish_changes(
+            [Change(record.id, record.owner, record.version, record.status)]
+        )
+        return record
+
+    async def cancel(self, task_id: str, *, owner: str) -> TaskRecord:
+        """Cancel a task: a queued one at once, a running one as soon as its worker
+        hears of it. A finished task is returned unchanged."""
+        who = owner_filter(owner)
+        if not is_task_id(task_id):
+            raise TaskNotFound()
+        return self._cancelled(*await self.db.awrite(self._cancel_op, task_id, who))
+
+    async def delete(self, task_id: str, *, owner: str) -> None:
+        """Delete a finished task and its output (cancel it first if it is active)."""
+        who = owner_filter(owner)
+        if not is_task_id(task_id):
+            raise TaskNotFound()
+        if not await self.db.awrite(tasks.delete_finished, task_id, who):
+            record = await self.get(task_id, owner=owner)
+            raise _not_finished(record)
+
+    async def wait(
+        self, task_id: str, *, owner: str, timeout: float | None = None, poll: float = 1.0
+    ) -> TaskRecord:
+        """Wait until the task is finished and return its record.
+
+        Woken by change notifications; ``poll`` seconds is the fallback check interval.
+        Raises :class:`WaitTimeout` (with ``.record``) after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake() -> None:
+            with _suppress_closed_loop():
+                loop.call_soon_threadsafe(changed.set)
+
+        deadline = None if timeout is None else loop.time() + timeout
+        with self.watchers.watch(task_id, wake):
+            while True:
+                changed.clear()
+                record = await self.get(task_id, owner=owner)
+                if record.done:
+                    return record
+                wait_for = poll
+                if deadline is not None:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise WaitTimeout(record)
+                    wait_for = min(poll, remaining)
+                try:
+                    await asyncio.wait_for(changed.wait(), wait_for)
+                except TimeoutError:
+                    pass
+
+    async def purge(self, *, batch: int = 500, limit: int | None = None) -> int:
+        """Delete expired finished records and their outputs, ``batch`` rows per
+        transaction (so no long lock stalls the workers). Returns how many went."""
+        total = 0
+        while limit is None or total < limit:
+            size = batch if limit is None else min(batch, limit - total)
+            n = await self.db.awrite(tasks.purge_expired, _as_datetime(_now()), size)
+            total += n
+            if n < size:
+                break
+        return total
+
+    # -- workers -----------------------------------------------------------------------
+    def worker(self, **settings: Any) -> Worker:
+        """A worker for this app; ``await worker.run()``. See :class:`WorkerSettings`."""
+        from .worker import WorkerSettings
+
+        return self.engine.worker(self, WorkerSettings(**settings))
+
+    def run_worker(self, **settings: Any) -> None:
+        """Run a worker in this thread until it is stopped (or drained, with burst)."""
+        asyncio.run(self.worker(**settings).run())
+
+    def migrate(self) -> None:
+        """Bring the database schema to the newest migration."""
+        self.db.migrate()
+
+    def close(self) -> None:
+        self.notifier.close()
+        self.db.close()
+
+
+def _list_args(
+    owner: object, status: Status | str | None, limit: int, cursor: str | None
+) -> tuple[str | None, Any, ...]:
+    who = owner_filter(owner)
+    if not 1 <= limit <= 500:
+        raise ValueError("limit must be between 1 and 500")
+    state = Status(status) if status is not None else None
+    if cursor is not None and not is_task_id(cursor):
+        raise ValueError("invalid cursor")
+    return who, state, limit, cursor  # type: ignore[return-value]
+
+
+def _not_finished(record: TaskRecord) -> Exception:
+    from .errors import InvalidTransition
+
+    return InvalidTransition(f"the task is {record.status.value}; cancel it before deleting it")
+
+
+class _suppress_closed_loop:  # noqa: N801
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        return exc_type is RuntimeError  # the waiting loop has closed
+
+
+async def _run_in_caller(connection: Any, fn: Callable[[Connection], None]) -> Any:
+    """Run ``fn`` on the caller's connection or session; return the sync object whose
+    commit means the work is durable."""
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+    if isinstance(connection, AsyncSession):
+        await connection.run_sync(lambda s: fn(s.connection()))
+        return connection.sync_session
+    if isinstance(connection, AsyncConnection):
+        await connection.run_sync(fn)
+        return connection.sync_connection
+    return run_in_caller_sync(connection, fn)
+
+
+def run_in_caller_sync(connection: Any, fn: Callable[[Connection], None]) -> Any:
+    from sqlalchemy.orm import Session
+
+    if isinstance(connection, Session):
+        fn(connection.connection())
+        return connection
+    if isinstance(connection, Connection):
+        fn(connection)
+        return connection
+    raise TypeError("connection must be a SQLAlchemy Connection, Session or their async forms")
+
+
+def _on_commit(sync_obj: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` when the caller's transaction commits."""
+    from sqlalchemy.orm import Session
+
+    if isinstance(sync_obj, Session):
+        event.listen(sync_obj, "after_commit", lambda _s: callback(), once=True)
+    else:
+        # Connection events fire just before the commit; workers re-check shortly
+        # after an empty wake-up, so the hint is not lost.
+        event.listen(sync_obj, "commit", lambda _c: callback(), once=True)
+
+
+class Watchers:
+    """Routes change notifications to whoever waits on a task, in this process."""
+
+    def __init__(self, app: Errands) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self._by_task: dict[str, set[Callable[[], None]]] = {}
+        self._subscription: Any = None
+
+    def watch(self, task_id: str, callback: Callable[[], None]) -> _Watch:
+        with self._lock:
+            if self._subscription is None:
+                self._subscription = self._app.notifier.subscribe_changes(self._on_changes)
+            self._by_task.setdefault(task_id, set()).add(callback)
+        return _Watch(self, task_id, callback)
+
+    def _unwatch(self, task_id: str, callback: Callable[[], None]) -> None:
+        with self._lock:
+            callbacks = self._by_task.get(task_id)
+            if callbacks is not None:
+                callbacks.discard(callback)
+                if not callbacks:
+                    del self._by_task[task_id]
+
+    def _on_changes(self, changes: Sequence[Change]) -> None:
+        with self._lock:
+            hits = [cb for c in changes for cb in self._by_task.get(c.task_id, ())]
+        for cb in hits:
+            cb()
+
+
+class _Watch:
+    def __init__(self, watchers: Watchers, task_id: str, callback: Callable[[], None]) -> None:
+        self._watchers, self._task_id, self._callback = watchers, task_id, callback
+
+    def __enter__(self) -> _Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._watchers._unwatch(self._task_id, self._callback)  # noqa: SLF001
+
+
+class SyncErrands:
+    """The same operations for synchronous code: ``app.sync.submit(...)``."""
+
+    def __init__(self, app: Errands) -> None:
+        self._app = app
+
+    def submit(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        owner: str,
+        priority: int | None = None,
+        run_at: datetime | timedelta | None = None,
+        connection: Any = None,
+    ) -> TaskRecord:
+        app = self._app
+        record, row, job = app._prepare(name, payload, owner, priority, run_at)  # noqa: SLF001
+        if connection is None:
+            app.db.write(app._create, row, job)  # noqa: SLF001
+            app._submitted(record)  # noqa: SLF001
+            return record
+        app.db.ensure_schema()
+        sync_obj = run_in_caller_sync(connection, partial(app._create, row=row, job=job))  # noqa: SLF001
+        _on_commit(sync_obj, partial(app._submitted, record))  # noqa: SLF001
+        return record
+
+    def get(self, task_id: str, *, owner: str) -> TaskRecord:
+        who = owner_filter(owner)
+        if not isinstance(task_id, str) or not is_task_id(task_id):
+            raise TaskNotFound()
+        record = self._app.db.read(tasks.get, task_id, who)
+        if record is None:
+            raise TaskNotFound()
+        return record
+
+    def list(
+        self,
+        *,
+        owner: str,
+        status: Status | str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        args = _list_args(owner, status, limit, cursor)
+        items, next_cursor = self._app.db.read(tasks.list_page, *args, name=name)
+        return Page(items, next_cursor)
+
+    def outputs(
+        self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, Any]]:
+        who = owner_filter(owner)
+        if not is_task_id(task_id):
+            raise TaskNotFound()
+        items = self._app.db.read(tasks.outputs, task_id, who, after=after, limit=limit)
+        if items is None:
+            raise TaskNotFound()
+        return items
+
+    def cancel(self, task_id: str, *, owner: str) -> TaskRecord:
+        app = self._app
+        who = owner_filter(owner)
+        if not is_task_id(task_id):
+            raise TaskNotFound()
+        return app._cancelled(*app.db.write(app._cancel_op, task_id, who))  # noqa: SLF001
+
+    def delete(self, task_id: str, *, owner: str) -> None:
+        who = owner_filter(owner)
+        if not is_task_id(task_id):
+            raise TaskNotFound()
+        if not self._app.db.write(tasks.delete_finished, task_id, who):
+            raise _not_finished(self.get(task_id, owner=owner))
+
+    def wait(
+        self, task_id: str, *, owner: str, timeout: float | None = None, poll: float = 1.0
+    ) -> TaskRecord:
+        changed = threading.Event()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._app.watchers.watch(task_id, changed.set):
+            while True:
+                changed.clear()
+                record = self.get(task_id, owner=owner)
+                if record.done:
+                    return record
+                wait_for = poll
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise WaitTimeout(record)
+                    wait_for = min(poll, remaining)
+                changed.wait(wait_for)
+
+    def purge(self, *, batch: int = 500, limit: int | None = None) -> int:
+        total = 0
+        while limit is None or total < limit:
+            size = batch if limit is None else min(batch, limit - total)
+            n = self._app.db.write(tasks.purge_expired, _as_datetime(_now()), size)
+            total += n
+            if n < size:
+                break
+        return total
+

@@ -1,0 +1,98 @@
+"""TaskContext: what a running task function gets as its first argument.
+
+Progress is coalesced: ``progress()`` only records the newest value in memory, and the
+worker writes it at most once per ``progress_interval`` per task (and once more with
+the final outcome), so a tight loop of calls costs a bounded number of writes and the
+last value is always the one stored. Emitted items are buffered and written in order,
+in batches, before the task's outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+from .errors import TaskCancelled
+
+_log = logging.getLogger("errands.task")
+
+
+class TaskContext:
+    """Handle of one attempt of one task, given to the task function."""
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        owner: str,
+        name: str,
+        attempt: int,
+        max_attempts: int,
+    ) -> None:
+        self.task_id = task_id
+        self.owner = owner
+        self.name = name
+        #: 1 for the first run, 2 for the first retry, …
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.logger = logging.LoggerAdapter(_log, {"task_id": task_id, "task_name": name})
+        self._lock = threading.Lock()
+        self._progress: tuple[float | None, float | None, str | None] | None = None
+        self._progress_dirty = False
+        self._outputs: list[Any] = []
+        self._cancel = threading.Event()
+
+    # -- progress and output -----------------------------------------------------------
+    def progress(
+        self, current: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report progress: ``current`` of ``total`` (both optional units), and a message."""
+        if message is not None and len(message) > 1000:
+            message = message[:1000]
+        with self._lock:
+            self._progress = (current, total, message)
+            self._progress_dirty = True
+
+    def emit(self, item: Any) -> None:
+        """Append one JSON-serializable item to the task's output, readable while it runs."""
+        value = to_jsonable_python(item)
+        with self._lock:
+            self._outputs.append(value)
+
+    # -- cancellation ------------------------------------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        """True once the task's owner asked to cancel it (or the worker is stopping it)."""
+        return self._cancel.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise TaskCancelled()
+
+    # -- used by the worker ------------------------------------------------------------
+    def _request_cancel(self) -> None:
+        self._cancel.set()
+
+    def _take_progress(self) -> tuple[float | None, float | None, str | None] | None:
+        """The newest progress if it changed since the last call, else None."""
+        with self._lock:
+            if not self._progress_dirty:
+                return None
+            self._progress_dirty = False
+            return self._progress
+
+    def _final_progress(self) -> tuple[float | None, float | None, str | None] | None:
+        with self._lock:
+            self._progress_dirty = False
+            return self._progress
+
+    def _take_outputs(self) -> list[Any]:
+        with self._lock:
+            items, self._outputs = self._outputs, []
+            return items
+
+    def __repr__(self) -> str:
+        return f"<TaskContext {self.name} {self.task_id} attempt {self.attempt}>"

@@ -1,0 +1,1 @@
+"""Alembic migrations of the errands schema (run by ``errands migrate``)."""

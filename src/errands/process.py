@@ -1,0 +1,206 @@
+"""Child processes for ``executor="process"`` tasks (CPU-bound work).
+
+Each child runs one attempt at a time. The parent sends the task's import path and
+payload over a pipe; the child imports the task definition, runs it with a real
+``TaskContext`` and sends back coalesced progress, emitted items and the outcome. A
+timeout or a cancel kills the child (a plain function cannot be interrupted any other
+way) and the pool starts a fresh one when needed. Children use the ``spawn`` start
+method: the worker's threads and sockets are never copied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import multiprocessing
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from pydantic_core import to_jsonable_python
+
+from .context import TaskContext
+from .errors import ErrandsError, Retry
+
+if TYPE_CHECKING:
+    from .worker import Execution
+
+_FLUSH_SECONDS = 0.05
+
+
+class ChildDied(ErrandsError):
+    """The process running the task stopped unexpectedly."""
+
+
+class RemoteError(Exception):
+    """An exception raised in a child process, rebuilt in the worker."""
+
+    def __init__(self, type_name: str, message: str, detail: str, retry_delay: float | None,
+                 safe: bool) -> None:
+        super().__init__(message)
+        self.type_name, self.message, self.detail = type_name, message, detail
+        self.retry_delay, self.safe = retry_delay, safe
+
+
+class _Child:
+    def __init__(self, ctx: Any) -> None:
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_child_main, args=(child_conn,), daemon=True)
+        self.process.start()
+        child_conn.close()
+        self.execution: Execution | None = None
+        self.future: asyncio.Future[Any] | None = None
+
+
+class ProcessPool:
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, app_path: str | None) -> None:
+        self._loop = loop
+        self._size = size
+        self._mp = multiprocessing.get_context("spawn")
+        self._idle: list[_Child] = []
+        self._busy: dict[str, _Child] = {}
+
+    def run(self, exe: Execution, stored_payload: Any) -> asyncio.Future[Any]:
+        child = self._idle.pop() if self._idle else _Child(self._mp)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        child.execution, child.future = exe, future
+        self._busy[exe.job.task_id] = child
+        fn = exe.definition.fn
+        job = exe.job
+        child.conn.send((
+            "run", fn.__module__, fn.__qualname__, stored_payload,
+            {"task_id": job.task_id, "owner": job.owner, "name": job.name,
+             "attempt": job.attempt, "max_attempts": job.max_attempts},
+        ))
+        self._loop.add_reader(child.conn.fileno(), self._readable, child)
+        return future
+
+    def _readable(self, child: _Child) -> None:
+        try:
+            while child.conn.poll():
+                self._handle(child, child.conn.recv())
+                if child.execution is None:
+                    return
+        except (EOFError, OSError):
+            self._discard(child, ChildDied())
+
+    def _handle(self, child: _Child, message: tuple[Any, ...]) -> None:
+        exe, future = child.execution, child.future
+        assert exe is not None and future is not None
+        kind = message[0]
+        if kind == "progress":
+            exe.ctx.progress(*message[1])
+        elif kind == "emit":
+            for item in message[1]:
+                exe.ctx.emit(item)
+        elif kind in ("ok", "error"):
+            self._loop.remove_reader(child.conn.fileno())
+            self._busy.pop(exe.job.task_id, None)
+            child.execution = child.future = None
+            if len(self._idle) < self._size:
+                self._idle.append(child)
+            else:
+                self._terminate(child)
+            if future.done():
+                return
+            if kind == "ok":
+                future.set_result(message[1])
+            else:
+                future.set_exception(RemoteError(*message[1:]))
+
+    def kill(self, exe: Execution) -> None:
+        child = self._busy.get(exe.job.task_id)
+        if child is not None:
+            self._discard(child, None)
+
+    def _discard(self, child: _Child, error: BaseException | None) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(child.conn.fileno())
+        if child.execution is not None:
+            self._busy.pop(child.execution.job.task_id, None)
+        future = child.future
+        child.execution = child.future = None
+        self._terminate(child)
+        if future is not None and not future.done():
+            if error is None:
+                future.cancel()
+            else:
+                future.set_exception(error)
+
+    @staticmethod
+    def _terminate(child: _Child) -> None:
+        with contextlib.suppress(Exception):
+            child.process.kill()
+            child.process.join(timeout=5)
+        with contextlib.suppress(Exception):
+            child.conn.close()
+
+    def close(self) -> None:
+        for child in list(self._busy.values()):
+            self._discard(child, None)
+        for child in self._idle:
+            with contextlib.suppress(Exception):
+                child.conn.send(("exit",))
+            self._terminate(child)
+        self._idle.clear()
+
+
+# -- the child side ---------------------------------------------------------------------
+def _child_main(conn: Connection) -> None:
+    lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:
+            conn.send(message)
+
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if message[0] != "run":
+            return
+        _, module_name, qualname, stored, info = message
+        ctx = TaskContext(**info)
+        stop = threading.Event()
+        pump = threading.Thread(target=_pump, args=(ctx, send, stop), daemon=True)
+        pump.start()
+        try:
+            definition = _resolve(module_name, qualname)
+            result = definition.fn(ctx, definition.load(stored))
+            value = to_jsonable_python(result)
+            reply: tuple[Any, ...] = ("ok", value)
+        except BaseException as exc:  # noqa: BLE001 - reported to the worker
+            safe = isinstance(exc, ErrandsError)
+            reply = ("error", type(exc).__name__, exc.message if safe else str(exc),  # type: ignore[attr-defined]
+                     "".join(traceback.format_exception(exc)),
+                     exc.delay if isinstance(exc, Retry) else None, safe)
+        stop.set()
+        pump.join()
+        _send_pending(ctx, send)
+        send(reply)
+
+
+def _resolve(module_name: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not hasattr(obj, "load"):
+        raise ErrandsError("the process task is not reachable at module level")
+    return obj
+
+
+def _pump(ctx: TaskContext, send: Any, stop: threading.Event) -> None:
+    while not stop.wait(_FLUSH_SECONDS):
+        _send_pending(ctx, send)
+
+
+def _send_pending(ctx: TaskContext, send: Any) -> None:
+    progress = ctx._take_progress()  # noqa: SLF001
+    if progress is not None:
+        send(("progress", progress))
+    items = ctx._take_outputs()  # noqa: SLF001
+    if items:
+        send(("emit", items))

@@ -1,0 +1,101 @@
+"""What callers get back: the task record and its parts.
+
+A :class:`TaskRecord` is an immutable snapshot of one row of ``errands_task``. Every
+change to the row bumps ``version``, so two snapshots with the same id and version are
+the same state.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    """The states of a task record. See the status machine in docs/design.md."""
+
+    #: Waiting for a worker (first run, or a retry waiting for its backoff).
+    QUEUED = "queued"
+    #: A worker holds the task's lease and runs it.
+    RUNNING = "running"
+    #: Finished; ``result`` holds the return value.
+    SUCCEEDED = "succeeded"
+    #: Finished with an error (attempts spent, timeout, worker lost); see ``error``.
+    FAILED = "failed"
+    #: Cancelled before or while running.
+    CANCELLED = "cancelled"
+
+    @property
+    def done(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+ACTIVE = frozenset({Status.QUEUED, Status.RUNNING})
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    current: float | None = None
+    total: float | None = None
+    message: str | None = None
+
+    @property
+    def percent(self) -> float | None:
+        """0–100 when both current and total are known, else None."""
+        if self.current is None or not self.total:
+            return None
+        return max(0.0, min(100.0, 100.0 * self.current / self.total))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """A user-safe description of why a task failed (never a traceback)."""
+
+    type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    id: str
+    owner: str
+    name: str
+    payload: Any
+    status: Status
+    progress: Progress
+    result: Any
+    error: TaskError | None
+    attempts: int
+    max_attempts: int
+    priority: int
+    run_at: datetime
+    cancel_requested: bool
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime | None
+    #: The traceback of the last failure: for administrators only, never shown to users.
+    error_detail: str | None = field(default=None, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a listing, newest first. Pass ``next_cursor`` to get the next page."""
+
+    items: list[TaskRecord]
+    next_cursor: str | None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)

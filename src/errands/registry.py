@@ -1,0 +1,184 @@
+"""Task definitions: a function registered under a name with its payload schema and
+options (``@app.task``)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal, get_type_hints
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
+
+from .errors import ConfigurationError, InvalidPayload, UnknownTask
+
+Executor = Literal["async", "thread", "process"]
+Backoff = float | Callable[[int], float]
+
+
+
+def compute_backoff(backoff: Backoff, attempt: int, cap: float) -> float:
+    """Seconds to wait before the attempt after ``attempt`` (1-based).
+
+    A number is the base of an exponential backoff with "equal jitter": the delay
+    ``min(cap, base * 2 ** (attempt - 1))`` is halved and a random share of the other
+    half is added, so retries of many tasks that failed together spread out. A
+    callable gets the attempt number and returns the delay itself.
+    """
+    if callable(backoff):
+        return max(0.0, float(backoff(attempt)))
+    delay = min(cap, backoff * (2 ** (attempt - 1)))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+@dataclass(eq=False)
+class TaskDefinition:
+    """A registered task. Calling it calls the function directly (for tests)."""
+
+    name: str
+    fn: Callable[..., Any]
+    payload_model: type[BaseModel] | None
+    executor: Executor
+    max_attempts: int = 3
+    timeout: float | None = None
+    priority: int = 0
+    backoff: Backoff = 1.0
+    backoff_max: float = 300.0
+    retention: timedelta | None = None
+    #: True when ``retention`` was not given and the app's default applies.
+    default_retention: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def parse(self, payload: Any) -> tuple[Any, Any]:
+        """Validate ``payload``: (value for the function, JSON-ready value to store)."""
+        if self.payload_model is None:
+            try:
+                value = to_jsonable_python(payload if payload is not None else {})
+                json.dumps(value)
+            except (TypeError, ValueError) as exc:
+                raise InvalidPayload("the payload is not JSON-serializable") from exc
+            return value, value
+        try:
+            model = self.payload_model.model_validate(payload if payload is not None else {})
+        except ValidationError as exc:
+            errors = [
+                {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_url=False, include_context=False, include_input=False)
+            ]
+            parts = [
+                f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in errors
+            ]
+            raise InvalidPayload("invalid payload: " + "; ".join(parts), errors) from None
+        return model, model.model_dump(mode="json")
+
+    def load(self, stored: Any) -> Any:
+        """The function's payload argument from the stored JSON."""
+        if self.payload_model is None:
+            return stored
+        return self.payload_model.model_validate(stored)
+
+
+def _payload_model(fn: Callable[..., Any], explicit: type[BaseModel] | None) -> type[BaseModel] | None:
+    if explicit is not None:
+        return explicit
+    params = list(inspect.signature(fn).parameters.values())
+    if len(params) < 2:
+        raise ConfigurationError(
+            f"task {fn.__name__!r} must take (ctx, payload): the payload is its second argument"
+        )
+    try:
+        hints = get_type_hints(fn)
+    except Exception:  # unresolvable forward references: fall back to the raw annotation
+        hints = {}
+    annotation = hints.get(params[1].name, params[1].annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def make_definition(
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    max_attempts: int,
+    timeout: float | None,
+    priority: int,
+    backoff: Backoff,
+    backoff_max: float,
+    executor: Executor | None,
+    retention: timedelta | float | None,
+    payload: type[BaseModel] | None,
+) -> TaskDefinition:
+    if max_attempts < 1:
+        raise ConfigurationError("max_attempts must be at least 1")
+    if timeout is not None and timeout <= 0:
+        raise ConfigurationError("timeout must be positive")
+    is_async = inspect.iscoroutinefunction(fn)
+    if executor is None:
+        executor = "async" if is_async else "thread"
+    if executor not in ("async", "thread", "process"):
+        raise ConfigurationError("executor must be 'async', 'thread' or 'process'")
+    if executor == "async" and not is_async:
+        raise ConfigurationError(f"task {fn.__name__!r} is not a coroutine function")
+    if executor != "async" and is_async:
+        raise ConfigurationError(f"executor={executor!r} needs a plain (def) function")
+    if executor == "process" and ("<locals>" in fn.__qualname__ or fn.__module__ is None):
+        raise ConfigurationError("a process task must be a module-level function")
+    keep: timedelta | None
+    if retention is None:
+        keep = None
+    elif isinstance(retention, timedelta):
+        keep = retention
+    elif math.isinf(retention):
+        keep = timedelta.max
+    else:
+        keep = timedelta(seconds=retention)
+    return TaskDefinition(
+        name=name or fn.__name__,
+        fn=fn,
+        payload_model=_payload_model(fn, payload),
+        executor=executor,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        priority=priority,
+        backoff=backoff,
+        backoff_max=backoff_max,
+        retention=keep,
+        default_retention=retention is None,
+    )
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskDefinition] = {}
+
+    def add(self, definition: TaskDefinition) -> None:
+        if definition.name in self._tasks:
+            raise ConfigurationError(f"a task named {definition.name!r} is already registered")
+        self._tasks[definition.name] = definition
+
+    def get(self, name: str) -> TaskDefinition:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise UnknownTask(name) from None
+
+    def find(self, name: str) -> TaskDefinition | None:
+        return self._tasks.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._tasks.values())

@@ -1,0 +1,194 @@
+"""Opening the database: engines, SQLite settings, transactions, migrations.
+
+Every store function is a plain synchronous function that takes a SQLAlchemy
+``Connection`` already inside a transaction. :class:`Database` runs them: directly in
+the calling thread (the sync facade), or on a small thread pool for async callers, one
+thread hop per store call however many statements it runs.
+
+SQLite: WAL journal, ``synchronous=FULL`` by default (every commit survives a power
+loss; ``?synchronous=normal`` in the URL trades that for speed, still safe against a
+crashed process), a 30 s busy timeout, and write transactions opened with
+``BEGIN IMMEDIATE`` so two writers never deadlock upgrading a read lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
+
+from ..errors import ConfigurationError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_URL = "sqlite:///errands.db"
+VERSION_TABLE = "errands_alembic_version"
+_SQLITE_SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF", "extra": "EXTRA"}
+
+
+def resolve_url(url: str | URL | None) -> URL:
+    """The database URL: the argument, else ``$ERRANDS_DATABASE_URL``, else the default."""
+    raw = url if url is not None else os.environ.get("ERRANDS_DATABASE_URL") or DEFAULT_URL
+    try:
+        parsed = make_url(raw)
+    except Exception as exc:  # sqlalchemy raises ArgumentError with the URL in it
+        raise ConfigurationError("the database URL is not valid") from exc
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+class Database:
+    """An engine plus the rules for running store functions on it."""
+
+    def __init__(self, url: str | URL | None = None, *, pool_size: int | None = None) -> None:
+        self.url = resolve_url(url)
+        self.dialect = self.url.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ConfigurationError(f"unsupported database {self.dialect!r} (sqlite or postgresql)")
+        self.engine = self._create_engine(pool_size)
+        size = pool_size or (4 if self.dialect == "sqlite" else 8)
+        self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="errands-db")
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+
+    # -- engine -----------------------------------------------------------------------
+    @property
+    def is_memory(self) -> bool:
+        return self.dialect == "sqlite" and self.url.database in (None, "", ":memory:")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if self.dialect != "sqlite" or self.is_memory:
+            return None
+        return Path(str(self.url.database)).resolve()
+
+    def _create_engine(self, pool_size: int | None) -> Engine:
+        if self.dialect != "sqlite":
+            return create_engine(
+                self.url,
+                pool_size=pool_size or 8,
+                max_overflow=4,
+                pool_pre_ping=True,
+            )
+        query = dict(self.url.query)
+        sync = str(query.pop("synchronous", "full")).lower()
+        if sync not in _SQLITE_SYNC:
+            raise ConfigurationError("synchronous must be one of full, normal, extra, off")
+        url = self.url.set(query=query)
+        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30.0}}
+        if self.is_memory:
+            kwargs["poolclass"] = StaticPool
+        else:
+            kwargs["pool_size"] = pool_size or 4
+            kwargs["max_overflow"] = 8
+        engine = create_engine(url, **kwargs)
+        memory = self.is_memory
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={_SQLITE_SYNC[sync]}")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA temp_store=MEMORY")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get("errands_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    # -- running store functions ------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Connection]:
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            if write:
+                conn.execution_options(errands_write=True)
+            with conn.begin():
+                yield conn
+
+    def read(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        with self.transaction(write=False) as conn:
+            return fn(conn, *args, **kwargs)
+
+    def write(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        with self.transaction(write=True) as conn:
+            return fn(conn, *args, **kwargs)
+
+    async def aread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self.read(fn, *args, **kwargs))
+
+    async def awrite(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self.write(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()
+
+    # -- schema -----------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Make sure the schema is at the newest migration.
+
+        SQLite databases migrate themselves on first use (under a file lock, so two
+        processes starting together migrate once). Other databases are migrated with
+        ``errands migrate``; here they are only checked.
+        """
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            from . import migrations
+
+            if self.dialect == "sqlite":
+                with self._migration_lock():
+                    migrations.upgrade(self.engine)
+            elif not migrations.is_current(self.engine):
+                raise ConfigurationError(
+                    "the errands schema is not up to date: run `errands migrate`"
+                )
+            self._schema_ready = True
+
+    def migrate(self) -> None:
+        """Apply every pending migration (``errands migrate``)."""
+        from . import migrations
+
+        with self._migration_lock():
+            migrations.upgrade(self.engine)
+        self._schema_ready = True
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        path = self.sqlite_path
+        if path is None:
+            yield
+            return
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:16]
+        lock_path = Path(tempfile.gettempdir()) / f"errands-migrate-{digest}.lock"
+        with open(lock_path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,386 @@
+"""Job operations: what the worker and the SQL engine run against ``errands_job``.
+
+A job row exists exactly while its task is ``queued`` (``lease_owner IS NULL``) or
+``running`` (``lease_owner`` = the worker holding it, until ``lease_expires_at``).
+Claims, completions and retries change the job and the record in one transaction, and
+every completion is guarded by the lease: a worker that lost its lease (it was presumed
+dead and the task was handed to another) cannot write a result.
+
+Times here are Unix seconds (floats); times written to the record are datetimes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from ..records import Status
+from .schema import job_table, output_table, task_table
+
+J = job_table.c
+T = task_table.c
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job handed to a worker, with what it needs to run it."""
+
+    task_id: str
+    name: str
+    owner: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    version: int
+    cancel_requested: bool
+    #: The highest output sequence number already stored (earlier attempts' items).
+    last_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A record that changed: enough to tell subscribers which version to read."""
+
+    task_id: str
+    owner: str
+    version: int
+    status: Status
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def insert_job(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(job_table), values)
+
+
+def changes(conn: Connection, task_ids: Iterable[str]) -> list[Change]:
+    ids = list(task_ids)
+    if not ids:
+        return []
+    rows = conn.execute(select(T.id, T.owner, T.version, T.status).where(T.id.in_(ids)))
+    return [Change(r.id, r.owner, r.version, Status(r.status)) for r in rows]
+
+
+# -- claiming -------------------------------------------------------------------------
+def claim(
+    conn: Connection,
+    worker_id: str,
+    *,
+    names: Sequence[str],
+    limit: int,
+    now: float,
+    lease_seconds: float,
+) -> list[Claimed]:
+    """Lease up to ``limit`` available jobs, highest priority first, then oldest."""
+    if limit <= 0 or not names:
+        return []
+    available = (
+        select(J.task_id)
+        .where(J.lease_owner.is_(None), J.run_at <= now, J.name.in_(list(names)))
+        .order_by(J.priority.desc(), J.run_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    leased = conn.execute(
+        update(job_table)
+        .where(J.task_id.in_(available.scalar_subquery()))
+        .values(lease_owner=worker_id, lease_expires_at=now + lease_seconds, attempt=J.attempt + 1)
+        .returning(J.task_id)
+    ).scalars().all()
+    if not leased:
+        return []
+    stamp = _dt(now)
+    rows = conn.execute(
+        update(task_table)
+        .where(T.id.in_(leased), T.status == Status.QUEUED.value)
+        .values(
+            status=Status.RUNNING.value,
+            attempts=T.attempts + 1,
+            started_at=stamp,
+            updated_at=stamp,
+            version=T.version + 1,
+        )
+        .returning(
+            T.id, T.name, T.owner, T.payload, T.attempts, T.max_attempts, T.version,
+            T.cancel_requested,
+        )
+    ).all()
+    if len(rows) != len(leased):  # a job whose record is no longer queued: drop it
+        orphans = set(leased) - {r.id for r in rows}
+        conn.execute(delete(job_table).where(J.task_id.in_(orphans)))
+    retried = [r.id for r in rows if r.attempts > 1]
+    last: dict[str, int] = {}
+    if retried:
+        O = output_table.c  # noqa: N806
+        last = dict(
+            conn.execute(
+                select(O.task_id, func.max(O.seq)).where(O.task_id.in_(retried)).group_by(O.task_id)
+            ).tuples()
+        )
+    return [
+        Claimed(
+            r.id, r.name, r.owner, r.payload, r.attempts, r.max_attempts, r.version,
+            bool(r.cancel_requested), last.get(r.id, 0),
+        )
+        for r in rows
+    ]
+
+
+def next_run_at(conn: Connection, names: Sequence[str]) -> float | None:
+    """When the earliest available job becomes due (None: no job is waiting)."""
+    return conn.execute(
+        select(func.min(J.run_at)).where(J.lease_owner.is_(None), J.name.in_(list(names)))
+    ).scalar()
+
+
+# -- while running --------------------------------------------------------------------
+def heartbeat(
+    conn: Connection, worker_id: str, task_ids: Sequence[str], *, lease_until: float
+) -> tuple[set[str], set[str]]:
+    """Extend the leases this worker still holds.
+
+    Returns the ids still leased (a missing id was reaped: its result will be refused)
+    and, among them, those whose owner asked to cancel.
+    """
+    if not task_ids:
+        return set(), set()
+    held = set(
+        conn.execute(
+            update(job_table)
+            .where(J.lease_owner == worker_id, J.task_id.in_(list(task_ids)))
+            .values(lease_expires_at=lease_until)
+            .returning(J.task_id)
+        ).scalars()
+    )
+    if not held:
+        return held, set()
+    cancel = set(
+        conn.execute(select(T.id).where(T.id.in_(held), T.cancel_requested.is_(True))).scalars()
+    )
+    return held, cancel
+
+
+_lease_held = exists().where(J.task_id == T.id, J.lease_owner == bindparam("_worker"))
+
+
+def flush(
+    conn: Connection,
+    worker_id: str,
+    *,
+    progress: Sequence[dict[str, Any]],
+    outputs: Sequence[dict[str, Any]],
+    now: float,
+) -> list[Change]:
+    """Write coalesced progress (``task_id``, ``current``, ``total``, ``message``) and
+    emitted items (``task_id``, ``seq``, ``data``) of tasks this worker holds."""
+    stamp = _dt(now)
+    if outputs:
+        conn.execute(
+            insert(output_table),
+            [{"task_id": o["task_id"], "seq": o["seq"], "data": o["data"], "created_at": stamp}
+             for o in outputs],
+        )
+    if not progress:
+        return []
+    conn.execute(
+        update(task_table)
+        .where(T.id == bindparam("_id"), T.status == Status.RUNNING.value, _lease_held)
+        .values(
+            progress_current=bindparam("_current"),
+            progress_total=bindparam("_total"),
+            progress_message=bindparam("_message"),
+            updated_at=stamp,
+            version=T.version + 1,
+        ),
+        [
+            {"_id": p["task_id"], "_worker": worker_id, "_current": p["current"],
+             "_total": p["total"], "_message": p["message"]}
+            for p in progress
+        ],
+    )
+    return changes(conn, (p["task_id"] for p in progress))
+
+
+# -- ending an attempt ----------------------------------------------------------------
+@dataclass(slots=True)
+class Outcome:
+    """How one attempt ended, as the worker reports it.
+
+    ``status`` is terminal, or ``queued`` for a retry at ``retry_at`` (Unix seconds).
+    ``progress`` is the final (current, total, message), or None to leave it as it is.
+    """
+
+    task_id: str
+    status: Status
+    result: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_detail: str | None = None
+    progress: tuple[float | None, float | None, str | None] | None = None
+    expires_at: datetime | None = None
+    retry_at: float | None = None
+
+
+def finish(conn: Connection, worker_id: str, outcomes: Sequence[Outcome], *, now: float) -> list[
+    Change
+]:
+    """Record how attempts ended, for the jobs this worker still holds.
+
+    Terminal outcomes delete the job; retries hand it back for ``retry_at``. An outcome
+    for a job whose lease this worker lost is ignored. Returns the records changed.
+    """
+    stamp = _dt(now)
+    terminal = [o for o in outcomes if o.status is not Status.QUEUED]
+    held: set[str] = set()
+    if terminal:
+        held.update(
+            conn.execute(
+                delete(job_table)
+                .where(J.lease_owner == worker_id, J.task_id.in_([o.task_id for o in terminal]))
+                .returning(J.task_id)
+            ).scalars()
+        )
+    for o in outcomes:
+        if o.status is Status.QUEUED and o.retry_at is not None:
+            moved = conn.execute(
+                update(job_table)
+                .where(J.task_id == o.task_id, J.lease_owner == worker_id)
+                .values(lease_owner=None, lease_expires_at=None, run_at=o.retry_at)
+            ).rowcount
+            if moved:
+                held.add(o.task_id)
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for o in outcomes:
+        if o.task_id not in held:
+            continue
+        values: dict[str, Any] = {
+            "status": o.status.value,
+            "error_type": o.error_type,
+            "error_message": o.error_message,
+            "error_detail": o.error_detail,
+        }
+        if o.status is Status.QUEUED:
+            values["run_at"] = _dt(o.retry_at or now)
+        else:
+            values["result"] = o.result
+            values["finished_at"] = stamp
+            values["expires_at"] = o.expires_at
+        if o.progress is not None:
+            values["progress_current"], values["progress_total"], values["progress_message"] = (
+                o.progress
+            )
+        values["_id"] = o.task_id
+        groups.setdefault(tuple(sorted(values)), []).append(values)
+    for keys, params in groups.items():
+        stmt = (
+            update(task_table)
+            .where(T.id == bindparam("_id"), T.status == Status.RUNNING.value)
+            .values(
+                {k: bindparam(k) for k in keys if k != "_id"}
+                | {"updated_at": stamp, "version": T.version + 1}
+            )
+        )
+        conn.execute(stmt, params)
+    return changes(conn, held)
+
+
+def release(conn: Connection, worker_id: str, task_ids: Sequence[str], *, now: float) -> list[
+    Change
+]:
+    """Hand back jobs a stopping worker did not finish, without spending an attempt."""
+    if not task_ids:
+        return []
+    back = conn.execute(
+        update(job_table)
+        .where(J.lease_owner == worker_id, J.task_id.in_(list(task_ids)))
+        .values(lease_owner=None, lease_expires_at=None, run_at=now, attempt=J.attempt - 1)
+        .returning(J.task_id)
+    ).scalars().all()
+    if not back:
+        return []
+    stamp = _dt(now)
+    conn.execute(
+        update(task_table)
+        .where(T.id.in_(back), T.status == Status.RUNNING.value)
+        .values(
+            status=Status.QUEUED.value,
+            attempts=T.attempts - 1,
+            updated_at=stamp,
+            version=T.version + 1,
+        )
+    )
+    return changes(conn, back)
+
+
+# -- the reaper -----------------------------------------------------------------------
+WORKER_LOST = ("WorkerLost", "the worker running this task stopped responding")
+
+
+def reap(
+    conn: Connection,
+    *,
+    now: float,
+    expiry_for: Callable[[str], datetime | None],
+    limit: int = 100,
+) -> list[Change]:
+    """Recover jobs whose lease expired (their worker died or hung).
+
+    A task whose owner asked to cancel ends ``cancelled``; one with attempts left goes
+    back to ``queued`` at once; one whose attempts are spent ends ``failed``.
+    """
+    expired = conn.execute(
+        select(J.task_id, J.name, J.lease_owner, J.attempt, T.max_attempts, T.cancel_requested)
+        .join(task_table, T.id == J.task_id)
+        .where(J.lease_owner.is_not(None), J.lease_expires_at < now)
+        .limit(limit)
+        .with_for_update(of=job_table, skip_locked=True)
+    ).all()
+    stamp = _dt(now)
+    touched: list[str] = []
+    for row in expired:
+        still_expired = (
+            (J.task_id == row.task_id)
+            & (J.lease_owner == row.lease_owner)
+            & (J.lease_expires_at < now)
+        )
+        if row.cancel_requested or row.attempt >= row.max_attempts:
+            if not conn.execute(delete(job_table).where(still_expired)).rowcount:
+                continue
+            values: dict[str, Any] = {"finished_at": stamp, "expires_at": expiry_for(row.name)}
+            if row.cancel_requested:
+                values["status"] = Status.CANCELLED.value
+            else:
+                values.update(
+                    status=Status.FAILED.value, error_type=WORKER_LOST[0],
+                    error_message=WORKER_LOST[1],
+                )
+        else:
+            if not conn.execute(
+                update(job_table)
+                .where(still_expired)
+                .values(lease_owner=None, lease_expires_at=None, run_at=now)
+            ).rowcount:
+                continue
+            values = {"status": Status.QUEUED.value, "run_at": stamp}
+        conn.execute(
+            update(task_table)
+            .where(T.id == row.task_id, T.status == Status.RUNNING.value)
+            .values(values | {"updated_at": stamp, "version": T.version + 1})
+        )
+        touched.append(row.task_id)
+    return changes(conn, touched)

@@ -1,0 +1,127 @@
+"""The errands tables.
+
+``errands_task`` keeps every record and grows; ``errands_job`` holds only work that
+still has to run or is running, so claims scan a table that stays small however much
+history accumulates; ``errands_output`` keeps the items a task emits while it runs.
+
+Times in ``errands_task`` are timezone-aware UTC datetimes (host applications query and
+join this table). Times in the internal ``errands_job`` table are Unix seconds (float):
+claims compare them on every poll, and a number is the cheapest thing to compare.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A datetime stored as UTC and always returned timezone-aware."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("errands stores timezone-aware datetimes only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+metadata = MetaData()
+
+ID = String(36)
+
+task_table = Table(
+    "errands_task",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("progress_current", Float),
+    Column("progress_total", Float),
+    Column("progress_message", Text),
+    Column("result", JSON),
+    Column("error_type", String(255)),
+    Column("error_message", Text),
+    Column("error_detail", Text),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=False),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("run_at", UTCDateTime, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    Column("version", Integer, nullable=False, server_default=text("1")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("expires_at", UTCDateTime),
+    # Ids are time-ordered, so (owner, id) serves "my tasks, newest first".
+    Index("ix_errands_task_owner_id", "owner", "id"),
+    Index("ix_errands_task_status_id", "status", "id"),
+    Index("ix_errands_task_expires_at", "expires_at"),
+)
+
+job_table = Table(
+    "errands_job",
+    metadata,
+    Column("task_id", ID, primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("owner", String(255), nullable=False),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("run_at", Float, nullable=False),
+    Column("attempt", Integer, nullable=False, server_default=text("0")),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", Float),
+    # Available jobs in claim order; leased jobs by expiry (for the reaper).
+    Index(
+        "ix_errands_job_available",
+        text("priority DESC"),
+        "run_at",
+        sqlite_where=text("lease_owner IS NULL"),
+        postgresql_where=text("lease_owner IS NULL"),
+    ),
+    Index(
+        "ix_errands_job_lease",
+        "lease_expires_at",
+        sqlite_where=text("lease_owner IS NOT NULL"),
+        postgresql_where=text("lease_owner IS NOT NULL"),
+    ),
+)
+
+output_table = Table(
+    "errands_output",
+    metadata,
+    Column("task_id", ID, primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("data", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)

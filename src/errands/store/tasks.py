@@ -1,0 +1,208 @@
+"""Task-record operations.
+
+Every function that an end user's request can reach takes ``owner`` and puts it in the
+WHERE clause: someone else's task is never read, changed or even counted, and it answers
+exactly like a task that does not exist. ``owner=None`` means "any owner" and is passed
+only by administrative entry points (the CLI, the admin pages).
+
+Status changes are guarded updates (``WHERE id = :id AND status = :expected``), so no
+race can resurrect a finished task or finish it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
+
+from ..records import Progress, Status, TaskError, TaskRecord
+from .schema import job_table, output_table, task_table
+
+T = task_table.c
+
+
+def to_record(row: Row[Any] | Any) -> TaskRecord:
+    m = row._mapping
+    error = None
+    if m["error_type"] is not None or m["error_message"] is not None:
+        error = TaskError(type=m["error_type"] or "Error", message=m["error_message"] or "")
+    return TaskRecord(
+        id=m["id"],
+        owner=m["owner"],
+        name=m["name"],
+        payload=m["payload"],
+        status=Status(m["status"]),
+        progress=Progress(m["progress_current"], m["progress_total"], m["progress_message"]),
+        result=m["result"],
+        error=error,
+        attempts=m["attempts"],
+        max_attempts=m["max_attempts"],
+        priority=m["priority"],
+        run_at=m["run_at"],
+        cancel_requested=bool(m["cancel_requested"]),
+        version=m["version"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        expires_at=m["expires_at"],
+        error_detail=m["error_detail"],
+    )
+
+
+def _owned(task_id: str, owner: str | None) -> Any:
+    cond = T.id == task_id
+    return cond if owner is None else and_(cond, T.owner == owner)
+
+
+def insert_task(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(task_table), values)
+
+
+def get(conn: Connection, task_id: str, owner: str | None) -> TaskRecord | None:
+    row = conn.execute(select(task_table).where(_owned(task_id, owner))).first()
+    return None if row is None else to_record(row)
+
+
+def get_many(conn: Connection, task_ids: Sequence[str], owner: str | None) -> list[TaskRecord]:
+    if not task_ids:
+        return []
+    q = select(task_table).where(T.id.in_(list(task_ids)))
+    if owner is not None:
+        q = q.where(T.owner == owner)
+    return [to_record(r) for r in conn.execute(q)]
+
+
+def version_of(conn: Connection, task_id: str, owner: str | None) -> int | None:
+    """The current version alone: the cheapest "has it changed?" check."""
+    return conn.execute(select(T.version).where(_owned(task_id, owner))).scalar()
+
+
+def list_page(
+    conn: Connection,
+    owner: str | None,
+    *,
+    status: Status | None = None,
+    name: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[TaskRecord], str | None]:
+    """One page, newest first. The cursor is the last id of the previous page."""
+    q = select(task_table)
+    if owner is not None:
+        q = q.where(T.owner == owner)
+    if status is not None:
+        q = q.where(T.status == status.value)
+    if name is not None:
+        q = q.where(T.name == name)
+    if cursor is not None:
+        q = q.where(T.id < cursor)
+    rows = conn.execute(q.order_by(T.id.desc()).limit(limit + 1)).all()
+    records = [to_record(r) for r in rows[:limit]]
+    next_cursor = records[-1].id if len(rows) > limit and records else None
+    return records, next_cursor
+
+
+def count_by_status(conn: Connection, owner: str | None) -> dict[Status, int]:
+    q = select(T.status, func.count()).group_by(T.status)
+    if owner is not None:
+        q = q.where(T.owner == owner)
+    counts = {s: 0 for s in Status}
+    for status, n in conn.execute(q):
+        counts[Status(status)] = n
+    return counts
+
+
+def cancel(
+    conn: Connection,
+    task_id: str,
+    owner: str | None,
+    now: datetime,
+    expiry_for: Callable[[str], datetime | None],
+) -> tuple[TaskRecord | None, bool]:
+    """Cancel a queued task at once, or ask a running one to stop.
+
+    Returns the record after the change (None when there is no such task for this
+    owner) and whether a running task was asked to stop (the worker must be told).
+    A finished task is left as it is. ``expiry_for(name)`` gives the purge time of a
+    record that ends now.
+    """
+    current = conn.execute(
+        select(T.status, T.cancel_requested, T.name).where(_owned(task_id, owner)).with_for_update()
+    ).first()
+    if current is None:
+        return None, False
+    status, requested = Status(current.status), bool(current.cancel_requested)
+    ask_worker = False
+    if status is Status.QUEUED:
+        gone = conn.execute(
+            delete(job_table).where(
+                job_table.c.task_id == task_id, job_table.c.lease_owner.is_(None)
+            )
+        ).rowcount
+        if gone:
+            conn.execute(
+                update(task_table)
+                .where(T.id == task_id, T.status == Status.QUEUED.value)
+                .values(
+                    status=Status.CANCELLED.value,
+                    cancel_requested=True,
+                    finished_at=now,
+                    expires_at=expiry_for(current.name),
+                    updated_at=now,
+                    version=T.version + 1,
+                )
+            )
+        else:  # claimed between our read and the delete: treat it as running
+            status = Status.RUNNING
+    if status is Status.RUNNING and not requested:
+        conn.execute(
+            update(task_table)
+            .where(T.id == task_id, T.status == Status.RUNNING.value)
+            .values(cancel_requested=True, updated_at=now, version=T.version + 1)
+        )
+        ask_worker = True
+    return get(conn, task_id, owner), ask_worker
+
+
+def delete_finished(conn: Connection, task_id: str, owner: str | None) -> bool:
+    """Delete a finished task and its outputs. Active tasks are not deleted."""
+    terminal = [Status.SUCCEEDED.value, Status.FAILED.value, Status.CANCELLED.value]
+    deleted = conn.execute(
+        delete(task_table).where(_owned(task_id, owner), T.status.in_(terminal))
+    ).rowcount
+    if deleted:
+        conn.execute(delete(output_table).where(output_table.c.task_id == task_id))
+    return bool(deleted)
+
+
+def outputs(
+    conn: Connection, task_id: str, owner: str | None, *, after: int = 0, limit: int = 1000
+) -> list[tuple[int, Any]] | None:
+    """Items the task emitted with sequence > ``after``; None when no such task."""
+    if conn.execute(select(T.id).where(_owned(task_id, owner))).first() is None:
+        return None
+    O = output_table.c  # noqa: N806
+    rows = conn.execute(
+        select(O.seq, O.data)
+        .where(O.task_id == task_id, O.seq > after)
+        .order_by(O.seq)
+        .limit(limit)
+    )
+    return [(r.seq, r.data) for r in rows]
+
+
+def purge_expired(conn: Connection, now: datetime, batch: int) -> int:
+    """Delete up to ``batch`` expired finished records and their outputs."""
+    ids = list(
+        conn.execute(
+            select(T.id).where(T.expires_at.is_not(None), T.expires_at < now).limit(batch)
+        ).scalars()
+    )
+    if not ids:
+        return 0
+    conn.execute(delete(output_table).where(output_table.c.task_id.in_(ids)))
+    conn.execute(delete(task_table).where(T.id.in_(ids)))
+    return len(ids)
