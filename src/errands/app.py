@@ -12,6 +12,8 @@ Administrative code (the CLI, admin pages) passes :data:`ANY_OWNER` instead.
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import json
 import threading
 import time
@@ -102,6 +104,8 @@ class Errands:
     @overload
     def task(
         self,
+        fn: None = None,
+        /,
         *,
         name: str | None = None,
         max_attempts: int = 3,
@@ -223,11 +227,25 @@ class Errands:
         }
         job = {"task_id": task_id, "name": name, "owner": owner, "priority": prio, "run_at": start}
         record = TaskRecord(
-            id=task_id, owner=owner, name=name, payload=stored, status=Status.QUEUED,
-            progress=Progress(), result=None, error=None, attempts=0,
-            max_attempts=definition.max_attempts, priority=prio, run_at=row["run_at"],
-            cancel_requested=False, version=1, created_at=stamp, updated_at=stamp,
-            started_at=None, finished_at=None, expires_at=None,
+            id=task_id,
+            owner=owner,
+            name=name,
+            payload=stored,
+            status=Status.QUEUED,
+            progress=Progress(),
+            result=None,
+            error=None,
+            attempts=0,
+            max_attempts=definition.max_attempts,
+            priority=prio,
+            run_at=row["run_at"],
+            cancel_requested=False,
+            version=1,
+            created_at=stamp,
+            updated_at=stamp,
+            started_at=None,
+            finished_at=None,
+            expires_at=None,
         )
         return record, row, job
 
@@ -289,13 +307,13 @@ class Errands:
         cursor: str | None = None,
     ) -> Page:
         """The owner's tasks, newest first, ``limit`` (1–500) at a time."""
-        args = _list_args(owner, status, limit, cursor)
-        items, next_cursor = await self.db.aread(tasks.list_page, *args, name=name)
+        args = _list_args(owner, status, name, limit, cursor)
+        items, next_cursor = await self.db.aread(tasks.list_page, **args)
         return Page(items, next_cursor)
 
     async def outputs(
         self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
-    ) -> list[tuple[int, Any]]:
+    ) -> builtins.list[tuple[int, Any]]:
         """Items the task emitted with sequence number greater than ``after``."""
         who = owner_filter(owner)
         if not is_task_id(task_id):
@@ -306,9 +324,9 @@ class Errands:
         return items
 
     # -- changing --------------------------------------------------------------------
-    def _cancel_op(self, conn: Connection, task_id: str, who: str | None) -> tuple[
-        TaskRecord | None, bool
-    ]:
+    def _cancel_op(
+        self, conn: Connection, task_id: str, who: str | None
+    ) -> tuple[TaskRecord | None, bool]:
         now = _now()
         return tasks.cancel(conn, task_id, who, _as_datetime(now), partial(self.expiry, now=now))
 
@@ -367,10 +385,8 @@ class Errands:
                     if remaining <= 0:
                         raise WaitTimeout(record)
                     wait_for = min(poll, remaining)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), wait_for)
-                except TimeoutError:
-                    pass
 
     async def purge(self, *, batch: int = 500, limit: int | None = None) -> int:
         """Delete expired finished records and their outputs, ``batch`` rows per
@@ -405,15 +421,20 @@ class Errands:
 
 
 def _list_args(
-    owner: object, status: Status | str | None, limit: int, cursor: str | None
-) -> tuple[str | None, Any, ...]:
-    who = owner_filter(owner)
+    owner: object, status: Status | str | None, name: str | None, limit: int, cursor: str | None
+) -> dict[str, Any]:
+    """Checked keyword arguments of ``tasks.list_page``."""
     if not 1 <= limit <= 500:
         raise ValueError("limit must be between 1 and 500")
-    state = Status(status) if status is not None else None
     if cursor is not None and not is_task_id(cursor):
         raise ValueError("invalid cursor")
-    return who, state, limit, cursor  # type: ignore[return-value]
+    return {
+        "owner": owner_filter(owner),
+        "status": Status(status) if status is not None else None,
+        "name": name,
+        "limit": limit,
+        "cursor": cursor,
+    }
 
 
 def _not_finished(record: TaskRecord) -> Exception:
@@ -422,7 +443,7 @@ def _not_finished(record: TaskRecord) -> Exception:
     return InvalidTransition(f"the task is {record.status.value}; cancel it before deleting it")
 
 
-class _suppress_closed_loop:  # noqa: N801
+class _suppress_closed_loop:
     def __enter__(self) -> None:
         return None
 
@@ -507,7 +528,7 @@ class _Watch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._watchers._unwatch(self._task_id, self._callback)  # noqa: SLF001
+        self._watchers._unwatch(self._task_id, self._callback)
 
 
 class SyncErrands:
@@ -527,14 +548,14 @@ class SyncErrands:
         connection: Any = None,
     ) -> TaskRecord:
         app = self._app
-        record, row, job = app._prepare(name, payload, owner, priority, run_at)  # noqa: SLF001
+        record, row, job = app._prepare(name, payload, owner, priority, run_at)
         if connection is None:
-            app.db.write(app._create, row, job)  # noqa: SLF001
-            app._submitted(record)  # noqa: SLF001
+            app.db.write(app._create, row, job)
+            app._submitted(record)
             return record
         app.db.ensure_schema()
-        sync_obj = run_in_caller_sync(connection, partial(app._create, row=row, job=job))  # noqa: SLF001
-        _on_commit(sync_obj, partial(app._submitted, record))  # noqa: SLF001
+        sync_obj = run_in_caller_sync(connection, partial(app._create, row=row, job=job))
+        _on_commit(sync_obj, partial(app._submitted, record))
         return record
 
     def get(self, task_id: str, *, owner: str) -> TaskRecord:
@@ -555,13 +576,13 @@ class SyncErrands:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        args = _list_args(owner, status, limit, cursor)
-        items, next_cursor = self._app.db.read(tasks.list_page, *args, name=name)
+        args = _list_args(owner, status, name, limit, cursor)
+        items, next_cursor = self._app.db.read(tasks.list_page, **args)
         return Page(items, next_cursor)
 
     def outputs(
         self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
-    ) -> list[tuple[int, Any]]:
+    ) -> builtins.list[tuple[int, Any]]:
         who = owner_filter(owner)
         if not is_task_id(task_id):
             raise TaskNotFound()
@@ -575,7 +596,7 @@ class SyncErrands:
         who = owner_filter(owner)
         if not is_task_id(task_id):
             raise TaskNotFound()
-        return app._cancelled(*app.db.write(app._cancel_op, task_id, who))  # noqa: SLF001
+        return app._cancelled(*app.db.write(app._cancel_op, task_id, who))
 
     def delete(self, task_id: str, *, owner: str) -> None:
         who = owner_filter(owner)
@@ -612,4 +633,3 @@ class SyncErrands:
             if n < size:
                 break
         return total
-

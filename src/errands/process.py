@@ -37,8 +37,9 @@ class ChildDied(ErrandsError):
 class RemoteError(Exception):
     """An exception raised in a child process, rebuilt in the worker."""
 
-    def __init__(self, type_name: str, message: str, detail: str, retry_delay: float | None,
-                 safe: bool) -> None:
+    def __init__(
+        self, type_name: str, message: str, detail: str, retry_delay: float | None, safe: bool
+    ) -> None:
         super().__init__(message)
         self.type_name, self.message, self.detail = type_name, message, detail
         self.retry_delay, self.safe = retry_delay, safe
@@ -69,11 +70,21 @@ class ProcessPool:
         self._busy[exe.job.task_id] = child
         fn = exe.definition.fn
         job = exe.job
-        child.conn.send((
-            "run", fn.__module__, fn.__qualname__, stored_payload,
-            {"task_id": job.task_id, "owner": job.owner, "name": job.name,
-             "attempt": job.attempt, "max_attempts": job.max_attempts},
-        ))
+        child.conn.send(
+            (
+                "run",
+                fn.__module__,
+                fn.__qualname__,
+                stored_payload,
+                {
+                    "task_id": job.task_id,
+                    "owner": job.owner,
+                    "name": job.name,
+                    "attempt": job.attempt,
+                    "max_attempts": job.max_attempts,
+                },
+            )
+        )
         self._loop.add_reader(child.conn.fileno(), self._readable, child)
         return future
 
@@ -172,11 +183,16 @@ def _child_main(conn: Connection) -> None:
             result = definition.fn(ctx, definition.load(stored))
             value = to_jsonable_python(result)
             reply: tuple[Any, ...] = ("ok", value)
-        except BaseException as exc:  # noqa: BLE001 - reported to the worker
+        except BaseException as exc:
             safe = isinstance(exc, ErrandsError)
-            reply = ("error", type(exc).__name__, exc.message if safe else str(exc),  # type: ignore[attr-defined]
-                     "".join(traceback.format_exception(exc)),
-                     exc.delay if isinstance(exc, Retry) else None, safe)
+            reply = (
+                "error",
+                type(exc).__name__,
+                exc.message if safe else str(exc),  # type: ignore[attr-defined]
+                "".join(traceback.format_exception(exc)),
+                exc.delay if isinstance(exc, Retry) else None,
+                safe,
+            )
         stop.set()
         pump.join()
         _send_pending(ctx, send)
@@ -198,9 +214,9 @@ def _pump(ctx: TaskContext, send: Any, stop: threading.Event) -> None:
 
 
 def _send_pending(ctx: TaskContext, send: Any) -> None:
-    progress = ctx._take_progress()  # noqa: SLF001
+    progress = ctx._take_progress()
     if progress is not None:
         send(("progress", progress))
-    items = ctx._take_outputs()  # noqa: SLF001
+    items = ctx._take_outputs()
     if items:
         send(("emit", items))

@@ -21,7 +21,6 @@ Executor = Literal["async", "thread", "process"]
 Backoff = float | Callable[[int], float]
 
 
-
 def compute_backoff(backoff: Backoff, attempt: int, cap: float) -> float:
     """Seconds to wait before the attempt after ``attempt`` (1-based).
 
@@ -32,7 +31,7 @@ def compute_backoff(backoff: Backoff, attempt: int, cap: float) -> float:
     """
     if callable(backoff):
         return max(0.0, float(backoff(attempt)))
-    delay = min(cap, backoff * (2 ** (attempt - 1)))
+    delay: float = min(cap, backoff * (2 ** (attempt - 1)))
     return delay / 2 + random.uniform(0, delay / 2)
 
 
@@ -86,7 +85,9 @@ class TaskDefinition:
         return self.payload_model.model_validate(stored)
 
 
-def _payload_model(fn: Callable[..., Any], explicit: type[BaseModel] | None) -> type[BaseModel] | None:
+def _payload_model(
+    fn: Callable[..., Any], explicit: type[BaseModel] | None
+) -> type[BaseModel] | None:
     if explicit is not None:
         return explicit
     params = list(inspect.signature(fn).parameters.values())

@@ -111,7 +111,7 @@ class Execution:
     unflushed: list[dict[str, Any]] = field(default_factory=list)
 
     def take_outputs(self) -> list[dict[str, Any]]:
-        for item in self.ctx._take_outputs():  # noqa: SLF001
+        for item in self.ctx._take_outputs():
             self.next_seq += 1
             self.unflushed.append({"task_id": self.job.task_id, "seq": self.next_seq, "data": item})
         out, self.unflushed = self.unflushed, []
@@ -213,7 +213,11 @@ class Worker:
                 self._wake.clear()
                 hinted, self._hinted = getattr(self, "_hinted", False), False
                 claimed = await self.app.db.awrite(
-                    queue.claim, self.id, names=self.names, limit=free, now=time.time(),
+                    queue.claim,
+                    self.id,
+                    names=self.names,
+                    limit=free,
+                    now=time.time(),
                     lease_seconds=s.lease_seconds,
                 )
                 for job in claimed:
@@ -259,7 +263,10 @@ class Worker:
     def _start(self, job: Claimed) -> None:
         definition = self.app.registry.get(job.name)
         ctx = TaskContext(
-            task_id=job.task_id, owner=job.owner, name=job.name, attempt=job.attempt,
+            task_id=job.task_id,
+            owner=job.owner,
+            name=job.name,
+            attempt=job.attempt,
             max_attempts=job.max_attempts,
         )
         exe = Execution(job, definition, ctx, next_seq=job.last_seq)
@@ -272,7 +279,12 @@ class Worker:
         try:
             payload = definition.load(job.payload)
         except ValidationError:
-            self._settle(exe, self._failure(exe, TaskFailed("the stored payload is no longer valid"), retry=False))
+            self._settle(
+                exe,
+                self._failure(
+                    exe, TaskFailed("the stored payload is no longer valid"), retry=False
+                ),
+            )
             return
         loop = self._loop
         if definition.executor == "async":
@@ -285,7 +297,9 @@ class Worker:
         if definition.timeout is not None:
             exe.timer = loop.call_later(definition.timeout, self._stop_attempt, exe, "timeout")
 
-    def _run_thread(self, definition: TaskDefinition, ctx: TaskContext, payload: Any) -> asyncio.Future[Any]:
+    def _run_thread(
+        self, definition: TaskDefinition, ctx: TaskContext, payload: Any
+    ) -> asyncio.Future[Any]:
         loop = self._loop
         future: asyncio.Future[Any] = loop.create_future()
 
@@ -300,7 +314,7 @@ class Worker:
         def target() -> None:
             try:
                 result = definition.fn(ctx, payload)
-            except BaseException as exc:  # noqa: BLE001 - handed to the loop
+            except BaseException as exc:
                 ok, value = False, exc
             else:
                 ok, value = True, result
@@ -314,7 +328,9 @@ class Worker:
         if self._processes is None:
             from .process import ProcessPool
 
-            self._processes = ProcessPool(self._loop, self.settings.concurrency, self.settings.app_path)
+            self._processes = ProcessPool(
+                self._loop, self.settings.concurrency, self.settings.app_path
+            )
         return self._processes
 
     def _stop_attempt(self, exe: Execution, reason: str) -> None:
@@ -323,7 +339,7 @@ class Worker:
             return
         if exe.stop_reason is None or reason in ("timeout", "lease"):
             exe.stop_reason = reason
-        exe.ctx._request_cancel()  # noqa: SLF001
+        exe.ctx._request_cancel()
         kind = exe.definition.executor
         if kind == "async":
             exe.future.cancel()
@@ -380,12 +396,18 @@ class Worker:
             timeout = exe.definition.timeout
             from .errors import TaskTimeout
 
-            return self._failure(exe, TaskTimeout(f"the task ran longer than its timeout of {timeout:g} s"))
+            return self._failure(
+                exe, TaskTimeout(f"the task ran longer than its timeout of {timeout:g} s")
+            )
         return self._cancelled(exe)
 
     def _cancelled(self, exe: Execution) -> Outcome:
-        return Outcome(exe.job.task_id, Status.CANCELLED, error_type="Cancelled",
-                       error_message="the task was cancelled")
+        return Outcome(
+            exe.job.task_id,
+            Status.CANCELLED,
+            error_type="Cancelled",
+            error_message="the task was cancelled",
+        )
 
     def _failure(self, exe: Execution, exc: BaseException, *, retry: bool = True) -> Outcome:
         job, definition = exe.job, exe.definition
@@ -394,13 +416,20 @@ class Worker:
             delay = _retry_delay(exc)
             if delay is None:
                 delay = compute_backoff(definition.backoff, job.attempt, definition.backoff_max)
-            return Outcome(job.task_id, Status.QUEUED, error_type=etype, error_message=message,
-                           error_detail=detail, retry_at=time.time() + delay)
+            return Outcome(
+                job.task_id,
+                Status.QUEUED,
+                error_type=etype,
+                error_message=message,
+                error_detail=detail,
+                retry_at=time.time() + delay,
+            )
         if etype == "Retry":
             message = "the task asked to be retried, but its attempts are spent"
         log.warning("task %s (%s) failed: %s", job.task_id, job.name, etype)
-        return Outcome(job.task_id, Status.FAILED, error_type=etype, error_message=message,
-                       error_detail=detail)
+        return Outcome(
+            job.task_id, Status.FAILED, error_type=etype, error_message=message, error_detail=detail
+        )
 
     def _settle(self, exe: Execution, outcome: Outcome | None) -> None:
         exe.settled = True
@@ -408,7 +437,7 @@ class Worker:
             exe.timer.cancel()
         self._running.pop(exe.job.task_id, None)
         if outcome is not None:
-            outcome.progress = exe.ctx._final_progress()  # noqa: SLF001
+            outcome.progress = exe.ctx._final_progress()
             if outcome.status.done:
                 outcome.expires_at = self.app.expiry(exe.job.name, time.time())
             self._writing.add(exe.job.task_id)
@@ -419,8 +448,13 @@ class Worker:
         self._wake.set()
 
     # -- writing -----------------------------------------------------------------------
-    def _finish_txn(self, conn: Connection, batch: list[tuple[Execution, Outcome]],
-                    outputs: list[dict[str, Any]], releases: list[str]) -> list[Change]:
+    def _finish_txn(
+        self,
+        conn: Connection,
+        batch: list[tuple[Execution, Outcome]],
+        outputs: list[dict[str, Any]],
+        releases: list[str],
+    ) -> list[Change]:
         now = time.time()
         queue.flush(conn, self.id, progress=[], outputs=outputs, now=now)
         changed = queue.finish(conn, self.id, [o for _, o in batch], now=now)
@@ -469,10 +503,16 @@ class Worker:
             progress: list[dict[str, Any]] = []
             outputs: list[dict[str, Any]] = []
             for exe in list(self._running.values()):
-                p = exe.ctx._take_progress()  # noqa: SLF001
+                p = exe.ctx._take_progress()
                 if p is not None:
-                    progress.append({"task_id": exe.job.task_id, "current": p[0], "total": p[1],
-                                     "message": p[2]})
+                    progress.append(
+                        {
+                            "task_id": exe.job.task_id,
+                            "current": p[0],
+                            "total": p[1],
+                            "message": p[2],
+                        }
+                    )
                 outputs.extend(exe.take_outputs())
             if not progress and not outputs:
                 continue
@@ -533,9 +573,12 @@ class Worker:
 
     # -- stopping ----------------------------------------------------------------------
     def _install_signals(self) -> list[int]:
-        if not self.settings.handle_signals or threading.current_thread() is not threading.main_thread():
+        if (
+            not self.settings.handle_signals
+            or threading.current_thread() is not threading.main_thread()
+        ):
             return []
-        handled = []
+        handled: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._loop.add_signal_handler(sig, self.stop)
@@ -556,7 +599,8 @@ class Worker:
                 self._force_settle(exe)
         until = time.monotonic() + 2 * self.settings.cancel_grace
         while self._running and time.monotonic() < until:
-            await asyncio.sleep(0.01)
+            self._wake.clear()
+            await self._sleep_or_wake(until - time.monotonic())
         for exe in list(self._running.values()):
             self._force_settle(exe)
         await self._write_outcomes()

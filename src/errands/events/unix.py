@@ -65,7 +65,9 @@ class UnixSocketNotifier:
             return
         self._local.publish_changes(changes)
         for i in range(0, len(changes), _CHUNK):
-            body = [[c.task_id, c.owner, c.version, c.status.value] for c in changes[i : i + _CHUNK]]
+            body = [
+                [c.task_id, c.owner, c.version, c.status.value] for c in changes[i : i + _CHUNK]
+            ]
             self._send("e", b"V" + json.dumps(body, separators=(",", ":")).encode())
 
     def _send(self, kind: str, data: bytes) -> None:

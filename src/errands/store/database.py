@@ -58,7 +58,9 @@ class Database:
         self.url = resolve_url(url)
         self.dialect = self.url.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
-            raise ConfigurationError(f"unsupported database {self.dialect!r} (sqlite or postgresql)")
+            raise ConfigurationError(
+                f"unsupported database {self.dialect!r} (sqlite or postgresql)"
+            )
         self.engine = self._create_engine(pool_size)
         size = pool_size or (4 if self.dialect == "sqlite" else 8)
         self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="errands-db")

@@ -96,12 +96,18 @@ def claim(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    leased = conn.execute(
-        update(job_table)
-        .where(J.task_id.in_(available.scalar_subquery()))
-        .values(lease_owner=worker_id, lease_expires_at=now + lease_seconds, attempt=J.attempt + 1)
-        .returning(J.task_id)
-    ).scalars().all()
+    leased = (
+        conn.execute(
+            update(job_table)
+            .where(J.task_id.in_(available.scalar_subquery()))
+            .values(
+                lease_owner=worker_id, lease_expires_at=now + lease_seconds, attempt=J.attempt + 1
+            )
+            .returning(J.task_id)
+        )
+        .scalars()
+        .all()
+    )
     if not leased:
         return []
     stamp = _dt(now)
@@ -116,7 +122,13 @@ def claim(
             version=T.version + 1,
         )
         .returning(
-            T.id, T.name, T.owner, T.payload, T.attempts, T.max_attempts, T.version,
+            T.id,
+            T.name,
+            T.owner,
+            T.payload,
+            T.attempts,
+            T.max_attempts,
+            T.version,
             T.cancel_requested,
         )
     ).all()
@@ -126,16 +138,25 @@ def claim(
     retried = [r.id for r in rows if r.attempts > 1]
     last: dict[str, int] = {}
     if retried:
-        O = output_table.c  # noqa: N806
+        OUT = output_table.c
         last = dict(
             conn.execute(
-                select(O.task_id, func.max(O.seq)).where(O.task_id.in_(retried)).group_by(O.task_id)
+                select(OUT.task_id, func.max(OUT.seq))
+                .where(OUT.task_id.in_(retried))
+                .group_by(OUT.task_id)
             ).tuples()
         )
     return [
         Claimed(
-            r.id, r.name, r.owner, r.payload, r.attempts, r.max_attempts, r.version,
-            bool(r.cancel_requested), last.get(r.id, 0),
+            r.id,
+            r.name,
+            r.owner,
+            r.payload,
+            r.attempts,
+            r.max_attempts,
+            r.version,
+            bool(r.cancel_requested),
+            last.get(r.id, 0),
         )
         for r in rows
     ]
@@ -192,8 +213,10 @@ def flush(
     if outputs:
         conn.execute(
             insert(output_table),
-            [{"task_id": o["task_id"], "seq": o["seq"], "data": o["data"], "created_at": stamp}
-             for o in outputs],
+            [
+                {"task_id": o["task_id"], "seq": o["seq"], "data": o["data"], "created_at": stamp}
+                for o in outputs
+            ],
         )
     if not progress:
         return []
@@ -208,8 +231,13 @@ def flush(
             version=T.version + 1,
         ),
         [
-            {"_id": p["task_id"], "_worker": worker_id, "_current": p["current"],
-             "_total": p["total"], "_message": p["message"]}
+            {
+                "_id": p["task_id"],
+                "_worker": worker_id,
+                "_current": p["current"],
+                "_total": p["total"],
+                "_message": p["message"],
+            }
             for p in progress
         ],
     )
@@ -236,9 +264,9 @@ class Outcome:
     retry_at: float | None = None
 
 
-def finish(conn: Connection, worker_id: str, outcomes: Sequence[Outcome], *, now: float) -> list[
-    Change
-]:
+def finish(
+    conn: Connection, worker_id: str, outcomes: Sequence[Outcome], *, now: float
+) -> list[Change]:
     """Record how attempts ended, for the jobs this worker still holds.
 
     Terminal outcomes delete the job; retries hand it back for ``retry_at``. An outcome
@@ -299,18 +327,22 @@ def finish(conn: Connection, worker_id: str, outcomes: Sequence[Outcome], *, now
     return changes(conn, held)
 
 
-def release(conn: Connection, worker_id: str, task_ids: Sequence[str], *, now: float) -> list[
-    Change
-]:
+def release(
+    conn: Connection, worker_id: str, task_ids: Sequence[str], *, now: float
+) -> list[Change]:
     """Hand back jobs a stopping worker did not finish, without spending an attempt."""
     if not task_ids:
         return []
-    back = conn.execute(
-        update(job_table)
-        .where(J.lease_owner == worker_id, J.task_id.in_(list(task_ids)))
-        .values(lease_owner=None, lease_expires_at=None, run_at=now, attempt=J.attempt - 1)
-        .returning(J.task_id)
-    ).scalars().all()
+    back = (
+        conn.execute(
+            update(job_table)
+            .where(J.lease_owner == worker_id, J.task_id.in_(list(task_ids)))
+            .values(lease_owner=None, lease_expires_at=None, run_at=now, attempt=J.attempt - 1)
+            .returning(J.task_id)
+        )
+        .scalars()
+        .all()
+    )
     if not back:
         return []
     stamp = _dt(now)
@@ -366,7 +398,8 @@ def reap(
                 values["status"] = Status.CANCELLED.value
             else:
                 values.update(
-                    status=Status.FAILED.value, error_type=WORKER_LOST[0],
+                    status=Status.FAILED.value,
+                    error_type=WORKER_LOST[0],
                     error_message=WORKER_LOST[1],
                 )
         else:

@@ -82,8 +82,8 @@ def version_of(conn: Connection, task_id: str, owner: str | None) -> int | None:
 
 def list_page(
     conn: Connection,
-    owner: str | None,
     *,
+    owner: str | None,
     status: Status | None = None,
     name: str | None = None,
     limit: int = 50,
@@ -184,11 +184,11 @@ def outputs(
     """Items the task emitted with sequence > ``after``; None when no such task."""
     if conn.execute(select(T.id).where(_owned(task_id, owner))).first() is None:
         return None
-    O = output_table.c  # noqa: N806
+    OUT = output_table.c
     rows = conn.execute(
-        select(O.seq, O.data)
-        .where(O.task_id == task_id, O.seq > after)
-        .order_by(O.seq)
+        select(OUT.seq, OUT.data)
+        .where(OUT.task_id == task_id, OUT.seq > after)
+        .order_by(OUT.seq)
         .limit(limit)
     )
     return [(r.seq, r.data) for r in rows]

@@ -1,0 +1,317 @@
+"""The ``errands`` command line.
+
+Commands that act on tasks (``ls``, ``show``, ``cancel``) are administrative: they see
+every owner's tasks unless ``--owner`` narrows them. Exit codes: 0 success; 1 the task
+failed or was cancelled (``submit --wait``); 2 bad usage or input; 3 not found;
+4 ``--wait`` timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any, TextIO
+
+from .app import ANY_OWNER, Errands
+from .errors import ErrandsError, TaskNotFound, WaitTimeout
+from .records import Status, TaskRecord
+
+
+def load_app(path: str) -> Errands:
+    """Import ``module:attr`` (the current directory is importable) and return the app."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"errands: expected MODULE:ATTR, got {path!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"errands: cannot import {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, Errands):
+        raise SystemExit(f"errands: {path!r} is not an errands.Errands instance")
+    return obj
+
+
+def _app_from(args: argparse.Namespace) -> Errands:
+    if getattr(args, "app", None):
+        return load_app(args.app)
+    return Errands(args.database_url)
+
+
+def record_dict(record: TaskRecord, *, admin: bool = True) -> dict[str, Any]:
+    data = asdict(record)
+    data["status"] = record.status.value
+    data["progress"]["percent"] = record.progress.percent
+    data["done"] = record.done
+    for key in ("run_at", "created_at", "updated_at", "started_at", "finished_at", "expires_at"):
+        value = data[key]
+        data[key] = value.isoformat() if value is not None else None
+    if not admin:
+        data.pop("error_detail", None)
+    return data
+
+
+def _print_json(value: Any, out: TextIO = sys.stdout) -> None:
+    out.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+# -- commands -------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    settings: dict[str, Any] = {
+        "concurrency": args.concurrency,
+        "burst": args.burst,
+        "lease_seconds": args.lease,
+        "shutdown_timeout": args.shutdown_timeout,
+        "app_path": args.app,
+    }
+    if args.heartbeat is not None:
+        settings["heartbeat_interval"] = args.heartbeat
+    if args.poll is not None:
+        settings["poll_interval"] = args.poll
+    if args.names:
+        settings["names"] = [n.strip() for n in args.names.split(",") if n.strip()]
+    app.run_worker(**settings)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        print(f"errands: the payload is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    run_at = timedelta(seconds=args.delay) if args.delay else None
+    record = app.sync.submit(
+        args.name, payload, owner=args.owner, priority=args.priority, run_at=run_at
+    )
+    if not args.wait:
+        _print_json(record_dict(record, admin=False))
+        return 0
+    print(f"submitted {record.id}", file=sys.stderr)
+    try:
+        final = follow(app, record.id, args.owner, timeout=args.timeout, out=sys.stderr)
+    except WaitTimeout:
+        print(f"errands: task {record.id} is still running after {args.timeout} s", file=sys.stderr)
+        return 4
+    if final.status is Status.SUCCEEDED:
+        _print_json(final.result)
+        return 0
+    error = final.error
+    detail = f"{error.type}: {error.message}" if error else final.status.value
+    print(f"task {final.status.value}: {detail}", file=sys.stderr)
+    return 1
+
+
+def render_progress(record: TaskRecord, width: int) -> str:
+    p = record.progress
+    percent = p.percent
+    bar_width = max(10, min(40, width - 40))
+    if percent is None:
+        bar = "?" * 0 + "." * bar_width
+        pct = "  --%"
+    else:
+        filled = int(bar_width * percent / 100)
+        bar = "#" * filled + "." * (bar_width - filled)
+        pct = f"{percent:4.0f}%"
+    text = f"[{bar}] {pct} {record.status.value}"
+    if p.message:
+        text += f"  {p.message}"
+    return text[: max(20, width - 1)]
+
+
+def follow(
+    app: Errands, task_id: str, owner: str, *, timeout: float | None, out: TextIO
+) -> TaskRecord:
+    """Show the task's progress live until it finishes; return the final record."""
+    import time
+
+    tty = out.isatty()
+    changed = threading.Event()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = ""
+    with app.watchers.watch(task_id, changed.set):
+        while True:
+            changed.clear()
+            record = app.sync.get(task_id, owner=owner)
+            width = shutil.get_terminal_size((100, 20)).columns
+            line = render_progress(record, width)
+            if line != last:
+                out.write(("\r\x1b[2K" + line) if tty else line + "\n")
+                out.flush()
+                last = line
+            if record.done:
+                if tty:
+                    out.write("\n")
+                return record
+            wait = 0.5
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if tty:
+                        out.write("\n")
+                    raise WaitTimeout(record)
+                wait = min(wait, remaining)
+            changed.wait(wait)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    app = _app_from(args)
+    owner = args.owner or ANY_OWNER
+    page = app.sync.list(
+        owner=owner, status=args.status, name=args.name, limit=args.limit, cursor=args.cursor
+    )
+    if args.json:
+        _print_json(
+            {"items": [record_dict(r) for r in page.items], "next_cursor": page.next_cursor}
+        )
+        return 0
+    for r in page.items:
+        pct = r.progress.percent
+        progress = f"{pct:5.1f}%" if pct is not None else "     -"
+        print(
+            f"{r.id}  {r.status.value:<9}  {progress}  {r.owner:<16}  {r.name}  "
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}"
+        )
+    if page.next_cursor:
+        print(f"-- more: --cursor {page.next_cursor}", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    app = _app_from(args)
+    record = app.sync.get(args.id, owner=args.owner or ANY_OWNER)
+    data = record_dict(record)
+    if args.output:
+        data["output"] = [
+            {"seq": seq, "data": item}
+            for seq, item in app.sync.outputs(args.id, owner=args.owner or ANY_OWNER)
+        ]
+    _print_json(data)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    app = _app_from(args)
+    record = app.sync.cancel(args.id, owner=args.owner or ANY_OWNER)
+    state = "cancel requested" if record.status is Status.RUNNING else record.status.value
+    print(f"{record.id}: {state}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    app = _app_from(args)
+    app.migrate()
+    print(f"errands schema is up to date ({app.db.url.render_as_string(hide_password=True)})")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    app = _app_from(args)
+    n = app.sync.purge(batch=args.batch)
+    print(f"purged {n} expired task record(s)")
+    return 0
+
+
+# -- parsing --------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="errands", description="Background tasks your users can watch."
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="database URL (default: $ERRANDS_DATABASE_URL or sqlite:///errands.db)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run a worker")
+    p.add_argument("app", metavar="MODULE:ATTR", help="the Errands app, e.g. myproject.tasks:app")
+    p.add_argument("-c", "--concurrency", type=int, default=8)
+    p.add_argument("--burst", action="store_true", help="exit once no job is due or running")
+    p.add_argument("--lease", type=float, default=30.0, help="lease seconds (default 30)")
+    p.add_argument("--heartbeat", type=float, default=None, help="heartbeat seconds")
+    p.add_argument("--poll", type=float, default=None, help="fallback poll seconds")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0)
+    p.add_argument("--names", default=None, help="comma-separated task names to run")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("submit", help="submit a task")
+    p.add_argument("app", metavar="MODULE:ATTR")
+    p.add_argument("name")
+    p.add_argument("payload", metavar="JSON", nargs="?", default="{}")
+    p.add_argument("--owner", required=True)
+    p.add_argument("--priority", type=int, default=None)
+    p.add_argument("--delay", type=float, default=None, help="start after this many seconds")
+    p.add_argument("--wait", action="store_true", help="show progress, then print the result")
+    p.add_argument("--timeout", type=float, default=None, help="give up waiting after S s")
+    p.set_defaults(func=cmd_submit)
+
+    for name, func, text in (
+        ("ls", cmd_ls, "list tasks, newest first"),
+        ("show", cmd_show, "show one task (with error details)"),
+        ("cancel", cmd_cancel, "cancel a task"),
+        ("migrate", cmd_migrate, "apply database migrations"),
+        ("purge", cmd_purge, "delete expired finished records"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--app", default=None, metavar="MODULE:ATTR", help="use this app's database")
+        if name in ("show", "cancel"):
+            p.add_argument("id")
+        if name in ("ls", "show", "cancel"):
+            p.add_argument("--owner", default=None, help="only this owner's tasks")
+        if name == "ls":
+            p.add_argument("--status", choices=[s.value for s in Status], default=None)
+            p.add_argument("--name", default=None)
+            p.add_argument("--limit", type=int, default=50)
+            p.add_argument("--cursor", default=None)
+            p.add_argument("--json", action="store_true")
+        if name == "show":
+            p.add_argument("--output", action="store_true", help="include emitted items")
+        if name == "purge":
+            p.add_argument("--batch", type=int, default=500)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose or args.command == "worker" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if args.database_url:
+        os.environ["ERRANDS_DATABASE_URL"] = args.database_url
+    try:
+        return int(args.func(args))
+    except TaskNotFound:
+        print("errands: task not found", file=sys.stderr)
+        return 3
+    except (ErrandsError, ValueError) as exc:
+        print(f"errands: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main"]
