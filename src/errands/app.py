@@ -454,14 +454,16 @@ class _suppress_closed_loop:
 async def _run_in_caller(connection: Any, fn: Callable[[Connection], None]) -> Any:
     """Run ``fn`` on the caller's connection or session; return the sync object whose
     commit means the work is durable."""
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    if type(connection).__module__.startswith("sqlalchemy.ext.asyncio"):
+        # Only callers on SQLAlchemy's asyncio extension (which needs greenlet) get here.
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-    if isinstance(connection, AsyncSession):
-        await connection.run_sync(lambda s: fn(s.connection()))
-        return connection.sync_session
-    if isinstance(connection, AsyncConnection):
-        await connection.run_sync(fn)
-        return connection.sync_connection
+        if isinstance(connection, AsyncSession):
+            await connection.run_sync(lambda s: fn(s.connection()))
+            return connection.sync_session
+        if isinstance(connection, AsyncConnection):
+            await connection.run_sync(fn)
+            return connection.sync_connection
     return run_in_caller_sync(connection, fn)
 
 

@@ -139,13 +139,14 @@ def claim(
     last: dict[str, int] = {}
     if retried:
         OUT = output_table.c
-        last = dict(
-            conn.execute(
+        last = {
+            task_id: seq
+            for task_id, seq in conn.execute(
                 select(OUT.task_id, func.max(OUT.seq))
                 .where(OUT.task_id.in_(retried))
                 .group_by(OUT.task_id)
-            ).tuples()
-        )
+            )
+        }
     return [
         Claimed(
             r.id,

@@ -1,0 +1,1 @@
+"""errands benchmarks (not part of the library): see bench/README.md."""

@@ -1,0 +1,255 @@
+"""The status machine as the store enforces it: guarded transitions, lease-guarded
+completions, the reaper, and races between workers (real SQLite, real threads)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from errands import Errands, Status, TaskContext
+from errands.store import queue, tasks
+from errands.store.queue import Outcome
+
+NAMES = ["job"]
+
+
+def expiry(_name: str) -> datetime | None:
+    return datetime.now(UTC) + timedelta(days=1)
+
+
+@pytest.fixture
+def store_app(app: Errands) -> Errands:
+    @app.task(max_attempts=2)
+    def job(ctx: TaskContext, payload: dict[str, Any]) -> None:
+        return None
+
+    return app
+
+
+def submit(app: Errands, n: int = 1) -> list[str]:
+    return [app.sync.submit("job", {"i": i}, owner="alice").id for i in range(n)]
+
+
+def claim(
+    app: Errands, worker: str, limit: int = 10, lease: float = 30.0, now: float | None = None
+):  # type: ignore[no-untyped-def]
+    return app.db.write(
+        queue.claim, worker, names=NAMES, limit=limit, now=now or time.time(), lease_seconds=lease
+    )
+
+
+def finish(app: Errands, worker: str, *outcomes: Outcome) -> list[queue.Change]:
+    return app.db.write(queue.finish, worker, list(outcomes), now=time.time())
+
+
+def status(app: Errands, task_id: str) -> Status:
+    return app.sync.get(task_id, owner="alice").status
+
+
+def job_count(app: Errands) -> int:
+    from sqlalchemy import func, select
+
+    from errands.store.schema import job_table
+
+    with app.db.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(job_table)).scalar_one())
+
+
+def test_queued_running_succeeded(store_app: Errands) -> None:
+    (tid,) = submit(store_app)
+    (job,) = claim(store_app, "w1")
+    assert job.task_id == tid and job.attempt == 1 and job.payload == {"i": 0}
+    rec = store_app.sync.get(tid, owner="alice")
+    assert rec.status is Status.RUNNING and rec.attempts == 1 and rec.started_at is not None
+    assert claim(store_app, "w2") == []  # leased: nobody else gets it
+    changes = finish(store_app, "w1", Outcome(tid, Status.SUCCEEDED, result={"ok": 1}))
+    assert [(c.task_id, c.status) for c in changes] == [(tid, Status.SUCCEEDED)]
+    rec = store_app.sync.get(tid, owner="alice")
+    assert rec.status is Status.SUCCEEDED and rec.result == {"ok": 1} and rec.finished_at
+    assert job_count(store_app) == 0
+
+
+@pytest.mark.parametrize("end", [Status.FAILED, Status.CANCELLED])
+def test_running_to_failed_or_cancelled(store_app: Errands, end: Status) -> None:
+    (tid,) = submit(store_app)
+    claim(store_app, "w1")
+    finish(store_app, "w1", Outcome(tid, end, error_type="X", error_message="m", error_detail="tb"))
+    rec = store_app.sync.get(tid, owner="alice")
+    assert rec.status is end and rec.error is not None and rec.error.message == "m"
+    assert rec.error_detail == "tb"
+
+
+def test_retry_goes_back_to_queued_then_runs_again(store_app: Errands) -> None:
+    (tid,) = submit(store_app)
+    claim(store_app, "w1")
+    at = time.time() + 0.3
+    finish(store_app, "w1", Outcome(tid, Status.QUEUED, error_type="E", retry_at=at))
+    rec = store_app.sync.get(tid, owner="alice")
+    assert rec.status is Status.QUEUED and abs(rec.run_at.timestamp() - at) < 0.01
+    assert claim(store_app, "w2") == []  # not due yet
+    assert abs(store_app.db.read(queue.next_run_at, NAMES) - at) < 0.01
+    (job,) = claim(store_app, "w2", now=at + 0.01)
+    assert job.attempt == 2 and status(store_app, tid) is Status.RUNNING
+
+
+def test_illegal_transitions_are_refused(store_app: Errands) -> None:
+    a, b = submit(store_app, 2)
+    # A queued task cannot be completed: nobody holds its lease.
+    assert finish(store_app, "w1", Outcome(a, Status.SUCCEEDED)) == []
+    assert status(store_app, a) is Status.QUEUED
+    # A worker without the lease cannot complete a running task.
+    claim(store_app, "w1")
+    assert finish(store_app, "intruder", Outcome(a, Status.FAILED)) == []
+    assert status(store_app, a) is Status.RUNNING
+    # Terminal states never change again.
+    finish(store_app, "w1", Outcome(a, Status.SUCCEEDED, result=1))
+    before = store_app.sync.get(a, owner="alice")
+    assert finish(store_app, "w1", Outcome(a, Status.FAILED)) == []
+    assert finish(store_app, "w1", Outcome(a, Status.QUEUED, retry_at=time.time())) == []
+    assert store_app.sync.cancel(a, owner="alice") == before
+    assert store_app.db.write(queue.release, "w1", [a], now=time.time()) == []
+    assert store_app.db.write(queue.reap, now=time.time() + 999, expiry_for=expiry) == []
+    assert store_app.sync.get(a, owner="alice") == before
+    # A cancelled task cannot be claimed or run.
+    store_app.sync.cancel(b, owner="alice")
+    finish(store_app, "w1", Outcome(b, Status.SUCCEEDED))
+    assert status(store_app, b) is Status.CANCELLED
+
+
+def test_cancel_running_sets_the_flag_and_the_worker_ends_it(store_app: Errands) -> None:
+    (tid,) = submit(store_app)
+    claim(store_app, "w1")
+    rec = store_app.sync.cancel(tid, owner="alice")
+    assert rec.status is Status.RUNNING and rec.cancel_requested
+    held, cancel = store_app.db.write(queue.heartbeat, "w1", [tid], lease_until=time.time() + 30)
+    assert held == {tid} and cancel == {tid}
+    finish(store_app, "w1", Outcome(tid, Status.CANCELLED))
+    assert status(store_app, tid) is Status.CANCELLED
+
+
+def test_reaper_requeues_fails_or_cancels_expired_leases(store_app: Errands) -> None:
+    a, b, c = submit(store_app, 3)
+    now = time.time()
+    claim(store_app, "dead", lease=1.0, now=now)
+    store_app.sync.cancel(c, owner="alice")  # c: cancel requested while running
+    assert store_app.db.write(queue.reap, now=now + 0.5, expiry_for=expiry) == []  # not expired
+    changes = store_app.db.write(queue.reap, now=now + 2, expiry_for=expiry)
+    assert {ch.task_id: ch.status for ch in changes} == {
+        a: Status.QUEUED,
+        b: Status.QUEUED,
+        c: Status.CANCELLED,
+    }
+    # second life for a and b; the dead worker's late result is refused
+    claim(store_app, "w2", lease=1.0, now=now + 3)
+    assert finish(store_app, "dead", Outcome(a, Status.SUCCEEDED)) == []
+    # second expiry: attempts (2) are spent -> failed
+    changes = store_app.db.write(queue.reap, now=now + 5, expiry_for=expiry)
+    assert {ch.status for ch in changes} == {Status.FAILED}
+    rec = store_app.sync.get(a, owner="alice")
+    assert rec.status is Status.FAILED and rec.error is not None
+    assert rec.error.type == "WorkerLost" and rec.attempts == 2 and rec.expires_at is not None
+    assert job_count(store_app) == 0
+
+
+def test_release_hands_back_without_spending_an_attempt(store_app: Errands) -> None:
+    (tid,) = submit(store_app)
+    claim(store_app, "w1")
+    store_app.db.write(queue.release, "w1", [tid], now=time.time())
+    rec = store_app.sync.get(tid, owner="alice")
+    assert rec.status is Status.QUEUED and rec.attempts == 0
+    (job,) = claim(store_app, "w2")
+    assert job.attempt == 1
+
+
+def test_priority_then_age_order(store_app: Errands) -> None:
+    low = store_app.sync.submit("job", {}, owner="alice", priority=0).id
+    high = store_app.sync.submit("job", {}, owner="alice", priority=9).id
+    low2 = store_app.sync.submit("job", {}, owner="alice", priority=0).id
+    order = [claim(store_app, "w", limit=1)[0].task_id for _ in range(3)]
+    assert order == [high, low, low2]
+
+
+def test_two_workers_racing_to_complete_exactly_one_wins(store_app: Errands) -> None:
+    """Worker A is presumed dead (lease expired), the task goes to B; both then try to
+    complete it at the same moment from different threads: only B's result stands."""
+    for _ in range(20):
+        (tid,) = submit(store_app)
+        now = time.time()
+        claim(store_app, "A", lease=0.01, now=now)
+        store_app.db.write(queue.reap, now=now + 1, expiry_for=expiry)
+        claim(store_app, "B", now=now + 1)
+        results: dict[str, list[queue.Change]] = {}
+        barrier = threading.Barrier(2)
+
+        def complete(worker: str, value: str, task_id: str = tid) -> None:
+            barrier.wait()
+            results[worker] = finish(
+                store_app, worker, Outcome(task_id, Status.SUCCEEDED, result=value)
+            )
+
+        threads = [threading.Thread(target=complete, args=(w, w)) for w in ("A", "B")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results["A"] == [] and len(results["B"]) == 1
+        rec = store_app.sync.get(tid, owner="alice")
+        assert rec.status is Status.SUCCEEDED and rec.result == "B"
+
+
+def test_concurrent_claims_never_hand_out_a_job_twice(store_app: Errands) -> None:
+    ids = set(submit(store_app, 300))
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def claimer(worker: str) -> None:
+        while True:
+            batch = claim(store_app, worker, limit=7)
+            if not batch:
+                return
+            with lock:
+                got.extend(j.task_id for j in batch)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == sorted(ids)
+
+
+def test_flush_writes_progress_only_while_the_lease_is_held(store_app: Errands) -> None:
+    (tid,) = submit(store_app)
+    claim(store_app, "w1")
+    progress = [{"task_id": tid, "current": 5, "total": 10, "message": "half"}]
+    outputs = [{"task_id": tid, "seq": 1, "data": {"x": 1}}]
+    changes = store_app.db.write(
+        queue.flush, "w1", progress=progress, outputs=outputs, now=time.time()
+    )
+    assert changes[0].version == 3
+    rec = store_app.sync.get(tid, owner="alice")
+    assert rec.progress.current == 5 and rec.progress.percent == 50.0
+    assert store_app.sync.outputs(tid, owner="alice") == [(1, {"x": 1})]
+    other = [{"task_id": tid, "current": 9, "total": 10, "message": "no"}]
+    store_app.db.write(queue.flush, "intruder", progress=other, outputs=[], now=time.time())
+    assert store_app.sync.get(tid, owner="alice").progress.current == 5
+
+
+def test_purge_deletes_only_expired_records(store_app: Errands) -> None:
+    a, b, c = submit(store_app, 3)
+    store_app.sync.cancel(a, owner="alice")
+    store_app.sync.cancel(b, owner="alice")
+    past = datetime.now(UTC) - timedelta(seconds=1)
+
+    from sqlalchemy import update
+
+    from errands.store.schema import task_table
+
+    with store_app.db.engine.begin() as conn:
+        conn.execute(update(task_table).where(task_table.c.id == a).values(expires_at=past))
+    assert store_app.db.write(tasks.purge_expired, datetime.now(UTC), 100) == 1
+    assert {r.id for r in store_app.sync.list(owner="alice")} == {b, c}
