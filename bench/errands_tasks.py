@@ -27,6 +27,7 @@ if EXECUTOR not in ("async", "thread"):
     raise SystemExit(f"BENCH_ERRANDS_EXECUTOR must be async or thread, not {EXECUTOR!r}")
 
 app = Errands(URL)
+"""The app the workers load (its tasks are registered at the bottom of this module)."""
 
 
 def _noop(payload: dict[str, Any]) -> dict[str, Any]:
@@ -53,30 +54,35 @@ def _w3(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-if EXECUTOR == "async":
+def register(target: Errands, executor: str = EXECUTOR) -> None:
+    """Register the three benchmark tasks on ``target`` (``async def`` or plain ``def``)."""
+    if executor == "async":
 
-    @app.task(name="noop")
-    async def noop(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
-        return _noop(payload)
+        @target.task(name="noop")
+        async def noop(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+            return _noop(payload)
 
-    @app.task(name="w2task")
-    async def w2task(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
-        return _w2(payload)
+        @target.task(name="w2task")
+        async def w2task(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+            return _w2(payload)
 
-    @app.task(name="w3task")
-    async def w3task(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
-        return _w3(ctx, payload)
+        @target.task(name="w3task")
+        async def w3task(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+            return _w3(ctx, payload)
 
-else:
+    else:
 
-    @app.task(name="noop")
-    def noop_sync(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
-        return _noop(payload)
+        @target.task(name="noop")
+        def noop_sync(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+            return _noop(payload)
 
-    @app.task(name="w2task")
-    def w2task_sync(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
-        return _w2(payload)
+        @target.task(name="w2task")
+        def w2task_sync(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+            return _w2(payload)
 
-    @app.task(name="w3task")
-    def w3task_sync(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
-        return _w3(ctx, payload)
+        @target.task(name="w3task")
+        def w3task_sync(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+            return _w3(ctx, payload)
+
+
+register(app)

@@ -102,7 +102,7 @@ def test_illegal_transitions_are_refused(store_app: Errands) -> None:
     assert finish(store_app, "w1", Outcome(a, Status.SUCCEEDED)) == []
     assert status(store_app, a) is Status.QUEUED
     # A worker without the lease cannot complete a running task.
-    claim(store_app, "w1")
+    assert [j.task_id for j in claim(store_app, "w1", limit=1)] == [a]
     assert finish(store_app, "intruder", Outcome(a, Status.FAILED)) == []
     assert status(store_app, a) is Status.RUNNING
     # Terminal states never change again.
