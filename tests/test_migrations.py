@@ -103,3 +103,26 @@ def test_sqlite_migrates_itself_on_first_use(tmp_path: Path) -> None:
         assert migrations.is_current(app.db.engine)
     finally:
         app.close()
+
+
+def test_orm_mapping_reads_records(tmp_path: Path) -> None:
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from errands import Errands, TaskContext
+    from errands.store.orm import TaskRow
+
+    app = Errands(f"sqlite:///{tmp_path / 'orm.db'}")
+
+    @app.task
+    def noop(ctx: TaskContext, payload: dict[str, Any]) -> None:
+        return None
+
+    try:
+        rec = app.sync.submit("noop", {"a": 1}, owner="alice")
+        app.sync.submit("noop", {}, owner="bob")
+        with Session(app.db.engine) as session:
+            rows = session.scalars(select(TaskRow).where(TaskRow.owner == "alice")).all()
+        assert [(r.id, r.status, r.payload) for r in rows] == [(rec.id, "queued", {"a": 1})]
+    finally:
+        app.close()

@@ -64,6 +64,14 @@ class Database:
         self.engine = self._create_engine(pool_size)
         size = pool_size or (4 if self.dialect == "sqlite" else 8)
         self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="errands-db")
+        # SQLite has one writer at a time: async writes of this process go through one
+        # thread, in order, instead of contending for the lock (and sleeping in
+        # SQLite's busy handler).
+        self._write_executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="errands-db-write")
+            if self.dialect == "sqlite"
+            else self._executor
+        )
         self._schema_ready = False
         self._schema_lock = threading.Lock()
 
@@ -142,9 +150,12 @@ class Database:
 
     async def awrite(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self.write(fn, *args, **kwargs))
+        return await loop.run_in_executor(
+            self._write_executor, lambda: self.write(fn, *args, **kwargs)
+        )
 
     def close(self) -> None:
+        self._write_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)
         self.engine.dispose()
 
