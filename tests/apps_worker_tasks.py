@@ -65,3 +65,9 @@ def sleep_forever(ctx: TaskContext, payload: SleepIn) -> str:
     os.replace(tmp, payload.pid_file)
     time.sleep(payload.seconds)
     return "too late"
+
+
+@app.task(executor="process", max_attempts=1)
+def leaky_in_child(ctx: TaskContext, payload: dict[str, str]) -> None:
+    """Fails with an exception whose text must not reach the task's owner."""
+    raise ValueError(f"secret {payload['secret']}")

@@ -177,6 +177,9 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._outcome_ready = asyncio.Event()
+        # Held while outcomes are written, so the final write at shutdown waits for one
+        # in flight (cancelling the complete loop could otherwise drop its write).
+        self._write_lock = asyncio.Lock()
         self._beat_now = asyncio.Event()
         await self._loop.run_in_executor(None, self.app.db.ensure_schema)
         subscription = self.app.notifier.listen_worker(self._on_jobs_hint, self._on_cancel_hint)
@@ -224,7 +227,8 @@ class Worker:
                     self._start(job)
                 if claimed:
                     continue
-                if s.burst and not self._running:
+                if s.burst and not self._running and not self._writing:
+                    # (an outcome still being written may be a retry that is due)
                     return
                 if hinted and not recheck:
                     # The hint may have come just before its transaction committed.
@@ -238,6 +242,10 @@ class Worker:
                     timeout = max(0.0, min(timeout, due - time.time()))
                 await self._sleep_or_wake(timeout)
             else:
+                # Every slot is busy: a job hint must not make this loop spin without
+                # yielding (a set ``_wake`` returns at once); a settled attempt sets it
+                # again after this.
+                self._wake.clear()
                 await self._sleep_or_wake(s.poll_interval)
 
     async def _sleep_or_wake(self, timeout: float) -> None:
@@ -469,6 +477,10 @@ class Worker:
             await self._write_outcomes()
 
     async def _write_outcomes(self) -> None:
+        async with self._write_lock:
+            await self._write_outcomes_locked()
+
+    async def _write_outcomes_locked(self) -> None:
         batch, self._outcomes = self._outcomes, []
         releases, self._releases = self._releases, []
         if not batch and not releases:
@@ -556,7 +568,10 @@ class Worker:
         held, cancel = await self.app.db.awrite(
             queue.heartbeat, self.id, ids, lease_until=time.time() + self.settings.lease_seconds
         )
+        asked = set(ids)
         for task_id, exe in list(self._running.items()):
+            if task_id not in asked:
+                continue  # claimed while this heartbeat was in flight: its lease is fresh
             if task_id not in held:
                 log.warning("worker %s lost the lease of task %s", self.id, task_id)
                 self._stop_attempt(exe, "lease")
@@ -564,7 +579,10 @@ class Worker:
                 self._stop_attempt(exe, "cancel")
 
     async def _reap(self) -> None:
-        changed = await self.app.db.awrite(queue.reap, now=time.time(), expiry_for=self.app.expiry)
+        now = time.time()
+        changed = await self.app.db.awrite(
+            queue.reap, now=now, expiry_for=partial(self.app.expiry, now=now)
+        )
         if changed:
             log.warning("reaper recovered %d task(s) whose worker stopped", len(changed))
             self._publish(changed)
