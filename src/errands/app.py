@@ -391,14 +391,8 @@ class Errands:
     async def purge(self, *, batch: int = 500, limit: int | None = None) -> int:
         """Delete expired finished records and their outputs, ``batch`` rows per
         transaction (so no long lock stalls the workers). Returns how many went."""
-        total = 0
-        while limit is None or total < limit:
-            size = batch if limit is None else min(batch, limit - total)
-            n = await self.db.awrite(tasks.purge_expired, _as_datetime(_now()), size)
-            total += n
-            if n < size:
-                break
-        return total
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, partial(self.sync.purge, batch=batch, limit=limit))
 
     # -- workers -----------------------------------------------------------------------
     def worker(self, **settings: Any) -> Worker:
