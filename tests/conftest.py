@@ -112,3 +112,5 @@ def spawn_worker(db_url: str) -> Iterator[Callable[..., WorkerProcess]]:
         if w.proc.poll() is None:
             w.proc.kill()
             w.proc.wait(10)
+        if w.proc.stdout is not None:
+            w.proc.stdout.close()

@@ -173,6 +173,17 @@ def test_priority_then_age_order(store_app: Errands) -> None:
     assert order == [high, low, low2]
 
 
+def _complete(
+    app: Errands,
+    barrier: threading.Barrier,
+    results: dict[str, list[queue.Change]],
+    worker: str,
+    task_id: str,
+) -> None:
+    barrier.wait()
+    results[worker] = finish(app, worker, Outcome(task_id, Status.SUCCEEDED, result=worker))
+
+
 def test_two_workers_racing_to_complete_exactly_one_wins(store_app: Errands) -> None:
     """Worker A is presumed dead (lease expired), the task goes to B; both then try to
     complete it at the same moment from different threads: only B's result stands."""
@@ -184,14 +195,10 @@ def test_two_workers_racing_to_complete_exactly_one_wins(store_app: Errands) -> 
         claim(store_app, "B", now=now + 1)
         results: dict[str, list[queue.Change]] = {}
         barrier = threading.Barrier(2)
-
-        def complete(worker: str, value: str, task_id: str = tid) -> None:
-            barrier.wait()
-            results[worker] = finish(
-                store_app, worker, Outcome(task_id, Status.SUCCEEDED, result=value)
-            )
-
-        threads = [threading.Thread(target=complete, args=(w, w)) for w in ("A", "B")]
+        threads = [
+            threading.Thread(target=_complete, args=(store_app, barrier, results, w, tid))
+            for w in ("A", "B")
+        ]
         for t in threads:
             t.start()
         for t in threads:

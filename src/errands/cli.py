@@ -64,8 +64,8 @@ def record_dict(record: TaskRecord, *, admin: bool = True) -> dict[str, Any]:
     return data
 
 
-def _print_json(value: Any, out: TextIO = sys.stdout) -> None:
-    out.write(json.dumps(value, indent=2, default=str) + "\n")
+def _print_json(value: Any, out: TextIO | None = None) -> None:
+    (out or sys.stdout).write(json.dumps(value, indent=2, default=str) + "\n")
 
 
 # -- commands -------------------------------------------------------------------------
