@@ -18,8 +18,11 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import random
+import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,6 +52,38 @@ def resolve_url(url: str | URL | None) -> URL:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+_WRITE_WAIT = 30.0  # seconds a writer waits for SQLite's write lock before giving up
+
+
+def _begin_immediate(dbapi_conn: Any) -> None:
+    """Take SQLite's write lock, polling every few hundred microseconds.
+
+    SQLite's own busy handler sleeps longer and longer (up to 100 ms a try) while the
+    lock is taken, so under steady contention a waiting writer can lose the race for a
+    second or more. Polling with short randomised sleeps keeps the wait close to the
+    time the lock is actually held.
+    """
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA busy_timeout=0")
+        deadline = time.monotonic() + _WRITE_WAIT
+        pause = 0.0001
+        while True:
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, 0.002)
+    finally:
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
 
 
 class Database:
@@ -121,8 +156,10 @@ class Database:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            immediate = conn.get_execution_options().get("errands_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            if conn.get_execution_options().get("errands_write", False):
+                _begin_immediate(conn.connection.dbapi_connection)
+            else:
+                conn.exec_driver_sql("BEGIN")
 
         return engine
 
