@@ -260,3 +260,57 @@ def test_purge_deletes_only_expired_records(store_app: Errands) -> None:
         conn.execute(update(task_table).where(task_table.c.id == a).values(expires_at=past))
     assert store_app.db.write(tasks.purge_expired, datetime.now(UTC), 100) == 1
     assert {r.id for r in store_app.sync.list(owner="alice")} == {b, c}
+
+
+def test_sqlite_fast_path_writes_what_the_sqlalchemy_types_write(store_app: Errands) -> None:
+    """The hot-path statements (store/sqlite_fast.py) and the SQLAlchemy Core statements
+    store identical text for the same values."""
+    from sqlalchemy import text
+
+    from errands.store.queue import _outcome_statement
+    from errands.store.tasks import _INSERT_TASK
+
+    record, row, job = store_app._prepare("job", {"i": 1, "s": "é"}, "alice", 3, None)
+    store_app.db.write(store_app._create, row, job)  # the fast path
+    twin = dict(row, id=row["id"][:-4] + "ffff")
+    with store_app.db.engine.begin() as conn:
+        conn.execute(_INSERT_TASK, twin)  # the SQLAlchemy Core path
+    columns = "payload, status, run_at, created_at, updated_at, cancel_requested, version"
+
+    def raw(task_id: str) -> Any:
+        with store_app.db.engine.connect() as conn:
+            sql = text(
+                f"SELECT {columns}, result, finished_at, expires_at FROM errands_task WHERE id = :i"
+            )
+            return tuple(conn.execute(sql, {"i": task_id}).one())
+
+    assert raw(row["id"]) == raw(twin["id"])
+    # An outcome written both ways.
+    claim(store_app, "w1", limit=1)
+    finished = datetime.now(UTC)
+    keep = finished + timedelta(days=1)
+    finish(
+        store_app, "w1", Outcome(row["id"], Status.SUCCEEDED, result={"n": [1, 2]}, expires_at=keep)
+    )
+    stamp = store_app.sync.get(row["id"], owner="alice").finished_at
+    values = {
+        "status": "succeeded",
+        "result": {"n": [1, 2]},
+        "finished_at": stamp,
+        "expires_at": keep,
+        "error_type": None,
+        "error_message": None,
+        "error_detail": None,
+        "_id": twin["id"],
+        "_stamp": stamp,
+    }
+    with store_app.db.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE errands_task SET status = 'running' WHERE id = :i"), {"i": twin["id"]}
+        )
+        conn.execute(
+            _outcome_statement(tuple(sorted(k for k in values if k != "_stamp"))), [values]
+        )
+    fast, core = raw(row["id"]), raw(twin["id"])
+    assert fast[:6] + fast[7:] == core[:6] + core[7:]  # all but the version
+    assert store_app.sync.get(row["id"], owner="alice").result == {"n": [1, 2]}

@@ -43,7 +43,7 @@ class TaskContext:
         self._progress: tuple[float | None, float | None, str | None] | None = None
         self._progress_dirty = False
         self._outputs: list[Any] = []
-        self._cancel = threading.Event()
+        self._cancel = False  # set once, read by the task's thread (a plain flag)
 
     # -- progress and output -----------------------------------------------------------
     def progress(
@@ -66,15 +66,15 @@ class TaskContext:
     @property
     def cancelled(self) -> bool:
         """True once the task's owner asked to cancel it (or the worker is stopping it)."""
-        return self._cancel.is_set()
+        return self._cancel
 
     def raise_if_cancelled(self) -> None:
-        if self._cancel.is_set():
+        if self._cancel:
             raise TaskCancelled()
 
     # -- used by the worker ------------------------------------------------------------
     def _request_cancel(self) -> None:
-        self._cancel.set()
+        self._cancel = True
 
     def _take_progress(self) -> tuple[float | None, float | None, str | None] | None:
         """The newest progress if it changed since the last call, else None."""

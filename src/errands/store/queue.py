@@ -11,6 +11,7 @@ Times here are Unix seconds (floats); times written to the record are datetimes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from sqlalchemy import (
 )
 
 from ..records import Status
+from . import sqlite_fast
 from .schema import job_table, output_table, task_table
 
 J = job_table.c
@@ -64,19 +66,83 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
+_INSERT_JOB = insert(job_table)
+
+
 def insert_job(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(insert(job_table), values)
+    if conn.dialect.name == "sqlite":
+        sqlite_fast.insert_job(conn, values)
+    else:
+        conn.execute(_INSERT_JOB, values)
+
+
+_CHANGES = select(T.id, T.owner, T.version, T.status).where(
+    T.id.in_(bindparam("_ids", expanding=True))
+)
 
 
 def changes(conn: Connection, task_ids: Iterable[str]) -> list[Change]:
     ids = list(task_ids)
     if not ids:
         return []
-    rows = conn.execute(select(T.id, T.owner, T.version, T.status).where(T.id.in_(ids)))
+    if conn.dialect.name == "sqlite":
+        return [Change(t, o, v, Status(s)) for t, o, v, s in sqlite_fast.changes(conn, ids)]
+    rows = conn.execute(_CHANGES, {"_ids": ids})
     return [Change(r.id, r.owner, r.version, Status(r.status)) for r in rows]
 
 
 # -- claiming -------------------------------------------------------------------------
+def _ids(name: str) -> Any:
+    return bindparam(name, expanding=True)
+
+
+# Statements on the hot path are built once; executing them costs no construction.
+_AVAILABLE = (
+    select(J.task_id)
+    .where(J.lease_owner.is_(None), J.run_at <= bindparam("_now"), J.name.in_(_ids("_names")))
+    .order_by(J.priority.desc(), J.run_at)
+    .limit(bindparam("_limit"))
+    .with_for_update(skip_locked=True)
+)
+_LEASE = (
+    update(job_table)
+    .where(J.task_id.in_(_AVAILABLE.scalar_subquery()))
+    .values(
+        lease_owner=bindparam("_worker"),
+        lease_expires_at=bindparam("_until"),
+        attempt=J.attempt + 1,
+    )
+    .returning(J.task_id)
+)
+_START = (
+    update(task_table)
+    .where(T.id.in_(_ids("_ids")), T.status == Status.QUEUED.value)
+    .values(
+        status=Status.RUNNING.value,
+        attempts=T.attempts + 1,
+        started_at=bindparam("_stamp", type_=task_table.c.started_at.type),
+        updated_at=bindparam("_stamp", type_=task_table.c.updated_at.type),
+        version=T.version + 1,
+    )
+    .returning(
+        T.id,
+        T.name,
+        T.owner,
+        T.payload,
+        T.attempts,
+        T.max_attempts,
+        T.version,
+        T.cancel_requested,
+    )
+)
+_DROP_JOBS = delete(job_table).where(J.task_id.in_(_ids("_ids")))
+_LAST_SEQ = (
+    select(output_table.c.task_id, func.max(output_table.c.seq))
+    .where(output_table.c.task_id.in_(_ids("_ids")))
+    .group_by(output_table.c.task_id)
+)
+
+
 def claim(
     conn: Connection,
     worker_id: str,
@@ -89,64 +155,35 @@ def claim(
     """Lease up to ``limit`` available jobs, highest priority first, then oldest."""
     if limit <= 0 or not names:
         return []
-    available = (
-        select(J.task_id)
-        .where(J.lease_owner.is_(None), J.run_at <= now, J.name.in_(list(names)))
-        .order_by(J.priority.desc(), J.run_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    if conn.dialect.name == "sqlite":
+        return [
+            Claimed(*row)
+            for row in sqlite_fast.claim(conn, worker_id, names, limit, now, lease_seconds)
+        ]
     leased = (
         conn.execute(
-            update(job_table)
-            .where(J.task_id.in_(available.scalar_subquery()))
-            .values(
-                lease_owner=worker_id, lease_expires_at=now + lease_seconds, attempt=J.attempt + 1
-            )
-            .returning(J.task_id)
+            _LEASE,
+            {
+                "_now": now,
+                "_names": list(names),
+                "_limit": limit,
+                "_worker": worker_id,
+                "_until": now + lease_seconds,
+            },
         )
         .scalars()
         .all()
     )
     if not leased:
         return []
-    stamp = _dt(now)
-    rows = conn.execute(
-        update(task_table)
-        .where(T.id.in_(leased), T.status == Status.QUEUED.value)
-        .values(
-            status=Status.RUNNING.value,
-            attempts=T.attempts + 1,
-            started_at=stamp,
-            updated_at=stamp,
-            version=T.version + 1,
-        )
-        .returning(
-            T.id,
-            T.name,
-            T.owner,
-            T.payload,
-            T.attempts,
-            T.max_attempts,
-            T.version,
-            T.cancel_requested,
-        )
-    ).all()
+    rows = conn.execute(_START, {"_ids": leased, "_stamp": _dt(now)}).all()
     if len(rows) != len(leased):  # a job whose record is no longer queued: drop it
-        orphans = set(leased) - {r.id for r in rows}
-        conn.execute(delete(job_table).where(J.task_id.in_(orphans)))
+        orphans = list(set(leased) - {r.id for r in rows})
+        conn.execute(_DROP_JOBS, {"_ids": orphans})
     retried = [r.id for r in rows if r.attempts > 1]
     last: dict[str, int] = {}
     if retried:
-        OUT = output_table.c
-        last = {
-            task_id: seq
-            for task_id, seq in conn.execute(
-                select(OUT.task_id, func.max(OUT.seq))
-                .where(OUT.task_id.in_(retried))
-                .group_by(OUT.task_id)
-            )
-        }
+        last = {task_id: seq for task_id, seq in conn.execute(_LAST_SEQ, {"_ids": retried})}
     return [
         Claimed(
             r.id,
@@ -171,6 +208,15 @@ def next_run_at(conn: Connection, names: Sequence[str]) -> float | None:
 
 
 # -- while running --------------------------------------------------------------------
+_RENEW = (
+    update(job_table)
+    .where(J.lease_owner == bindparam("_worker"), J.task_id.in_(_ids("_ids")))
+    .values(lease_expires_at=bindparam("_until"))
+    .returning(J.task_id)
+)
+_CANCEL_ASKED = select(T.id).where(T.id.in_(_ids("_ids")), T.cancel_requested.is_(True))
+
+
 def heartbeat(
     conn: Connection, worker_id: str, task_ids: Sequence[str], *, lease_until: float
 ) -> tuple[set[str], set[str]]:
@@ -183,21 +229,28 @@ def heartbeat(
         return set(), set()
     held = set(
         conn.execute(
-            update(job_table)
-            .where(J.lease_owner == worker_id, J.task_id.in_(list(task_ids)))
-            .values(lease_expires_at=lease_until)
-            .returning(J.task_id)
+            _RENEW, {"_worker": worker_id, "_ids": list(task_ids), "_until": lease_until}
         ).scalars()
     )
     if not held:
         return held, set()
-    cancel = set(
-        conn.execute(select(T.id).where(T.id.in_(held), T.cancel_requested.is_(True))).scalars()
-    )
+    cancel = set(conn.execute(_CANCEL_ASKED, {"_ids": list(held)}).scalars())
     return held, cancel
 
 
 _lease_held = exists().where(J.task_id == T.id, J.lease_owner == bindparam("_worker"))
+_INSERT_OUTPUT = insert(output_table)
+_PROGRESS = (
+    update(task_table)
+    .where(T.id == bindparam("_id"), T.status == Status.RUNNING.value, _lease_held)
+    .values(
+        progress_current=bindparam("_current"),
+        progress_total=bindparam("_total"),
+        progress_message=bindparam("_message"),
+        updated_at=bindparam("_stamp", type_=task_table.c.updated_at.type),
+        version=T.version + 1,
+    )
+)
 
 
 def flush(
@@ -213,7 +266,7 @@ def flush(
     stamp = _dt(now)
     if outputs:
         conn.execute(
-            insert(output_table),
+            _INSERT_OUTPUT,
             [
                 {"task_id": o["task_id"], "seq": o["seq"], "data": o["data"], "created_at": stamp}
                 for o in outputs
@@ -222,15 +275,7 @@ def flush(
     if not progress:
         return []
     conn.execute(
-        update(task_table)
-        .where(T.id == bindparam("_id"), T.status == Status.RUNNING.value, _lease_held)
-        .values(
-            progress_current=bindparam("_current"),
-            progress_total=bindparam("_total"),
-            progress_message=bindparam("_message"),
-            updated_at=stamp,
-            version=T.version + 1,
-        ),
+        _PROGRESS,
         [
             {
                 "_id": p["task_id"],
@@ -238,6 +283,7 @@ def flush(
                 "_current": p["current"],
                 "_total": p["total"],
                 "_message": p["message"],
+                "_stamp": stamp,
             }
             for p in progress
         ],
@@ -265,6 +311,29 @@ class Outcome:
     retry_at: float | None = None
 
 
+_DELETE_HELD = (
+    delete(job_table)
+    .where(J.lease_owner == bindparam("_worker"), J.task_id.in_(_ids("_ids")))
+    .returning(J.task_id)
+)
+
+
+@functools.cache
+def _outcome_statement(keys: tuple[str, ...]) -> Any:
+    """The guarded UPDATE that records an outcome setting these columns (cached)."""
+    return (
+        update(task_table)
+        .where(T.id == bindparam("_id"), T.status == Status.RUNNING.value)
+        .values(
+            {k: bindparam(k) for k in keys if k != "_id"}
+            | {
+                "updated_at": bindparam("_stamp", type_=task_table.c.updated_at.type),
+                "version": T.version + 1,
+            }
+        )
+    )
+
+
 def finish(
     conn: Connection, worker_id: str, outcomes: Sequence[Outcome], *, now: float
 ) -> list[Change]:
@@ -276,13 +345,13 @@ def finish(
     stamp = _dt(now)
     terminal = [o for o in outcomes if o.status is not Status.QUEUED]
     held: set[str] = set()
+    fast = conn.dialect.name == "sqlite"
     if terminal:
+        ids = [o.task_id for o in terminal]
         held.update(
-            conn.execute(
-                delete(job_table)
-                .where(J.lease_owner == worker_id, J.task_id.in_([o.task_id for o in terminal]))
-                .returning(J.task_id)
-            ).scalars()
+            sqlite_fast.delete_held(conn, worker_id, ids)
+            if fast
+            else conn.execute(_DELETE_HELD, {"_worker": worker_id, "_ids": ids}).scalars()
         )
     for o in outcomes:
         if o.status is Status.QUEUED and o.retry_at is not None:
@@ -316,15 +385,12 @@ def finish(
         values["_id"] = o.task_id
         groups.setdefault(tuple(sorted(values)), []).append(values)
     for keys, params in groups.items():
-        stmt = (
-            update(task_table)
-            .where(T.id == bindparam("_id"), T.status == Status.RUNNING.value)
-            .values(
-                {k: bindparam(k) for k in keys if k != "_id"}
-                | {"updated_at": stamp, "version": T.version + 1}
-            )
-        )
-        conn.execute(stmt, params)
+        if fast:
+            sqlite_fast.record_outcomes(conn, tuple(k for k in keys if k != "_id"), params, stamp)
+            continue
+        for p in params:
+            p["_stamp"] = stamp
+        conn.execute(_outcome_statement(keys), params)
     return changes(conn, held)
 
 

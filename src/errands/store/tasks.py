@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
 
 from ..records import Progress, Status, TaskError, TaskRecord
+from . import sqlite_fast
 from .schema import job_table, output_table, task_table
 
 T = task_table.c
@@ -57,8 +58,14 @@ def _owned(task_id: str, owner: str | None) -> Any:
     return cond if owner is None else and_(cond, T.owner == owner)
 
 
+_INSERT_TASK = insert(task_table)
+
+
 def insert_task(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(insert(task_table), values)
+    if conn.dialect.name == "sqlite":
+        sqlite_fast.insert_task_and_job(conn, values, None)
+    else:
+        conn.execute(_INSERT_TASK, values)
 
 
 def get(conn: Connection, task_id: str, owner: str | None) -> TaskRecord | None:
