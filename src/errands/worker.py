@@ -161,6 +161,8 @@ class Worker:
         self._stopping = False
         self._forced = False
         self._processes: ProcessPool | None = None
+        #: When the earliest waiting job is due (from the last claim that came up short).
+        self._due: float | None = None
         #: Attempts started since the worker began (for tests and stats).
         self.started = 0
 
@@ -176,87 +178,173 @@ class Worker:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._outcome_ready = asyncio.Event()
-        # Held while outcomes are written, so the final write at shutdown waits for one
-        # in flight (cancelling the complete loop could otherwise drop its write).
-        self._write_lock = asyncio.Lock()
         self._beat_now = asyncio.Event()
+        self._maybe_work = True  # a claim could find something
+        self._hinted = False
         await self._loop.run_in_executor(None, self.app.db.ensure_schema)
         subscription = self.app.notifier.listen_worker(self._on_jobs_hint, self._on_cancel_hint)
         handled = self._install_signals()
         background = [
-            asyncio.create_task(self._complete_loop(), name="errands-complete"),
             asyncio.create_task(self._heartbeat_loop(), name="errands-heartbeat"),
             asyncio.create_task(self._flush_loop(), name="errands-flush"),
         ]
         log.info("worker %s started: %s", self.id, ", ".join(self.names))
         try:
-            await self._claim_loop()
+            await self._pump()
         finally:
-            try:
-                await self._shutdown()
-            finally:
-                for t in background:
-                    t.cancel()
-                await asyncio.gather(*background, return_exceptions=True)
-                subscription.close()
-                for sig in handled:
-                    self._loop.remove_signal_handler(sig)
-                if self._processes is not None:
-                    self._processes.close()
-                log.info("worker %s stopped", self.id)
+            self._stopping = True
+            for exe in list(self._running.values()):  # only after an error in the pump
+                self._stop_attempt(exe, "shutdown")
+                self._force_settle(exe)
+            for t in background:
+                t.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            subscription.close()
+            for sig in handled:
+                self._loop.remove_signal_handler(sig)
+            if self._processes is not None:
+                self._processes.close()
+            log.info("worker %s stopped", self.id)
 
-    # -- claiming ----------------------------------------------------------------------
-    async def _claim_loop(self) -> None:
+    # -- the pump: one transaction per round ---------------------------------------------
+    async def _pump(self) -> None:
+        """Write what ended and claim what fits, in one transaction per round.
+
+        A round runs when outcomes wait to be written or slots are free and a claim
+        could find work (after a notification, a poll interval, a due time, or a claim
+        that filled every slot). Whatever ends while a round is in flight goes in the
+        next one (group commit). On stop, claiming ends, running attempts get
+        ``shutdown_timeout`` to finish (then are stopped and handed back), and the pump
+        returns once everything is written.
+        """
         s = self.settings
+        shutdown_at: float | None = None
         recheck = False
-        while not self._stopping:
-            free = s.concurrency - len(self._running)
-            if free > 0:
-                self._wake.clear()
-                hinted, self._hinted = getattr(self, "_hinted", False), False
-                claimed = await self.app.db.awrite(
-                    queue.claim,
-                    self.id,
-                    names=self.names,
-                    limit=free,
-                    now=time.time(),
-                    lease_seconds=s.lease_seconds,
-                )
-                for job in claimed:
-                    self._start(job)
-                if claimed:
-                    continue
-                if s.burst and not self._running and not self._writing:
-                    # (an outcome still being written may be a retry that is due)
+        while True:
+            if self._stopping and shutdown_at is None:
+                shutdown_at = time.monotonic() + (0 if self._forced else s.shutdown_timeout)
+            if (
+                shutdown_at is not None
+                and self._running
+                and (self._forced or time.monotonic() >= shutdown_at)
+            ):
+                self._stop_running()
+            free = 0 if self._stopping else s.concurrency - len(self._running)
+            limit = free if self._maybe_work else 0
+            if not (self._outcomes or self._releases or limit):
+                if not self._running and (self._stopping or (s.burst and not self._maybe_work)):
                     return
-                if hinted and not recheck:
+                self._wake.clear()
+                timeout = s.poll_interval
+                if shutdown_at is not None:
+                    if time.monotonic() < shutdown_at:  # else: wait for attempts to settle
+                        timeout = min(timeout, shutdown_at - time.monotonic())
+                elif self._due is not None:
+                    timeout = max(0.0, min(timeout, self._due - time.time()))
+                if not await self._sleep_or_wake(timeout) and not self._stopping:
+                    self._maybe_work = True  # poll interval or due time reached
+                continue
+            hinted, self._hinted = self._hinted, False
+            claimed, requeued = await self._round(limit)
+            if limit:
+                if len(claimed) < limit and hinted and not recheck:
                     # The hint may have come just before its transaction committed.
                     recheck = True
-                    await self._sleep_or_wake(0.02)
-                    continue
-                recheck = False
-                due = await self.app.db.aread(queue.next_run_at, self.names)
-                timeout = s.poll_interval
-                if due is not None:
-                    timeout = max(0.0, min(timeout, due - time.time()))
-                await self._sleep_or_wake(timeout)
-            else:
-                # Every slot is busy: a job hint must not make this loop spin without
-                # yielding (a set ``_wake`` returns at once); a settled attempt sets it
-                # again after this.
-                self._wake.clear()
-                await self._sleep_or_wake(s.poll_interval)
+                    self._loop.call_later(0.02, self._poke)
+                else:
+                    recheck = False
+                self._maybe_work = len(claimed) == limit
+            if requeued:
+                self._maybe_work = True  # a retry or a handed-back job may be due now
+            for job in claimed:
+                self._start(job)
 
-    async def _sleep_or_wake(self, timeout: float) -> None:
-        if timeout <= 0 or self._wake.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
+    def _poke(self) -> None:
+        self._maybe_work = True
+        self._wake.set()
+
+    def _stop_running(self) -> None:
+        for exe in list(self._running.values()):
+            if exe.stop_reason != "shutdown":
+                self._stop_attempt(exe, "shutdown")
+                if exe.definition.executor != "async":
+                    self._force_settle(exe)
+
+    async def _round(self, limit: int) -> tuple[list[Claimed], bool]:
+        batch, self._outcomes = self._outcomes, []
+        releases, self._releases = self._releases, []
+        outputs = [item for exe, _ in batch for item in exe.take_outputs()]
+        release_ids = [exe.job.task_id for exe in releases]
+        try:
+            changed, claimed, due = await self.app.db.awrite(
+                self._round_txn, batch, outputs, release_ids, limit
+            )
+        except Exception:
+            log.exception("worker %s: a write failed; retrying", self.id)
+            for exe, _ in batch:
+                exe.unflushed[:0] = [o for o in outputs if o["task_id"] == exe.job.task_id]
+            self._outcomes[:0] = batch
+            self._releases[:0] = releases
+            await asyncio.sleep(0.5)
+            return [], False
+        for exe, _ in batch:
+            self._writing.discard(exe.job.task_id)
+        if limit:
+            self._due = due
+        self._publish(changed)
+        if releases:
+            self.app.engine.after_commit(release_ids)
+        requeued = bool(releases) or any(o.status is Status.QUEUED for _, o in batch)
+        return claimed, requeued
+
+    def _round_txn(
+        self,
+        conn: Connection,
+        batch: list[tuple[Execution, Outcome]],
+        outputs: list[dict[str, Any]],
+        releases: list[str],
+        limit: int,
+    ) -> tuple[list[Change], list[Claimed], float | None]:
+        now = time.time()
+        changed: list[Change] = []
+        if outputs:
+            queue.flush(conn, self.id, progress=[], outputs=outputs, now=now)
+        if batch:
+            changed += queue.finish(conn, self.id, [o for _, o in batch], now=now)
+        if releases:
+            changed += queue.release(conn, self.id, releases, now=now)
+        claimed: list[Claimed] = []
+        due = None
+        if limit:
+            claimed = queue.claim(
+                conn,
+                self.id,
+                names=self.names,
+                limit=limit,
+                now=now,
+                lease_seconds=self.settings.lease_seconds,
+            )
+            if len(claimed) < limit:
+                due = queue.next_run_at(conn, self.names)
+        return changed, claimed, due
+
+    async def _sleep_or_wake(self, timeout: float) -> bool:
+        """Wait for ``_wake`` at most ``timeout`` seconds; True if it was set."""
+        if self._wake.is_set():
+            return True
+        if timeout <= 0:
+            await asyncio.sleep(0)  # always yield: callers loop on this
+            return self._wake.is_set()
+        try:
             await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def _on_jobs_hint(self) -> None:  # listener thread
         def hint() -> None:
             self._hinted = True
+            self._maybe_work = True
             self._wake.set()
 
         with contextlib.suppress(RuntimeError):
@@ -450,60 +538,9 @@ class Worker:
                 outcome.expires_at = self.app.expiry(exe.job.name, time.time())
             self._writing.add(exe.job.task_id)
             self._outcomes.append((exe, outcome))
-            self._outcome_ready.set()
-        elif exe in self._releases:
-            self._outcome_ready.set()
         self._wake.set()
 
     # -- writing -----------------------------------------------------------------------
-    def _finish_txn(
-        self,
-        conn: Connection,
-        batch: list[tuple[Execution, Outcome]],
-        outputs: list[dict[str, Any]],
-        releases: list[str],
-    ) -> list[Change]:
-        now = time.time()
-        queue.flush(conn, self.id, progress=[], outputs=outputs, now=now)
-        changed = queue.finish(conn, self.id, [o for _, o in batch], now=now)
-        if releases:
-            changed += queue.release(conn, self.id, releases, now=now)
-        return changed
-
-    async def _complete_loop(self) -> None:
-        while True:
-            await self._outcome_ready.wait()
-            self._outcome_ready.clear()
-            await self._write_outcomes()
-
-    async def _write_outcomes(self) -> None:
-        async with self._write_lock:
-            await self._write_outcomes_locked()
-
-    async def _write_outcomes_locked(self) -> None:
-        batch, self._outcomes = self._outcomes, []
-        releases, self._releases = self._releases, []
-        if not batch and not releases:
-            return
-        outputs = [item for exe, _ in batch for item in exe.take_outputs()]
-        release_ids = [exe.job.task_id for exe in releases]
-        try:
-            changed = await self.app.db.awrite(self._finish_txn, batch, outputs, release_ids)
-        except Exception:
-            log.exception("worker %s: writing %d outcomes failed; retrying", self.id, len(batch))
-            for exe, _ in batch:
-                exe.unflushed[:0] = [o for o in outputs if o["task_id"] == exe.job.task_id]
-            self._outcomes[:0] = batch
-            self._releases[:0] = releases
-            await asyncio.sleep(0.5)
-            self._outcome_ready.set()
-            return
-        for exe, _ in batch:
-            self._writing.discard(exe.job.task_id)
-        self._publish(changed)
-        if releases:
-            self.app.engine.after_commit(release_ids)
-
     def _publish(self, changed: Sequence[Change]) -> None:
         if changed:
             self.app.notifier.publish_changes(changed)
@@ -604,21 +641,3 @@ class Worker:
             except (NotImplementedError, RuntimeError):
                 pass
         return handled
-
-    async def _shutdown(self) -> None:
-        self._stopping = True
-        deadline = time.monotonic() + self.settings.shutdown_timeout
-        while self._running and not self._forced and time.monotonic() < deadline:
-            self._wake.clear()
-            await self._sleep_or_wake(min(0.1, deadline - time.monotonic()))
-        for exe in list(self._running.values()):
-            self._stop_attempt(exe, "shutdown")
-            if exe.definition.executor != "async":
-                self._force_settle(exe)
-        until = time.monotonic() + 2 * self.settings.cancel_grace
-        while self._running and time.monotonic() < until:
-            self._wake.clear()
-            await self._sleep_or_wake(until - time.monotonic())
-        for exe in list(self._running.values()):
-            self._force_settle(exe)
-        await self._write_outcomes()
