@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a worker")
     p.add_argument("app", metavar="MODULE:ATTR", help="the Errands app, e.g. myproject.tasks:app")
-    p.add_argument("-c", "--concurrency", type=int, default=8)
+    p.add_argument("-c", "--concurrency", type=int, default=16)
     p.add_argument("--burst", action="store_true", help="exit once no job is due or running")
     p.add_argument("--lease", type=float, default=30.0, help="lease seconds (default 30)")
     p.add_argument("--heartbeat", type=float, default=None, help="heartbeat seconds")

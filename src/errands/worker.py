@@ -53,7 +53,7 @@ log = logging.getLogger("errands.worker")
 @dataclass
 class WorkerSettings:
     #: Attempts run at once by this worker.
-    concurrency: int = 8
+    concurrency: int = 16
     #: Run until no job is due and none is running, then return.
     burst: bool = False
     #: How long a claimed job stays leased without a heartbeat.

@@ -47,6 +47,7 @@ class UnixSocketNotifier:
         self._sender.setblocking(False)
         self._lock = threading.Lock()
         self._listeners: dict[str, _Listener] = {}
+        self._peer_cache: dict[str, tuple[int, list[str]]] = {}
         self._closed = False
 
     # -- publishing ------------------------------------------------------------------
@@ -70,18 +71,24 @@ class UnixSocketNotifier:
             ]
             self._send("e", b"V" + json.dumps(body, separators=(",", ":")).encode())
 
-    def _send(self, kind: str, data: bytes) -> None:
-        folder = self.root / kind
+    def _peers(self, kind: str) -> list[str]:
+        """Socket paths in the folder, re-listed only when the folder changed."""
+        folder = str(self.root / kind)
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+        except FileNotFoundError:
+            return []
+        cached = self._peer_cache.get(kind)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
         own = self._listeners.get(kind)
         own_name = own.name if own is not None else None
-        try:
-            names = os.listdir(folder)
-        except FileNotFoundError:
-            return
-        for name in names:
-            if name == own_name:
-                continue
-            path = str(folder / name)
+        paths = [os.path.join(folder, n) for n in os.listdir(folder) if n != own_name]
+        self._peer_cache[kind] = (mtime, paths)
+        return paths
+
+    def _send(self, kind: str, data: bytes) -> None:
+        for path in self._peers(kind):
             try:
                 self._sender.sendto(data, path)
             except (ConnectionRefusedError, FileNotFoundError):
@@ -105,6 +112,7 @@ class UnixSocketNotifier:
         with self._lock:
             if kind not in self._listeners and not self._closed:
                 self._listeners[kind] = _Listener(self.root / kind, self._dispatch)
+                self._peer_cache.pop(kind, None)
 
     def _dispatch(self, data: bytes) -> None:
         tag, body = data[:1], data[1:]
