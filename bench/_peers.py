@@ -39,6 +39,6 @@ def load_common() -> ModuleType:
     finally:
         sys.dont_write_bytecode = before
     state = RESULTS / "state"
-    common.STATE = str(state)
-    common.LOGS = str(state / "logs")
+    setattr(common, "STATE", str(state))  # noqa: B010 (a module we do not type)
+    setattr(common, "LOGS", str(state / "logs"))  # noqa: B010
     return common

@@ -247,7 +247,7 @@ class Worker:
             hinted, self._hinted = self._hinted, False
             claimed, requeued = await self._round(limit)
             if limit:
-                if len(claimed) < limit and hinted and not recheck:
+                if not claimed and hinted and not recheck:
                     # The hint may have come just before its transaction committed.
                     recheck = True
                     self._loop.call_later(0.02, self._poke)
