@@ -1,0 +1,262 @@
+"""errands measured by the peers' driver: an ``Adapter`` for ``shared/bench/peers/common.py``.
+
+One run of W1, W2 and W3 against one fresh SQLite file, exactly as the peer harness runs
+each peer (same workload code, timing, worker start/stop and start-time probe):
+
+    .venv/bin/python bench/errands_adapter.py --out bench/results/raw/x.json
+
+``bench/run.py`` calls this once per configuration and repetition. Environment:
+
+- ``BENCH_ERRANDS_URL``: the database URL (default: a new file under bench/results/state);
+  the workers inherit it.
+- ``BENCH_ERRANDS_VARIANT``: the configuration's name in the results (default: derived).
+- ``BENCH_ERRANDS_CONCURRENCY``: ``--concurrency`` of each worker process (default 8,
+  the library's default).
+- ``BENCH_ERRANDS_EXECUTOR``: ``async`` (default) or ``thread`` (see errands_tasks.py).
+- ``BENCH_ERRANDS_PIDFILE``: worker pids are appended here, so that ``run.py`` can kill
+  leftovers even if this process is killed.
+- plus the peer harness's own ``BENCH_W1_N`` / ``BENCH_W2_N`` / ``BENCH_W3_N`` /
+  ``BENCH_PHASE_TIMEOUT``.
+
+How errands is driven (the peers' equivalents in brackets):
+
+- enqueue: ``app.sync.submit(name, payload, owner=...)`` one call at a time, each its own
+  durable transaction [``task.delay()``, ``enqueue()``, ...].
+- "batch": errands has **no batch API**. The column holds 5,000 ``app.sync.submit(...,
+  connection=conn)`` calls inside one caller transaction (the documented way to submit
+  inside your own transaction), into a scratch database no worker reads, then deleted.
+- done (W1/W3): the last-submitted record is polled through ``app.sync.get`` until it
+  reads ``succeeded``, then ``count(*)`` of this phase's task name in ``succeeded``
+  confirms all (failed/cancelled ones abort the phase) [Procrastinate / PgQueuer: last
+  job's status, then a count per task name over their job table].
+- W2: ``app.sync.submit`` then ``app.sync.wait`` (woken by errands' cross-process
+  change notifications; no client polling) [blocking result APIs of Celery/RQ/Dramatiq].
+- W3: 20 × ``ctx.progress(k, 20)`` (errands' progress API: coalesced in memory and
+  written at most every 0.25 s per task plus once with the outcome) and a ~1 KB result
+  stored in the task record [``update_state``, ``save_meta``, ``huey.put``, UPSERTs].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench._peers import RESULTS, load_common  # noqa: E402
+
+common = load_common()
+STATE = RESULTS / "state"
+STATE.mkdir(parents=True, exist_ok=True)
+os.environ.setdefault(
+    "BENCH_ERRANDS_URL", f"sqlite:///{STATE}/errands-{os.getpid()}-{int(time.time())}.db"
+)
+
+from sqlalchemy import func, select  # noqa: E402
+
+import errands  # noqa: E402
+from bench import errands_tasks  # noqa: E402
+from bench._source import fingerprint  # noqa: E402
+from errands import Errands, Status  # noqa: E402
+from errands.store.schema import task_table  # noqa: E402
+
+app = errands_tasks.app
+OWNER = "bench-user"
+CONCURRENCY = int(os.environ.get("BENCH_ERRANDS_CONCURRENCY", "8"))
+PIDFILE = os.environ.get("BENCH_ERRANDS_PIDFILE")
+TASK_KINDS = {
+    "async": "async def, run on the worker's event loop",
+    "thread": "plain def, one thread per attempt",
+}
+
+
+def _sqlite_files(url_app: Errands) -> list[Path]:
+    path = url_app.db.sqlite_path
+    if path is None:
+        return []
+    return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def _count(name: str, status: Status, *, progress_at: float | None = None) -> int:
+    """How many records of task ``name`` have ``status`` (one ``count(*)``)."""
+    t = task_table.c
+    query = (
+        select(func.count()).select_from(task_table).where(t.name == name, t.status == status.value)
+    )
+    if progress_at is not None:
+        query = query.where(t.progress_current == progress_at)
+    return int(app.db.read(lambda conn: conn.execute(query).scalar_one()))
+
+
+def _last_done(task_id: str) -> bool:
+    status = app.sync.get(task_id, owner=OWNER).status
+    if status.done and status is not Status.SUCCEEDED:
+        raise RuntimeError(f"task {task_id} ended {status.value}")
+    return status is Status.SUCCEEDED
+
+
+def _wait_all(name: str, ids: list[str]) -> float:
+    """time.time() when every record of this phase reads ``succeeded``: the last one
+    through ``app.sync.get``, then all of them (task ``name``) with one count."""
+
+    def count() -> int:
+        bad = _count(name, Status.FAILED) + _count(name, Status.CANCELLED)
+        if bad:
+            raise RuntimeError(f"{bad} {name} tasks failed or were cancelled")
+        return _count(name, Status.SUCCEEDED)
+
+    return float(common.count_wait(count, len(ids), last_done=lambda: _last_done(ids[-1])))
+
+
+def source_fingerprint() -> str:
+    """Which library source runs: the pinned commit (run.py ``--ref``) or the working
+    tree, plus a hash of the imported package's files (others edit src/ meanwhile)."""
+    where = Path(errands.__file__).resolve().parent
+    ref = os.environ.get("BENCH_ERRANDS_REF") or "working tree"
+    return f"{ref[:12]} ({where}), files sha1 {fingerprint(where)}"
+
+
+class Adapter(common.Adapter):  # type: ignore[misc, name-defined]
+    system = "errands"
+    packages = ("errands", "sqlalchemy", "pydantic", "redis")
+    batch_api = "app.sync.submit(..., connection=conn) × n in one transaction (no batch API)"
+
+    def __init__(self) -> None:
+        url = app.db.url
+        sync = str(url.query.get("synchronous", "full")).lower()
+        executor = errands_tasks.EXECUTOR
+        default_variant = f"sqlite-{sync}" + ("" if executor == "async" else f"-{executor}")
+        self.variant = os.environ.get("BENCH_ERRANDS_VARIANT", default_variant)
+        self.config = {
+            "store": f"SQLite file, WAL, synchronous={sync.upper()}",
+            "worker": (
+                f"{common.WORKERS} x `python -m errands worker bench.errands_tasks:app "
+                f"--concurrency {CONCURRENCY}`"
+            ),
+            "tasks": TASK_KINDS[executor],
+            "enqueue": "app.sync.submit() one at a time; no batch API (batch column: "
+            "submit(connection=conn) in one caller transaction)",
+            "done": "W1/W3: app.sync.get(last) until succeeded, then count(*) of succeeded "
+            "records; W2: app.sync.wait (cross-process notifications, no polling)",
+            "progress": "ctx.progress() x 20 (coalesced, written at most every 0.25 s per "
+            "task + with the outcome)",
+            "source": source_fingerprint(),
+        }
+
+    def worker_cmds(self) -> list[list[str]]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "errands",
+            "worker",
+            "bench.errands_tasks:app",
+            "--concurrency",
+            str(CONCURRENCY),
+        ]
+        return [list(cmd) for _ in range(common.WORKERS)]
+
+    def reset(self) -> None:
+        _remove(_sqlite_files(app))
+        app.db.ensure_schema()  # untimed, like the peers' schema set-up
+
+    # -- W1 ------------------------------------------------------------------------------
+    def w1_enqueue_batch(self, n: int) -> float:
+        url = app.db.url.set(database=f"{app.db.sqlite_path}.batch")
+        scratch = Errands(url)
+        errands_tasks.register(scratch)
+        files = _sqlite_files(scratch)
+        _remove(files)
+        try:
+            scratch.db.ensure_schema()
+            t0 = time.perf_counter()
+            with scratch.db.engine.connect() as conn:
+                conn.execution_options(errands_write=True)  # BEGIN IMMEDIATE, as errands does
+                with conn.begin():
+                    for i in range(n):
+                        scratch.sync.submit("noop", {"i": i}, owner=OWNER, connection=conn)
+            return time.perf_counter() - t0
+        finally:
+            scratch.close()
+            shutil.rmtree(getattr(scratch.notifier, "root", "/nonexistent"), ignore_errors=True)
+            _remove(files)
+
+    def w1_enqueue(self, n: int) -> list[str]:
+        return [app.sync.submit("noop", {"i": i}, owner=OWNER).id for i in range(n)]
+
+    def w1_wait(self, handles: list[str]) -> float:
+        return _wait_all("noop", handles)
+
+    def w1_check(self, handles: list[str]) -> dict[str, Any]:
+        last = app.sync.get(handles[-1], owner=OWNER)
+        return {"last_result": last.result, "succeeded": _count("noop", Status.SUCCEEDED)}
+
+    # -- W2 ------------------------------------------------------------------------------
+    def w2_one(self, key: str) -> tuple[float, float]:
+        t0 = time.time()
+        record = app.sync.submit("w2task", {"key": key}, owner=OWNER)
+        final = app.sync.wait(record.id, owner=OWNER, timeout=60)
+        t1 = time.time()
+        if final.status is not Status.SUCCEEDED:
+            raise RuntimeError(f"w2 task {record.id} ended {final.status.value}")
+        return t0, t1
+
+    # -- W3 ------------------------------------------------------------------------------
+    def w3_enqueue(self, n: int) -> list[str]:
+        return [app.sync.submit("w3task", {"i": i}, owner=OWNER).id for i in range(n)]
+
+    def w3_wait(self, handles: list[str]) -> float:
+        return _wait_all("w3task", handles)
+
+    def w3_check(self, handles: list[str]) -> dict[str, Any]:
+        first = app.sync.get(handles[0], owner=OWNER)
+        return {
+            "progress": [first.progress.current, first.progress.total],
+            "result_len": len(json.dumps(first.result)),
+            "w3_done_with_final_progress": _count(
+                "w3task", Status.SUCCEEDED, progress_at=float(common.W3_REPORTS)
+            ),
+        }
+
+    def close(self) -> None:
+        app.close()
+        shutil.rmtree(getattr(app.notifier, "root", "/nonexistent"), ignore_errors=True)
+
+
+def _record_worker_pids() -> None:
+    """Wrap the driver's start_workers to append worker pids to $BENCH_ERRANDS_PIDFILE."""
+    if not PIDFILE:
+        return
+    original = common.start_workers
+
+    def start_workers(adapter: Any, phase: str) -> Any:
+        procs = original(adapter, phase)
+        with open(PIDFILE, "a") as fh:
+            fh.writelines(f"{p.pid}\n" for p in procs)
+        return procs
+
+    setattr(common, "start_workers", start_workers)  # noqa: B010
+
+
+def main() -> int:
+    # The workers run in the peers' directory; they must import bench.errands_tasks.
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    os.environ.setdefault("BENCH_PEERS_DIR", str(Path(common.HERE)))
+    _record_worker_pids()
+    return int(common.main(Adapter()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

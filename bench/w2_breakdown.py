@@ -1,0 +1,107 @@
+"""Where W2's latency goes: the submit→start→done-visible path of one task, in segments.
+
+    .venv/bin/python bench/w2_breakdown.py                 # synchronous=FULL, 200 tasks
+    .venv/bin/python bench/w2_breakdown.py --sync normal
+
+Same set-up as W2 (2 idle workers, 5 warm-up tasks, 1 s idle, tasks one at a time, each
+waited for with ``app.sync.wait``). Besides the client's own clock readings it uses the
+record's ``started_at`` (the worker's clock when it began the claim transaction) and
+``finished_at`` (inside the outcome transaction, once the write lock is held) and the
+task's start probe. All clocks are ``time.time()`` on the same host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SEGMENTS = (
+    ("submit() call: insert + COMMIT + notify", "t0", "t_submitted"),
+    ("worker wakes, begins the claim", "t_submitted", "claim"),
+    ("claim txn (lock, UPDATEs, COMMIT) → task entry", "claim", "start"),
+    ("task entry → outcome txn holds the lock", "start", "finish"),
+    ("outcome txn COMMIT → notify → client reads it", "finish", "visible"),
+    ("total: submit → start", "t0", "start"),
+    ("total: submit → done visible", "t0", "visible"),
+)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sync", choices=("full", "normal"), default="full")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--ref", default="HEAD", help="git commit of the library (as run.py)")
+    args = ap.parse_args()
+    from bench._peers import RESULTS
+
+    db = RESULTS / "state" / f"w2-breakdown-{int(time.time())}.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    query = "" if args.sync == "full" else f"?synchronous={args.sync}"
+    os.environ["BENCH_ERRANDS_URL"] = f"sqlite:///{db}{query}"
+    os.environ["BENCH_ERRANDS_VARIANT"] = f"w2-breakdown-{args.sync}"
+    from bench._source import snapshot
+
+    src, sha = snapshot(args.ref)
+    sys.path.insert(0, str(src))  # before anything imports errands
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(src), str(REPO)])
+    os.environ["BENCH_ERRANDS_REF"] = sha
+
+    from bench.errands_adapter import OWNER, Adapter, app, common
+
+    adapter = Adapter()
+    adapter.reset()
+    common._probe_client().delete(common.PROBE_KEY)  # as the driver does before a run
+    procs = common.start_workers(adapter, "w2breakdown")
+    rows: list[dict[str, float]] = []
+    try:
+        for k in range(5):
+            adapter.w2_one(f"warm-{k}")
+        time.sleep(1.0)
+        for k in range(args.n):
+            key = f"bd-{k}"
+            t0 = time.time()
+            record = app.sync.submit("w2task", {"key": key}, owner=OWNER)
+            t_submitted = time.time()
+            final = app.sync.wait(record.id, owner=OWNER, timeout=60)
+            visible = time.time()
+            assert final.started_at is not None and final.finished_at is not None
+            rows.append(
+                {
+                    "key": float(k),
+                    "t0": t0,
+                    "t_submitted": t_submitted,
+                    "claim": final.started_at.timestamp(),
+                    "finish": final.finished_at.timestamp(),
+                    "visible": visible,
+                }
+            )
+        starts = common.probe_all()
+        for row in rows:
+            row["start"] = starts[f"bd-{int(row['key'])}"]
+    finally:
+        common.stop_workers(procs)
+        adapter.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+    print(
+        f"W2 breakdown, errands {sha[:12]}, synchronous={args.sync.upper()}, {args.n} tasks, "
+        f"load average {os.getloadavg()}"
+    )
+    print(f"{'segment':<50} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}")
+    for label, a, b in SEGMENTS:
+        values = [(r[b] - r[a]) for r in rows]
+        s = common.summarize_ms(values)
+        print(f"{label:<50} {s['p50']:8.2f} {s['p90']:8.2f} {s['p99']:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
