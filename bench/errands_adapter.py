@@ -10,7 +10,7 @@ each peer (same workload code, timing, worker start/stop and start-time probe):
 - ``BENCH_ERRANDS_URL``: the database URL (default: a new file under bench/results/state);
   the workers inherit it.
 - ``BENCH_ERRANDS_VARIANT``: the configuration's name in the results (default: derived).
-- ``BENCH_ERRANDS_CONCURRENCY``: ``--concurrency`` of each worker process (default 8,
+- ``BENCH_ERRANDS_CONCURRENCY``: ``--concurrency`` of each worker process (default 16,
   the library's default).
 - ``BENCH_ERRANDS_EXECUTOR``: ``async`` (default) or ``thread`` (see errands_tasks.py).
 - ``BENCH_ERRANDS_PIDFILE``: worker pids are appended here, so that ``run.py`` can kill

@@ -356,7 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--configs", default="full,normal", help=f"of {', '.join(CONFIGS)}")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--concurrency", type=int, default=16, help="per worker process (default 16, the library default)")
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="per worker process (default 16, the library default)",
+    )
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run (default 600)")
     ap.add_argument("--quick", action="store_true", help="small workloads (smoke test)")
     ap.add_argument("--peers", type=Path, default=None, help="peers' results.json (same sitting)")
