@@ -69,7 +69,7 @@ from errands.store.schema import task_table  # noqa: E402
 
 app = errands_tasks.app
 OWNER = "bench-user"
-CONCURRENCY = int(os.environ.get("BENCH_ERRANDS_CONCURRENCY", "8"))
+CONCURRENCY = int(os.environ.get("BENCH_ERRANDS_CONCURRENCY", "16"))
 PIDFILE = os.environ.get("BENCH_ERRANDS_PIDFILE")
 TASK_KINDS = {
     "async": "async def, run on the worker's event loop",

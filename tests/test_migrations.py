@@ -33,6 +33,13 @@ def _describe(url: str) -> dict[str, Any]:
                 ),
             }
         with engine.connect() as conn:
+            out["table_sql"] = sorted(
+                " ".join(r[0].split())
+                for r in conn.exec_driver_sql(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' "
+                    "AND name LIKE 'errands_%' AND name != 'errands_alembic_version'"
+                )
+            )
             out["index_sql"] = sorted(
                 " ".join(r[0].split())
                 for r in conn.exec_driver_sql(

@@ -87,7 +87,12 @@ task_table = Table(
     # Ids are time-ordered, so (owner, id) serves "my tasks, newest first".
     Index("ix_errands_task_owner_id", "owner", "id"),
     Index("ix_errands_task_status_id", "status", "id"),
-    Index("ix_errands_task_expires_at", "expires_at"),
+    Index(
+        "ix_errands_task_expires_at",
+        "expires_at",
+        sqlite_where=text("expires_at IS NOT NULL"),
+        postgresql_where=text("expires_at IS NOT NULL"),
+    ),
 )
 
 job_table = Table(
@@ -115,6 +120,8 @@ job_table = Table(
         sqlite_where=text("lease_owner IS NOT NULL"),
         postgresql_where=text("lease_owner IS NOT NULL"),
     ),
+    # Small rows keyed by task id: one B-tree instead of a table plus a key index.
+    sqlite_with_rowid=False,
 )
 
 output_table = Table(

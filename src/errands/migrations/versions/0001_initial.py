@@ -49,7 +49,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_errands_task_owner_id", "errands_task", ["owner", "id"])
     op.create_index("ix_errands_task_status_id", "errands_task", ["status", "id"])
-    op.create_index("ix_errands_task_expires_at", "errands_task", ["expires_at"])
+    op.create_index(
+        "ix_errands_task_expires_at",
+        "errands_task",
+        ["expires_at"],
+        sqlite_where=sa.text("expires_at IS NOT NULL"),
+        postgresql_where=sa.text("expires_at IS NOT NULL"),
+    )
 
     op.create_table(
         "errands_job",
@@ -61,6 +67,7 @@ def upgrade() -> None:
         sa.Column("attempt", sa.Integer(), nullable=False, server_default=sa.text("0")),
         sa.Column("lease_owner", sa.String(64)),
         sa.Column("lease_expires_at", sa.Float()),
+        sqlite_with_rowid=False,
     )
     op.create_index(
         "ix_errands_job_available",
