@@ -202,6 +202,8 @@ def claim(
 
 def next_run_at(conn: Connection, names: Sequence[str]) -> float | None:
     """When the earliest available job becomes due (None: no job is waiting)."""
+    if conn.dialect.name == "sqlite":
+        return sqlite_fast.next_run_at(conn, names)
     return conn.execute(
         select(func.min(J.run_at)).where(J.lease_owner.is_(None), J.name.in_(list(names)))
     ).scalar()

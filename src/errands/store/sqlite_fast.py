@@ -143,6 +143,19 @@ def claim(
     ]
 
 
+def next_run_at(conn: Connection, names: Sequence[str]) -> float | None:
+    row = (
+        _cursor(conn)
+        .execute(
+            "SELECT min(run_at) FROM errands_job WHERE lease_owner IS NULL "
+            f"AND name IN ({_marks(len(names))})",
+            list(names),
+        )
+        .fetchone()
+    )
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def delete_held(conn: Connection, worker_id: str, task_ids: Sequence[str]) -> list[str]:
     return [
         r[0]

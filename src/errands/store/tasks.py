@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, update
 
 from ..records import Progress, Status, TaskError, TaskRecord
 from . import sqlite_fast
@@ -68,8 +68,15 @@ def insert_task(conn: Connection, values: dict[str, Any]) -> None:
         conn.execute(_INSERT_TASK, values)
 
 
+_GET_OWNED = select(task_table).where(T.id == bindparam("_id"), T.owner == bindparam("_owner"))
+_GET_ANY = select(task_table).where(T.id == bindparam("_id"))
+
+
 def get(conn: Connection, task_id: str, owner: str | None) -> TaskRecord | None:
-    row = conn.execute(select(task_table).where(_owned(task_id, owner))).first()
+    if owner is None:
+        row = conn.execute(_GET_ANY, {"_id": task_id}).first()
+    else:
+        row = conn.execute(_GET_OWNED, {"_id": task_id, "_owner": owner}).first()
     return None if row is None else to_record(row)
 
 
