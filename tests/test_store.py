@@ -270,7 +270,7 @@ def test_sqlite_fast_path_writes_what_the_sqlalchemy_types_write(store_app: Erra
     from errands.store.queue import _outcome_statement
     from errands.store.tasks import _INSERT_TASK
 
-    record, row, job = store_app._prepare("job", {"i": 1, "s": "é"}, "alice", 3, None)
+    _record, row, job = store_app._prepare("job", {"i": 1, "s": "é"}, "alice", 3, None)
     store_app.db.write(store_app._create, row, job)  # the fast path
     twin = dict(row, id=row["id"][:-4] + "ffff")
     with store_app.db.engine.begin() as conn:
