@@ -76,7 +76,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "burst": args.burst,
         "lease_seconds": args.lease,
         "shutdown_timeout": args.shutdown_timeout,
-        "app_path": args.app,
     }
     if args.heartbeat is not None:
         settings["heartbeat_interval"] = args.heartbeat

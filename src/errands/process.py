@@ -56,7 +56,7 @@ class _Child:
 
 
 class ProcessPool:
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, app_path: str | None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
         self._loop = loop
         self._size = size
         self._mp = multiprocessing.get_context("spawn")

@@ -78,8 +78,6 @@ class WorkerSettings:
     names: Sequence[str] | None = None
     #: Stop gracefully on SIGTERM/SIGINT (needs the main thread).
     handle_signals: bool = True
-    #: Import path of the app (``module:attr``), for process tasks' child processes.
-    app_path: str | None = None
     worker_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -424,9 +422,7 @@ class Worker:
         if self._processes is None:
             from .process import ProcessPool
 
-            self._processes = ProcessPool(
-                self._loop, self.settings.concurrency, self.settings.app_path
-            )
+            self._processes = ProcessPool(self._loop, self.settings.concurrency)
         return self._processes
 
     def _stop_attempt(self, exe: Execution, reason: str) -> None:

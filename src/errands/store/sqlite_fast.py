@@ -70,7 +70,7 @@ def insert_job(conn: Connection, job: dict[str, Any]) -> None:
     )
 
 
-def insert_task_and_job(conn: Connection, row: dict[str, Any], job: dict[str, Any] | None) -> None:
+def insert_task(conn: Connection, row: dict[str, Any]) -> None:
     cur = _cursor(conn)
     values = []
     for col in _TASK_COLUMNS:
@@ -83,10 +83,6 @@ def insert_task_and_job(conn: Connection, row: dict[str, Any], job: dict[str, An
             v = int(v)
         values.append(v)
     cur.execute(_INSERT_TASK, values)
-    if job is not None:
-        cur.execute(
-            _INSERT_JOB, (job["task_id"], job["name"], job["owner"], job["priority"], job["run_at"])
-        )
 
 
 def _marks(n: int) -> str:

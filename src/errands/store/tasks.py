@@ -11,11 +11,11 @@ race can resurrect a finished task or finish it twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, insert, select, update
 
 from ..records import Progress, Status, TaskError, TaskRecord
 from . import sqlite_fast
@@ -63,7 +63,7 @@ _INSERT_TASK = insert(task_table)
 
 def insert_task(conn: Connection, values: dict[str, Any]) -> None:
     if conn.dialect.name == "sqlite":
-        sqlite_fast.insert_task_and_job(conn, values, None)
+        sqlite_fast.insert_task(conn, values)
     else:
         conn.execute(_INSERT_TASK, values)
 
@@ -78,20 +78,6 @@ def get(conn: Connection, task_id: str, owner: str | None) -> TaskRecord | None:
     else:
         row = conn.execute(_GET_OWNED, {"_id": task_id, "_owner": owner}).first()
     return None if row is None else to_record(row)
-
-
-def get_many(conn: Connection, task_ids: Sequence[str], owner: str | None) -> list[TaskRecord]:
-    if not task_ids:
-        return []
-    q = select(task_table).where(T.id.in_(list(task_ids)))
-    if owner is not None:
-        q = q.where(T.owner == owner)
-    return [to_record(r) for r in conn.execute(q)]
-
-
-def version_of(conn: Connection, task_id: str, owner: str | None) -> int | None:
-    """The current version alone: the cheapest "has it changed?" check."""
-    return conn.execute(select(T.version).where(_owned(task_id, owner))).scalar()
 
 
 def list_page(
@@ -117,16 +103,6 @@ def list_page(
     records = [to_record(r) for r in rows[:limit]]
     next_cursor = records[-1].id if len(rows) > limit and records else None
     return records, next_cursor
-
-
-def count_by_status(conn: Connection, owner: str | None) -> dict[Status, int]:
-    q = select(T.status, func.count()).group_by(T.status)
-    if owner is not None:
-        q = q.where(T.owner == owner)
-    counts = {s: 0 for s in Status}
-    for status, n in conn.execute(q):
-        counts[Status(status)] = n
-    return counts
 
 
 def cancel(
