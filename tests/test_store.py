@@ -314,3 +314,24 @@ def test_sqlite_fast_path_writes_what_the_sqlalchemy_types_write(store_app: Erra
     fast, core = raw(row["id"]), raw(twin["id"])
     assert fast[:6] + fast[7:] == core[:6] + core[7:]  # all but the version
     assert store_app.sync.get(row["id"], owner="alice").result == {"n": [1, 2]}
+
+
+def test_only_writes_marked_non_durable_skip_the_fsync(app: Errands) -> None:
+    """With synchronous=FULL (the default), claims/heartbeats/progress may skip the
+    fsync; every other write keeps it."""
+
+    def level(conn: Any) -> int:
+        return int(conn.exec_driver_sql("PRAGMA synchronous").scalar())
+
+    full, normal = 2, 1
+    assert app.db.write(level) == full
+    assert app.db.write(level, durable=False) == normal
+    assert app.db.write(level) == full
+    assert app.db.write(level, durable=False) == normal
+    assert app.db.read(level) in (full, normal)  # reads do not commit anything
+    relaxed = Errands(str(app.db.url) + "?synchronous=normal")
+    try:
+        assert relaxed.db.write(level) == normal
+        assert relaxed.db.write(level, durable=False) == normal
+    finally:
+        relaxed.close()

@@ -275,7 +275,12 @@ class Worker:
         release_ids = [exe.job.task_id for exe in releases]
         try:
             changed, claimed, due = await self.app.db.awrite(
-                self._round_txn, batch, outputs, release_ids, limit
+                self._round_txn,
+                batch,
+                outputs,
+                release_ids,
+                limit,
+                durable=bool(batch or releases),  # a lost claim is only run again
             )
         except Exception:
             log.exception("worker %s: a write failed; retrying", self.id)
@@ -563,7 +568,12 @@ class Worker:
                 continue
             try:
                 changed = await self.app.db.awrite(
-                    queue.flush, self.id, progress=progress, outputs=outputs, now=time.time()
+                    queue.flush,
+                    self.id,
+                    progress=progress,
+                    outputs=outputs,
+                    now=time.time(),
+                    durable=False,  # synced by the outcome's commit, which follows in order
                 )
             except Exception:
                 log.exception("worker %s: writing progress failed", self.id)
@@ -599,7 +609,11 @@ class Worker:
         if not ids:
             return
         held, cancel = await self.app.db.awrite(
-            queue.heartbeat, self.id, ids, lease_until=time.time() + self.settings.lease_seconds
+            queue.heartbeat,
+            self.id,
+            ids,
+            lease_until=time.time() + self.settings.lease_seconds,
+            durable=False,
         )
         asked = set(ids)
         for task_id, exe in list(self._running.items()):

@@ -154,22 +154,36 @@ class Database:
             cur.execute("PRAGMA temp_store=MEMORY")
             cur.close()
 
+        configured = _SQLITE_SYNC[sync]
+
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            if conn.get_execution_options().get("errands_write", False):
-                _begin_immediate(conn.connection.dbapi_connection)
-            else:
+            options = conn.get_execution_options()
+            if not options.get("errands_write", False):
                 conn.exec_driver_sql("BEGIN")
+                return
+            dbapi_conn: Any = conn.connection.dbapi_connection
+            info = conn.connection.info
+            # A write that may be lost on power failure (a claim, a heartbeat, progress:
+            # losing one only repeats work) skips the fsync; the next durable commit
+            # syncs the WAL up to it, so commits still reach the disk in order.
+            level = configured if options.get("errands_durable", True) else "NORMAL"
+            if configured == "FULL" and info.get("errands_sync", configured) != level:
+                dbapi_conn.execute(f"PRAGMA synchronous={level}")
+                info["errands_sync"] = level
+            _begin_immediate(dbapi_conn)
 
         return engine
 
     # -- running store functions ------------------------------------------------------
     @contextlib.contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Connection]:
+    def transaction(self, *, write: bool = True, durable: bool = True) -> Iterator[Connection]:
+        """A transaction on a pooled connection. ``durable=False`` marks a write whose
+        loss on a power failure only repeats work (SQLite then skips its fsync)."""
         self.ensure_schema()
         with self.engine.connect() as conn:
             if write:
-                conn.execution_options(errands_write=True)
+                conn.execution_options(errands_write=True, errands_durable=durable)
             with conn.begin():
                 yield conn
 
@@ -177,18 +191,20 @@ class Database:
         with self.transaction(write=False) as conn:
             return fn(conn, *args, **kwargs)
 
-    def write(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        with self.transaction(write=True) as conn:
+    def write(self, fn: Callable[..., T], /, *args: Any, durable: bool = True, **kwargs: Any) -> T:
+        with self.transaction(write=True, durable=durable) as conn:
             return fn(conn, *args, **kwargs)
 
     async def aread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: self.read(fn, *args, **kwargs))
 
-    async def awrite(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def awrite(
+        self, fn: Callable[..., T], /, *args: Any, durable: bool = True, **kwargs: Any
+    ) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._write_executor, lambda: self.write(fn, *args, **kwargs)
+            self._write_executor, lambda: self.write(fn, *args, durable=durable, **kwargs)
         )
 
     def close(self) -> None:
