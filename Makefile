@@ -27,6 +27,7 @@ demo: $(BIN)/.installed
 	bash examples/demo.sh
 
 bench: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run.py
 
 clean:
