@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -114,3 +115,66 @@ def spawn_worker(db_url: str) -> Iterator[Callable[..., WorkerProcess]]:
             w.proc.wait(10)
         if w.proc.stdout is not None:
             w.proc.stdout.close()
+
+
+class LiveServer:
+    """A real uvicorn server in a background thread, serving ``tests.apps.web``'s
+    HTTP app for the test's ``app`` (so worker processes and the server share tasks)."""
+
+    def __init__(self, target: Errands, **options: Any) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        from tests.apps.web import install, make_api
+
+        if "steps" not in target.registry:
+            install(target)
+        self.app = target
+        self.api = make_api(target, **options)
+        self.router = self.api.state.router
+        self.hub = target.hub
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        port = self.sock.getsockname()[1]
+        #: The API's base URL, e.g. ``http://127.0.0.1:PORT/api``.
+        self.url = f"http://127.0.0.1:{port}/api"
+        self.root = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/api"
+        config = uvicorn.Config(
+            self.api, log_level="warning", lifespan="off", ws="websockets-sansio"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture
+def serve(app: Errands) -> Iterator[Callable[..., LiveServer]]:
+    """``serve(**task_api options)`` starts the HTTP API for ``app`` on a free port."""
+    servers: list[LiveServer] = []
+
+    def start(**options: Any) -> LiveServer:
+        options.setdefault("poll_interval", 0.2)
+        options.setdefault("submit_rate", None)
+        server = LiveServer(app, **options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

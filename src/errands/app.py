@@ -37,6 +37,7 @@ from .store.database import Database
 from .store.queue import Change
 
 if TYPE_CHECKING:
+    from .events.hub import ChangeHub
     from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -96,6 +97,16 @@ class Errands:
         self.default_retention = default_retention
         self.watchers = Watchers(self)
         self.sync = SyncErrands(self)
+        self._hub: ChangeHub | None = None
+
+    @property
+    def hub(self) -> ChangeHub:
+        """Fans record changes out to this process's live views (SSE, WebSocket)."""
+        if self._hub is None:
+            from .events.hub import ChangeHub
+
+            self._hub = ChangeHub(self)
+        return self._hub
 
     # -- registering tasks -----------------------------------------------------------
     @overload
@@ -297,6 +308,22 @@ class Errands:
             raise TaskNotFound()
         return record
 
+    async def get_version(self, task_id: str, *, owner: str) -> int:
+        """The task's version alone (cheap: for conditional reads and polling)."""
+        who = owner_filter(owner)
+        if not isinstance(task_id, str) or not is_task_id(task_id):
+            raise TaskNotFound()
+        version = await self.db.aread(tasks.version_of, task_id, who)
+        if version is None:
+            raise TaskNotFound()
+        return version
+
+    async def get_many(self, task_ids: Sequence[str], *, owner: str) -> builtins.list[TaskRecord]:
+        """The records among ``task_ids`` that exist for this owner (others are left out)."""
+        who = owner_filter(owner)
+        ids = [t for t in task_ids if isinstance(t, str) and is_task_id(t)]
+        return await self.db.aread(tasks.get_many, ids, who) if ids else []
+
     async def list(
         self,
         *,
@@ -410,6 +437,8 @@ class Errands:
         self.db.migrate()
 
     def close(self) -> None:
+        if self._hub is not None:
+            self._hub.close()
         self.notifier.close()
         self.db.close()
 

@@ -86,6 +86,19 @@ class TaskRecord:
     def done(self) -> bool:
         return self.status in TERMINAL
 
+    def eta_seconds(self, now: datetime) -> float | None:
+        """Seconds until a running task finishes, from its average rate since it
+        started; None when that cannot be told (no progress, no total, not running)."""
+        p = self.progress
+        if self.status is not Status.RUNNING or self.started_at is None:
+            return None
+        if not p.current or not p.total or p.current <= 0 or p.current > p.total:
+            return None
+        elapsed = (now - self.started_at).total_seconds()
+        if elapsed <= 0:
+            return None
+        return round(elapsed * (p.total - p.current) / p.current, 1)
+
 
 @dataclass(frozen=True, slots=True)
 class Page:

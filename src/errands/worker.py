@@ -311,7 +311,7 @@ class Worker:
         now = time.time()
         changed: list[Change] = []
         if outputs:
-            queue.flush(conn, self.id, progress=[], outputs=outputs, now=now)
+            queue.flush(conn, self.id, progress=[], outputs=outputs, now=now, touch=False)
         if batch:
             changed += queue.finish(conn, self.id, [o for _, o in batch], now=now)
         if releases:

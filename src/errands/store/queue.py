@@ -254,6 +254,17 @@ _PROGRESS = (
     )
 )
 
+# A task that emitted items but reported no new progress still gets a new version, so
+# live views learn of the items.
+_TOUCH = (
+    update(task_table)
+    .where(T.id == bindparam("_id"), T.status == Status.RUNNING.value, _lease_held)
+    .values(
+        updated_at=bindparam("_stamp", type_=task_table.c.updated_at.type),
+        version=T.version + 1,
+    )
+)
+
 
 def flush(
     conn: Connection,
@@ -262,10 +273,16 @@ def flush(
     progress: Sequence[dict[str, Any]],
     outputs: Sequence[dict[str, Any]],
     now: float,
+    touch: bool = True,
 ) -> list[Change]:
     """Write coalesced progress (``task_id``, ``current``, ``total``, ``message``) and
-    emitted items (``task_id``, ``seq``, ``data``) of tasks this worker holds."""
+    emitted items (``task_id``, ``seq``, ``data``) of tasks this worker holds.
+
+    Every task written gets a new version; with ``touch=False`` (the outcome that
+    follows in the same transaction bumps it) items alone do not.
+    """
     stamp = _dt(now)
+    touched: list[str] = []
     if outputs:
         conn.execute(
             _INSERT_OUTPUT,
@@ -274,8 +291,18 @@ def flush(
                 for o in outputs
             ],
         )
+        if touch:
+            reported = {p["task_id"] for p in progress}
+            touched = list(
+                dict.fromkeys(o["task_id"] for o in outputs if o["task_id"] not in reported)
+            )
+        if touched:
+            conn.execute(
+                _TOUCH,
+                [{"_id": t, "_worker": worker_id, "_stamp": stamp} for t in touched],
+            )
     if not progress:
-        return []
+        return changes(conn, touched)
     conn.execute(
         _PROGRESS,
         [
@@ -290,7 +317,7 @@ def flush(
             for p in progress
         ],
     )
-    return changes(conn, (p["task_id"] for p in progress))
+    return changes(conn, [*touched, *(p["task_id"] for p in progress)])
 
 
 # -- ending an attempt ----------------------------------------------------------------

@@ -87,6 +87,8 @@ task_table = Table(
     # Ids are time-ordered, so (owner, id) serves "my tasks, newest first".
     Index("ix_errands_task_owner_id", "owner", "id"),
     Index("ix_errands_task_status_id", "status", "id"),
+    # Live views poll "what changed since t" (one query for all of a process's watchers).
+    Index("ix_errands_task_updated_at", "updated_at"),
     Index(
         "ix_errands_task_expires_at",
         "expires_at",

@@ -15,13 +15,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, or_, select, update
 
 from ..records import Progress, Status, TaskError, TaskRecord
 from . import sqlite_fast
+from .queue import Change
 from .schema import job_table, output_table, task_table
 
 T = task_table.c
+OUT = output_table.c
 
 
 def to_record(row: Row[Any] | Any) -> TaskRecord:
@@ -78,6 +80,66 @@ def get(conn: Connection, task_id: str, owner: str | None) -> TaskRecord | None:
     else:
         row = conn.execute(_GET_OWNED, {"_id": task_id, "_owner": owner}).first()
     return None if row is None else to_record(row)
+
+
+_VERSION_OWNED = select(T.version).where(T.id == bindparam("_id"), T.owner == bindparam("_owner"))
+_VERSION_ANY = select(T.version).where(T.id == bindparam("_id"))
+
+
+def version_of(conn: Connection, task_id: str, owner: str | None) -> int | None:
+    """The record's version alone (for conditional reads); None when no such task."""
+    if owner is None:
+        return conn.execute(_VERSION_ANY, {"_id": task_id}).scalar()
+    return conn.execute(_VERSION_OWNED, {"_id": task_id, "_owner": owner}).scalar()
+
+
+def get_many(conn: Connection, task_ids: list[str], owner: str | None) -> list[TaskRecord]:
+    """The records among ``task_ids`` that exist (and belong to ``owner``)."""
+    if not task_ids:
+        return []
+    q = select(task_table).where(T.id.in_(task_ids))
+    if owner is not None:
+        q = q.where(T.owner == owner)
+    return [to_record(r) for r in conn.execute(q)]
+
+
+def changes_since(
+    conn: Connection, since: datetime, task_ids: list[str], owners: list[str]
+) -> list[Change]:
+    """Records among ``task_ids`` or of ``owners`` changed at or after ``since``: one
+    indexed query (``updated_at``), whatever the number of watchers."""
+    if not task_ids and not owners:
+        return []
+    rows = conn.execute(
+        select(T.id, T.owner, T.version, T.status).where(
+            T.updated_at >= since, or_(T.id.in_(task_ids), T.owner.in_(owners))
+        )
+    )
+    return [Change(r.id, r.owner, r.version, Status(r.status)) for r in rows]
+
+
+def last_seq(conn: Connection, task_id: str) -> int:
+    """The highest output sequence number of a task (0 when it emitted nothing)."""
+    return int(conn.execute(select(func.max(OUT.seq)).where(OUT.task_id == task_id)).scalar() or 0)
+
+
+def snapshot(
+    conn: Connection, wants: dict[str, int], limit: int = 1000
+) -> dict[str, tuple[TaskRecord, list[tuple[int, Any]]]]:
+    """For each task id, its record and up to ``limit`` outputs after the given
+    sequence number, read in that order (so a finished record comes with all its
+    outputs). Tasks that no longer exist are left out. Internal: no owner check."""
+    records = {r.id: r for r in get_many(conn, list(wants), None)}
+    out: dict[str, tuple[TaskRecord, list[tuple[int, Any]]]] = {}
+    for task_id, record in records.items():
+        rows = conn.execute(
+            select(OUT.seq, OUT.data)
+            .where(OUT.task_id == task_id, OUT.seq > wants[task_id])
+            .order_by(OUT.seq)
+            .limit(limit)
+        )
+        out[task_id] = (record, [(r.seq, r.data) for r in rows])
+    return out
 
 
 def list_page(
@@ -174,7 +236,6 @@ def outputs(
     """Items the task emitted with sequence > ``after``; None when no such task."""
     if conn.execute(select(T.id).where(_owned(task_id, owner))).first() is None:
         return None
-    OUT = output_table.c
     rows = conn.execute(
         select(OUT.seq, OUT.data)
         .where(OUT.task_id == task_id, OUT.seq > after)

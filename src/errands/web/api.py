@@ -1,0 +1,625 @@
+"""``task_api``: the HTTP API of an errands app, as a FastAPI router any ASGI app mounts.
+
+The host application says who is asking (``current_owner``) and, optionally, who is an
+administrator (``is_admin``); everything else — validation, ownership, live events —
+is here. Every read and change goes through the :class:`~errands.Errands` facade with
+the caller's owner, so ownership is enforced in the store's queries, and a task of
+someone else gets the very bytes a missing one gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import math
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Literal, Union
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import create_model as _create_model
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..app import ANY_OWNER, Errands
+from ..errors import (
+    InvalidPayload,
+    InvalidTransition,
+    PayloadTooLarge,
+    TaskNotFound,
+    UnknownTask,
+    WaitTimeout,
+)
+from ..records import Status, TaskRecord
+from .problems import (
+    MEDIA_TYPE as PROBLEM,
+)
+from .problems import (
+    NOT_FOUND_DETAIL,
+    Problem,
+    ProblemRoute,
+    not_found,
+    problem_responses,
+    validation_problem,
+)
+from .ratelimit import SubmitLimiter
+from .resources import OutputPage, TaskPage, TaskResource, dumps, resource
+from .streams import Cursor, race, task_events, until_disconnected
+
+#: ``current_owner`` and ``is_admin``: take the request (or WebSocket), return a value
+#: or an awaitable of it.
+OwnerFn = Callable[[HTTPConnection], str | Awaitable[str | None] | None]
+AdminFn = Callable[[HTTPConnection], bool | Awaitable[bool]]
+
+_JSON_TYPE = re.compile(r"^application/([\w.+-]+\+)?json\s*(;.*)?$", re.IGNORECASE)
+_NO_STORE = "private, no-cache"
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255)
+    payload: Any = None
+    priority: int | None = Field(None, ge=-1_000_000, le=1_000_000)
+    run_at: AwareDatetime | None = None
+
+
+_ENVELOPE = TypeAdapter(_Envelope)
+
+
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(doc), status, headers, media_type="application/json")
+
+
+async def _call(fn: Callable[[HTTPConnection], Any], conn: HTTPConnection) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(conn)
+    result = await run_in_threadpool(fn, conn)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _base(conn: HTTPConnection, rel: str) -> str:
+    """The path the router is mounted at, from the matched route's full path."""
+    route = conn.scope.get("route")
+    path = str(getattr(route, "path_format", None) or getattr(route, "path", ""))
+    prefix = path[: -len(rel)] if path.endswith(rel) else ""
+    return str(conn.scope.get("root_path", "")) + prefix
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag == etag or tag == "*":
+            return True
+    return False
+
+
+def _retry_after(record: TaskRecord, poll: float) -> str:
+    wait = poll
+    if record.status is Status.QUEUED:
+        wait = max(poll, (record.run_at - datetime.now(UTC)).total_seconds())
+    return str(max(1, min(60, math.ceil(wait))))
+
+
+def _inline(schema: Any, defs: dict[str, Any], depth: int = 0) -> Any:
+    """Resolve ``#/$defs/…`` references in place (the schema goes inline into the
+    OpenAPI document, where ``$defs`` refs would not resolve)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            target = defs.get(ref[len("#/$defs/") :], {})
+            return {} if depth > 20 else _inline(target, defs, depth + 1)
+        return {k: _inline(v, defs, depth) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, defs, depth) for v in schema]
+    return schema
+
+
+def _submit_schema(app: Errands) -> dict[str, Any]:
+    """The request body of ``POST /tasks``: one variant per registered task, with its
+    payload schema, told apart by ``name``."""
+    variants: list[Any] = []
+    for definition in app.registry:
+        safe = re.sub(r"\W", "_", definition.name)
+        variants.append(
+            _create_model(
+                f"Submit_{safe}",
+                __config__=ConfigDict(extra="forbid"),
+                name=(Literal[definition.name], ...),  # type: ignore[valid-type,arg-type]
+                payload=(definition.payload_model or dict[str, Any], None),
+                priority=(int | None, None),
+                run_at=(AwareDatetime | None, None),
+            )
+        )
+    if not variants:
+        schema = _ENVELOPE.json_schema()
+    elif len(variants) == 1:
+        schema = variants[0].model_json_schema()
+    else:
+        union = Union[tuple(variants)]  # type: ignore[valid-type]  # noqa: UP007
+        schema = TypeAdapter(union).json_schema()  # type: ignore[arg-type]
+        schema.pop("discriminator", None)
+    return _inline(schema, schema.get("$defs", {}))  # type: ignore[no-any-return]
+
+
+def task_api(
+    app: Errands,
+    *,
+    current_owner: OwnerFn,
+    is_admin: AdminFn | None = None,
+    submit_rate: float | None = 2.0,
+    submit_burst: int = 30,
+    max_body_bytes: int | None = None,
+    poll_interval: float = 1.0,
+    keepalive: float = 15.0,
+    delete_wait: float = 10.0,
+) -> APIRouter:
+    """The errands HTTP API for ``app``. Mount it with
+    ``api.include_router(task_api(app, current_owner=...), prefix="/api")``.
+
+    - ``current_owner(request)``: the caller's owner id, or None (→ 401). Sync
+      functions run in a thread pool (they may block); async ones on the loop. For a
+      WebSocket it gets the ``WebSocket`` (same headers, cookies and query).
+    - ``is_admin(request)``: True for administrators, who may read and change every
+      task, list any owner's (``?owner=…`` or ``?owner=*``) and see tracebacks.
+    - ``submit_rate`` / ``submit_burst``: per owner, submits per second after a burst
+      (``None``: no limit); over it, 429 with ``Retry-After``.
+    - ``max_body_bytes``: the largest request body (default: the app's payload limit
+      plus 16 KiB); larger gets 413.
+    - ``poll_interval``: seconds between the live views' change polls, and the
+      ``Retry-After`` hint of unfinished tasks.
+    - ``keepalive``: seconds between SSE keep-alive comments.
+    - ``delete_wait``: how long ``DELETE`` waits for a running task to stop.
+
+    Tasks registered before this call appear in ``/openapi.json`` with their payload
+    schemas; tasks registered later are accepted but not documented.
+    """
+    body_limit = max_body_bytes if max_body_bytes is not None else app.max_payload_bytes + 16384
+    limiter = SubmitLimiter(submit_rate, submit_burst) if submit_rate else None
+    hub = app.hub
+    hub.poll_interval = poll_interval
+    router = APIRouter(route_class=ProblemRoute, tags=["tasks"])
+
+    async def identify(conn: HTTPConnection) -> tuple[str, bool]:
+        owner = await _call(current_owner, conn)
+        if not owner:
+            raise Problem(401, "Sign in to use this API.")
+        if not isinstance(owner, str):
+            raise TypeError("current_owner must return a string or None")
+        admin = bool(await _call(is_admin, conn)) if is_admin is not None else False
+        return owner, admin
+
+    async def load(task_id: str, owner: str, admin: bool) -> TaskRecord:
+        try:
+            return await app.get(task_id, owner=ANY_OWNER if admin else owner)
+        except TaskNotFound:
+            raise Problem(404, NOT_FOUND_DETAIL) from None
+
+    def who(owner: str, admin: bool) -> Any:
+        return ANY_OWNER if admin else owner
+
+    # -- submit --------------------------------------------------------------------
+    @router.post(
+        "/tasks",
+        status_code=202,
+        response_model=None,
+        summary="Submit a task",
+        responses={
+            202: {"model": TaskResource, "description": "Queued; `Location` names it"},
+            **problem_responses(401, 413, 415, 422, 429, 431),
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _submit_schema(app)}},
+            }
+        },
+    )
+    async def submit(request: Request) -> Response:
+        owner, admin = await identify(request)
+        ctype = request.headers.get("content-type", "")
+        if not _JSON_TYPE.match(ctype):
+            raise Problem(415, "Send the task as JSON (Content-Type: application/json).")
+        raw = await _read_body(request, body_limit)
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise Problem(
+                422,
+                "The body is not valid JSON.",
+                errors=[{"field": "body", "message": "not valid JSON"}],
+            ) from None
+        try:
+            envelope = _ENVELOPE.validate_python(doc)
+        except ValidationError as exc:
+            raise validation_problem(exc.errors(include_url=False)) from None
+        if limiter is not None:
+            wait = limiter.take(owner)
+            if wait:
+                raise Problem(
+                    429,
+                    "Too many tasks submitted; try again later.",
+                    headers={"Retry-After": SubmitLimiter.retry_after(wait)},
+                )
+        try:
+            record = await app.submit(
+                envelope.name,
+                envelope.payload,
+                owner=owner,
+                priority=envelope.priority,
+                run_at=envelope.run_at,
+            )
+        except UnknownTask as exc:
+            raise Problem(
+                422,
+                exc.message,
+                errors=[{"field": "name", "message": "no task is registered under this name"}],
+            ) from None
+        except PayloadTooLarge as exc:
+            raise Problem(413, exc.message) from None
+        except InvalidPayload as exc:
+            raise validation_problem(exc.errors or [{"msg": exc.message}], ["payload"]) from None
+        base = _base(request, "/tasks")
+        doc = resource(record, base, datetime.now(UTC), admin)
+        return _json(
+            doc,
+            202,
+            {
+                "Location": doc["links"]["self"],
+                "ETag": _etag(record.version),
+                "Cache-Control": _NO_STORE,
+            },
+        )
+
+    # -- reading -------------------------------------------------------------------
+    @router.get(
+        "/tasks/{task_id}",
+        response_model=None,
+        summary="Read a task",
+        responses={
+            200: {"model": TaskResource, "description": "The task; `ETag` is its version"},
+            304: {"description": "Unchanged since the `If-None-Match` version"},
+            **problem_responses(401, 404, 431),
+        },
+    )
+    async def get_task(request: Request, task_id: str) -> Response:
+        owner, admin = await identify(request)
+        conditional = request.headers.get("if-none-match")
+        if conditional:
+            try:
+                version = await app.get_version(task_id, owner=who(owner, admin))
+            except TaskNotFound:
+                return not_found()
+            etag = _etag(version)
+            if _matches(conditional, etag):
+                return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _NO_STORE})
+        record = await load(task_id, owner, admin)
+        headers = {"ETag": _etag(record.version), "Cache-Control": _NO_STORE}
+        if not record.done:
+            headers["Retry-After"] = _retry_after(record, poll_interval)
+        base = _base(request, "/tasks/{task_id}")
+        return _json(resource(record, base, datetime.now(UTC), admin), 200, headers)
+
+    @router.get(
+        "/tasks",
+        response_model=None,
+        summary="List the caller's tasks, newest first",
+        responses={200: {"model": TaskPage}, **problem_responses(401, 422, 431)},
+    )
+    async def list_tasks(
+        request: Request,
+        status: str | None = Query(
+            None, description="queued, running, succeeded, failed or cancelled"
+        ),
+        name: str | None = Query(None, description="Only tasks of this name"),
+        limit: str | None = Query(None, description="1–500 (default 50)"),
+        cursor: str | None = Query(None, description="`next_cursor` of the previous page"),
+        owner_param: str | None = Query(
+            None, alias="owner", description="Administrators: an owner's id, or `*` for all"
+        ),
+    ) -> Response:
+        owner, admin = await identify(request)
+        errors = []
+        if status is not None and status not in {s.value for s in Status}:
+            errors.append({"field": "status", "message": f"unknown status {status!r}"})
+        size = 50
+        if limit is not None:
+            try:
+                size = int(limit)
+            except ValueError:
+                size = 0
+            if not 1 <= size <= 500:
+                errors.append({"field": "limit", "message": "must be an integer from 1 to 500"})
+        if owner_param is not None and not admin and owner_param != owner:
+            errors.append({"field": "owner", "message": "only administrators list other owners"})
+        if errors:
+            raise validation_problem([{"loc": [e["field"]], "msg": e["message"]} for e in errors])
+        target: Any = owner
+        if admin and owner_param is not None:
+            target = ANY_OWNER if owner_param == "*" else owner_param
+        try:
+            page = await app.list(
+                owner=target, status=status, name=name, limit=size, cursor=cursor or None
+            )
+        except ValueError as exc:
+            raise validation_problem([{"loc": ["cursor"], "msg": str(exc)}]) from None
+        base = _base(request, "/tasks")
+        now = datetime.now(UTC)
+        return _json(
+            {
+                "items": [resource(r, base, now, admin) for r in page.items],
+                "next_cursor": page.next_cursor,
+            },
+            200,
+            {"Cache-Control": _NO_STORE},
+        )
+
+    @router.get(
+        "/tasks/{task_id}/output",
+        response_model=None,
+        summary="Items the task emitted after sequence number `after`",
+        responses={200: {"model": OutputPage}, **problem_responses(401, 404, 422, 431)},
+    )
+    async def task_output(
+        request: Request,
+        task_id: str,
+        after: str | None = Query(None, description="A sequence number (default 0)"),
+        limit: str | None = Query(None, description="1–1000 (default 1000)"),
+    ) -> Response:
+        owner, admin = await identify(request)
+        errors = []
+        start, size = 0, 1000
+        try:
+            start = int(after) if after is not None else 0
+        except ValueError:
+            start = -1
+        if start < 0:
+            errors.append({"loc": ["after"], "msg": "must be a non-negative integer"})
+        try:
+            size = int(limit) if limit is not None else 1000
+        except ValueError:
+            size = 0
+        if not 1 <= size <= 1000:
+            errors.append({"loc": ["limit"], "msg": "must be an integer from 1 to 1000"})
+        if errors:
+            raise validation_problem(errors)
+        try:
+            items = await app.outputs(task_id, owner=who(owner, admin), after=start, limit=size)
+        except TaskNotFound:
+            return not_found()
+        return _json(
+            {
+                "items": [{"seq": s, "data": d} for s, d in items],
+                "last_seq": items[-1][0] if items else start,
+            },
+            200,
+            {"Cache-Control": _NO_STORE},
+        )
+
+    # -- changing ------------------------------------------------------------------
+    @router.post(
+        "/tasks/{task_id}/cancel",
+        response_model=None,
+        summary="Cancel a task",
+        description=(
+            "A queued task is cancelled at once (200). A running one is asked to stop "
+            "(202); watch it until `done`. A finished task is returned unchanged (200)."
+        ),
+        responses={
+            200: {"model": TaskResource},
+            202: {"model": TaskResource, "description": "Asked to stop"},
+            **problem_responses(401, 404, 431),
+        },
+    )
+    async def cancel_task(request: Request, task_id: str) -> Response:
+        owner, admin = await identify(request)
+        try:
+            record = await app.cancel(task_id, owner=who(owner, admin))
+        except TaskNotFound:
+            return not_found()
+        base = _base(request, "/tasks/{task_id}/cancel")
+        doc = resource(record, base, datetime.now(UTC), admin)
+        return _json(doc, 200 if record.done else 202, {"ETag": _etag(record.version)})
+
+    @router.delete(
+        "/tasks/{task_id}",
+        status_code=204,
+        response_model=None,
+        summary="Delete a task (cancelling it first if it is not finished)",
+        responses={
+            204: {"description": "Deleted"},
+            **problem_responses(401, 404, 409, 431),
+        },
+    )
+    async def delete_task(request: Request, task_id: str) -> Response:
+        owner, admin = await identify(request)
+        target = who(owner, admin)
+        try:
+            record = await app.cancel(task_id, owner=target)
+            if not record.done:
+                await app.wait(task_id, owner=target, timeout=delete_wait, poll=0.25)
+            await app.delete(task_id, owner=target)
+        except TaskNotFound:
+            return not_found()
+        except (WaitTimeout, InvalidTransition):
+            raise Problem(
+                409,
+                "The task is still stopping; try again shortly.",
+                headers={"Retry-After": "1"},
+            ) from None
+        return Response(status_code=204)
+
+    # -- live events -----------------------------------------------------------------
+    @router.get(
+        "/tasks/{task_id}/events",
+        response_model=None,
+        summary="The task's live events (Server-Sent Events)",
+        description=(
+            "Events `output`, `status`, `progress` and a final `done`; each `id` is "
+            "`<version>-<seq>`. Reconnect with `Last-Event-ID` (or `?last_event_id=`) "
+            "to resume. 204 when the client already has the finished task."
+        ),
+        responses={
+            200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            204: {"description": "Nothing left to send: the task finished"},
+            **problem_responses(401, 404, 422, 431),
+        },
+    )
+    async def task_events_sse(
+        request: Request,
+        task_id: str,
+        last_event_id: str | None = Query(None, description="Resume after this event id"),
+    ) -> Response:
+        owner, admin = await identify(request)
+        cursor = Cursor.parse(request.headers.get("last-event-id") or last_event_id)
+        record = await load(task_id, owner, admin)
+        if record.done and cursor.version >= record.version:
+            top = await app.outputs(task_id, owner=who(owner, admin), after=cursor.seq, limit=1)
+            if not top:
+                return Response(status_code=204)
+        base = _base(request, "/tasks/{task_id}/events")
+
+        async def frames() -> AsyncIterator[bytes]:
+            yield b"retry: 2000\n\n"
+            async with hub.task(record) as feed:
+                async for event in task_events(
+                    hub, feed, base=base, admin=admin, cursor=cursor, keepalive=keepalive
+                ):
+                    yield b": keep-alive\n\n" if event is None else event.sse()
+
+        return EventStream(frames())
+
+    @router.get(
+        "/events",
+        response_model=None,
+        summary="Live changes to all of the caller's tasks (Server-Sent Events)",
+        description="One `task` event (the task resource) per change.",
+        responses={
+            200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            **problem_responses(401, 431),
+        },
+    )
+    async def owner_events(request: Request) -> Response:
+        owner, admin = await identify(request)
+        base = _base(request, "/events")
+
+        async def frames() -> AsyncIterator[bytes]:
+            yield b"retry: 2000\n\n"
+            async with hub.owner(owner) as watch:
+                while True:
+                    try:
+                        await asyncio.wait_for(watch.changed.wait(), keepalive)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    ids = watch.take()
+                    records = await app.get_many(ids, owner=owner)
+                    now = datetime.now(UTC)
+                    for r in sorted(records, key=lambda r: r.id):
+                        if watch.mark_sent(r.id, r.version):
+                            data = dumps(resource(r, base, now, admin)).decode()
+                            yield f"event: task\ndata: {data}\n\n".encode()
+
+        return EventStream(frames())
+
+    @router.websocket("/tasks/{task_id}/ws")
+    async def task_ws(websocket: WebSocket, task_id: str) -> None:
+        """The same events as ``/events`` of the task, as JSON text messages
+        ``{"event", "id", "data"}``; resume with ``?last_event_id=``."""
+        await websocket.accept()
+        try:
+            owner, admin = await identify(websocket)
+            cursor = Cursor.parse(websocket.query_params.get("last_event_id"))
+            record = await load(task_id, owner, admin)
+        except Problem as problem:
+            await websocket.send_text(f'{{"event":"error","data":{problem.body().decode()}}}')
+            await websocket.close(4000 + problem.status)
+            return
+        if record.done and cursor.version >= record.version:
+            rest = await app.outputs(task_id, owner=who(owner, admin), after=cursor.seq, limit=1)
+            if not rest:
+                await websocket.close(1000)
+                return
+        base = _base(websocket, "/tasks/{task_id}/ws")
+
+        async def pump() -> None:
+            async with hub.task(record) as feed:
+                async for event in task_events(
+                    hub, feed, base=base, admin=admin, cursor=cursor, keepalive=keepalive
+                ):
+                    if event is not None:
+                        await websocket.send_text(event.ws())
+            await websocket.close(1000)
+
+        work = asyncio.ensure_future(pump())
+        watcher = asyncio.ensure_future(until_disconnected(websocket.receive))
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await race(work, watcher)
+
+    router.hub = hub  # type: ignore[attr-defined]
+    return router
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Problem(413, f"The body is larger than {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, f"The body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class EventStream(StreamingResponse):
+    """A ``text/event-stream`` response that ends as soon as the client disconnects
+    (the generator is cancelled and closed, so whatever it watched is released)."""
+
+    def __init__(self, frames: AsyncIterator[bytes]) -> None:
+        super().__init__(
+            frames,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            media_type="text/event-stream",
+        )
+        self._frames = frames
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def stream() -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for chunk in self._frames:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        work = asyncio.ensure_future(stream())
+        watcher = asyncio.ensure_future(until_disconnected(receive))
+        try:
+            await race(work, watcher)
+        except OSError:
+            pass
+        finally:
+            aclose = getattr(self._frames, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+__all__ = ["PROBLEM", "task_api"]

@@ -1,0 +1,162 @@
+"""Errors as RFC 9457 ``application/problem+json`` documents.
+
+Handlers raise :class:`Problem`; the router's route class turns it (and FastAPI's own
+validation errors) into a response, so the API answers in one format whatever the host
+application's exception handlers do. The not-found answer is one constant byte string:
+a task that belongs to someone else gets exactly the bytes a missing one gets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+MEDIA_TYPE = "application/problem+json"
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+}
+
+
+class ProblemModel(BaseModel):
+    """The body of every error response (RFC 9457)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    #: For 422: one entry per invalid field, ``{"field": "payload.pattern", "message": ...}``.
+    errors: list[dict[str, Any]] | None = None
+
+
+class Problem(Exception):
+    """An error answer; raise it from a handler."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        errors: Sequence[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = list(errors) if errors is not None else None
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        doc: dict[str, Any] = {
+            "type": "about:blank",
+            "title": _TITLES.get(self.status, "Error"),
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors is not None:
+            doc["errors"] = self.errors
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def response(self) -> Response:
+        return Response(self.body(), self.status, self.headers, media_type=MEDIA_TYPE)
+
+
+NOT_FOUND_DETAIL = "No such task."
+_NOT_FOUND_BODY = Problem(404, NOT_FOUND_DETAIL).body()
+
+
+def not_found() -> Response:
+    """The one answer for a task that is missing or not the caller's."""
+    return Response(_NOT_FOUND_BODY, 404, media_type=MEDIA_TYPE)
+
+
+def field_name(loc: Sequence[Any], skip: Sequence[str] = ()) -> str:
+    """``["body", "payload", "pattern"]`` -> ``"payload.pattern"``."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    if parts and parts[0] in skip:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def validation_problem(errors: Sequence[Any], prefix: Sequence[Any] = ()) -> Problem:
+    """A 422 naming each invalid field, from pydantic-style error entries."""
+    entries = [
+        {"field": field_name([*prefix, *e.get("loc", ())]), "message": str(e.get("msg", ""))}
+        for e in errors
+    ]
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in entries[:5])
+    return Problem(
+        422, f"Invalid input: {summary}" if summary else "Invalid input.", errors=entries
+    )
+
+
+class ProblemRoute(APIRoute):
+    """Answers :class:`Problem` and FastAPI's validation errors as problem documents,
+    and refuses oversized header sections (431) before the handler runs."""
+
+    max_header_bytes = 16 * 1024
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        limit = self.max_header_bytes
+
+        async def route(request: Request) -> Response:
+            size = sum(len(k) + len(v) + 4 for k, v in request.scope["headers"])
+            if size > limit:
+                return Problem(431, f"The request's headers exceed {limit} bytes.").response()
+            try:
+                return await handler(request)
+            except Problem as exc:
+                return exc.response()
+            except RequestValidationError as exc:
+                return validation_problem(exc.errors()).response()
+            except HTTPException as exc:
+                return Problem(
+                    exc.status_code, str(exc.detail), headers=dict(exc.headers or {})
+                ).response()
+
+        return route
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem answers an endpoint can give."""
+    described = {
+        401: "No identity: the caller is not signed in.",
+        404: "No such task (or it is not the caller's: the answer is the same).",
+        409: "The task is not in a state that allows this.",
+        413: "The body or the payload is too large.",
+        415: "The body is not JSON.",
+        422: "Invalid input; `errors` names each field.",
+        429: "Too many submits; see `Retry-After`.",
+        431: "The request's headers are too large.",
+    }
+    return {
+        code: {
+            "description": described[code],
+            "model": ProblemModel,
+            "content": {MEDIA_TYPE: {}},
+        }
+        for code in codes
+    }

@@ -1,0 +1,147 @@
+"""The task resource: what the HTTP API shows of a record.
+
+Modelled on AIP-151's long-running operation: ``done`` tells whether the task has
+finished, and a finished task carries exactly one of ``result`` (succeeded) or
+``error`` (failed or cancelled). Errors are the record's user-safe type and message,
+never a traceback; administrators also see ``owner`` and ``error.detail``.
+
+The pydantic models document the shape in ``/openapi.json``; responses are built as
+plain dicts by :func:`resource` (the models are not run per request).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ..records import Status, TaskRecord
+
+CANCELLED_ERROR = {"type": "TaskCancelled", "message": "The task was cancelled."}
+
+
+class ProgressModel(BaseModel):
+    current: float | None = None
+    total: float | None = None
+    percent: float | None = Field(None, description="0–100, when current and total are known")
+    message: str | None = None
+    eta_seconds: float | None = Field(
+        None, description="Estimated seconds to completion, from the rate so far"
+    )
+
+
+class ErrorModel(BaseModel):
+    type: str = Field(description="The error's kind, e.g. TaskFailed, TaskTimeout, WorkerLost")
+    message: str = Field(description="A message fit for the task's owner")
+    detail: str | None = Field(None, description="The traceback (administrators only)")
+
+
+class LinksModel(BaseModel):
+    self: str
+    events: str
+    output: str
+    cancel: str
+    ws: str
+
+
+class TaskResource(BaseModel):
+    """A task, as its owner sees it."""
+
+    id: str
+    name: str
+    status: Status
+    done: bool
+    payload: Any = None
+    progress: ProgressModel
+    result: Any = Field(None, description="The return value; present when status is succeeded")
+    error: ErrorModel | None = Field(None, description="Present when failed or cancelled")
+    attempts: int
+    max_attempts: int
+    priority: int
+    cancel_requested: bool
+    version: int = Field(description="Grows with every change; the ETag and the event id")
+    run_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    owner: str | None = Field(None, description="Administrators only")
+    links: LinksModel
+
+
+class TaskPage(BaseModel):
+    items: list[TaskResource]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page")
+
+
+class OutputItem(BaseModel):
+    seq: int
+    data: Any = None
+
+
+class OutputPage(BaseModel):
+    items: list[OutputItem]
+    last_seq: int = Field(description="Pass as `after` for the items that follow")
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def resource(record: TaskRecord, base: str, now: datetime, admin: bool = False) -> dict[str, Any]:
+    """The resource of ``record``; ``base`` is the path the API is mounted at."""
+    p = record.progress
+    self_link = f"{base}/tasks/{record.id}"
+    doc: dict[str, Any] = {
+        "id": record.id,
+        "name": record.name,
+        "status": record.status.value,
+        "done": record.done,
+        "payload": record.payload,
+        "progress": {
+            "current": p.current,
+            "total": p.total,
+            "percent": p.percent,
+            "message": p.message,
+            "eta_seconds": record.eta_seconds(now),
+        },
+    }
+    if record.status is Status.SUCCEEDED:
+        doc["result"] = record.result
+    elif record.status in (Status.FAILED, Status.CANCELLED):
+        if record.error is not None:
+            doc["error"] = {"type": record.error.type, "message": record.error.message}
+        elif record.status is Status.CANCELLED:
+            doc["error"] = dict(CANCELLED_ERROR)
+        else:
+            doc["error"] = {"type": "Error", "message": "The task failed."}
+        if admin and record.error_detail:
+            doc["error"]["detail"] = record.error_detail
+    doc.update(
+        attempts=record.attempts,
+        max_attempts=record.max_attempts,
+        priority=record.priority,
+        cancel_requested=record.cancel_requested,
+        version=record.version,
+        run_at=_time(record.run_at),
+        created_at=_time(record.created_at),
+        updated_at=_time(record.updated_at),
+        started_at=_time(record.started_at),
+        finished_at=_time(record.finished_at),
+    )
+    if admin:
+        doc["owner"] = record.owner
+    doc["links"] = {
+        "self": self_link,
+        "events": f"{self_link}/events",
+        "output": f"{self_link}/output",
+        "cancel": f"{self_link}/cancel",
+        "ws": f"{self_link}/ws",
+    }
+    return doc
+
+
+def dumps(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()

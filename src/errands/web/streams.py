@@ -1,0 +1,162 @@
+"""The live event sequence of one task, shared by the SSE and WebSocket endpoints.
+
+Events, in order:
+
+- ``output`` — one per emitted item: ``{"seq": n, "data": ...}``;
+- ``status`` — the task resource, when the status (or anything but progress) changed;
+- ``progress`` — the task resource, when only the progress changed;
+- ``done`` — the task resource of the finished task, after all its outputs; last.
+
+Every event has an id ``"<version>-<seq>"``: the newest record version and output
+sequence number the client has received with it. Each event's id is greater than the
+one before (the version grows with record events, the sequence with outputs), and a
+client that reconnects with its last id (``Last-Event-ID``) gets exactly the events
+it has not seen. A record event always carries the newest state: versions a client
+did not see in between are skipped, never replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ..events.hub import ChangeHub, TaskFeed
+from ..records import Progress, Status, TaskRecord
+from .problems import Problem
+from .resources import dumps, resource
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    version: int = 0
+    seq: int = 0
+
+    @classmethod
+    def parse(cls, text: str | None) -> Cursor:
+        if not text:
+            return cls()
+        version, sep, seq = text.strip().partition("-")
+        try:
+            cursor = cls(int(version), int(seq) if sep else 0)
+        except ValueError:
+            cursor = cls(-1, -1)
+        if cursor.version < 0 or cursor.seq < 0:
+            raise Problem(
+                422,
+                "Invalid Last-Event-ID: expected <version>-<seq>.",
+                errors=[{"field": "Last-Event-ID", "message": "expected <version>-<seq>"}],
+            )
+        return cursor
+
+    def __str__(self) -> str:
+        return f"{self.version}-{self.seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    id: str
+    #: JSON text.
+    data: str
+
+    def sse(self) -> bytes:
+        return f"id: {self.id}\nevent: {self.kind}\ndata: {self.data}\n\n".encode()
+
+    def ws(self) -> str:
+        return f'{{"event":"{self.kind}","id":"{self.id}","data":{self.data}}}'
+
+
+def finished_for(record: TaskRecord, cursor: Cursor, last_seq: int) -> bool:
+    """True when a client at ``cursor`` already has everything of a finished task."""
+    return record.done and cursor.version >= record.version and cursor.seq >= last_seq
+
+
+def _encoded(feed: TaskFeed, record: TaskRecord, base: str, admin: bool) -> str:
+    key = (record.version, base, admin)
+    text = feed.cache.get(key)
+    if text is None:
+        text = dumps(resource(record, base, datetime.now(UTC), admin)).decode()
+        feed.cache[key] = text
+    return text  # type: ignore[no-any-return]
+
+
+async def task_events(
+    hub: ChangeHub,
+    feed: TaskFeed,
+    *,
+    base: str,
+    admin: bool,
+    cursor: Cursor,
+    keepalive: float,
+) -> AsyncIterator[Event | None]:
+    """The events after ``cursor``; None now and then when nothing happened for
+    ``keepalive`` seconds (the transport sends a keep-alive)."""
+    version, seq = cursor.version, cursor.seq
+    last_status: Status | None = None
+    last_progress: Progress | None = None
+    while True:
+        waiter = feed.changed
+        while True:  # outputs first: a finished record comes after all of them
+            items = feed.items_after(seq)
+            if items is None:
+                items = await hub.outputs(feed.task_id, seq)
+            if not items:
+                break
+            for s, data in items:
+                seq = s
+                yield Event("output", f"{version}-{s}", dumps({"seq": s, "data": data}).decode())
+        if feed.gone:
+            yield Event("deleted", f"{version}-{seq}", dumps({"id": feed.task_id}).decode())
+            return
+        record = feed.record
+        if record is not None and record.version > version:
+            if record.done:
+                if feed.complete and seq >= feed.top:
+                    yield Event(
+                        "done", f"{record.version}-{seq}", _encoded(feed, record, base, admin)
+                    )
+                    return
+            else:
+                only_progress = last_status is record.status and last_progress != record.progress
+                kind = "progress" if only_progress else "status"
+                version = record.version
+                last_status, last_progress = record.status, record.progress
+                yield Event(kind, f"{version}-{seq}", _encoded(feed, record, base, admin))
+                continue
+        try:
+            await asyncio.wait_for(waiter.wait(), keepalive)
+        except TimeoutError:
+            yield None
+
+
+class Disconnected(Exception):
+    """The client went away."""
+
+
+async def until_disconnected(receive: object) -> None:
+    """Return when the ASGI ``receive`` callable reports the client gone."""
+    while True:
+        message = await receive()  # type: ignore[operator]
+        if message["type"] in ("http.disconnect", "websocket.disconnect"):
+            return
+
+
+async def race(
+    work: asyncio.Future[None] | asyncio.Task[None], watcher: asyncio.Task[None]
+) -> None:
+    """Run ``work`` until it ends or ``watcher`` does (the client left): then cancel
+    the other and wait for it, so nothing is left running."""
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (work, watcher):
+            if not t.done():
+                t.cancel()
+        for t in (work, watcher):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+    if work.done() and not work.cancelled() and work.exception() is not None:
+        raise work.exception()  # type: ignore[misc]
