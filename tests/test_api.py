@@ -82,6 +82,8 @@ def test_ids_are_time_ordered_and_unguessable() -> None:
     assert ids == sorted(ids)
     same_ms = {new_task_id(1_700_000_000.0) for _ in range(1000)}
     assert len(same_ms) == 1000  # 74 random bits: no collisions
+    burst = [new_task_id() for _ in range(5000)]  # many per millisecond
+    assert burst == sorted(burst)  # one process's ids keep their order
 
 
 @pytest.mark.parametrize(

@@ -295,7 +295,7 @@ async def test_cancel_running_task(
     assert elapsed <= 2 * HEARTBEAT + CANCEL_SLACK, f"cancelled after {elapsed:.2f} s"
     assert final.attempts == 1
     assert final.result is None
-    assert final.error is not None and final.error.type == "Cancelled"
+    assert final.error is not None and final.error.type == "TaskCancelled"
     events = [event for event, *_ in e2e.read_log(log)]
     assert events[0] == "start" and "done" not in events
     if name == "sync_loop":

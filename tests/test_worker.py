@@ -400,7 +400,7 @@ async def test_cancel_running_async_task(app: Errands, run_worker: Any) -> None:
         took = time.monotonic() - t0
     assert saw_cancel.is_set()
     assert done.status is Status.CANCELLED
-    assert done.error is not None and done.error.type == "Cancelled"
+    assert done.error is not None and done.error.type == "TaskCancelled"
     assert done.result is None
     assert took < 2 * heartbeat, took
 

@@ -58,6 +58,10 @@ class TaskError:
     message: str
 
 
+#: The error a cancelled task's record carries.
+CANCELLED_ERROR = TaskError("TaskCancelled", "The task was cancelled.")
+
+
 @dataclass(frozen=True, slots=True)
 class TaskRecord:
     id: str

@@ -38,7 +38,7 @@ from sqlalchemy import Connection
 
 from .context import TaskContext
 from .errors import ErrandsError, Retry, TaskCancelled, TaskFailed
-from .records import Status
+from .records import CANCELLED_ERROR, Status
 from .registry import TaskDefinition, compute_backoff
 from .store import queue
 from .store.queue import Change, Claimed, Outcome
@@ -502,8 +502,8 @@ class Worker:
         return Outcome(
             exe.job.task_id,
             Status.CANCELLED,
-            error_type="Cancelled",
-            error_message="the task was cancelled",
+            error_type=CANCELLED_ERROR.type,
+            error_message=CANCELLED_ERROR.message,
         )
 
     def _failure(self, exe: Execution, exc: BaseException, *, retry: bool = True) -> Outcome:

@@ -28,7 +28,7 @@ from sqlalchemy import (
     update,
 )
 
-from ..records import Status
+from ..records import CANCELLED_ERROR, Status
 from . import sqlite_fast
 from .schema import job_table, output_table, task_table
 
@@ -491,7 +491,11 @@ def reap(
                 continue
             values: dict[str, Any] = {"finished_at": stamp, "expires_at": expiry_for(row.name)}
             if row.cancel_requested:
-                values["status"] = Status.CANCELLED.value
+                values.update(
+                    status=Status.CANCELLED.value,
+                    error_type=CANCELLED_ERROR.type,
+                    error_message=CANCELLED_ERROR.message,
+                )
             else:
                 values.update(
                     status=Status.FAILED.value,

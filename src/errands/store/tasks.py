@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, or_, select, update
 
-from ..records import Progress, Status, TaskError, TaskRecord
+from ..records import CANCELLED_ERROR, Progress, Status, TaskError, TaskRecord
 from . import sqlite_fast
 from .queue import Change
 from .schema import job_table, output_table, task_table
@@ -201,6 +201,8 @@ def cancel(
                 .values(
                     status=Status.CANCELLED.value,
                     cancel_requested=True,
+                    error_type=CANCELLED_ERROR.type,
+                    error_message=CANCELLED_ERROR.message,
                     finished_at=now,
                     expires_at=expiry_for(current.name),
                     updated_at=now,

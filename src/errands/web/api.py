@@ -88,11 +88,16 @@ async def _call(fn: Callable[[HTTPConnection], Any], conn: HTTPConnection) -> An
 
 
 def _base(conn: HTTPConnection, rel: str) -> str:
-    """The path the router is mounted at, from the matched route's full path."""
-    route = conn.scope.get("route")
-    path = str(getattr(route, "path_format", None) or getattr(route, "path", ""))
-    prefix = path[: -len(rel)] if path.endswith(rel) else ""
-    return str(conn.scope.get("root_path", "")) + prefix
+    """The path the router is mounted at: the request's full path less the route's own
+    part (``rel`` with its path parameters filled in). Not the matched route's path:
+    FastAPI ≥ 0.16x keeps an included router's routes without the ``prefix``."""
+    root = str(conn.scope.get("root_path", ""))
+    path = str(conn.scope.get("path", ""))
+    if root and not path.startswith(root):
+        path = root + path
+    params = conn.scope.get("path_params") or {}
+    own = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: str(params.get(m[1], m[0])), rel)
+    return path[: -len(own)] if path.endswith(own) else root
 
 
 def _etag(version: int) -> str:

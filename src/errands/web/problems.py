@@ -155,8 +155,9 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {
         code: {
             "description": described[code],
-            "model": ProblemModel,
-            "content": {MEDIA_TYPE: {}},
+            # Inline, not ``"model"``: FastAPI files a model's schema under the route's
+            # media type (application/json), which problem answers never have.
+            "content": {MEDIA_TYPE: {"schema": ProblemModel.model_json_schema()}},
         }
         for code in codes
     }

@@ -17,9 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..records import Status, TaskRecord
-
-CANCELLED_ERROR = {"type": "TaskCancelled", "message": "The task was cancelled."}
+from ..records import CANCELLED_ERROR, Status, TaskRecord
 
 
 class ProgressModel(BaseModel):
@@ -114,7 +112,7 @@ def resource(record: TaskRecord, base: str, now: datetime, admin: bool = False) 
         if record.error is not None:
             doc["error"] = {"type": record.error.type, "message": record.error.message}
         elif record.status is Status.CANCELLED:
-            doc["error"] = dict(CANCELLED_ERROR)
+            doc["error"] = {"type": CANCELLED_ERROR.type, "message": CANCELLED_ERROR.message}
         else:
             doc["error"] = {"type": "Error", "message": "The task failed."}
         if admin and record.error_detail:
