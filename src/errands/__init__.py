@@ -19,7 +19,7 @@ from .errors import (
     UnknownTask,
     WaitTimeout,
 )
-from .records import Page, Progress, Status, TaskError, TaskRecord
+from .records import Page, Progress, Status, TaskError, TaskEvent, TaskRecord
 from .registry import TaskDefinition
 from .worker import Worker, WorkerSettings
 
@@ -42,6 +42,7 @@ __all__ = [
     "TaskContext",
     "TaskDefinition",
     "TaskError",
+    "TaskEvent",
     "TaskFailed",
     "TaskNotFound",
     "TaskRecord",

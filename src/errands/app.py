@@ -26,10 +26,12 @@ from pydantic import BaseModel
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import URL
 
+from .admin import Admin
 from .engines import Engine, SqlEngine
 from .errors import ConfigurationError, PayloadTooLarge, TaskNotFound, WaitTimeout
 from .events import notifier_for
 from .ids import is_task_id, new_task_id
+from .observers import Observers
 from .records import Page, Progress, Status, TaskRecord
 from .registry import Backoff, Executor, Registry, TaskDefinition, make_definition
 from .store import tasks
@@ -98,6 +100,10 @@ class Errands:
         self.watchers = Watchers(self)
         self.sync = SyncErrands(self)
         self._hub: ChangeHub | None = None
+        #: Callbacks on lifecycle events in this process (see ``errands.observers``).
+        self.observers = Observers()
+        #: Views across every owner, for administrators (see ``errands.admin``).
+        self.admin = Admin(self)
 
     @property
     def hub(self) -> ChangeHub:
@@ -265,6 +271,7 @@ class Errands:
         self.engine.enqueue(conn, job)
 
     def _submitted(self, record: TaskRecord) -> None:
+        self.observers.emit("submitted", record.id, record.name, record.status, None)
         self.engine.after_commit([record.id])
         self.notifier.publish_changes(
             [Change(record.id, record.owner, record.version, record.status)]

@@ -116,3 +116,17 @@ class Page:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """A lifecycle event seen in this process (see ``Errands.observers``)."""
+
+    #: "submitted", "started" or "finished" (an attempt ended; ``status`` says how:
+    #: ``queued`` means it will be retried).
+    kind: str
+    task_id: str
+    name: str
+    status: Status
+    #: Seconds the attempt ran (for "finished").
+    seconds: float | None = None

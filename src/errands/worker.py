@@ -29,6 +29,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ from .context import TaskContext
 from .errors import ErrandsError, Retry, TaskCancelled, TaskFailed
 from .records import CANCELLED_ERROR, Status
 from .registry import TaskDefinition, compute_backoff
-from .store import queue
+from .store import queue, workers
 from .store.queue import Change, Claimed, Outcome
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class Execution:
     timer: asyncio.TimerHandle | None = None
     next_seq: int = 0
     unflushed: list[dict[str, Any]] = field(default_factory=list)
+    started_at: float = field(default_factory=time.monotonic)
 
     def take_outputs(self) -> list[dict[str, Any]]:
         for item in self.ctx._take_outputs():
@@ -129,6 +131,10 @@ def _safe_error(exc: BaseException) -> tuple[str, str, str]:
     if isinstance(exc, ErrandsError):
         return type(exc).__name__, exc.message, detail
     return type(exc).__name__, "the task failed unexpectedly", detail
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
 
 
 def _retry_delay(exc: BaseException) -> float | None:
@@ -180,6 +186,19 @@ class Worker:
         self._maybe_work = True  # a claim could find something
         self._hinted = False
         await self._loop.run_in_executor(None, self.app.db.ensure_schema)
+        await self.app.db.awrite(
+            workers.register,
+            {
+                "id": self.id,
+                "hostname": socket.gethostname()[:255],
+                "pid": os.getpid(),
+                "names": self.names,
+                "concurrency": self.settings.concurrency,
+                "started_at": _utc(time.time()),
+                "seen_at": _utc(time.time()),
+            },
+            durable=False,
+        )
         subscription = self.app.notifier.listen_worker(self._on_jobs_hint, self._on_cancel_hint)
         handled = self._install_signals()
         background = [
@@ -202,6 +221,10 @@ class Worker:
                 self._loop.remove_signal_handler(sig)
             if self._processes is not None:
                 self._processes.close()
+            try:
+                await self.app.db.awrite(workers.unregister, self.id, durable=False)
+            except Exception:
+                log.exception("worker %s: could not remove itself from the registry", self.id)
             log.info("worker %s stopped", self.id)
 
     # -- the pump: one transaction per round ---------------------------------------------
@@ -290,8 +313,15 @@ class Worker:
             self._releases[:0] = releases
             await asyncio.sleep(0.5)
             return [], False
-        for exe, _ in batch:
+        for exe, outcome in batch:
             self._writing.discard(exe.job.task_id)
+            self.app.observers.emit(
+                "finished",
+                exe.job.task_id,
+                exe.job.name,
+                outcome.status,
+                time.monotonic() - exe.started_at,
+            )
         if limit:
             self._due = due
         self._publish(changed)
@@ -371,6 +401,7 @@ class Worker:
         exe = Execution(job, definition, ctx, next_seq=job.last_seq)
         self._running[job.task_id] = exe
         self.started += 1
+        self.app.observers.emit("started", job.task_id, job.name, Status.RUNNING, None)
         if job.cancel_requested:
             exe.stop_reason = "cancel"
             self._settle(exe, self._cancelled(exe))
@@ -607,13 +638,10 @@ class Worker:
     async def _heartbeat(self) -> None:
         ids = list(self._running) + [i for i in self._writing if i not in self._running]
         if not ids:
+            await self.app.db.awrite(workers.beat, self.id, _utc(time.time()), durable=False)
             return
         held, cancel = await self.app.db.awrite(
-            queue.heartbeat,
-            self.id,
-            ids,
-            lease_until=time.time() + self.settings.lease_seconds,
-            durable=False,
+            self._beat_txn, ids, time.time() + self.settings.lease_seconds, durable=False
         )
         asked = set(ids)
         for task_id, exe in list(self._running.items()):
@@ -625,11 +653,20 @@ class Worker:
             elif task_id in cancel:
                 self._stop_attempt(exe, "cancel")
 
+    def _beat_txn(
+        self, conn: Connection, ids: list[str], lease_until: float
+    ) -> tuple[set[str], set[str]]:
+        workers.beat(conn, self.id, _utc(time.time()))
+        return queue.heartbeat(conn, self.id, ids, lease_until=lease_until)
+
     async def _reap(self) -> None:
         now = time.time()
         changed = await self.app.db.awrite(
             queue.reap, now=now, expiry_for=partial(self.app.expiry, now=now)
         )
+        # A worker's row outlives it only if it was killed; forget it after a while.
+        silent = max(60.0, 10 * self.settings.lease_seconds)
+        await self.app.db.awrite(workers.forget_silent, _utc(now - silent), durable=False)
         if changed:
             log.warning("reaper recovered %d task(s) whose worker stopped", len(changed))
             self._publish(changed)

@@ -2,7 +2,9 @@
 
 ``errands_task`` keeps every record and grows; ``errands_job`` holds only work that
 still has to run or is running, so claims scan a table that stays small however much
-history accumulates; ``errands_output`` keeps the items a task emits while it runs.
+history accumulates; ``errands_output`` keeps the items a task emits while it runs;
+``errands_worker`` lists the workers that are alive (each updates its row every
+heartbeat interval).
 
 Times in ``errands_task`` are timezone-aware UTC datetimes (host applications query and
 join this table). Times in the internal ``errands_job`` table are Unix seconds (float):
@@ -133,4 +135,16 @@ output_table = Table(
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("data", JSON, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+)
+
+worker_table = Table(
+    "errands_worker",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("names", JSON, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
 )
