@@ -261,6 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="give up waiting after S s")
     p.set_defaults(func=cmd_submit)
 
+    p = sub.add_parser("demo", help="serve the demo application (web and worker in one process)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--corpus", default=None, help="directory to search (default: the stdlib)")
+    p.add_argument("--data", default=".errands-demo", help="exports and session secret")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("createadmin", help="make a demo account an administrator")
+    p.add_argument("email")
+    p.add_argument(
+        "--password", default=None, help="create the account with this password if it is new"
+    )
+    p.add_argument("--data", default=".errands-demo")
+    p.set_defaults(func=cmd_createadmin)
+
     for name, func, text in (
         ("ls", cmd_ls, "list tasks, newest first"),
         ("show", cmd_show, "show one task (with error details)"),
@@ -286,6 +302,53 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--batch", type=int, default=500)
         p.set_defaults(func=func)
     return parser
+
+
+def _demo_settings(args: argparse.Namespace, **extra: Any) -> Any:
+    try:
+        from .demo.web import DemoSettings
+    except ImportError as exc:
+        raise SystemExit(
+            f"errands: the demo needs the 'demo' extra (pip install 'errands[demo]'): {exc}"
+        ) from exc
+    from pathlib import Path
+
+    corpus = getattr(args, "corpus", None)
+    return DemoSettings(
+        database_url=os.environ.get("ERRANDS_DATABASE_URL") or "sqlite:///errands-demo.db",
+        corpus=Path(corpus) if corpus else None,
+        data_dir=Path(args.data),
+        **extra,
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .demo.web import create_app
+
+    settings = _demo_settings(args, worker_options={"concurrency": args.concurrency})
+    site = create_app(settings)
+    print(f"errands demo: http://{args.host}:{args.port}/  (Ctrl-C stops it)", flush=True)
+    uvicorn.run(site, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_createadmin(args: argparse.Namespace) -> int:
+    from .demo.accounts import AccountError
+    from .demo.web import Demo
+
+    demo = Demo(_demo_settings(args, worker=False))
+    demo.setup()
+    try:
+        user = demo.accounts.make_admin(args.email, args.password)
+    except AccountError as exc:
+        print(f"errands: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        demo.errands.close()
+    print(f"{user.email} is an administrator")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,172 @@
+"""Accounts of the demo application: passwords, sessions, CSRF tokens, API tokens.
+
+- Passwords are hashed with Argon2id (``argon2-cffi``'s defaults: 64 MiB, 3 passes).
+  A login for an unknown address still spends one hash, and both failures say the
+  same thing, so neither the answer nor its timing tells whether an account exists.
+- Sessions are Starlette's signed cookies (``SessionMiddleware``): HttpOnly,
+  ``SameSite=Lax``; they hold the user id and the CSRF token.
+- Every form carries the session's CSRF token; a POST without the right one is refused.
+- API tokens are random strings shown once; the database keeps their SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from starlette.requests import HTTPConnection
+
+from . import store
+from .store import User
+
+if TYPE_CHECKING:
+    from ..app import Errands
+
+_hasher = PasswordHasher()
+_DUMMY_HASH = _hasher.hash("not a password anyone has")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+MIN_PASSWORD = 8
+TOKEN_PREFIX = "ert_"
+
+
+class AccountError(ValueError):
+    """A message for the person at the form."""
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if not _EMAIL.match(email):
+        raise AccountError("Enter a valid e-mail address.")
+    return email
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Accounts:
+    def __init__(self, app: Errands) -> None:
+        self.app = app
+        self.db = app.db
+
+    def setup(self) -> None:
+        self.db.write(store.create_tables)
+
+    # -- registering and logging in ----------------------------------------------------
+    def register(self, email: str, password: str, *, is_admin: bool = False) -> User:
+        email = normalize_email(email)
+        if len(password) < MIN_PASSWORD:
+            raise AccountError(f"Choose a password of at least {MIN_PASSWORD} characters.")
+        if len(password) > 1024:
+            raise AccountError("That password is too long.")
+        hashed = _hasher.hash(password)
+        user = self.db.write(store.add_user, email, hashed, now(), is_admin)
+        if user is None:
+            raise AccountError("An account with this e-mail address exists; log in instead.")
+        return user
+
+    def authenticate(self, email: str, password: str) -> User:
+        """The user with this address and password; the same error for a wrong
+        password and an unknown address."""
+        wrong = AccountError("Wrong e-mail address or password.")
+        try:
+            email = normalize_email(email)
+        except AccountError:
+            raise wrong from None
+        user = self.db.read(store.user_by_email, email)
+        try:
+            _hasher.verify(user.password_hash if user else _DUMMY_HASH, password[:1024])
+        except (VerificationError, InvalidHashError):
+            raise wrong from None
+        if user is None:
+            raise wrong
+        if _hasher.check_needs_rehash(user.password_hash):
+            self.db.write(store.set_password, user.id, _hasher.hash(password))
+        return user
+
+    def make_admin(self, email: str, password: str | None = None) -> User:
+        """``errands createadmin``: an existing account becomes an administrator, or a
+        new one is created (then ``password`` is needed)."""
+        email = normalize_email(email)
+        if self.db.write(store.set_admin, email, True):
+            user = self.db.read(store.user_by_email, email)
+            assert user is not None
+            return user
+        if not password:
+            raise AccountError("No such account; give a password to create it.")
+        return self.register(email, password, is_admin=True)
+
+    # -- who is asking -----------------------------------------------------------------
+    def user_for(self, conn: HTTPConnection) -> User | None:
+        """The signed-in user (session cookie) or the API token's (``Bearer``)."""
+        auth = conn.headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            return self.user_for_token(auth[7:].strip())
+        user_id = conn.session.get("user") if "session" in conn.scope else None
+        if not isinstance(user_id, int):
+            return None
+        return self.db.read(store.user_by_id, user_id)
+
+    def user_for_token(self, token: str) -> User | None:
+        if not token.startswith(TOKEN_PREFIX):
+            return None
+        digest = _digest(token)
+        found = self.db.read(store.user_by_token, digest)
+        if found is None:
+            return None
+        user, used = found
+        stamp = now()
+        if used is None or stamp - used > timedelta(minutes=5):
+            self.db.write(store.touch_token, digest, stamp)  # at most one write per 5 min
+        return user
+
+    # -- API tokens --------------------------------------------------------------------
+    def create_token(self, user: User, name: str) -> str:
+        name = name.strip()[:100] or "token"
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self.db.write(store.add_token, user.id, name, _digest(token), now())
+        return token
+
+    def tokens(self, user: User) -> list[store.Token]:
+        return self.db.read(store.tokens_of, user.id)
+
+    def revoke_token(self, user: User, token_id: int) -> bool:
+        return self.db.write(store.revoke_token, user.id, token_id, now())
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- sessions and CSRF -------------------------------------------------------------------
+def log_in(conn: HTTPConnection, user: User) -> None:
+    conn.session.clear()  # a new session: no fixation
+    conn.session["user"] = user.id
+    conn.session["csrf"] = secrets.token_urlsafe(24)
+
+
+def log_out(conn: HTTPConnection) -> None:
+    conn.session.clear()
+
+
+def csrf_token(conn: HTTPConnection) -> str:
+    token = conn.session.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(24)
+        conn.session["csrf"] = token
+    return token
+
+
+def csrf_ok(conn: HTTPConnection, submitted: object) -> bool:
+    expected = conn.session.get("csrf")
+    return (
+        isinstance(expected, str)
+        and isinstance(submitted, str)
+        and hmac.compare_digest(expected.encode(), submitted.encode())
+    )

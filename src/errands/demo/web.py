@@ -1,0 +1,441 @@
+"""The demo application: accounts, a search over files on disk, live task pages, my
+tasks, API tokens and (in ``admin.py``) the admin pages.
+
+It is an ordinary user of errands: tasks are submitted and read through the
+:class:`~errands.Errands` API with the signed-in user's owner id, the browser talks to
+``errands.web.task_api`` mounted at ``/api``, and the task page shows a task with the
+``<errands-task>`` element. ``create_app`` builds it; ``errands demo`` serves it with a
+worker in the same process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import Route, Router
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import Receive, Scope, Send
+
+from .. import Errands, InvalidPayload, Status, TaskNotFound, TaskRecord
+from ..web import task_api
+from . import accounts, tasks
+from .accounts import AccountError, Accounts
+from .store import User
+
+log = logging.getLogger("errands.demo")
+HERE = Path(__file__).parent
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PAGE_SIZE = 20
+HITS_ON_PAGE = 500
+
+
+@dataclass
+class DemoSettings:
+    #: Default: ``$ERRANDS_DATABASE_URL``, else ``sqlite:///errands-demo.db``.
+    database_url: str | None = None
+    #: The directory searched (default: this interpreter's standard library).
+    corpus: Path | None = None
+    #: Where exports and the session secret are kept.
+    data_dir: Path = Path(".errands-demo")
+    #: Signs session cookies; default: kept in ``data_dir/secret``.
+    secret: str | None = None
+    #: Run a worker inside the web process.
+    worker: bool = True
+    worker_options: dict[str, Any] = field(default_factory=dict)
+    #: Mark session cookies Secure (serve over HTTPS).
+    https_only: bool = False
+
+
+class Demo:
+    """The pieces the routes share."""
+
+    def __init__(self, settings: DemoSettings) -> None:
+        self.settings = settings
+        url = settings.database_url or os.environ.get("ERRANDS_DATABASE_URL")
+        self.errands = Errands(url or "sqlite:///errands-demo.db")
+        self.data_dir = settings.data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.exports = self.data_dir / "exports"
+        self.corpus = (settings.corpus or tasks.default_corpus()).resolve()
+        tasks.register(self.errands, corpus=self.corpus, exports=self.exports)
+        self.accounts = Accounts(self.errands)
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.templates.env.globals["status_names"] = [s.value for s in Status]
+        self.templates.env.filters["title"] = task_title
+        self.templates.env.filters["when"] = _when
+
+    def setup(self) -> None:
+        self.errands.migrate()
+        self.accounts.setup()
+
+    def secret(self) -> str:
+        if self.settings.secret:
+            return self.settings.secret
+        path = self.data_dir / "secret"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+    async def user(self, conn: HTTPConnection) -> User | None:
+        return await run_in_threadpool(self.accounts.user_for, conn)
+
+    def render(
+        self, request: Request, template: str, status_code: int = 200, **context: Any
+    ) -> Response:
+        context.setdefault("user", getattr(request.state, "user", None))
+        context["csrf"] = accounts.csrf_token(request)
+        return self.templates.TemplateResponse(request, template, context, status_code=status_code)
+
+    def not_found(self, request: Request) -> Response:
+        return self.render(request, "not_found.html", status_code=404)
+
+
+def create_app(settings: DemoSettings | None = None) -> FastAPI:
+    demo = Demo(settings or DemoSettings())
+    demo.setup()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runner: asyncio.Task[None] | None = None
+        worker = None
+        if demo.settings.worker:
+            options = {"handle_signals": False} | demo.settings.worker_options
+            worker = demo.errands.worker(**options)
+            runner = asyncio.create_task(worker.run())
+        try:
+            yield
+        finally:
+            if worker is not None and runner is not None:
+                worker.stop()
+                try:
+                    await asyncio.wait_for(asyncio.shield(runner), 10)
+                except TimeoutError:
+                    worker.stop()
+                    await runner
+            demo.errands.close()
+
+    site = FastAPI(title="errands demo", lifespan=lifespan, docs_url="/api/docs")
+    site.state.demo = demo
+
+    # -- the HTTP API, for the pages' scripts and for API tokens -------------------------
+    async def api_owner(conn: HTTPConnection) -> str | None:
+        user = await demo.user(conn)
+        if user is None:
+            return None
+        # A browser's write must prove it comes from our pages (SameSite is the first
+        # line; this header is the second). Token-authenticated scripts need not.
+        if (
+            not conn.headers.get("authorization")
+            and isinstance(conn, Request)
+            and conn.method not in SAFE_METHODS
+            and not accounts.csrf_ok(conn, conn.headers.get("x-csrf-token"))
+        ):
+            return None
+        conn.state.user = user
+        return user.owner
+
+    async def api_admin(conn: HTTPConnection) -> bool:
+        user = getattr(conn.state, "user", None)
+        return bool(user is not None and user.is_admin)
+
+    site.include_router(
+        task_api(demo.errands, current_owner=api_owner, is_admin=api_admin), prefix="/api"
+    )
+
+    async def page_not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        request.state.user = await demo.user(request)
+        await demo.not_found(request)(scope, receive, send)
+
+    pages = Router(default=page_not_found)
+    _add_pages(pages, demo)
+    from .admin import add_admin_routes
+
+    add_admin_routes(pages, demo)
+    from .metrics import metrics_app
+
+    metrics = metrics_app(demo.errands)
+    site.router.routes.append(Route("/metrics", metrics))  # Mount alone misses a bare /metrics
+    site.mount("/metrics", metrics)
+    site.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    site.mount("/", pages)
+    site.add_middleware(
+        SessionMiddleware,
+        secret_key=demo.secret(),
+        session_cookie="errands_session",
+        same_site="lax",
+        https_only=demo.settings.https_only,
+        max_age=14 * 24 * 3600,
+    )
+    return site
+
+
+def _redirect(url: str) -> Response:
+    return RedirectResponse(url, status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    """Only local paths: no open redirects."""
+    if target and target.startswith("/") and not target.startswith("//"):
+        return target
+    return "/"
+
+
+def _add_pages(pages: Router, demo: Demo) -> None:
+    app = demo.errands
+
+    async def signed_in(request: Request) -> User | None:
+        user = await demo.user(request)
+        request.state.user = user
+        return user
+
+    async def form_with_csrf(request: Request) -> dict[str, Any] | None:
+        form = await request.form()
+        data = {k: v for k, v in form.items() if isinstance(v, str)}
+        if not accounts.csrf_ok(request, data.get("csrf")):
+            return None
+        return data
+
+    def csrf_refused(request: Request) -> Response:
+        return demo.render(
+            request,
+            "message.html",
+            status_code=403,
+            title="Form expired",
+            message="This form has expired or did not come from this site. Go back, reload "
+            "the page and try again.",
+        )
+
+    # -- accounts --------------------------------------------------------------------
+    async def register_page(request: Request) -> Response:
+        await signed_in(request)
+        if request.method == "GET":
+            return demo.render(request, "register.html")
+        data = await form_with_csrf(request)
+        if data is None:
+            return csrf_refused(request)
+        email = data.get("email", "")
+        try:
+            user = await run_in_threadpool(demo.accounts.register, email, data.get("password", ""))
+        except AccountError as exc:
+            return demo.render(
+                request, "register.html", status_code=400, error=str(exc), email=email
+            )
+        accounts.log_in(request, user)
+        return _redirect("/")
+
+    async def login_page(request: Request) -> Response:
+        await signed_in(request)
+        next_url = _safe_next(request.query_params.get("next"))
+        if request.method == "GET":
+            return demo.render(request, "login.html", next=next_url)
+        data = await form_with_csrf(request)
+        if data is None:
+            return csrf_refused(request)
+        email = data.get("email", "")
+        try:
+            user = await run_in_threadpool(
+                demo.accounts.authenticate, email, data.get("password", "")
+            )
+        except AccountError as exc:
+            return demo.render(
+                request, "login.html", status_code=400, error=str(exc), email=email, next=next_url
+            )
+        accounts.log_in(request, user)
+        return _redirect(_safe_next(data.get("next")))
+
+    async def logout(request: Request) -> Response:
+        if await form_with_csrf(request) is None:
+            return csrf_refused(request)
+        accounts.log_out(request)
+        return _redirect("/login")
+
+    def login_first(request: Request) -> Response:
+        return _redirect(f"/login?next={request.url.path}")
+
+    # -- searching -------------------------------------------------------------------
+    async def home(request: Request) -> Response:
+        user = await signed_in(request)
+        if user is None:
+            return demo.render(request, "welcome.html")
+        recent = await app.list(owner=user.owner, limit=5)
+        return demo.render(request, "home.html", recent=recent.items, form={}, corpus=demo.corpus)
+
+    async def search(request: Request) -> Response:
+        user = await signed_in(request)
+        if user is None:
+            return login_first(request)
+        data = await form_with_csrf(request)
+        if data is None:
+            return csrf_refused(request)
+        payload = {
+            "query": data.get("query", ""),
+            "regex": data.get("regex") == "on",
+            "case_sensitive": data.get("case_sensitive") == "on",
+            "glob": data.get("glob") or "*.py",
+            "pause": 0.005 if data.get("slow") == "on" else 0.0,
+        }
+        try:
+            record = await app.submit("search", payload, owner=user.owner)
+        except InvalidPayload as exc:
+            recent = await app.list(owner=user.owner, limit=5)
+            errors = [
+                f"{'.'.join(str(p) for p in e.get('loc', [])) or 'search'}: {e.get('msg')}"
+                for e in exc.errors
+            ] or [exc.message]
+            return demo.render(
+                request,
+                "home.html",
+                status_code=422,
+                recent=recent.items,
+                form=data,
+                errors=errors,
+                corpus=demo.corpus,
+            )
+        return _redirect(f"/tasks/{record.id}")
+
+    # -- tasks -------------------------------------------------------------------------
+    async def task_page(request: Request) -> Response:
+        user = await signed_in(request)
+        if user is None:
+            return login_first(request)
+        task_id = request.path_params["task_id"]
+        try:
+            record = await app.get(task_id, owner=user.owner)
+        except TaskNotFound:
+            return demo.not_found(request)
+        hits: list[tuple[int, Any]] = []
+        if record.name == "search":
+            hits = await app.outputs(record.id, owner=user.owner, limit=HITS_ON_PAGE)
+        return demo.render(request, "task.html", task=record, hits=hits, hits_cap=HITS_ON_PAGE)
+
+    async def cancel(request: Request) -> Response:
+        user = await signed_in(request)
+        if user is None:
+            return login_first(request)
+        if await form_with_csrf(request) is None:
+            return csrf_refused(request)
+        task_id = request.path_params["task_id"]
+        try:
+            await app.cancel(task_id, owner=user.owner)
+        except TaskNotFound:
+            return demo.not_found(request)
+        return _redirect(f"/tasks/{task_id}")
+
+    async def export(request: Request) -> Response:
+        user = await signed_in(request)
+        if user is None:
+            return login_first(request)
+        if await form_with_csrf(request) is None:
+            return csrf_refused(request)
+        task_id = request.path_params["task_id"]
+        try:
+            source = await app.get(task_id, owner=user.owner)
+        except TaskNotFound:
+            return demo.not_found(request)
+        if source.name != "search" or source.status is not Status.SUCCEEDED:
+            return _redirect(f"/tasks/{task_id}")
+        record = await app.submit("export", {"search_id": source.id}, owner=user.owner)
+        return _redirect(f"/tasks/{record.id}")
+
+    async def download(request: Request) -> Response:
+        user = await signed_in(request)
+        if user is None:
+            return login_first(request)
+        task_id = request.path_params["task_id"]
+        try:
+            record = await app.get(task_id, owner=user.owner)
+        except TaskNotFound:
+            return demo.not_found(request)
+        path = demo.exports / f"{record.id}.csv"
+        if record.name != "export" or record.status is not Status.SUCCEEDED or not path.exists():
+            return demo.not_found(request)
+        return FileResponse(
+            path,
+            media_type="text/csv",
+            filename=f"search-{record.payload['search_id'][:8]}.csv",
+            headers={"Cache-Control": "private, no-store"},
+        )
+
+    async def my_tasks(request: Request) -> Response:
+        user = await signed_in(request)
+        if user is None:
+            return login_first(request)
+        status = request.query_params.get("status") or None
+        if status not in (None, *(s.value for s in Status)):
+            status = None
+        cursor = request.query_params.get("cursor") or None
+        try:
+            page = await app.list(owner=user.owner, status=status, limit=PAGE_SIZE, cursor=cursor)
+        except ValueError:
+            page = await app.list(owner=user.owner, status=status, limit=PAGE_SIZE)
+        return demo.render(request, "tasks.html", page=page, status=status or "")
+
+    # -- API tokens --------------------------------------------------------------------
+    async def tokens_page(request: Request) -> Response:
+        user = await signed_in(request)
+        if user is None:
+            return login_first(request)
+        created = None
+        if request.method == "POST":
+            data = await form_with_csrf(request)
+            if data is None:
+                return csrf_refused(request)
+            created = await run_in_threadpool(
+                demo.accounts.create_token, user, data.get("name", "")
+            )
+        tokens = await run_in_threadpool(demo.accounts.tokens, user)
+        return demo.render(request, "tokens.html", tokens=tokens, created=created)
+
+    async def revoke_token(request: Request) -> Response:
+        user = await signed_in(request)
+        if user is None:
+            return login_first(request)
+        if await form_with_csrf(request) is None:
+            return csrf_refused(request)
+        token_id = request.path_params["token_id"]
+        await run_in_threadpool(demo.accounts.revoke_token, user, token_id)
+        return _redirect("/tokens")
+
+    pages.add_route("/", home, methods=["GET"])
+    pages.add_route("/register", register_page, methods=["GET", "POST"])
+    pages.add_route("/login", login_page, methods=["GET", "POST"])
+    pages.add_route("/logout", logout, methods=["POST"])
+    pages.add_route("/search", search, methods=["POST"])
+    pages.add_route("/tasks", my_tasks, methods=["GET"])
+    pages.add_route("/tasks/{task_id}", task_page, methods=["GET"])
+    pages.add_route("/tasks/{task_id}/cancel", cancel, methods=["POST"])
+    pages.add_route("/tasks/{task_id}/export", export, methods=["POST"])
+    pages.add_route("/exports/{task_id}.csv", download, methods=["GET"])
+    pages.add_route("/tokens", tokens_page, methods=["GET", "POST"])
+    pages.add_route("/tokens/{token_id:int}/revoke", revoke_token, methods=["POST"])
+
+
+def task_title(record: TaskRecord) -> str:
+    """A one-line description of a task for lists."""
+    if record.name == "search":
+        return f"search “{record.payload.get('query', '')}” in {record.payload.get('glob', '')}"
+    if record.name == "export":
+        return f"export of search {str(record.payload.get('search_id', ''))[:8]}"
+    return record.name
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,0 +1,375 @@
+"""The demo's admin pages (``errands.demo.admin``): the whole demo app on a real SQLite
+file, with its in-process worker running (``TestClient`` as a context manager runs the
+lifespan)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher
+
+with warnings.catch_warnings():
+    # Starlette 1.x asks for ``httpx2`` under its TestClient; ``httpx`` works as well.
+    warnings.filterwarnings("ignore", message=".*httpx2")
+    from starlette.testclient import TestClient
+
+from errands import ANY_OWNER, Status, TaskContext, TaskRecord
+from errands.admin import Bucket
+from errands.demo import accounts
+from errands.demo.admin import fmt_seconds, latency_svg, throughput_svg
+from errands.demo.web import Demo, DemoSettings, create_app
+
+SVG = "{http://www.w3.org/2000/svg}"
+PASSWORD = "correct horse battery staple"
+ADMIN = "boss@example.com"
+ALICE = "alice@example.com"
+BOB = "bob@example.com"
+FUTURE = "2999-01-01T00:00:00Z"
+
+
+@dataclass
+class Site:
+    client: TestClient
+    demo: Demo
+
+    def log_in(self, email: str | None) -> None:
+        """Sign in as ``email`` (None: nobody), with a fresh session."""
+        self.client.cookies.clear()
+        if email is None:
+            return
+        csrf = self.csrf()
+        r = self.client.post(
+            "/login",
+            data={"email": email, "password": PASSWORD, "csrf": csrf, "next": "/"},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303, r.text
+
+    def csrf(self, path: str = "/login") -> str:
+        """The session's CSRF token, from a form (or the page's meta tag)."""
+        html = self.client.get(path).text
+        found = re.search(r'name="csrf" value="([^"]+)"', html) or re.search(
+            r'name="csrf-token" content="([^"]+)"', html
+        )
+        assert found, html
+        return found[1]
+
+    def submit(self, name: str, payload: Any, **extra: Any) -> str:
+        """Submit through the HTTP API as the signed-in user; the new task's id."""
+        r = self.client.post(
+            "/api/tasks",
+            json={"name": name, "payload": payload, **extra},
+            headers={"X-CSRF-Token": self.csrf()},
+        )
+        assert r.status_code == 202, r.text
+        task_id: str = r.json()["id"]
+        return task_id
+
+    def record(self, task_id: str) -> TaskRecord:
+        return self.demo.errands.sync.get(task_id, owner=ANY_OWNER)
+
+    def finished(self, task_id: str, timeout: float = 15.0) -> TaskRecord:
+        def done() -> TaskRecord | None:
+            record = self.record(task_id)
+            return record if record.done else None
+
+        result: TaskRecord = eventually(done, timeout)
+        return result
+
+    def owner_tasks(self, owner: str) -> list[TaskRecord]:
+        return self.demo.errands.sync.list(owner=owner, limit=500).items
+
+
+def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    # Cheap password hashes: these tests sign in a dozen times.
+    monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+    corpus = tmp_path / "corpus"
+    (corpus / "pkg").mkdir(parents=True)
+    (corpus / "one.py").write_text("import os\nNEEDLE = 1\n")
+    (corpus / "two.py").write_text("# a needle in a haystack\nprint('hay')\n")
+    (corpus / "pkg" / "three.py").write_text("def needle():\n    return 'needle'\n")
+    (corpus / "notes.txt").write_text("no needle here: not a .py file\n")
+    app = create_app(
+        DemoSettings(
+            database_url=f"sqlite:///{tmp_path}/d.db",
+            data_dir=tmp_path / "data",
+            corpus=corpus,
+            worker=True,
+            worker_options={"poll_interval": 0.2, "heartbeat_interval": 0.25, "lease_seconds": 1.5},
+        )
+    )
+    demo: Demo = app.state.demo
+
+    # A task that fails with a traceback (registered before the worker starts).
+    @demo.errands.task(max_attempts=1)
+    def explode(ctx: TaskContext, payload: dict[str, Any]) -> None:
+        raise RuntimeError("the flux capacitor <broke>")
+
+    demo.accounts.register(ALICE, PASSWORD)
+    demo.accounts.register(BOB, PASSWORD)
+    demo.accounts.make_admin(ADMIN, PASSWORD)
+    with TestClient(app) as client:
+        yield Site(client, demo)
+
+
+def _svg(html: str, figure_id: str) -> ET.Element:
+    found = re.search(rf'<figure class="chart" id="{figure_id}">.*?(<svg.*?</svg>)', html, re.S)
+    assert found, f"no SVG in #{figure_id}"
+    return ET.fromstring(found[1])  # well-formed XML, or this raises
+
+
+def _class(el: ET.Element, name: str) -> bool:
+    return name in (el.get("class") or "").split()
+
+
+def test_admin_pages_are_hidden_from_users_and_strangers(site: Site) -> None:
+    site.log_in(ALICE)
+    task_id = site.submit("search", {"query": "needle"})
+    targets = ["/admin", f"/admin/tasks/{task_id}", "/admin/tasks/not-an-id"]
+    for who in (None, ALICE, BOB):
+        site.log_in(who)
+        for path in targets:
+            r = site.client.get(path)
+            assert r.status_code == 404, (who, path)
+            assert "Not found" in r.text and "Traceback" not in r.text
+            assert 'href="/admin"' not in r.text
+        csrf = site.csrf() if who else "x"
+        for action in ("retry", "cancel"):
+            path = f"/admin/tasks/{task_id}/{action}"
+            r = site.client.post(path, data={"csrf": csrf}, follow_redirects=False)
+            assert r.status_code == 404, (who, action)
+            assert site.client.get(path).status_code == 404  # not 405: nothing is told
+        assert site.client.post("/admin", data={"csrf": csrf}).status_code == 404
+    site.finished(task_id)
+    assert len(site.owner_tasks(site.record(task_id).owner)) == 1  # no retry happened
+    site.log_in(ADMIN)
+    assert site.client.get(f"/admin/tasks/{task_id}").status_code == 200
+    assert site.client.get(f"/admin/tasks/{task_id}/retry").status_code == 405
+
+
+def test_admin_sees_every_task_counts_charts_and_workers(site: Site) -> None:
+    site.log_in(ALICE)
+    alice_ok = site.submit("search", {"query": "needle"})
+    site.log_in(BOB)
+    bob_ok = site.submit("search", {"query": "hay", "glob": "*"})
+    bob_bad = site.submit("explode", {})
+    for task_id in (alice_ok, bob_ok, bob_bad):
+        site.finished(task_id)
+    assert site.record(bob_bad).status is Status.FAILED
+    site.log_in(ADMIN)
+
+    # The in-process worker heartbeats within a fraction of a second.
+    def admin_page() -> str:
+        r = site.client.get("/admin")
+        assert r.status_code == 200
+        return r.text if "data-worker-id" in r.text else ""
+
+    html = eventually(admin_page)
+    assert ALICE in html and BOB in html
+    for task_id in (alice_ok, bob_ok, bob_bad):
+        assert f'href="/admin/tasks/{task_id}"' in html
+    # Newest first.
+    assert html.index(bob_bad) < html.index(bob_ok) < html.index(alice_ok)
+    counts = dict(
+        re.findall(r'data-status="(\w+)">\s*<a [^>]*><span class="value">(\d+)</span>', html)
+    )
+    assert counts == {
+        "queued": "0",
+        "running": "0",
+        "succeeded": "2",
+        "failed": "1",
+        "cancelled": "0",
+    }
+
+    workers = re.findall(r'<tr data-worker-id="([^"]+)">(.*?)</tr>', html, re.S)
+    assert len(workers) == 1
+    row = workers[0][1]
+    assert f'<td class="num">{os.getpid()}</td>' in row
+    assert "search" in row and "explode" in row
+
+    throughput = _svg(html, "throughput-chart")
+    bars = [el for el in throughput.iter(f"{SVG}rect") if _class(el, "bar")]
+    kinds = {c for el in bars for c in (el.get("class") or "").split() if c.startswith("bar-")}
+    assert kinds == {"bar-succeeded", "bar-failed"}
+    assert all(el.find(f"{SVG}title") is not None for el in bars)
+    assert all(el.get("fill") for el in bars)
+    titles = " ".join(el.findtext(f"{SVG}title") or "" for el in bars)
+    assert "succeeded" in titles and "failed" in titles
+
+    latency = _svg(html, "latency-chart")
+    paths = {el.get("class") for el in latency.iter(f"{SVG}path")}
+    assert paths == {"line-p50", "line-p95", "line-wait"}
+    points = list(latency.iter(f"{SVG}circle"))
+    assert points and all(el.find(f"{SVG}title") is not None for el in points)
+
+    # Filters: by owner (e-mail or owner id), status and task name.
+    alice = site.record(alice_ok).owner
+    for owner in (ALICE, alice, alice.removeprefix("user:")):
+        page = site.client.get("/admin", params={"owner": owner}).text
+        assert alice_ok in page and bob_ok not in page and bob_bad not in page, owner
+    page = site.client.get("/admin", params={"status": "failed"}).text
+    assert bob_bad in page and bob_ok not in page and alice_ok not in page
+    page = site.client.get("/admin", params={"name": "search", "owner": BOB}).text
+    assert bob_ok in page and bob_bad not in page and alice_ok not in page
+    page = site.client.get("/admin", params={"owner": "nobody@example.com"}).text
+    assert "No user has the e-mail address nobody@example.com." in page
+    assert alice_ok not in page
+    # A bad cursor or status is ignored, not an error.
+    assert site.client.get("/admin", params={"cursor": "junk", "status": "x"}).status_code == 200
+
+
+def test_admin_list_pages_through_twenty_at_a_time(site: Site) -> None:
+    site.log_in(ALICE)
+    ids = [site.submit("search", {"query": f"q{i}"}, run_at=FUTURE) for i in range(23)]
+    site.log_in(ADMIN)
+    first = site.client.get("/admin").text
+    shown = [i for i in ids if f'data-task-id="{i}"' in first]
+    assert shown == ids[-20:]
+    older = re.search(r'<a href="([^"]+)" rel="next">', first)
+    assert older
+    second = site.client.get(older[1].replace("&amp;", "&")).text
+    assert [i for i in ids if f'data-task-id="{i}"' in second] == ids[:3]
+    assert 'rel="next"' not in second
+    assert re.search(r'<span class="value">23</span>\s*<span class="label">in the queue', first)
+    # Filters survive paging.
+    filtered = site.client.get("/admin", params={"owner": ALICE, "status": "queued"}).text
+    older = re.search(r'<a href="([^"]+)" rel="next">', filtered)
+    assert older and "owner=alice%40example.com" in older[1] and "status=queued" in older[1]
+
+
+def test_failed_task_page_shows_the_traceback_and_retry_makes_a_new_task(site: Site) -> None:
+    site.log_in(BOB)
+    bad = site.submit("explode", {"n": 1})
+    ok = site.submit("search", {"query": "needle"})
+    site.finished(bad)
+    site.finished(ok)
+    bob = site.record(bad).owner
+    site.log_in(ADMIN)
+
+    r = site.client.get(f"/admin/tasks/{bad}")
+    assert r.status_code == 200
+    html = r.text
+    assert BOB in html and bob in html
+    traceback = re.search(r'<pre class="traceback" id="traceback">(.*?)</pre>', html, re.S)
+    assert traceback
+    assert "Traceback (most recent call last)" in traceback[1]
+    assert "RuntimeError: the flux capacitor &lt;broke&gt;" in traceback[1]  # escaped
+    assert "<strong>RuntimeError</strong>" in html
+    assert "&#34;n&#34;: 1" in html  # the payload, as JSON
+    assert f'action="/admin/tasks/{bad}/retry"' in html
+    assert f'action="/admin/tasks/{bad}/cancel"' not in html
+    csrf = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert csrf
+
+    r = site.client.post(
+        f"/admin/tasks/{bad}/retry", data={"csrf": csrf[1]}, follow_redirects=False
+    )
+    assert r.status_code == 303
+    new_id = r.headers["location"].removeprefix("/admin/tasks/")
+    assert new_id != bad
+    new = site.record(new_id)
+    assert new.owner == bob and new.name == "explode" and new.payload == {"n": 1}
+    assert new.status in (Status.QUEUED, Status.RUNNING, Status.FAILED)
+    assert site.client.get(f"/admin/tasks/{new_id}").status_code == 200
+    assert site.finished(new_id).status is Status.FAILED
+
+    # A succeeded task has neither button, and cannot be retried.
+    html = site.client.get(f"/admin/tasks/{ok}").text
+    assert "/retry" not in html and "/cancel" not in html and 'id="traceback"' not in html
+    assert "&#34;hits&#34;: 4" in html  # the result, as JSON
+    before = len(site.owner_tasks(bob))
+    r = site.client.post(f"/admin/tasks/{ok}/retry", data={"csrf": csrf[1]})
+    assert r.status_code == 409 and "only a failed or cancelled task can be retried" in r.text
+    assert len(site.owner_tasks(bob)) == before
+
+
+def test_cancel_and_the_csrf_token_is_required(site: Site) -> None:
+    site.log_in(ALICE)
+    waiting = site.submit("search", {"query": "later"}, run_at=FUTURE)
+    failed = site.submit("explode", {})
+    site.finished(failed)
+    alice = site.record(waiting).owner
+    site.log_in(ADMIN)
+
+    html = site.client.get(f"/admin/tasks/{waiting}").text
+    assert f'action="/admin/tasks/{waiting}/cancel"' in html
+    assert f'action="/admin/tasks/{waiting}/retry"' not in html
+    before = len(site.owner_tasks(alice))
+    for data in ({}, {"csrf": "forged"}):
+        for action, task_id in (("cancel", waiting), ("retry", failed)):
+            r = site.client.post(f"/admin/tasks/{task_id}/{action}", data=data)
+            assert r.status_code == 403, (action, data)
+            assert "Form expired" in r.text
+    assert site.record(waiting).status is Status.QUEUED
+    assert len(site.owner_tasks(alice)) == before
+
+    csrf = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert csrf
+    r = site.client.post(
+        f"/admin/tasks/{waiting}/cancel", data={"csrf": csrf[1]}, follow_redirects=False
+    )
+    assert r.status_code == 303 and r.headers["location"] == f"/admin/tasks/{waiting}"
+    assert site.record(waiting).status is Status.CANCELLED
+    html = site.client.get(f"/admin/tasks/{waiting}").text
+    assert "/cancel" not in html and f'action="/admin/tasks/{waiting}/retry"' in html
+    # Unknown tasks are 404s for the admin too.
+    zero = "00000000-0000-0000-0000-000000000000"
+    assert (
+        site.client.post(f"/admin/tasks/{zero}/cancel", data={"csrf": csrf[1]}).status_code == 404
+    )
+
+
+# -- the charts alone ---------------------------------------------------------------------
+def _buckets(**at: dict[str, Any]) -> list[Bucket]:
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+    return [Bucket(start=start + timedelta(minutes=i), **at.get(f"m{i}", {})) for i in range(61)]
+
+
+def test_charts_are_well_formed_svg_with_titles() -> None:
+    buckets = _buckets(
+        m3={"succeeded": 4, "failed": 1, "run_p50": 0.2, "run_p95": 1.5, "wait_p50": 0.05},
+        m4={"cancelled": 2, "run_p50": 0.3, "run_p95": 0.9, "wait_p50": 0.1},
+        m40={"succeeded": 9, "run_p50": 12.0, "run_p95": 30.0, "wait_p50": None},
+    )
+    bars = ET.fromstring(throughput_svg(buckets))
+    assert bars.get("viewBox") == "0 0 720 220"
+    rects = [el for el in bars.iter(f"{SVG}rect") if _class(el, "bar")]
+    assert len(rects) == 4  # 2 + 1 + 1 stacked segments
+    titles = [el.findtext(f"{SVG}title") for el in rects]
+    assert "12:03–12:04 UTC: 4 succeeded" in titles and "12:04–12:05 UTC: 2 cancelled" in titles
+    labels = [el.text for el in bars.iter(f"{SVG}text")]
+    assert "12:00" in labels and "12:10" in labels and "tasks finished" in labels
+    assert "10" in labels  # the y axis reaches past the peak of 9
+
+    lines = ET.fromstring(latency_svg(buckets))
+    paths = {el.get("class"): el.get("d") for el in lines.iter(f"{SVG}path")}
+    assert set(paths) == {"line-p50", "line-p95", "line-wait"}
+    assert paths["line-p50"] and paths["line-p50"].count("M") == 2  # broken over the gap
+    assert len(list(lines.iter(f"{SVG}circle"))) == 8
+    assert fmt_seconds(0.25) == "250 ms" and fmt_seconds(90) == "90 s"
+
+    empty = ET.fromstring(throughput_svg(_buckets()))
+    assert "No task finished in the last hour" in [el.text for el in empty.iter(f"{SVG}text")]
+    assert ET.fromstring(latency_svg([])) is not None
