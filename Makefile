@@ -1,10 +1,14 @@
-# `make test` sets up everything it needs (a virtual environment in .venv) and runs the
-# linters, the type checker and the whole test suite. `make demo` runs the example.
+# `make test` sets up everything it needs (a virtual environment in .venv, Debian's
+# Chromium for the browser tests) and runs the linters, the type checker and the whole
+# test suite. `make demo` sets up and serves the demo application (`errands demo`);
+# `make cli-demo` runs the command-line example.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck pytest demo bench clean
+.PHONY: test lint typecheck pytest demo cli-demo bench clean chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PORT ?= 8000
 
 test: lint typecheck pytest
 
@@ -20,10 +24,18 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-pytest: $(BIN)/.installed
+pytest: $(BIN)/.installed chromium
 	$(BIN)/pytest
 
+# The browser tests drive Debian's Chromium (Playwright's own browser downloads are not used).
+chromium:
+	@test -x /usr/bin/chromium || ( $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium )
+
 demo: $(BIN)/.installed
+	$(BIN)/errands demo --port $(PORT)
+
+cli-demo: $(BIN)/.installed
 	bash examples/demo.sh
 
 bench: $(BIN)/.installed

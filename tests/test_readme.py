@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,3 +26,37 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     lines = out.stdout.splitlines()
     assert lines[0] == "succeeded {'hits': ['alpha', 'beta', 'gamma']} 100.0"
     assert lines[1] == "[(1, {'hit': 'alpha'}), (2, {'hit': 'beta'}), (3, {'hit': 'gamma'})]"
+
+
+def test_readme_fastapi_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guide's ``main.py``, as written, serves its own route and the task API."""
+    from starlette.testclient import TestClient
+
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    guide = next(b for b in blocks if b.startswith("# main.py"))
+    (tmp_path / "guide_main.py").write_text(guide)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("guide_main")
+    try:
+        with TestClient(module.app) as client:
+            alice, bob = {"x-api-key": "key-alice"}, {"x-api-key": "key-bob"}
+            assert client.get("/hello", headers=alice).json() == {"hello": "alice"}
+            sent = client.post(
+                "/api/tasks",
+                json={"name": "monthly_report", "payload": {"month": "2026-11"}},
+                headers=alice,
+            )
+            assert sent.status_code == 202
+            location = sent.headers["location"]
+            assert location.startswith("/api/tasks/")
+            module.tasks.run_worker(burst=True, handle_signals=False)
+            done = client.get(location, headers=alice).json()
+            assert done["status"] == "succeeded"
+            assert done["result"] == {"month": "2026-11", "total": 465}
+            assert client.get(location, headers=bob).status_code == 404
+            assert client.get(location).status_code == 401
+    finally:
+        module.tasks.close()
+        sys.modules.pop("guide_main", None)
