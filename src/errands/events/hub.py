@@ -185,7 +185,9 @@ class ChangeHub:
             except BaseException:
                 self._release(feed)
                 raise
-            feed.base = feed.top = top
+            if top > feed.top:  # else a refresh filled the feed meanwhile: keep it
+                feed.base = feed.top = top
+                feed.items.clear()
             if feed.record is None or feed.record.version < record.version:
                 feed.record = record
             # The read above may have missed a change: look once more.
@@ -259,9 +261,12 @@ class ChangeHub:
                 self._pending |= set(wants)
                 await asyncio.sleep(self.poll_interval)
                 continue
-            for task_id in wants:
+            for task_id, after in wants.items():
                 feed = self.feeds.get(task_id)
                 if feed is None:
+                    continue
+                if feed.top < after:  # a new feed replaced the one read for: read again
+                    self._pending.add(task_id)
                     continue
                 snap = snaps.get(task_id)
                 if snap is None:

@@ -43,8 +43,7 @@ class UnixSocketNotifier:
         for d in (base, self.root, self.root / "w", self.root / "e"):
             d.mkdir(mode=0o700, exist_ok=True)
         self._local = LocalNotifier()
-        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sender.setblocking(False)
+        self._sender: socket.socket | None = None  # opened on the first send
         self._lock = threading.Lock()
         self._listeners: dict[str, _Listener] = {}
         self._peer_cache: dict[str, tuple[int, list[str]]] = {}
@@ -88,9 +87,21 @@ class UnixSocketNotifier:
         return paths
 
     def _send(self, kind: str, data: bytes) -> None:
-        for path in self._peers(kind):
+        peers = self._peers(kind)
+        if not peers:
+            return
+        sender = self._sender
+        if sender is None:
+            with self._lock:
+                if self._closed:
+                    return
+                if self._sender is None:
+                    self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    self._sender.setblocking(False)
+                sender = self._sender
+        for path in peers:
             try:
-                self._sender.sendto(data, path)
+                sender.sendto(data, path)
             except (ConnectionRefusedError, FileNotFoundError):
                 with contextlib.suppress(OSError):
                     os.unlink(path)  # its process is gone
@@ -131,7 +142,8 @@ class UnixSocketNotifier:
             listeners, self._listeners = list(self._listeners.values()), {}
         for listener in listeners:
             listener.close()
-        self._sender.close()
+        if self._sender is not None:
+            self._sender.close()
         self._local.close()
 
 

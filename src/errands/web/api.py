@@ -72,6 +72,57 @@ class _Envelope(BaseModel):
 
 
 _ENVELOPE = TypeAdapter(_Envelope)
+#: The database's integers are 64-bit.
+_MAX_INT = 2**63 - 1
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _storable(when: datetime) -> bool:
+    """Whether the store, which keeps a UTC timestamp, can hold ``when`` (years 1–9999
+    in UTC)."""
+    try:
+        datetime.fromtimestamp(when.timestamp(), UTC)
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
+
+
+def _cursor(text: str | None) -> Cursor:
+    """``Cursor.parse``, refusing numbers no task reaches (the database's are 64-bit)."""
+    cursor = Cursor.parse(text)
+    if cursor.version > _MAX_INT or cursor.seq > _MAX_INT:
+        raise Problem(
+            422,
+            "Invalid Last-Event-ID: expected <version>-<seq>.",
+            errors=[{"field": "Last-Event-ID", "message": "expected <version>-<seq>"}],
+        )
+    return cursor
+
+
+def _event_stream(events: list[str]) -> dict[str, Any]:
+    """The OpenAPI entry of a stream of Server-Sent Events: before OpenAPI 3.2 (and its
+    ``itemSchema``), the ``schema`` of ``text/event-stream`` describes one event."""
+    event = {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string", "enum": events},
+            "id": {"type": "string"},
+            "data": {"type": "string", "description": "JSON"},
+            "retry": {"type": "integer", "minimum": 0},
+        },
+        "required": ["event", "data"],
+    }
+    return {"content": {"text/event-stream": {"schema": event}}}
 
 
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -244,7 +295,13 @@ def task_api(
             raise Problem(415, "Send the task as JSON (Content-Type: application/json).")
         raw = await _read_body(request, body_limit)
         try:
-            doc = json.loads(raw)
+            doc = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        except RecursionError:
+            raise Problem(
+                422,
+                "The body is nested too deeply.",
+                errors=[{"field": "body", "message": "nested too deeply"}],
+            ) from None
         except (ValueError, UnicodeDecodeError):
             raise Problem(
                 422,
@@ -255,6 +312,8 @@ def task_api(
             envelope = _ENVELOPE.validate_python(doc)
         except ValidationError as exc:
             raise validation_problem(exc.errors(include_url=False)) from None
+        if envelope.run_at is not None and not _storable(envelope.run_at):
+            raise validation_problem([{"loc": ["run_at"], "msg": "must be in years 1–9999 UTC"}])
         if limiter is not None:
             wait = limiter.take(owner)
             if wait:
@@ -395,7 +454,7 @@ def task_api(
             start = int(after) if after is not None else 0
         except ValueError:
             start = -1
-        if start < 0:
+        if not 0 <= start <= _MAX_INT:
             errors.append({"loc": ["after"], "msg": "must be a non-negative integer"})
         try:
             size = int(limit) if limit is not None else 1000
@@ -482,7 +541,7 @@ def task_api(
             "to resume. 204 when the client already has the finished task."
         ),
         responses={
-            200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            200: _event_stream(["output", "status", "progress", "done", "deleted"]),
             204: {"description": "Nothing left to send: the task finished"},
             **problem_responses(401, 404, 422, 431),
         },
@@ -493,7 +552,7 @@ def task_api(
         last_event_id: str | None = Query(None, description="Resume after this event id"),
     ) -> Response:
         owner, admin = await identify(request)
-        cursor = Cursor.parse(request.headers.get("last-event-id") or last_event_id)
+        cursor = _cursor(request.headers.get("last-event-id") or last_event_id)
         record = await load(task_id, owner, admin)
         if record.done and cursor.version >= record.version:
             top = await app.outputs(task_id, owner=who(owner, admin), after=cursor.seq, limit=1)
@@ -517,7 +576,7 @@ def task_api(
         summary="Live changes to all of the caller's tasks (Server-Sent Events)",
         description="One `task` event (the task resource) per change.",
         responses={
-            200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            200: _event_stream(["task"]),
             **problem_responses(401, 431),
         },
     )
@@ -551,7 +610,7 @@ def task_api(
         await websocket.accept()
         try:
             owner, admin = await identify(websocket)
-            cursor = Cursor.parse(websocket.query_params.get("last_event_id"))
+            cursor = _cursor(websocket.query_params.get("last_event_id"))
             record = await load(task_id, owner, admin)
         except Problem as problem:
             await websocket.send_text(f'{{"event":"error","data":{problem.body().decode()}}}')
@@ -612,6 +671,8 @@ class EventStream(StreamingResponse):
         async def stream() -> None:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self._frames:
+                if watcher.done():  # the client left, and the cancel got lost (Python 3.11's
+                    return  # asyncio.wait_for swallows one that meets a result)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 

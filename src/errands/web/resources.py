@@ -142,4 +142,8 @@ def resource(record: TaskRecord, base: str, now: datetime, admin: bool = False) 
 
 
 def dumps(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (from a "\ud800" escape): escape it again
+        return json.dumps(doc, separators=(",", ":")).encode()

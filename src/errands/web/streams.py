@@ -112,20 +112,20 @@ async def task_events(
             yield Event("deleted", f"{version}-{seq}", dumps({"id": feed.task_id}).decode())
             return
         record = feed.record
-        if record is not None and record.version > version:
-            if record.done:
-                if feed.complete and seq >= feed.top:
-                    yield Event(
-                        "done", f"{record.version}-{seq}", _encoded(feed, record, base, admin)
-                    )
-                    return
-            else:
-                only_progress = last_status is record.status and last_progress != record.progress
-                kind = "progress" if only_progress else "status"
-                version = record.version
-                last_status, last_progress = record.status, record.progress
-                yield Event(kind, f"{version}-{seq}", _encoded(feed, record, base, admin))
-                continue
+        if record is not None and record.done:
+            # Last, once every output is out (also for a resumed client that already
+            # has the final version but not every item).
+            if feed.complete and seq >= feed.top:
+                final = max(record.version, version)
+                yield Event("done", f"{final}-{seq}", _encoded(feed, record, base, admin))
+                return
+        elif record is not None and record.version > version:
+            only_progress = last_status is record.status and last_progress != record.progress
+            kind = "progress" if only_progress else "status"
+            version = record.version
+            last_status, last_progress = record.status, record.progress
+            yield Event(kind, f"{version}-{seq}", _encoded(feed, record, base, admin))
+            continue
         try:
             await asyncio.wait_for(waiter.wait(), keepalive)
         except TimeoutError:

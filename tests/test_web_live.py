@@ -1,0 +1,512 @@
+"""Live events against a real server: one task's SSE and WebSocket streams (order, ids,
+the end, resuming), the caller's ``/events`` stream, nothing left behind on disconnect,
+the change poll without notifications, keep-alives and cancelling while streaming.
+
+The server is real uvicorn (``serve``); tasks run in real worker processes
+(``spawn_worker``) on the test's SQLite file. Every wait has a deadline; nothing
+asserts on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from errands import Errands
+from errands.engines.sql import SqlEngine
+from errands.events import LocalNotifier
+from tests.conftest import LiveServer, WorkerProcess
+
+WORKER_APP = "tests.apps.web:app"
+#: The longest any one wait may take before the test fails (never reached when all is well).
+DEADLINE = 20.0
+
+Serve = Callable[..., LiveServer]
+Spawn = Callable[..., WorkerProcess]
+
+
+# -- clients ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    event: str
+    id: str
+    data: Any
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """The id ``"<version>-<seq>"`` as a pair, for ordering."""
+        version, sep, seq = self.id.partition("-")
+        assert sep and version.isdigit() and seq.isdigit(), f"malformed event id {self.id!r}"
+        return int(version), int(seq)
+
+
+def iter_sse(response: httpx.Response, *, comments: bool = False) -> Iterator[Event | str]:
+    """Parse a ``text/event-stream``: ``id:``, ``event:`` and ``data:`` fields; a blank
+    line ends an event; a line starting with ``:`` is a comment (yielded as its text
+    when ``comments``). Ends when the server ends the response."""
+    fields: dict[str, str] = {}
+    data: list[str] = []
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                text = "\n".join(data)
+                yield Event(fields.get("event", "message"), fields.get("id", ""), json.loads(text))
+            fields, data = {}, []
+            continue
+        if line.startswith(":"):
+            if comments:
+                yield line
+            continue
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data.append(value)
+        elif name in ("id", "event", "retry"):
+            fields[name] = value
+
+
+def events_of(response: httpx.Response) -> Iterator[Event]:
+    for item in iter_sse(response):
+        assert isinstance(item, Event)
+        yield item
+
+
+def client(server: LiveServer, user: str = "alice") -> httpx.Client:
+    return httpx.Client(
+        base_url=server.url,
+        headers={"X-User": user},
+        timeout=httpx.Timeout(DEADLINE),
+        trust_env=False,
+    )
+
+
+def submit(http: httpx.Client, name: str, payload: dict[str, Any]) -> str:
+    response = http.post("/tasks", json={"name": name, "payload": payload})
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def ws_connect(
+    server: LiveServer, task_id: str, user: str = "alice", last_event_id: str | None = None
+) -> ClientConnection:
+    url = f"{server.ws_url}/tasks/{task_id}/ws"
+    if last_event_id is not None:
+        url += f"?last_event_id={last_event_id}"
+    return connect(
+        url,
+        additional_headers={"X-User": user},
+        proxy=None,
+        open_timeout=DEADLINE,
+        close_timeout=5,
+    )
+
+
+def ws_events_raw(ws: ClientConnection) -> Iterator[Any]:
+    """The JSON messages of a WebSocket, until the server closes it."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            text = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+        except ConnectionClosed:
+            return
+        yield json.loads(text)
+
+
+def ws_events(ws: ClientConnection) -> Iterator[Event]:
+    """The events of a task's WebSocket, until the server closes it."""
+    for doc in ws_events_raw(ws):
+        assert set(doc) == {"event", "id", "data"}, doc
+        yield Event(doc["event"], doc["id"], doc["data"])
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """Poll ``predicate`` (it reads server state from another thread: a dict changing
+    size under it is retried) until it is true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            value = last = predicate()
+        except RuntimeError:  # e.g. "dictionary changed size during iteration"
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+        time.sleep(0.02)
+
+
+def wait_running(http: httpx.Client, task_id: str) -> None:
+    wait_for(
+        lambda: http.get(f"/tasks/{task_id}").json()["status"] == "running",
+        f"task {task_id} to start",
+    )
+
+
+def check_run(events: list[Event], steps: int, *, first_seq: int = 1) -> Event:
+    """The events of a ``steps`` task from output ``first_seq`` on, ending in ``done``:
+    ids strictly increase; every output once, in order; record events carry the
+    version of their id. Returns the ``done`` event."""
+    keys = [e.key for e in events]
+    assert keys == sorted(set(keys)), keys  # strictly increasing
+    kinds = [e.event for e in events]
+    assert set(kinds) <= {"output", "status", "progress", "done"}, kinds
+    outputs = [e for e in events if e.event == "output"]
+    assert [e.data["seq"] for e in outputs] == list(range(first_seq, steps + 1))
+    for e in outputs:
+        assert e.key[1] == e.data["seq"]
+        assert e.data["data"] == {"step": e.data["seq"]}
+    progress = []
+    for e in events:
+        if e.event in ("status", "progress", "done"):
+            assert e.data["version"] == e.key[0], e
+            assert e.data["name"] == "steps"
+            progress.append(e.data["progress"]["current"] or 0)
+        if e.event in ("status", "progress"):
+            assert e.data["done"] is False
+    assert progress == sorted(progress)
+    assert kinds.count("done") == 1 and kinds[-1] == "done", kinds
+    done = events[-1]
+    assert done.data["done"] is True and done.data["status"] == "succeeded"
+    assert done.data["result"] == {"steps": steps}
+    assert done.key[1] == steps
+    return done
+
+
+# -- one task's event stream ------------------------------------------------------------
+@pytest.mark.slow
+def test_sse_runs_to_done_and_ends(serve: Serve, spawn_worker: Spawn) -> None:
+    server = serve(keepalive=1.0)
+    steps = 20
+    with client(server) as http:
+        task_id = submit(http, "steps", {"steps": steps, "delay": 0.05})
+        with http.stream("GET", f"/tasks/{task_id}/events") as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["cache-control"] == "no-cache"
+            stream = events_of(response)
+            events = [next(stream)]
+            assert events[0].event == "status" and events[0].data["status"] == "queued"
+            assert events[0].id == "1-0"
+            spawn_worker(WORKER_APP, "--concurrency", "4", "--poll", "0.2")
+            events += stream  # returns only when the server ends the stream
+    done = check_run(events, steps)
+    assert done.data["id"] == task_id and done.data["progress"]["current"] == steps
+
+
+@pytest.mark.slow
+def test_sse_resumes_from_last_event_id(serve: Serve, spawn_worker: Spawn) -> None:
+    server = serve(keepalive=1.0)
+    spawn_worker(WORKER_APP, "--concurrency", "4", "--poll", "0.2")
+    steps = 60
+    url_of = "/tasks/{}/events".format
+    parts: list[list[Event]] = []
+    with client(server) as http:
+        task_id = submit(http, "steps", {"steps": steps, "delay": 0.05})
+        url = url_of(task_id)
+
+        def read(headers: dict[str, str], params: dict[str, str], outputs: int) -> None:
+            """Read until ``outputs`` more outputs arrived (or the end), then hang up."""
+            part: list[Event] = []
+            with http.stream("GET", url, headers=headers, params=params) as response:
+                assert response.status_code == 200
+                for event in events_of(response):
+                    part.append(event)
+                    if sum(e.event == "output" for e in part) >= outputs:
+                        break
+            parts.append(part)
+
+        read({}, {}, 5)
+        read({"Last-Event-ID": parts[-1][-1].id}, {}, 5)
+        read({}, {"last_event_id": parts[-1][-1].id}, steps + 1)
+        check_run([e for part in parts for e in part], steps)
+        assert all(part for part in parts)
+        assert parts[0][-1].event == parts[1][-1].event == "output"  # hung up mid-task
+        done = parts[-1][-1]
+
+        # The finished task, from an id of the first connection: the rest, once.
+        with http.stream("GET", url, headers={"Last-Event-ID": parts[0][-1].id}) as response:
+            rest = list(events_of(response))
+        check_run(rest, steps, first_seq=parts[0][-1].key[1] + 1)
+        assert rest[-1] == done
+
+        # With the done event's id there is nothing left to send.
+        assert http.get(url, headers={"Last-Event-ID": done.id}).status_code == 204
+        assert http.get(url, params={"last_event_id": done.id}).status_code == 204
+        bad = http.get(url, headers={"Last-Event-ID": "x-1"})
+        assert bad.status_code == 422
+    with client(server, "bob") as bob:
+        assert bob.get(url).status_code == 404  # someone else's task
+
+
+@pytest.mark.slow
+def test_websocket_runs_to_done_and_resumes(serve: Serve, spawn_worker: Spawn) -> None:
+    server = serve(keepalive=1.0)
+    spawn_worker(WORKER_APP, "--concurrency", "4", "--poll", "0.2")
+    steps = 40
+    with client(server) as http:
+        whole = submit(http, "steps", {"steps": steps, "delay": 0.02})
+        with ws_connect(server, whole) as ws:
+            events = list(ws_events(ws))
+            assert ws.close_code == 1000
+        done = check_run(events, steps)
+        assert done.data["id"] == whole
+
+        resumed = submit(http, "steps", {"steps": steps, "delay": 0.05})
+    first: list[Event] = []
+    with ws_connect(server, resumed) as ws:
+        for event in ws_events(ws):
+            first.append(event)
+            if sum(e.event == "output" for e in first) >= 5:
+                break
+    assert first[-1].event == "output"
+    with ws_connect(server, resumed, last_event_id=first[-1].id) as ws:
+        rest = list(ws_events(ws))
+        assert ws.close_code == 1000
+    done = check_run(first + rest, steps)
+
+    # Reconnecting with the done event's id: closed at once, nothing sent.
+    with ws_connect(server, resumed, last_event_id=done.id) as ws:
+        assert list(ws_events(ws)) == []
+        assert ws.close_code == 1000
+
+    # Someone else's task: an error message, then closed.
+    with ws_connect(server, resumed, user="bob") as ws:
+        [error] = list(ws_events_raw(ws))
+        assert error["event"] == "error" and error["data"]["status"] == 404
+        assert ws.close_code == 4404
+
+
+@pytest.mark.slow
+def test_many_clients_hanging_up_at_random_each_get_every_output_once(
+    serve: Serve, spawn_worker: Spawn
+) -> None:
+    # Clients come and go while the tasks run, so the server keeps creating, sharing
+    # and dropping the feeds of the same tasks; every client must still see each
+    # output once and end with ``done``.
+    server = serve(keepalive=1.0)
+    spawn_worker(WORKER_APP, "--concurrency", "4", "--poll", "0.2")
+    steps = 150
+    with client(server) as http:
+        task_ids = [submit(http, "steps", {"steps": steps, "delay": 0.01}) for _ in range(3)]
+    failures: list[str] = []
+
+    def watch(n: int) -> None:
+        rng = random.Random(n)
+        got: list[Event] = []
+        deadline = time.monotonic() + 3 * DEADLINE  # only against looping for ever
+        try:
+            time.sleep(rng.random() * 1.5)
+            with client(server) as h:
+                while not (got and got[-1].event == "done"):
+                    assert time.monotonic() < deadline, "no done event in time"
+                    headers = {"Last-Event-ID": got[-1].id} if got else {}
+                    url = f"/tasks/{task_ids[n % 3]}/events"
+                    with h.stream("GET", url, headers=headers) as response:
+                        hang_up = rng.randint(1, 5) if n % 3 else None
+                        for i, event in enumerate(events_of(response), 1):
+                            got.append(event)
+                            if i == hang_up:
+                                break
+            check_run(got, steps)
+        except Exception as exc:  # reported by the test's thread
+            ids = " ".join(f"{e.event}:{e.id}" for e in got)
+            failures.append(f"client {n}: {exc!r}: {ids}")
+
+    threads = [threading.Thread(target=watch, args=(n,)) for n in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(4 * DEADLINE)
+    assert not any(t.is_alive() for t in threads)
+    assert not failures, "\n".join(failures)
+    wait_for(lambda: hub_state(server) == (0, 0, 0), "the hub to forget every watch")
+
+
+# -- the caller's tasks ---------------------------------------------------------------------
+def read_until(events: Iterator[Event], finished: Callable[[list[Event]], bool]) -> list[Event]:
+    seen: list[Event] = []
+    for event in events:
+        seen.append(event)
+        if finished(seen):
+            return seen
+    raise AssertionError(f"the stream ended early: {seen}")
+
+
+def all_done(task_ids: set[str]) -> Callable[[list[Event]], bool]:
+    return lambda seen: task_ids <= {e.data["id"] for e in seen if e.data["done"]}
+
+
+@pytest.mark.slow
+def test_owner_stream_sees_only_the_callers_tasks(serve: Serve, spawn_worker: Spawn) -> None:
+    server = serve(keepalive=1.0)
+    spawn_worker(WORKER_APP, "--concurrency", "4", "--poll", "0.2")
+    with (
+        client(server, "alice") as alice,
+        client(server, "bob") as bob,
+        alice.stream("GET", "/events") as a_response,
+        bob.stream("GET", "/events") as b_response,
+    ):
+        assert a_response.status_code == b_response.status_code == 200
+        wait_for(lambda: {"alice", "bob"} <= set(server.hub.owners), "both owner watches")
+        b1 = submit(bob, "steps", {"steps": 2, "delay": 0.02})
+        a1 = submit(alice, "steps", {"steps": 2, "delay": 0.02})
+        a2 = submit(alice, "steps", {"steps": 3, "delay": 0.02})
+        a_events, b_events = events_of(a_response), events_of(b_response)
+
+        seen_a = read_until(a_events, all_done({a1, a2}))
+        seen_b = read_until(b_events, all_done({b1}))
+        # bob's task has finished; one more of alice's tasks marks a point after it.
+        a3 = submit(alice, "steps", {"steps": 0})
+        seen_a += read_until(a_events, all_done({a3}))
+
+    assert {e.event for e in seen_a + seen_b} == {"task"}
+    assert {e.data["id"] for e in seen_a} == {a1, a2, a3}
+    assert {e.data["id"] for e in seen_b} == {b1}
+    for seen in (seen_a, seen_b):
+        for task_id in {e.data["id"] for e in seen}:
+            mine = [e.data for e in seen if e.data["id"] == task_id]
+            versions = [d["version"] for d in mine]
+            assert versions == sorted(set(versions))  # each version at most once, in order
+            assert mine[-1]["done"] and mine[-1]["status"] == "succeeded"
+            assert [d["done"] for d in mine].count(True) == 1
+            assert "owner" not in mine[-1]
+
+
+# -- nothing left behind --------------------------------------------------------------------
+def hub_state(server: LiveServer) -> tuple[int, int, int]:
+    hub = server.hub
+    return hub.watchers, len(hub.feeds), len(hub.owners)
+
+
+@pytest.mark.slow
+def test_disconnects_release_every_watch(serve: Serve, spawn_worker: Spawn) -> None:
+    server = serve(keepalive=1.0)
+    spawn_worker(WORKER_APP, "--poll", "0.2")
+    with client(server) as http:
+        task_id = submit(http, "sleepy", {"seconds": 60})
+        wait_running(http, task_id)
+        url = f"/tasks/{task_id}/events"
+
+        with ExitStack() as streams:
+            # (An abandoned, half-read httpx iterator closes its connection: keep them.)
+            readers = [events_of(streams.enter_context(http.stream("GET", url))) for _ in "abc"]
+            for reader in readers:
+                first = next(reader)
+                assert first.event == "status" and first.data["status"] == "running"
+            ws = streams.enter_context(ws_connect(server, task_id))
+            assert next(ws_events(ws)).data["status"] == "running"
+            for _ in range(2):
+                response = streams.enter_context(http.stream("GET", "/events"))
+                assert response.status_code == 200
+            wait_for(lambda: hub_state(server) == (6, 1, 1), "every stream to be watching")
+            assert server.hub.feeds[task_id].refs == 4
+        # All closed by the client, the task still running.
+        wait_for(lambda: hub_state(server) == (0, 0, 0), "the hub to forget every watch")
+        assert server.hub.feeds == {} and server.hub.owners == {}
+
+        # Again with "my tasks" streams only.
+        with ExitStack() as streams:
+            for _ in range(3):
+                streams.enter_context(http.stream("GET", "/events"))
+            wait_for(lambda: hub_state(server) == (3, 0, 1), "the owner streams to be watching")
+        wait_for(lambda: hub_state(server) == (0, 0, 0), "the hub to forget the owner streams")
+        assert server.hub.owners == {}
+
+        # The hub still works afterwards.
+        with http.stream("GET", url) as response:
+            stream = events_of(response)
+            assert next(stream).data["status"] == "running"
+            assert http.post(f"/tasks/{task_id}/cancel").status_code == 202
+            last = list(stream)[-1]
+        assert last.event == "done" and last.data["status"] == "cancelled"
+        wait_for(lambda: hub_state(server) == (0, 0, 0), "the last stream's watch to go")
+
+
+# -- the poll, keep-alives, cancelling --------------------------------------------------------
+@pytest.mark.slow
+def test_poll_delivers_changes_without_notifications(
+    app: Errands, serve: Serve, spawn_worker: Spawn
+) -> None:
+    # This process hears only itself: the worker process's change datagrams (and its
+    # job hints) reach nobody here, so the server learns of progress from its poll.
+    cross_process = app.notifier
+    app.notifier = LocalNotifier()
+    app.engine = SqlEngine(app.notifier)
+    cross_process.close()
+    server = serve(poll_interval=0.2, keepalive=1.0)
+    steps = 5
+    with client(server) as http:
+        task_id = submit(http, "steps", {"steps": steps, "delay": 0.4})
+        with http.stream("GET", f"/tasks/{task_id}/events") as response:
+            stream = events_of(response)
+            events = [next(stream)]
+            assert events[0].data["status"] == "queued"
+            polls = server.hub.polls
+            # Everything from here on comes from a worker this process never hears.
+            spawn_worker(WORKER_APP, "--poll", "0.2")
+            events += stream
+    check_run(events, steps)
+    assert any(e.data["status"] == "running" for e in events if e.event != "output")
+    assert server.hub.polls > polls
+    assert not app.notifier.cross_process
+
+
+def test_keepalive_comments_while_nothing_changes(serve: Serve) -> None:
+    server = serve(keepalive=0.2)
+    with client(server) as http:
+        task_id = submit(http, "sleepy", {"seconds": 60})  # no worker: it stays queued
+        items: list[Event | str] = []
+        with http.stream("GET", f"/tasks/{task_id}/events") as response:
+            stream = iter_sse(response, comments=True)
+            for item in stream:
+                items.append(item)
+                if items.count(": keep-alive") >= 3:
+                    break
+            assert http.post(f"/tasks/{task_id}/cancel").status_code == 200  # queued: at once
+            items += list(stream)
+    events = [i for i in items if isinstance(i, Event)]
+    comments = [i for i in items if isinstance(i, str)]
+    assert set(comments) == {": keep-alive"} and len(comments) >= 3
+    assert [e.event for e in events] == ["status", "done"]
+    assert events[0].data["status"] == "queued"
+    assert items.index(events[1]) > items.index(": keep-alive")
+    assert events[1].data["status"] == "cancelled" and events[1].key > events[0].key
+
+
+@pytest.mark.slow
+def test_cancel_while_streaming_ends_with_done(serve: Serve, spawn_worker: Spawn) -> None:
+    server = serve(keepalive=1.0)
+    spawn_worker(WORKER_APP, "--poll", "0.2")
+    with client(server) as http:
+        task_id = submit(http, "sleepy", {"seconds": 60})
+        seen: list[Event] = []
+        with http.stream("GET", f"/tasks/{task_id}/events") as response:
+            stream = events_of(response)
+            for event in stream:
+                seen.append(event)
+                if event.data["status"] == "running":
+                    break
+            cancel = http.post(f"/tasks/{task_id}/cancel")
+            assert cancel.status_code == 202, cancel.text
+            assert cancel.json()["cancel_requested"] is True
+            seen += list(stream)
+    keys = [e.key for e in seen]
+    assert keys == sorted(set(keys))
+    done = seen[-1]
+    assert [e.event for e in seen].count("done") == 1 and done.event == "done"
+    assert done.data["done"] is True and done.data["status"] == "cancelled"
+    assert done.data["error"]["type"]
+    assert "result" not in done.data
