@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import logging
 import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -58,6 +59,7 @@ from .streams import Cursor, race, task_events, until_disconnected
 OwnerFn = Callable[[HTTPConnection], str | Awaitable[str | None] | None]
 AdminFn = Callable[[HTTPConnection], bool | Awaitable[bool]]
 
+log = logging.getLogger("errands.web")
 _JSON_TYPE = re.compile(r"^application/([\w.+-]+\+)?json\s*(;.*)?$", re.IGNORECASE)
 _NO_STORE = "private, no-cache"
 
@@ -259,6 +261,9 @@ def task_api(
             raise Problem(401, "Sign in to use this API.")
         if not isinstance(owner, str):
             raise TypeError("current_owner must return a string or None")
+        if len(owner) > 255:  # the store's limit: refuse rather than fail later
+            log.error("errands: current_owner returned an owner id over 255 characters")
+            raise Problem(401, "Sign in to use this API.")
         admin = bool(await _call(is_admin, conn)) if is_admin is not None else False
         return owner, admin
 
