@@ -489,7 +489,10 @@ class Worker:
         if exe.settled:
             return
         if exe.stop_reason is not None:
-            # Once an attempt was told to stop, it ends as stopped however it returns.
+            # Once an attempt was told to stop, it ends as stopped however it returns
+            # (its exception, if any, is read so asyncio does not report it as lost).
+            if not future.cancelled():
+                future.exception()
             self._settle(exe, self._stopped_outcome(exe))
             return
         if future.cancelled():

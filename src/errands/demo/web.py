@@ -140,9 +140,11 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
         if user is None:
             return None
         # A browser's write must prove it comes from our pages (SameSite is the first
-        # line; this header is the second). Token-authenticated scripts need not.
+        # line; this header is the second). Token-authenticated scripts need not; any
+        # other Authorization header (Basic, …) leaves the session cookie in charge.
+        by_token = conn.headers.get("authorization", "")[:7].lower() == "bearer "
         if (
-            not conn.headers.get("authorization")
+            not by_token
             and isinstance(conn, Request)
             and conn.method not in SAFE_METHODS
             and not accounts.csrf_ok(conn, conn.headers.get("x-csrf-token"))

@@ -257,10 +257,19 @@
       listen("progress", (doc) => this.#take(doc));
       listen("done", (doc) => this.#take(doc)); // after every output: nothing is left
       listen("deleted", () => this.#lose("This task was deleted."));
+      let opened = false;
+      source.addEventListener("open", () => {
+        opened = true;
+      });
       source.addEventListener("error", () => {
         if (generation !== this.#generation) return;
         this.#streamErrors += 1;
-        if (source.readyState === EventSource.CLOSED || this.#streamErrors >= STREAM_ERRORS) {
+        // A stream that never opened (blocked by a proxy, refused) is not retried.
+        if (
+          !opened ||
+          source.readyState === EventSource.CLOSED ||
+          this.#streamErrors >= STREAM_ERRORS
+        ) {
           this.#startPolling();
         } else if (this.#streamErrors === 1) {
           // EventSource reconnects by itself; meanwhile show the task as it is now.

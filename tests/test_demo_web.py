@@ -1,0 +1,412 @@
+"""The demo's pages and their security properties, without a browser: CSRF on every
+form, login answers that do not tell whether an account exists, the session cookie's
+flags, API tokens, the API's CSRF header, who may download an export, and a bad regular
+expression refused at submit. The app runs with its in-process worker on a SQLite file
+(``TestClient`` as a context manager runs the lifespan)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import pytest
+from argon2 import PasswordHasher
+
+with warnings.catch_warnings():
+    # Starlette 1.x asks for ``httpx2`` under its TestClient; ``httpx`` works as well.
+    warnings.filterwarnings("ignore", message=".*httpx2")
+    from starlette.testclient import TestClient
+
+from errands import ANY_OWNER, Status, TaskRecord
+from errands.demo import accounts, store
+from errands.demo.store import User
+from errands.demo.web import Demo, DemoSettings, create_app
+
+PASSWORD = "correct horse battery staple"
+ALICE = "alice@example.com"
+BOB = "bob@example.com"
+FUTURE = "2999-01-01T00:00:00Z"
+#: The hits of a search for "needle" in the corpus below (path, line, text), in the
+#: search's order: a directory's files before its subdirectories.
+NEEDLES = [
+    ("one.py", 2, "NEEDLE = 1"),
+    ("two.py", 1, "# a needle, in a haystack"),
+    ("pkg/three.py", 1, "def needle():"),
+    ("pkg/three.py", 2, "return 'needle'"),
+]
+
+
+def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@dataclass
+class Site:
+    client: TestClient
+    demo: Demo
+
+    def log_in(self, email: str | None) -> None:
+        """Sign in as ``email`` (None: nobody), with a fresh session."""
+        self.client.cookies.clear()
+        if email is None:
+            return
+        r = self.client.post(
+            "/login",
+            data={"email": email, "password": PASSWORD, "csrf": self.csrf("/login")},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303, r.text
+
+    def csrf(self, path: str = "/") -> str:
+        """The session's CSRF token, as the page at ``path`` shows it."""
+        html = self.client.get(path).text
+        found = re.search(r'name="csrf" value="([^"]+)"', html)
+        assert found, html
+        return found[1]
+
+    def user(self, email: str) -> User | None:
+        return self.demo.errands.db.read(store.user_by_email, email)
+
+    def owner(self, email: str) -> str:
+        user = self.user(email)
+        assert user is not None
+        return user.owner
+
+    def tasks(self, email: str) -> list[TaskRecord]:
+        return self.demo.errands.sync.list(owner=self.owner(email), limit=500).items
+
+    def record(self, task_id: str) -> TaskRecord:
+        return self.demo.errands.sync.get(task_id, owner=ANY_OWNER)
+
+    def finished(self, task_id: str) -> TaskRecord:
+        def done() -> TaskRecord | None:
+            record = self.record(task_id)
+            return record if record.done else None
+
+        record: TaskRecord = eventually(done)
+        return record
+
+    def search(self, query: str = "needle", **fields: str) -> str:
+        """Search through the form as the signed-in user; the new task's id."""
+        data = {"query": query, "glob": "*.py", "csrf": self.csrf(), **fields}
+        r = self.client.post("/search", data=data, follow_redirects=False)
+        assert r.status_code == 303, r.text
+        found = re.fullmatch(r"/tasks/([0-9a-f-]{36})", r.headers["location"])
+        assert found, r.headers["location"]
+        return found[1]
+
+    def export(self, search_id: str) -> str:
+        r = self.client.post(
+            f"/tasks/{search_id}/export", data={"csrf": self.csrf()}, follow_redirects=False
+        )
+        assert r.status_code == 303, r.text
+        export_id = r.headers["location"].removeprefix("/tasks/")
+        assert export_id != search_id
+        return export_id
+
+    def create_token(self, name: str) -> tuple[str, int]:
+        """A new API token of the signed-in user and its id (for revoking)."""
+        r = self.client.post("/tokens", data={"name": name, "csrf": self.csrf("/tokens")})
+        assert r.status_code == 200, r.text
+        token = re.search(r'<pre id="new-token">(ert_[^<]+)</pre>', r.text)
+        ids = re.findall(r'action="/tokens/(\d+)/revoke"', r.text)
+        assert token and ids, r.text
+        return token[1], int(ids[-1])
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+    corpus = tmp_path / "corpus"
+    (corpus / "pkg").mkdir(parents=True)
+    (corpus / "one.py").write_text("import os\nNEEDLE = 1\n")
+    (corpus / "two.py").write_text("# a needle, in a haystack\nprint('hay')\n")
+    (corpus / "pkg" / "three.py").write_text("def needle():\n    return 'needle'\n")
+    (corpus / "notes.txt").write_text("no needle here: not a .py file\n")
+    app = create_app(
+        DemoSettings(
+            database_url=f"sqlite:///{tmp_path}/d.db",
+            data_dir=tmp_path / "data",
+            corpus=corpus,
+            worker=True,
+            worker_options={"poll_interval": 0.1, "heartbeat_interval": 0.25, "lease_seconds": 2},
+        )
+    )
+    demo: Demo = app.state.demo
+    demo.accounts.register(ALICE, PASSWORD)
+    demo.accounts.register(BOB, PASSWORD)
+    with TestClient(app) as client:
+        yield Site(client, demo)
+
+
+def refused(r: Any) -> None:
+    assert r.status_code == 403, (r.status_code, r.text)
+    assert "Form expired" in r.text
+
+
+def bad_tokens(site: Site) -> list[dict[str, str]]:
+    """Form fields without a valid CSRF token: none, empty, made up, another session's."""
+    stranger = TestClient(site.client.app)  # another browser (not started: no second worker)
+    found = re.search(r'name="csrf" value="([^"]+)"', stranger.get("/login").text)
+    assert found and found[1] != site.csrf("/login")
+    return [{}, {"csrf": ""}, {"csrf": "x" * 32}, {"csrf": found[1]}]
+
+
+# -- CSRF --------------------------------------------------------------------------------
+def test_forms_without_a_valid_csrf_token_are_refused_and_change_nothing(site: Site) -> None:
+    c = site.client
+
+    # Register and log in (an anonymous session: its token came from GET /login).
+    site.log_in(None)
+    for fields in bad_tokens(site):
+        new = {"email": "carol@example.com", "password": PASSWORD}
+        refused(c.post("/register", data=new | fields, follow_redirects=False))
+        assert site.user("carol@example.com") is None
+        login = {"email": ALICE, "password": PASSWORD, "next": "/"}
+        refused(c.post("/login", data=login | fields, follow_redirects=False))
+        assert c.get("/tasks", follow_redirects=False).status_code == 303  # still nobody
+
+    # As Alice: log out, search, cancel, export, API tokens.
+    site.log_in(ALICE)
+    finished = site.search()
+    site.finished(finished)
+    r = c.post(
+        "/api/tasks",
+        json={"name": "search", "payload": {"query": "later"}, "run_at": FUTURE},
+        headers={"X-CSRF-Token": site.csrf()},
+    )
+    assert r.status_code == 202, r.text
+    waiting = r.json()["id"]
+    token, token_id = site.create_token("script")
+    before = {t.id: t for t in site.tasks(ALICE)}
+    for fields in bad_tokens(site):
+        refused(c.post("/logout", data=fields, follow_redirects=False))
+        assert c.get("/tasks").status_code == 200  # still signed in
+        search = {"query": "needle", "glob": "*.py"}
+        refused(c.post("/search", data=search | fields, follow_redirects=False))
+        refused(c.post(f"/tasks/{waiting}/cancel", data=fields, follow_redirects=False))
+        refused(c.post(f"/tasks/{finished}/export", data=fields, follow_redirects=False))
+        refused(c.post("/tokens", data={"name": "sneaky"} | fields, follow_redirects=False))
+        refused(c.post(f"/tokens/{token_id}/revoke", data=fields, follow_redirects=False))
+    after = {t.id: t for t in site.tasks(ALICE)}
+    assert after.keys() == before.keys()  # no search, no export
+    record = site.record(waiting)
+    assert record.status is Status.QUEUED and not record.cancel_requested
+    user = site.user(ALICE)
+    assert user is not None
+    tokens = site.demo.accounts.tokens(user)
+    assert [(t.name, t.revoked_at) for t in tokens] == [("script", None)]
+    assert site.demo.accounts.user_for_token(token) == user
+
+    # With the right token each of them works.
+    site.search()
+    assert len(site.tasks(ALICE)) == len(before) + 1
+    r = c.post("/logout", data={"csrf": site.csrf()}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert c.get("/tasks", follow_redirects=False).status_code == 303
+
+
+# -- logging in ----------------------------------------------------------------------------
+def test_wrong_password_and_unknown_address_get_the_same_answer(site: Site) -> None:
+    answers = []
+    for email, password in ((ALICE, "not the password"), ("nobody@example.com", PASSWORD)):
+        site.log_in(None)
+        csrf = site.csrf("/login")
+        r = site.client.post(
+            "/login",
+            data={"email": email, "password": password, "csrf": csrf, "next": "/"},
+            follow_redirects=False,
+        )
+        answers.append((r.status_code, r.text.replace(email, "EMAIL").replace(csrf, "CSRF")))
+        assert site.client.get("/tasks", follow_redirects=False).status_code == 303
+    assert answers[0] == answers[1]
+    status, html = answers[0]
+    assert status == 400
+    assert '<p class="error" role="alert">Wrong e-mail address or password.</p>' in html
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["//evil.example/", "https://evil.example/", "/\\evil.example/", "/\t/evil.example/", ""],
+)
+def test_login_redirects_only_within_the_site(site: Site, target: str) -> None:
+    site.log_in(None)
+    r = site.client.post(
+        f"/login?next={quote(target)}",
+        data={"email": ALICE, "password": PASSWORD, "csrf": site.csrf("/login"), "next": target},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    where = r.headers["location"]
+    # Read it as a browser does: a backslash is a slash, tabs and newlines are dropped.
+    as_read = re.sub(r"[\t\n\r]", "", where).replace("\\", "/")
+    assert urlsplit(urljoin("http://testserver/login", as_read)).netloc == "testserver", where
+
+
+def test_session_cookie_is_httponly_and_samesite_lax(site: Site) -> None:
+    site.log_in(None)
+    r = site.client.post(
+        "/login",
+        data={"email": ALICE, "password": PASSWORD, "csrf": site.csrf("/login")},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    cookies = [h for h in r.headers.get_list("set-cookie") if h.startswith("errands_session=")]
+    assert len(cookies) == 1
+    flags = {part.strip().split("=")[0].lower(): part for part in cookies[0].split(";")[1:]}
+    assert "httponly" in flags
+    assert flags["samesite"].strip().lower() == "samesite=lax"
+    assert flags["path"].strip() == "path=/"
+
+
+# -- API tokens ----------------------------------------------------------------------------
+def test_api_token_submits_and_reads_until_revoked(site: Site) -> None:
+    site.log_in(ALICE)
+    token, token_id = site.create_token("my script")
+    page = site.client.get("/tokens").text
+    assert "my script" in page and token not in page  # shown once only
+    assert token not in site.client.get("/tokens").text
+
+    # Another client, without cookies: the token alone (not started: one worker is enough).
+    script = TestClient(site.client.app)
+    auth = {"Authorization": f"Bearer {token}"}
+    r = script.post(
+        "/api/tasks", json={"name": "search", "payload": {"query": "needle"}}, headers=auth
+    )
+    assert r.status_code == 202, r.text  # no CSRF header needed with a token
+    task_id = r.json()["id"]
+    assert site.record(task_id).owner == site.owner(ALICE)
+    r = script.get(f"/api/tasks/{task_id}", headers=auth)
+    assert r.status_code == 200 and r.json()["id"] == task_id
+    assert task_id in [t["id"] for t in script.get("/api/tasks", headers=auth).json()["items"]]
+    site.finished(task_id)
+    items = script.get(f"/api/tasks/{task_id}/output", headers=auth).json()["items"]
+    assert [(i["data"]["path"], i["data"]["line"], i["data"]["text"]) for i in items] == (NEEDLES)
+    # Alice's session sees the task the script made.
+    assert site.client.get(f"/tasks/{task_id}").status_code == 200
+
+    r = site.client.post(
+        f"/tokens/{token_id}/revoke", data={"csrf": site.csrf()}, follow_redirects=False
+    )
+    assert r.status_code == 303
+    assert "revoked" in site.client.get("/tokens").text
+    for method, path in (("GET", f"/api/tasks/{task_id}"), ("GET", "/api/tasks")):
+        assert script.request(method, path, headers=auth).status_code == 401
+    r = script.post("/api/tasks", json={"name": "search", "payload": {"query": "x"}}, headers=auth)
+    assert r.status_code == 401
+    for bad in ("ert_not-a-token", "not-even-prefixed", ""):
+        r = script.get("/api/tasks", headers={"Authorization": f"Bearer {bad}"})
+        assert r.status_code == 401, bad
+    assert len(site.tasks(ALICE)) == 1
+    # Bob cannot revoke Alice's tokens.
+    token, token_id = site.create_token("another")
+    site.log_in(BOB)
+    site.client.post(f"/tokens/{token_id}/revoke", data={"csrf": site.csrf()})
+    assert site.demo.accounts.user_for_token(token) == site.user(ALICE)
+
+
+def test_api_write_with_the_session_cookie_needs_the_csrf_header(site: Site) -> None:
+    site.log_in(ALICE)
+    c = site.client
+    job = {"name": "search", "payload": {"query": "needle"}, "run_at": FUTURE}
+    for headers in (
+        {},
+        {"X-CSRF-Token": ""},
+        {"X-CSRF-Token": "wrong"},
+        {"Authorization": "Basic Zm9vOmJhcg=="},  # not a token: the cookie still rules
+    ):
+        r = c.post("/api/tasks", json=job, headers=headers)
+        assert r.status_code == 401, (headers, r.text)
+    assert site.tasks(ALICE) == []
+    r = c.post("/api/tasks", json=job, headers={"X-CSRF-Token": site.csrf()})
+    assert r.status_code == 202, r.text
+    task_id = r.json()["id"]
+    # Cancel and delete are writes too.
+    assert c.post(f"/api/tasks/{task_id}/cancel").status_code == 401
+    assert c.delete(f"/api/tasks/{task_id}").status_code == 401
+    record = site.record(task_id)
+    assert record.status is Status.QUEUED and not record.cancel_requested
+    # Reading needs no header.
+    assert c.get(f"/api/tasks/{task_id}").status_code == 200
+    r = c.post(f"/api/tasks/{task_id}/cancel", headers={"X-CSRF-Token": site.csrf()})
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+
+
+# -- exports ------------------------------------------------------------------------------
+def test_export_download_is_served_to_its_owner_only(site: Site) -> None:
+    site.log_in(ALICE)
+    search_id = site.search()
+    assert site.finished(search_id).status is Status.SUCCEEDED
+    export_id = site.export(search_id)
+    record = site.finished(export_id)
+    assert record.status is Status.SUCCEEDED, record.error
+    assert record.result == {
+        "rows": len(NEEDLES),
+        "search_id": search_id,
+        "file": f"{export_id}.csv",
+    }
+    page = site.client.get(f"/tasks/{export_id}").text
+    assert f'href="/exports/{export_id}.csv"' in page
+
+    r = site.client.get(f"/exports/{export_id}.csv")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/csv")
+    assert f'filename="search-{search_id[:8]}.csv"' in r.headers["content-disposition"]
+    assert "no-store" in r.headers["cache-control"]
+    rows = list(csv.reader(io.StringIO(r.text)))
+    assert rows == [["path", "line", "text"]] + [[p, str(n), t] for p, n, t in NEEDLES]
+
+    not_found = site.client.get("/exports/01234567-89ab-7def-8123-456789abcdef.csv")
+    assert not_found.status_code == 404
+    assert site.client.get(f"/exports/{search_id}.csv").status_code == 404  # not an export
+
+    site.log_in(BOB)
+    r = site.client.get(f"/exports/{export_id}.csv")
+    assert r.status_code == 404
+    assert "Not found" in r.text and "needle" not in r.text and export_id not in r.text
+    assert site.client.get(f"/tasks/{export_id}").status_code == 404
+    # Nor may Bob export Alice's search.
+    r = site.client.post(
+        f"/tasks/{search_id}/export", data={"csrf": site.csrf()}, follow_redirects=False
+    )
+    assert r.status_code == 404
+    assert site.tasks(BOB) == []
+
+    site.log_in(None)
+    r = site.client.get(f"/exports/{export_id}.csv", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+
+
+# -- a bad regular expression ------------------------------------------------------------------
+def test_bad_regular_expression_is_refused_at_submit(site: Site) -> None:
+    site.log_in(ALICE)
+    r = site.client.post(
+        "/search",
+        data={"query": "(<b>unclosed", "regex": "on", "glob": "*.py", "csrf": site.csrf()},
+        follow_redirects=False,
+    )
+    assert r.status_code == 422
+    alert = re.search(r'<div class="error" role="alert">(.*?)</div>', r.text, re.S)
+    assert alert, r.text
+    assert "not a valid regular expression" in alert[1]
+    assert "missing ), unterminated subpattern" in alert[1]
+    assert "<b>" not in r.text and 'value="(&lt;b&gt;unclosed"' in r.text  # kept, escaped
+    assert re.search(r'name="regex"\s+checked', r.text)
+    assert site.tasks(ALICE) == []
+    # The same text as a literal search is fine.
+    site.search("(<b>unclosed")
+    assert len(site.tasks(ALICE)) == 1
