@@ -1,0 +1,107 @@
+"""``errands demo`` and ``errands createadmin`` as real commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return os.environ | {
+        "ERRANDS_DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
+        "PYTHONPATH": str(ROOT / "src"),
+    }
+
+
+def _errands(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "errands", *args],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_createadmin(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    made = _errands(
+        tmp_path, "createadmin", "Root@Example.com", "--password", "s3cret-pass", "--data", data
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == "root@example.com is an administrator"
+    again = _errands(tmp_path, "createadmin", "root@example.com", "--data", data)
+    assert again.returncode == 0, again.stderr
+    missing = _errands(tmp_path, "createadmin", "nobody@example.com", "--data", data)
+    assert missing.returncode == 2
+    assert "give a password" in missing.stderr
+    short = _errands(
+        tmp_path, "createadmin", "x@example.com", "--password", "short", "--data", data
+    )
+    assert short.returncode == 2 and "at least 8" in short.stderr
+
+
+@pytest.mark.slow
+def test_demo_command_serves_the_app_and_stops_cleanly(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.py").write_text("needle = 1\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "errands",
+            "demo",
+            "--port",
+            str(port),
+            "--corpus",
+            str(corpus),
+            "--data",
+            str(tmp_path / "data"),
+        ],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith(f"errands demo: http://127.0.0.1:{port}/")
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page = httpx.get(f"{base}/login", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert page.status_code == 200 and 'name="csrf"' in page.text
+        assert httpx.get(f"{base}/static/errands-task.js").status_code == 200
+        metrics = httpx.get(f"{base}/metrics")
+        assert metrics.status_code == 200 and "errands_queue_depth" in metrics.text
+        assert httpx.get(f"{base}/api/tasks").status_code == 401
+        assert (tmp_path / "demo.db").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert code == 0
