@@ -81,6 +81,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings["heartbeat_interval"] = args.heartbeat
     if args.poll is not None:
         settings["poll_interval"] = args.poll
+    if args.progress_interval is not None:
+        settings["progress_interval"] = args.progress_interval
     if args.names:
         settings["names"] = [n.strip() for n in args.names.split(",") if n.strip()]
     app.run_worker(**settings)
@@ -247,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=float, default=None, help="heartbeat seconds")
     p.add_argument("--poll", type=float, default=None, help="fallback poll seconds")
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
+    p.add_argument(
+        "--progress-interval", type=float, default=None, help="seconds between progress writes"
+    )
     p.add_argument("--names", default=None, help="comma-separated task names to run")
     p.set_defaults(func=cmd_worker)
 
