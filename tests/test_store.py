@@ -335,3 +335,45 @@ def test_only_writes_marked_non_durable_skip_the_fsync(app: Errands) -> None:
         assert relaxed.db.write(level, durable=False) == normal
     finally:
         relaxed.close()
+
+
+def test_sqlite_fast_read_returns_what_the_sqlalchemy_types_return(store_app: Errands) -> None:
+    """``tasks.get``/``version_of`` read on the DBAPI cursor on SQLite; the record must
+    equal the one the SQLAlchemy Core query and types build, in every state."""
+    from errands.store.tasks import _GET_ANY, to_record, version_of
+
+    running = store_app.sync.submit("job", {}, owner="alice").id
+    done = store_app.sync.submit("job", {}, owner="bob").id
+    failed = store_app.sync.submit("job", {}, owner="bob").id
+    claimed = {c.task_id for c in claim(store_app, "w1", limit=3)}
+    assert claimed == {running, done, failed}
+    queued = store_app.sync.submit("job", {"s": "é", "n": [1, 2.5, None]}, owner="alice").id
+    cancelled = store_app.sync.submit("job", {}, owner="bob").id
+    store_app.sync.cancel(cancelled, owner="bob")
+    store_app.db.write(
+        queue.flush,
+        "w1",
+        progress=[{"task_id": running, "current": 2.0, "total": 7.0, "message": "two"}],
+        outputs=[],
+        now=time.time(),
+    )
+    keep = datetime.now(UTC) + timedelta(days=1)
+    finish(store_app, "w1", Outcome(done, Status.SUCCEEDED, result=42, expires_at=keep))
+    finish(
+        store_app,
+        "w1",
+        Outcome(
+            failed, Status.FAILED, error_type="TaskFailed", error_message="no", error_detail="tb"
+        ),
+    )
+    for task_id in (queued, running, done, failed, cancelled, "missing"):
+        with store_app.db.engine.connect() as conn:
+            row = conn.execute(_GET_ANY, {"_id": task_id}).first()
+            core = None if row is None else to_record(row)
+            fast = tasks.get(conn, task_id, None)
+            assert fast == core
+            if core is not None:
+                assert fast is not None and fast.error_detail == core.error_detail
+                assert version_of(conn, task_id, core.owner) == core.version
+                assert tasks.get(conn, task_id, "someone-else") is None
+                assert version_of(conn, task_id, "someone-else") is None

@@ -200,3 +200,72 @@ def changes(conn: Connection, task_ids: Sequence[str]) -> list[tuple[str, str, i
     )
     rows: list[tuple[str, str, int, str]] = _cursor(conn).execute(sql, list(task_ids)).fetchall()
     return rows
+
+
+# -- reading one record (the status endpoint's query) ----------------------------------
+TASK_READ_COLUMNS = (
+    "id",
+    "owner",
+    "name",
+    "payload",
+    "status",
+    "progress_current",
+    "progress_total",
+    "progress_message",
+    "result",
+    "error_type",
+    "error_message",
+    "error_detail",
+    "attempts",
+    "max_attempts",
+    "priority",
+    "run_at",
+    "cancel_requested",
+    "version",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "expires_at",
+)
+_SELECT_TASK = f"SELECT {', '.join(TASK_READ_COLUMNS)} FROM errands_task WHERE id = ?"
+_SELECT_OWNED = _SELECT_TASK + " AND owner = ?"
+_SELECT_VERSION = "SELECT version FROM errands_task WHERE id = ?"
+_SELECT_VERSION_OWNED = _SELECT_VERSION + " AND owner = ?"
+_TIME_COLUMNS = frozenset(
+    {"run_at", "created_at", "updated_at", "started_at", "finished_at", "expires_at"}
+)
+
+
+def _time(text: str | None) -> datetime | None:
+    """What ``UTCDateTime`` returns for the text it stored."""
+    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def get_task(conn: Connection, task_id: str, owner: str | None) -> dict[str, Any] | None:
+    """One record's columns, converted as the SQLAlchemy types would."""
+    cur = _cursor(conn)
+    if owner is None:
+        row = cur.execute(_SELECT_TASK, (task_id,)).fetchone()
+    else:
+        row = cur.execute(_SELECT_OWNED, (task_id, owner)).fetchone()
+    if row is None:
+        return None
+    values = dict(zip(TASK_READ_COLUMNS, row, strict=True))
+    for key in _TIME_COLUMNS:
+        values[key] = _time(values[key])
+    for key in _JSON_COLUMNS:
+        raw = values[key]
+        # The JSON column has numeric affinity: a number comes back as a number.
+        if isinstance(raw, str | bytes):
+            values[key] = json.loads(raw)
+    return values
+
+
+def version_of(conn: Connection, task_id: str, owner: str | None) -> int | None:
+    cur = _cursor(conn)
+    if owner is None:
+        row = cur.execute(_SELECT_VERSION, (task_id,)).fetchone()
+    else:
+        row = cur.execute(_SELECT_VERSION_OWNED, (task_id, owner)).fetchone()
+    return None if row is None else int(row[0])

@@ -27,7 +27,10 @@ OUT = output_table.c
 
 
 def to_record(row: Row[Any] | Any) -> TaskRecord:
-    m = row._mapping
+    return _record(row._mapping)
+
+
+def _record(m: Any) -> TaskRecord:
     error = None
     if m["error_type"] is not None or m["error_message"] is not None:
         error = TaskError(type=m["error_type"] or "Error", message=m["error_message"] or "")
@@ -75,6 +78,9 @@ _GET_ANY = select(task_table).where(T.id == bindparam("_id"))
 
 
 def get(conn: Connection, task_id: str, owner: str | None) -> TaskRecord | None:
+    if conn.dialect.name == "sqlite":
+        values = sqlite_fast.get_task(conn, task_id, owner)
+        return None if values is None else _record(values)
     if owner is None:
         row = conn.execute(_GET_ANY, {"_id": task_id}).first()
     else:
@@ -88,6 +94,8 @@ _VERSION_ANY = select(T.version).where(T.id == bindparam("_id"))
 
 def version_of(conn: Connection, task_id: str, owner: str | None) -> int | None:
     """The record's version alone (for conditional reads); None when no such task."""
+    if conn.dialect.name == "sqlite":
+        return sqlite_fast.version_of(conn, task_id, owner)
     if owner is None:
         return conn.execute(_VERSION_ANY, {"_id": task_id}).scalar()
     return conn.execute(_VERSION_OWNED, {"_id": task_id, "_owner": owner}).scalar()
