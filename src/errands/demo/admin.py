@@ -24,7 +24,7 @@ from starlette.routing import Router
 from .. import ANY_OWNER, ErrandsError, Page, Status, TaskNotFound, TaskRecord
 from ..admin import Bucket
 from ..records import ACTIVE
-from . import accounts, store
+from . import store
 from .store import User
 
 if TYPE_CHECKING:
@@ -45,26 +45,8 @@ def add_admin_routes(pages: Router, demo: Demo) -> None:
     from .web import task_title
 
     async def admin_user(request: Request) -> User | None:
-        user = await demo.user(request)
-        request.state.user = user
+        user = await demo.signed_in(request)
         return user if user is not None and user.is_admin else None
-
-    async def form_with_csrf(request: Request) -> dict[str, str] | None:
-        form = await request.form()
-        data = {k: v for k, v in form.items() if isinstance(v, str)}
-        if not accounts.csrf_ok(request, data.get("csrf")):
-            return None
-        return data
-
-    def csrf_refused(request: Request) -> Response:
-        return demo.render(
-            request,
-            "message.html",
-            status_code=403,
-            title="Form expired",
-            message="This form has expired or did not come from this site. Go back, reload "
-            "the page and try again.",
-        )
 
     async def emails_of(owners: set[str]) -> dict[str, str]:
         if not owners:
@@ -183,8 +165,8 @@ def add_admin_routes(pages: Router, demo: Demo) -> None:
         return await show_task(request, record)
 
     async def retry(request: Request) -> Response:
-        if await form_with_csrf(request) is None:
-            return csrf_refused(request)
+        if await demo.form(request) is None:
+            return demo.csrf_refused(request)
         task_id = request.path_params["task_id"]
         try:
             new = await app.admin.retry(task_id)
@@ -199,8 +181,8 @@ def add_admin_routes(pages: Router, demo: Demo) -> None:
         return _redirect(f"/admin/tasks/{new.id}")
 
     async def cancel(request: Request) -> Response:
-        if await form_with_csrf(request) is None:
-            return csrf_refused(request)
+        if await demo.form(request) is None:
+            return demo.csrf_refused(request)
         task_id = request.path_params["task_id"]
         try:
             await app.cancel(task_id, owner=ANY_OWNER)

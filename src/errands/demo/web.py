@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +38,8 @@ from .accounts import AccountError, Accounts
 from .store import User
 
 log = logging.getLogger("errands.demo")
+MemberHandler = Callable[[Request, User, dict[str, str]], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 HERE = Path(__file__).parent
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PAGE_SIZE = 20
@@ -105,6 +107,46 @@ class Demo:
 
     def not_found(self, request: Request) -> Response:
         return self.render(request, "not_found.html", status_code=404)
+
+    async def signed_in(self, request: Request) -> User | None:
+        """The user, also kept on ``request.state`` for the templates."""
+        user = await self.user(request)
+        request.state.user = user
+        return user
+
+    async def form(self, request: Request) -> dict[str, str] | None:
+        """The posted form's fields; None when its CSRF token is not the session's."""
+        form = await request.form()
+        data = {k: v for k, v in form.items() if isinstance(v, str)}
+        return data if accounts.csrf_ok(request, data.get("csrf")) else None
+
+    def csrf_refused(self, request: Request) -> Response:
+        return self.render(
+            request,
+            "message.html",
+            status_code=403,
+            title="Form expired",
+            message="This form has expired or did not come from this site. Go back, reload "
+            "the page and try again.",
+        )
+
+    def members(self, handler: MemberHandler) -> Endpoint:
+        """A page for signed-in users: others go to the login page; a POST must carry
+        the session's CSRF token. ``handler(request, user, form)``."""
+
+        async def endpoint(request: Request) -> Response:
+            user = await self.signed_in(request)
+            if user is None:
+                return _redirect(f"/login?next={request.url.path}")
+            form: dict[str, str] = {}
+            if request.method == "POST":
+                data = await self.form(request)
+                if data is None:
+                    return self.csrf_refused(request)
+                form = data
+            return await handler(request, user, form)
+
+        return endpoint
 
 
 def create_app(settings: DemoSettings | None = None) -> FastAPI:
@@ -203,36 +245,14 @@ def _safe_next(target: str | None) -> str:
 def _add_pages(pages: Router, demo: Demo) -> None:
     app = demo.errands
 
-    async def signed_in(request: Request) -> User | None:
-        user = await demo.user(request)
-        request.state.user = user
-        return user
-
-    async def form_with_csrf(request: Request) -> dict[str, Any] | None:
-        form = await request.form()
-        data = {k: v for k, v in form.items() if isinstance(v, str)}
-        if not accounts.csrf_ok(request, data.get("csrf")):
-            return None
-        return data
-
-    def csrf_refused(request: Request) -> Response:
-        return demo.render(
-            request,
-            "message.html",
-            status_code=403,
-            title="Form expired",
-            message="This form has expired or did not come from this site. Go back, reload "
-            "the page and try again.",
-        )
-
     # -- accounts --------------------------------------------------------------------
     async def register_page(request: Request) -> Response:
-        await signed_in(request)
+        await demo.signed_in(request)
         if request.method == "GET":
             return demo.render(request, "register.html")
-        data = await form_with_csrf(request)
+        data = await demo.form(request)
         if data is None:
-            return csrf_refused(request)
+            return demo.csrf_refused(request)
         email = data.get("email", "")
         try:
             user = await run_in_threadpool(demo.accounts.register, email, data.get("password", ""))
@@ -244,13 +264,13 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         return _redirect("/")
 
     async def login_page(request: Request) -> Response:
-        await signed_in(request)
+        await demo.signed_in(request)
         next_url = _safe_next(request.query_params.get("next"))
         if request.method == "GET":
             return demo.render(request, "login.html", next=next_url)
-        data = await form_with_csrf(request)
+        data = await demo.form(request)
         if data is None:
-            return csrf_refused(request)
+            return demo.csrf_refused(request)
         email = data.get("email", "")
         try:
             user = await run_in_threadpool(
@@ -264,29 +284,20 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         return _redirect(_safe_next(data.get("next")))
 
     async def logout(request: Request) -> Response:
-        if await form_with_csrf(request) is None:
-            return csrf_refused(request)
+        if await demo.form(request) is None:
+            return demo.csrf_refused(request)
         accounts.log_out(request)
         return _redirect("/login")
 
-    def login_first(request: Request) -> Response:
-        return _redirect(f"/login?next={request.url.path}")
-
     # -- searching -------------------------------------------------------------------
     async def home(request: Request) -> Response:
-        user = await signed_in(request)
+        user = await demo.signed_in(request)
         if user is None:
             return demo.render(request, "welcome.html")
         recent = await app.list(owner=user.owner, limit=5)
         return demo.render(request, "home.html", recent=recent.items, form={}, corpus=demo.corpus)
 
-    async def search(request: Request) -> Response:
-        user = await signed_in(request)
-        if user is None:
-            return login_first(request)
-        data = await form_with_csrf(request)
-        if data is None:
-            return csrf_refused(request)
+    async def search(request: Request, user: User, data: dict[str, str]) -> Response:
         payload = {
             "query": data.get("query", ""),
             "regex": data.get("regex") == "on",
@@ -314,10 +325,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         return _redirect(f"/tasks/{record.id}")
 
     # -- tasks -------------------------------------------------------------------------
-    async def task_page(request: Request) -> Response:
-        user = await signed_in(request)
-        if user is None:
-            return login_first(request)
+    async def task_page(request: Request, user: User, data: dict[str, str]) -> Response:
         task_id = request.path_params["task_id"]
         try:
             record = await app.get(task_id, owner=user.owner)
@@ -328,12 +336,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
             hits = await app.outputs(record.id, owner=user.owner, limit=HITS_ON_PAGE)
         return demo.render(request, "task.html", task=record, hits=hits, hits_cap=HITS_ON_PAGE)
 
-    async def cancel(request: Request) -> Response:
-        user = await signed_in(request)
-        if user is None:
-            return login_first(request)
-        if await form_with_csrf(request) is None:
-            return csrf_refused(request)
+    async def cancel(request: Request, user: User, data: dict[str, str]) -> Response:
         task_id = request.path_params["task_id"]
         try:
             await app.cancel(task_id, owner=user.owner)
@@ -341,12 +344,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
             return demo.not_found(request)
         return _redirect(f"/tasks/{task_id}")
 
-    async def export(request: Request) -> Response:
-        user = await signed_in(request)
-        if user is None:
-            return login_first(request)
-        if await form_with_csrf(request) is None:
-            return csrf_refused(request)
+    async def export(request: Request, user: User, data: dict[str, str]) -> Response:
         task_id = request.path_params["task_id"]
         try:
             source = await app.get(task_id, owner=user.owner)
@@ -357,10 +355,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         record = await app.submit("export", {"search_id": source.id}, owner=user.owner)
         return _redirect(f"/tasks/{record.id}")
 
-    async def download(request: Request) -> Response:
-        user = await signed_in(request)
-        if user is None:
-            return login_first(request)
+    async def download(request: Request, user: User, data: dict[str, str]) -> Response:
         task_id = request.path_params["task_id"]
         try:
             record = await app.get(task_id, owner=user.owner)
@@ -376,10 +371,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
             headers={"Cache-Control": "private, no-store"},
         )
 
-    async def my_tasks(request: Request) -> Response:
-        user = await signed_in(request)
-        if user is None:
-            return login_first(request)
+    async def my_tasks(request: Request, user: User, data: dict[str, str]) -> Response:
         status = request.query_params.get("status") or None
         if status not in (None, *(s.value for s in Status)):
             status = None
@@ -391,27 +383,16 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         return demo.render(request, "tasks.html", page=page, status=status or "")
 
     # -- API tokens --------------------------------------------------------------------
-    async def tokens_page(request: Request) -> Response:
-        user = await signed_in(request)
-        if user is None:
-            return login_first(request)
+    async def tokens_page(request: Request, user: User, data: dict[str, str]) -> Response:
         created = None
         if request.method == "POST":
-            data = await form_with_csrf(request)
-            if data is None:
-                return csrf_refused(request)
             created = await run_in_threadpool(
                 demo.accounts.create_token, user, data.get("name", "")
             )
         tokens = await run_in_threadpool(demo.accounts.tokens, user)
         return demo.render(request, "tokens.html", tokens=tokens, created=created)
 
-    async def revoke_token(request: Request) -> Response:
-        user = await signed_in(request)
-        if user is None:
-            return login_first(request)
-        if await form_with_csrf(request) is None:
-            return csrf_refused(request)
+    async def revoke_token(request: Request, user: User, data: dict[str, str]) -> Response:
         token_id = request.path_params["token_id"]
         await run_in_threadpool(demo.accounts.revoke_token, user, token_id)
         return _redirect("/tokens")
@@ -420,14 +401,14 @@ def _add_pages(pages: Router, demo: Demo) -> None:
     pages.add_route("/register", register_page, methods=["GET", "POST"])
     pages.add_route("/login", login_page, methods=["GET", "POST"])
     pages.add_route("/logout", logout, methods=["POST"])
-    pages.add_route("/search", search, methods=["POST"])
-    pages.add_route("/tasks", my_tasks, methods=["GET"])
-    pages.add_route("/tasks/{task_id}", task_page, methods=["GET"])
-    pages.add_route("/tasks/{task_id}/cancel", cancel, methods=["POST"])
-    pages.add_route("/tasks/{task_id}/export", export, methods=["POST"])
-    pages.add_route("/exports/{task_id}.csv", download, methods=["GET"])
-    pages.add_route("/tokens", tokens_page, methods=["GET", "POST"])
-    pages.add_route("/tokens/{token_id:int}/revoke", revoke_token, methods=["POST"])
+    pages.add_route("/search", demo.members(search), methods=["POST"])
+    pages.add_route("/tasks", demo.members(my_tasks), methods=["GET"])
+    pages.add_route("/tasks/{task_id}", demo.members(task_page), methods=["GET"])
+    pages.add_route("/tasks/{task_id}/cancel", demo.members(cancel), methods=["POST"])
+    pages.add_route("/tasks/{task_id}/export", demo.members(export), methods=["POST"])
+    pages.add_route("/exports/{task_id}.csv", demo.members(download), methods=["GET"])
+    pages.add_route("/tokens", demo.members(tokens_page), methods=["GET", "POST"])
+    pages.add_route("/tokens/{token_id:int}/revoke", demo.members(revoke_token), methods=["POST"])
 
 
 def task_title(record: TaskRecord) -> str:
