@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher
 
 with warnings.catch_warnings():
     # Starlette 1.x asks for ``httpx2`` under its TestClient; ``httpx`` works as well.
@@ -24,9 +23,9 @@ with warnings.catch_warnings():
 
 from errands import ANY_OWNER, Status, TaskContext, TaskRecord
 from errands.admin import Bucket
-from errands.demo import accounts
 from errands.demo.admin import fmt_seconds, latency_svg, throughput_svg
-from errands.demo.web import Demo, DemoSettings, create_app
+from errands.demo.web import Demo
+from tests.apps.demo_site import build_demo
 
 SVG = "{http://www.w3.org/2000/svg}"
 PASSWORD = "correct horse battery staple"
@@ -101,23 +100,7 @@ def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
-    # Cheap password hashes: these tests sign in a dozen times.
-    monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024))
-    corpus = tmp_path / "corpus"
-    (corpus / "pkg").mkdir(parents=True)
-    (corpus / "one.py").write_text("import os\nNEEDLE = 1\n")
-    (corpus / "two.py").write_text("# a needle in a haystack\nprint('hay')\n")
-    (corpus / "pkg" / "three.py").write_text("def needle():\n    return 'needle'\n")
-    (corpus / "notes.txt").write_text("no needle here: not a .py file\n")
-    app = create_app(
-        DemoSettings(
-            database_url=f"sqlite:///{tmp_path}/d.db",
-            data_dir=tmp_path / "data",
-            corpus=corpus,
-            worker=True,
-            worker_options={"poll_interval": 0.2, "heartbeat_interval": 0.25, "lease_seconds": 1.5},
-        )
-    )
+    app = build_demo(tmp_path, monkeypatch)
     demo: Demo = app.state.demo
 
     # A task that fails with a traceback (registered before the worker starts).

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import pytest
-from argon2 import PasswordHasher
 
 with warnings.catch_warnings():
     # Starlette 1.x asks for ``httpx2`` under its TestClient; ``httpx`` works as well.
@@ -26,9 +25,10 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from errands import ANY_OWNER, Status, TaskRecord
-from errands.demo import accounts, store
+from errands.demo import store
 from errands.demo.store import User
-from errands.demo.web import Demo, DemoSettings, create_app
+from errands.demo.web import Demo
+from tests.apps.demo_site import build_demo
 
 PASSWORD = "correct horse battery staple"
 ALICE = "alice@example.com"
@@ -38,7 +38,7 @@ FUTURE = "2999-01-01T00:00:00Z"
 #: search's order: a directory's files before its subdirectories.
 NEEDLES = [
     ("one.py", 2, "NEEDLE = 1"),
-    ("two.py", 1, "# a needle, in a haystack"),
+    ("two.py", 1, "# a needle in a haystack"),
     ("pkg/three.py", 1, "def needle():"),
     ("pkg/three.py", 2, "return 'needle'"),
 ]
@@ -130,22 +130,7 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
-    monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024))
-    corpus = tmp_path / "corpus"
-    (corpus / "pkg").mkdir(parents=True)
-    (corpus / "one.py").write_text("import os\nNEEDLE = 1\n")
-    (corpus / "two.py").write_text("# a needle, in a haystack\nprint('hay')\n")
-    (corpus / "pkg" / "three.py").write_text("def needle():\n    return 'needle'\n")
-    (corpus / "notes.txt").write_text("no needle here: not a .py file\n")
-    app = create_app(
-        DemoSettings(
-            database_url=f"sqlite:///{tmp_path}/d.db",
-            data_dir=tmp_path / "data",
-            corpus=corpus,
-            worker=True,
-            worker_options={"poll_interval": 0.1, "heartbeat_interval": 0.25, "lease_seconds": 2},
-        )
-    )
+    app = build_demo(tmp_path, monkeypatch, poll_interval=0.1, lease_seconds=2)
     demo: Demo = app.state.demo
     demo.accounts.register(ALICE, PASSWORD)
     demo.accounts.register(BOB, PASSWORD)
