@@ -90,6 +90,9 @@ async def test_counters_histogram_and_records_after_a_run(app: Errands, run_work
         await app.submit("flaky", {"recover": False}, owner="alice"),
     ]
     endless = await app.submit("endless", {}, owner="carol")
+    # Cancelled while queued: no attempt ran, but it counts as cancelled.
+    dropped = await app.submit("ok", {}, owner="dave")
+    await app.cancel(dropped.id, owner="dave")
     async with run_worker(app, concurrency=4):
         await asyncio.wait_for(started.wait(), 10)
         await app.cancel(endless.id, owner="carol")
@@ -102,11 +105,11 @@ async def test_counters_histogram_and_records_after_a_run(app: Errands, run_work
 
     after = await scrape(asgi, "/metrics")
     expected = {
-        "submitted": {"ok": 3, "boom": 1, "flaky": 2, "endless": 1},
+        "submitted": {"ok": 4, "boom": 1, "flaky": 2, "endless": 1},
         "started": {"ok": 3, "boom": 1, "flaky": 4, "endless": 1},
         "succeeded": {"ok": 3, "boom": 0, "flaky": 1, "endless": 0},
         "failed": {"ok": 0, "boom": 1, "flaky": 1, "endless": 0},
-        "cancelled": {"ok": 0, "boom": 0, "flaky": 0, "endless": 1},
+        "cancelled": {"ok": 1, "boom": 0, "flaky": 0, "endless": 1},
         "retried": {"ok": 0, "boom": 0, "flaky": 2, "endless": 0},
     }
     for what, counts in expected.items():

@@ -360,13 +360,15 @@ class Errands:
     # -- changing --------------------------------------------------------------------
     def _cancel_op(
         self, conn: Connection, task_id: str, who: str | None
-    ) -> tuple[TaskRecord | None, bool]:
+    ) -> tuple[TaskRecord | None, bool, bool]:
         now = _now()
         return tasks.cancel(conn, task_id, who, _as_datetime(now), partial(self.expiry, now=now))
 
-    def _cancelled(self, record: TaskRecord | None, ask_worker: bool) -> TaskRecord:
+    def _cancelled(self, record: TaskRecord | None, ask_worker: bool, ended: bool) -> TaskRecord:
         if record is None:
             raise TaskNotFound()
+        if ended:  # a queued task: no worker will report it
+            self.observers.emit("finished", record.id, record.name, record.status, None)
         if ask_worker:
             self.engine.request_cancel([record.id])
         self.notifier.publish_changes(

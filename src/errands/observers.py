@@ -1,9 +1,9 @@
 """In-process observers of task lifecycle events (metrics, logging).
 
 ``app.observers.add(fn)``: ``fn(event)`` is called with a :class:`~errands.TaskEvent`
-when this process submits a task, and when a worker in this process starts an attempt
-or writes its outcome. Callbacks run on the caller's thread and must be quick; an
-exception in one is logged and ignored.
+when this process submits a task or cancels a queued one, and when a worker in this
+process starts an attempt or writes its outcome. Callbacks run on the caller's thread
+and must be quick; an exception in one is logged and ignored.
 """
 
 from __future__ import annotations

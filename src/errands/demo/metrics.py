@@ -8,10 +8,11 @@ Two sources feed it:
   histogram ``errands_task_run_seconds`` (run time of each attempt), all by task
   ``name``. An attempt that ends asking for another one (``Retry``, an exception with
   attempts left, a lost lease) counts as *retried*. A queued task cancelled before it
-  ran counts nowhere (no attempt ended). In the demo the web server and the worker are
-  one process, so every event is seen. With separate worker processes each process
-  exports only what it saw (a web process: submissions; a worker: starts, outcomes and
-  run times): scrape every process and add the series up (``sum by (name) (...)``).
+  ran counts as *cancelled* in the process that cancelled it (it has no run time). In
+  the demo the web server and the worker are one process, so every event is seen. With
+  separate worker processes each process exports only what it saw (a web process:
+  submissions; a worker: starts, outcomes and run times): scrape every process and add
+  the series up (``sum by (name) (...)``).
   They restart from zero with the process, as Prometheus counters do.
 * **The database's view**, read at scrape time and kept for ``cache_seconds`` (2 s) so
   that a burst of scrapes costs one pair of queries: ``errands_queue_depth`` (jobs

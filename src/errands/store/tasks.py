@@ -181,11 +181,12 @@ def cancel(
     owner: str | None,
     now: datetime,
     expiry_for: Callable[[str], datetime | None],
-) -> tuple[TaskRecord | None, bool]:
+) -> tuple[TaskRecord | None, bool, bool]:
     """Cancel a queued task at once, or ask a running one to stop.
 
     Returns the record after the change (None when there is no such task for this
-    owner) and whether a running task was asked to stop (the worker must be told).
+    owner), whether a running task was asked to stop (the worker must be told), and
+    whether a queued task ended now.
     A finished task is left as it is. ``expiry_for(name)`` gives the purge time of a
     record that ends now.
     """
@@ -193,9 +194,9 @@ def cancel(
         select(T.status, T.cancel_requested, T.name).where(_owned(task_id, owner)).with_for_update()
     ).first()
     if current is None:
-        return None, False
+        return None, False, False
     status, requested = Status(current.status), bool(current.cancel_requested)
-    ask_worker = False
+    ask_worker = ended = False
     if status is Status.QUEUED:
         gone = conn.execute(
             delete(job_table).where(
@@ -217,6 +218,7 @@ def cancel(
                     version=T.version + 1,
                 )
             )
+            ended = True
         else:  # claimed between our read and the delete: treat it as running
             status = Status.RUNNING
     if status is Status.RUNNING and not requested:
@@ -226,7 +228,7 @@ def cancel(
             .values(cancel_requested=True, updated_at=now, version=T.version + 1)
         )
         ask_worker = True
-    return get(conn, task_id, owner), ask_worker
+    return get(conn, task_id, owner), ask_worker, ended
 
 
 def delete_finished(conn: Connection, task_id: str, owner: str | None) -> bool:
