@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck pytest demo cli-demo bench clean chromium
+.PHONY: test lint typecheck pytest demo cli-demo bench clean chromium postgres
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 
@@ -24,13 +24,19 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-pytest: $(BIN)/.installed chromium
+pytest: $(BIN)/.installed chromium postgres
 	$(BIN)/pytest
 
 # The browser tests drive Debian's Chromium (Playwright's own browser downloads are not used).
 chromium:
 	@test -x /usr/bin/chromium || ( $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium )
+
+# The conformance tests also run on PostgreSQL (127.0.0.1:5432, trust auth); start the
+# local server if it is down. Point ERRANDS_TEST_PG at another server to use that one.
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || ( $(SUDO) pg_ctlcluster --skip-systemctl-redirect \
+		$$(ls /etc/postgresql) main start && sleep 2 && pg_isready -h 127.0.0.1 -p 5432 )
 
 demo: $(BIN)/.installed
 	$(BIN)/errands demo --port $(PORT)

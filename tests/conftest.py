@@ -37,9 +37,79 @@ FAST = {
 }
 
 
+# -- databases ------------------------------------------------------------------------
+# Tests run on SQLite by default. A module that sets
+# ``pytestmark = pytest.mark.databases("sqlite", "postgresql")`` runs each test once per
+# database (the conformance suite). PostgreSQL tests get a fresh database cloned from a
+# template migrated once per session, dropped afterwards.
+PG_SERVER = os.environ.get("ERRANDS_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "databases(*names): run the test on each database")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_url" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("databases")
+    names = list(marker.args) if marker else ["sqlite"]
+    metafunc.parametrize("database", names, indirect=True, ids=names)
+
+
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'errands.db'}"
+def database(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class PostgresDatabases:
+    """Clones of one migrated template database, one per test."""
+
+    def __init__(self) -> None:
+        import uuid
+
+        self.prefix = f"errands_t{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.template = f"{self.prefix}_tpl"
+        self.count = 0
+        self._admin(f'CREATE DATABASE "{self.template}"')
+        migrating = Errands(f"{PG_SERVER}/{self.template}")
+        try:
+            migrating.migrate()
+        finally:
+            migrating.close()
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]
+
+    def create(self) -> tuple[str, str]:
+        self.count += 1
+        name = f"{self.prefix}_{self.count}"
+        self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        return name, f"{PG_SERVER}/{name}"
+
+    def drop(self, name: str) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    dbs = PostgresDatabases()
+    yield dbs
+    dbs.drop(dbs.template)
+
+
+@pytest.fixture
+def db_url(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    if database == "sqlite":
+        yield f"sqlite:///{tmp_path / 'errands.db'}"
+        return
+    dbs: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    name, url = dbs.create()
+    yield url
+    dbs.drop(name)
 
 
 @pytest.fixture

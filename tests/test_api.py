@@ -28,6 +28,9 @@ from errands import (
 from errands.ids import is_task_id, new_task_id
 from errands.store.schema import job_table, output_table, task_table
 
+# The conformance suite: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 
 class SearchIn(BaseModel):
     query: str = Field(min_length=1, max_length=100)

@@ -14,6 +14,9 @@ from errands import Errands, Status, TaskContext
 from errands.store import queue, tasks
 from errands.store.queue import Outcome
 
+# The conformance suite: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 NAMES = ["job"]
 
 
@@ -262,6 +265,7 @@ def test_purge_deletes_only_expired_records(store_app: Errands) -> None:
     assert {r.id for r in store_app.sync.list(owner="alice")} == {b, c}
 
 
+@pytest.mark.databases("sqlite")
 def test_sqlite_fast_path_writes_what_the_sqlalchemy_types_write(store_app: Errands) -> None:
     """The hot-path statements (store/sqlite_fast.py) and the SQLAlchemy Core statements
     store identical text for the same values."""
@@ -316,6 +320,7 @@ def test_sqlite_fast_path_writes_what_the_sqlalchemy_types_write(store_app: Erra
     assert store_app.sync.get(row["id"], owner="alice").result == {"n": [1, 2]}
 
 
+@pytest.mark.databases("sqlite")
 def test_only_writes_marked_non_durable_skip_the_fsync(app: Errands) -> None:
     """With synchronous=FULL (the default), claims/heartbeats/progress may skip the
     fsync; every other write keeps it."""
@@ -337,6 +342,7 @@ def test_only_writes_marked_non_durable_skip_the_fsync(app: Errands) -> None:
         relaxed.close()
 
 
+@pytest.mark.databases("sqlite")
 def test_sqlite_fast_read_returns_what_the_sqlalchemy_types_return(store_app: Errands) -> None:
     """``tasks.get``/``version_of`` read on the DBAPI cursor on SQLite; the record must
     equal the one the SQLAlchemy Core query and types build, in every state."""
