@@ -20,6 +20,9 @@ from errands import (
 
 from .test_worker import eventually
 
+# The conformance suite: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 
 def _register(app: Errands) -> asyncio.Event:
     release = asyncio.Event()

@@ -20,6 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from errands.demo.metrics import metrics_app
 
+# The conformance suite: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 COUNTERS = ("submitted", "started", "succeeded", "failed", "cancelled", "retried")
 ALL_STATUSES = {s.value for s in Status}
 

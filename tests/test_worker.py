@@ -23,6 +23,9 @@ from errands import Errands, Retry, Status, TaskContext, TaskFailed, TaskRecord
 
 from .conftest import FAST
 
+# The conformance suite: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 OWNER = "alice"
 
 
