@@ -17,13 +17,35 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from errands import Errands, Worker
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+T = TypeVar("T")
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    *,
+    timeout: float = 20.0,
+    what: str = "a condition",
+    interval: float = 0.05,
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
 
 # Fast timings for workers in tests (the defaults are tuned for production).
 FAST = {

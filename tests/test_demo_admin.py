@@ -6,26 +6,21 @@ from __future__ import annotations
 
 import os
 import re
-import time
-import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-with warnings.catch_warnings():
-    # Starlette 1.x asks for ``httpx2`` under its TestClient; ``httpx`` works as well.
-    warnings.filterwarnings("ignore", message=".*httpx2")
-    from starlette.testclient import TestClient
+from starlette.testclient import TestClient  # its httpx2 warning is ignored in pyproject
 
 from errands import ANY_OWNER, Status, TaskContext, TaskRecord
 from errands.admin import Bucket
 from errands.demo.admin import fmt_seconds, latency_svg, throughput_svg
 from errands.demo.web import Demo
 from tests.apps.demo_site import build_demo
+from tests.conftest import wait_for
 
 SVG = "{http://www.w3.org/2000/svg}"
 PASSWORD = "correct horse battery staple"
@@ -81,21 +76,11 @@ class Site:
             record = self.record(task_id)
             return record if record.done else None
 
-        result: TaskRecord = eventually(done, timeout)
+        result: TaskRecord = wait_for(done, timeout=timeout)
         return result
 
     def owner_tasks(self, owner: str) -> list[TaskRecord]:
         return self.demo.errands.sync.list(owner=owner, limit=500).items
-
-
-def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -167,7 +152,7 @@ def test_admin_sees_every_task_counts_charts_and_workers(site: Site) -> None:
         assert r.status_code == 200
         return r.text if "data-worker-id" in r.text else ""
 
-    html = eventually(admin_page)
+    html = wait_for(admin_page)
     assert ALICE in html and BOB in html
     for task_id in (alice_ok, bob_ok, bob_bad):
         assert f'href="/admin/tasks/{task_id}"' in html

@@ -9,26 +9,21 @@ from __future__ import annotations
 import csv
 import io
 import re
-import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import pytest
-
-with warnings.catch_warnings():
-    # Starlette 1.x asks for ``httpx2`` under its TestClient; ``httpx`` works as well.
-    warnings.filterwarnings("ignore", message=".*httpx2")
-    from starlette.testclient import TestClient
+from starlette.testclient import TestClient  # its httpx2 warning is ignored in pyproject
 
 from errands import ANY_OWNER, Status, TaskRecord
 from errands.demo import store
 from errands.demo.store import User
 from errands.demo.web import Demo
 from tests.apps.demo_site import build_demo
+from tests.conftest import wait_for
 
 PASSWORD = "correct horse battery staple"
 ALICE = "alice@example.com"
@@ -42,16 +37,6 @@ NEEDLES = [
     ("pkg/three.py", 1, "def needle():"),
     ("pkg/three.py", 2, "return 'needle'"),
 ]
-
-
-def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @dataclass
@@ -97,7 +82,7 @@ class Site:
             record = self.record(task_id)
             return record if record.done else None
 
-        record: TaskRecord = eventually(done)
+        record: TaskRecord = wait_for(done)
         return record
 
     def search(self, query: str = "needle", **fields: str) -> str:

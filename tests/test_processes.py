@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -26,7 +26,7 @@ from errands.engines import SqlEngine
 from errands.events import LocalNotifier
 from errands.store.schema import job_table
 from tests.apps import e2e
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, wait_for
 
 APP = "tests.apps.e2e:app"
 LEASE = 2.0
@@ -36,8 +36,6 @@ WORKER_ARGS = ("--lease", str(LEASE), "--heartbeat", str(HEARTBEAT), "--poll", "
 CANCEL_SLACK = 1.0
 
 pytestmark = pytest.mark.slow
-
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -49,20 +47,6 @@ def e2e_app(app: Errands) -> Errands:
 @pytest.fixture
 def log(tmp_path: Path) -> Path:
     return tmp_path / "executions.log"
-
-
-def wait_for(
-    check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_ready(worker: WorkerProcess, timeout: float = 30) -> None:

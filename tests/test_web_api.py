@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -35,31 +35,15 @@ from errands import Errands
 from errands.ids import new_task_id
 from errands.web import task_api
 from tests.apps.web import current_owner, install, is_admin
-from tests.conftest import LiveServer, WorkerProcess
+from tests.conftest import LiveServer, WorkerProcess, wait_for
 
 PROBLEM = "application/problem+json"
 WEB_APP = "tests.apps.web:app"
 #: Fast worker timings, so a cancel reaches a running task within a fraction of a second.
 WORKER_ARGS = ("--lease", "2", "--heartbeat", "0.3", "--poll", "0.2")
 
-T = TypeVar("T")
-
 
 # -- helpers ----------------------------------------------------------------------------
-def wait_for(
-    check: Callable[[], T | None], *, timeout: float = 20, what: str, interval: float = 0.05
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 def db_path(db_url: str) -> str:
     assert db_url.startswith("sqlite:///")
     return db_url.removeprefix("sqlite:///")

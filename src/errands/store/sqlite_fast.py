@@ -20,6 +20,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from .schema import task_table
+
 _TASK_COLUMNS = (
     "id",
     "owner",
@@ -203,31 +205,7 @@ def changes(conn: Connection, task_ids: Sequence[str]) -> list[tuple[str, str, i
 
 
 # -- reading one record (the status endpoint's query) ----------------------------------
-TASK_READ_COLUMNS = (
-    "id",
-    "owner",
-    "name",
-    "payload",
-    "status",
-    "progress_current",
-    "progress_total",
-    "progress_message",
-    "result",
-    "error_type",
-    "error_message",
-    "error_detail",
-    "attempts",
-    "max_attempts",
-    "priority",
-    "run_at",
-    "cancel_requested",
-    "version",
-    "created_at",
-    "updated_at",
-    "started_at",
-    "finished_at",
-    "expires_at",
-)
+TASK_READ_COLUMNS = tuple(c.name for c in task_table.c)
 _SELECT_TASK = f"SELECT {', '.join(TASK_READ_COLUMNS)} FROM errands_task WHERE id = ?"
 _SELECT_OWNED = _SELECT_TASK + " AND owner = ?"
 _SELECT_VERSION = "SELECT version FROM errands_task WHERE id = ?"
