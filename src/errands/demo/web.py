@@ -132,7 +132,8 @@ class Demo:
 
     def members(self, handler: MemberHandler) -> Endpoint:
         """A page for signed-in users: others go to the login page; a POST must carry
-        the session's CSRF token. ``handler(request, user, form)``."""
+        the session's CSRF token; a task that is not the user's gets the not-found page.
+        ``handler(request, user, form)``."""
 
         async def endpoint(request: Request) -> Response:
             user = await self.signed_in(request)
@@ -144,7 +145,10 @@ class Demo:
                 if data is None:
                     return self.csrf_refused(request)
                 form = data
-            return await handler(request, user, form)
+            try:
+                return await handler(request, user, form)
+            except TaskNotFound:  # missing, or another user's: the same page
+                return self.not_found(request)
 
         return endpoint
 
@@ -327,10 +331,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
     # -- tasks -------------------------------------------------------------------------
     async def task_page(request: Request, user: User, data: dict[str, str]) -> Response:
         task_id = request.path_params["task_id"]
-        try:
-            record = await app.get(task_id, owner=user.owner)
-        except TaskNotFound:
-            return demo.not_found(request)
+        record = await app.get(task_id, owner=user.owner)
         hits: list[tuple[int, Any]] = []
         if record.name == "search":
             hits = await app.outputs(record.id, owner=user.owner, limit=HITS_ON_PAGE)
@@ -338,18 +339,12 @@ def _add_pages(pages: Router, demo: Demo) -> None:
 
     async def cancel(request: Request, user: User, data: dict[str, str]) -> Response:
         task_id = request.path_params["task_id"]
-        try:
-            await app.cancel(task_id, owner=user.owner)
-        except TaskNotFound:
-            return demo.not_found(request)
+        await app.cancel(task_id, owner=user.owner)
         return _redirect(f"/tasks/{task_id}")
 
     async def export(request: Request, user: User, data: dict[str, str]) -> Response:
         task_id = request.path_params["task_id"]
-        try:
-            source = await app.get(task_id, owner=user.owner)
-        except TaskNotFound:
-            return demo.not_found(request)
+        source = await app.get(task_id, owner=user.owner)
         if source.name != "search" or source.status is not Status.SUCCEEDED:
             return _redirect(f"/tasks/{task_id}")
         record = await app.submit("export", {"search_id": source.id}, owner=user.owner)
@@ -357,10 +352,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
 
     async def download(request: Request, user: User, data: dict[str, str]) -> Response:
         task_id = request.path_params["task_id"]
-        try:
-            record = await app.get(task_id, owner=user.owner)
-        except TaskNotFound:
-            return demo.not_found(request)
+        record = await app.get(task_id, owner=user.owner)
         path = demo.exports / f"{record.id}.csv"
         if record.name != "export" or record.status is not Status.SUCCEEDED or not path.exists():
             return demo.not_found(request)
