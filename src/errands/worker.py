@@ -643,13 +643,15 @@ class Worker:
         if not ids:
             await self.app.db.awrite(workers.beat, self.id, _utc(time.time()), durable=False)
             return
+        asked = {task_id: self._running.get(task_id) for task_id in ids}
         held, cancel = await self.app.db.awrite(
             self._beat_txn, ids, time.time() + self.settings.lease_seconds, durable=False
         )
-        asked = set(ids)
         for task_id, exe in list(self._running.items()):
-            if task_id not in asked:
-                continue  # claimed while this heartbeat was in flight: its lease is fresh
+            if asked.get(task_id) is not exe:
+                # Claimed (or claimed again, for a retry) while this heartbeat was in
+                # flight: that attempt's lease is fresh, whatever the heartbeat saw.
+                continue
             if task_id not in held:
                 log.warning("worker %s lost the lease of task %s", self.id, task_id)
                 self._stop_attempt(exe, "lease")

@@ -91,11 +91,15 @@ class LocalNotifier:
 
 
 def notifier_for(database: object) -> Notifier:
-    """The best notifier for a database: Unix datagram sockets beside a SQLite file,
-    else in-process delivery (PostgreSQL LISTEN/NOTIFY comes with its own notifier)."""
+    """The best notifier for a database: LISTEN/NOTIFY on PostgreSQL, Unix datagram
+    sockets beside a SQLite file, else in-process delivery (an in-memory database)."""
     from ..store.database import Database
 
     assert isinstance(database, Database)
+    if database.dialect == "postgresql":
+        from .postgres import PostgresNotifier
+
+        return PostgresNotifier(database.libpq_conninfo())
     path = database.sqlite_path
     if path is not None:
         from .unix import UnixSocketNotifier

@@ -175,6 +175,10 @@ class Database:
 
         return engine
 
+    def libpq_conninfo(self) -> str:
+        """The URL as libpq reads it (for connections outside the pool: LISTEN/NOTIFY)."""
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
     # -- running store functions ------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self, *, write: bool = True, durable: bool = True) -> Iterator[Connection]:

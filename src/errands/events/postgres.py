@@ -1,0 +1,274 @@
+"""Cross-process notifications for PostgreSQL: LISTEN/NOTIFY.
+
+Two channels per database: ``errands_w`` (new jobs, cancel requests: heard by workers)
+and ``errands_e`` (record changes: heard by web processes). Each process keeps
+
+- one *sender* connection, driven by a thread that takes whatever was published since
+  its last round trip and sends it with one ``pg_notify`` statement (the publisher
+  never waits for the network; repeated "new jobs" hints collapse into one), and
+- one *listener* connection per channel it listens on, in a thread that waits for
+  notifications and hands them to the process's local subscribers.
+
+A process ignores its own notifications (it already delivered them in-process). Messages
+are hints, as with the Unix sockets beside a SQLite file: a payload is at most 8000
+bytes, so changes go in chunks; a notification lost while a connection is down costs a
+poll interval. Both threads reconnect with exponential backoff (0.1 s doubling to 5 s);
+after a listener reconnects, its subscribers are told to look again (workers claim,
+web processes re-read what they watch on their next poll).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..records import Status
+from ..store.queue import Change
+from .notifier import CancelCallback, ChangesCallback, JobsCallback, LocalNotifier, Subscription
+
+_log = logging.getLogger("errands.events")
+
+WORKER_CHANNEL = "errands_w"
+CHANGES_CHANNEL = "errands_e"
+_CHUNK = 60  # changes per notification: ~80 bytes each, under PostgreSQL's 8000-byte cap
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
+
+
+def _connect(conninfo: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+
+
+class PostgresNotifier:
+    cross_process = True
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        # Payloads carry this token so a process can skip its own notifications.
+        self._token = f"{os.getpid():x}.{os.urandom(3).hex()}"
+        self._local = LocalNotifier()
+        self._lock = threading.Lock()
+        self._listeners: dict[str, _Listener] = {}
+        self._sender: _Sender | None = None
+        self._closed = False
+
+    # -- publishing ------------------------------------------------------------------
+    def publish_jobs(self) -> None:
+        self._local.publish_jobs()
+        self._send(WORKER_CHANNEL, "J", collapse=True)
+
+    def publish_cancel(self, task_ids: Sequence[str]) -> None:
+        if not task_ids:
+            return
+        self._local.publish_cancel(task_ids)
+        for i in range(0, len(task_ids), _CHUNK * 2):
+            self._send(WORKER_CHANNEL, "C" + json.dumps(list(task_ids[i : i + _CHUNK * 2])))
+
+    def publish_changes(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        self._local.publish_changes(changes)
+        for i in range(0, len(changes), _CHUNK):
+            body = [
+                [c.task_id, c.owner, c.version, c.status.value] for c in changes[i : i + _CHUNK]
+            ]
+            self._send(CHANGES_CHANNEL, "V" + json.dumps(body, separators=(",", ":")))
+
+    def _send(self, channel: str, message: str, *, collapse: bool = False) -> None:
+        sender = self._sender
+        if sender is None:
+            with self._lock:
+                if self._closed:
+                    return
+                if self._sender is None:
+                    self._sender = _Sender(self._conninfo)
+                sender = self._sender
+        sender.put(channel, f"{self._token} {message}", collapse=collapse)
+
+    # -- subscribing -----------------------------------------------------------------
+    def listen_worker(self, on_jobs: JobsCallback, on_cancel: CancelCallback) -> Subscription:
+        self._ensure_listener(WORKER_CHANNEL)
+        return self._local.listen_worker(on_jobs, on_cancel)
+
+    def subscribe_changes(self, callback: ChangesCallback) -> Subscription:
+        self._ensure_listener(CHANGES_CHANNEL)
+        return self._local.subscribe_changes(callback)
+
+    def _ensure_listener(self, channel: str) -> None:
+        with self._lock:
+            if channel not in self._listeners and not self._closed:
+                self._listeners[channel] = _Listener(
+                    self._conninfo, channel, self._dispatch, self._reconnected
+                )
+
+    def _dispatch(self, payload: str) -> None:
+        token, _, message = payload.partition(" ")
+        if token == self._token:
+            return  # published by this process, which delivered it already
+        tag, body = message[:1], message[1:]
+        if tag == "J":
+            self._local.publish_jobs()
+        elif tag == "C":
+            self._local.publish_cancel(json.loads(body))
+        elif tag == "V":
+            self._local.publish_changes(
+                [Change(t, o, v, Status(s)) for t, o, v, s in json.loads(body)]
+            )
+
+    def _reconnected(self, channel: str) -> None:
+        if channel == WORKER_CHANNEL:
+            self._local.publish_jobs()  # jobs may have arrived while the connection was down
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            listeners, self._listeners = list(self._listeners.values()), {}
+            sender, self._sender = self._sender, None
+        if listeners and sender is None:
+            sender = _Sender(self._conninfo)
+        for listener in listeners:
+            listener.stop()
+            assert sender is not None
+            sender.put(listener.channel, "")  # wakes the listener's wait at once
+        if sender is not None:
+            sender.close()
+        for listener in listeners:
+            listener.join()
+        self._local.close()
+
+
+class _Sender:
+    """Sends queued notifications from a thread: one ``pg_notify`` round trip for
+    everything published since the last one."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._cond = threading.Condition()
+        self._queue: list[tuple[str, str]] = []
+        self._collapsed: set[tuple[str, str]] = set()
+        self._stopping = False
+        self._conn: Any = None
+        self.thread = threading.Thread(target=self._run, name="errands-notify-send", daemon=True)
+        self.thread.start()
+
+    def put(self, channel: str, payload: str, *, collapse: bool = False) -> None:
+        with self._cond:
+            if collapse:
+                if (channel, payload) in self._collapsed:
+                    return
+                self._collapsed.add((channel, payload))
+            self._queue.append((channel, payload))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        backoff = _BACKOFF_FIRST
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    break  # stopping, and everything was sent
+                batch, self._queue = self._queue, []
+                self._collapsed.clear()
+            try:
+                if self._conn is None:
+                    self._conn = _connect(self._conninfo)
+                self._conn.execute(
+                    "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS m(c, p)",
+                    ([c for c, _ in batch], [p for _, p in batch]),
+                )
+                backoff = _BACKOFF_FIRST
+            except Exception as exc:  # the server is gone or restarting: hints are dropped
+                _log.warning("errands: sending notifications failed (%s); retrying", exc)
+                self._drop_connection()
+                if self._stopping:
+                    break
+                time.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self.thread.join(timeout=5.0)
+
+
+class _Listener:
+    """A connection that LISTENs on one channel, in a thread, reconnecting as needed."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        channel: str,
+        dispatch: Callable[[str], None],
+        reconnected: Callable[[str], None],
+    ) -> None:
+        self._conninfo, self.channel = conninfo, channel
+        self._dispatch, self._reconnected = dispatch, reconnected
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._conn: Any = None
+        self.thread = threading.Thread(target=self._run, name="errands-notify", daemon=True)
+        self.thread.start()
+        # Subscribers expect to hear what is published after they subscribe: wait
+        # (briefly) until LISTEN has run.
+        self._ready.wait(timeout=5.0)
+
+    def _run(self) -> None:
+        backoff = _BACKOFF_FIRST
+        first = True
+        while not self._stopping.is_set():
+            try:
+                self._conn = _connect(self._conninfo)
+                self._conn.execute(f"LISTEN {self.channel}")
+                self._ready.set()
+                if not first:
+                    _log.info("errands: listening on %s again", self.channel)
+                    self._reconnected(self.channel)
+                first, backoff = False, _BACKOFF_FIRST
+                while not self._stopping.is_set():
+                    for note in self._conn.notifies(timeout=1.0):
+                        if self._stopping.is_set():
+                            break
+                        try:
+                            self._dispatch(note.payload)
+                        except Exception:
+                            _log.exception("errands: a notification could not be handled")
+            except Exception as exc:
+                if self._stopping.is_set():
+                    break
+                _log.warning(
+                    "errands: listening on %s failed (%s); reconnecting in %.1f s",
+                    self.channel,
+                    exc,
+                    backoff,
+                )
+                self._ready.set()  # do not hold up a subscriber while the server is down
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+            finally:
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+
+    def stop(self) -> None:
+        """Ask the thread to stop (it wakes on its next notification or within 1 s)."""
+        self._stopping.set()
+
+    def join(self) -> None:
+        self.thread.join(timeout=2.0)
