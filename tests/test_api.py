@@ -109,6 +109,60 @@ async def test_bad_submit_is_refused_and_writes_nothing(
     assert counts(api) == (0, 0, 0)
 
 
+async def test_submit_many_one_transaction_in_order(api: Errands, run_worker: Any) -> None:
+    queries = [f"q{i}" for i in range(250)]
+    records = await api.submit_many("search", [{"query": q} for q in queries], owner="alice")
+    assert [r.payload["query"] for r in records] == queries
+    assert [r.id for r in records] == sorted(r.id for r in records)  # submit order kept
+    assert all(r.status is Status.QUEUED and r.owner == "alice" for r in records)
+    assert counts(api) == (250, 250, 0)
+    assert await api.get(records[7].id, owner="alice") == records[7]
+    async with run_worker(api, concurrency=8):
+        for rec in records:
+            done = await api.wait(rec.id, owner="alice", timeout=20, poll=0.05)
+            assert done.status is Status.SUCCEEDED
+            assert done.result == {"query": rec.payload["query"], "hits": 1}
+    assert await api.submit_many("search", [], owner="alice") == []
+
+
+@pytest.mark.parametrize(
+    ("payloads", "error"),
+    [
+        ([{"query": "a"}, {"query": ""}, {"query": "c"}], InvalidPayload),
+        ([{"query": "a"}, "not an object"], InvalidPayload),
+        ({"query": "a"}, TypeError),  # one payload, not a list of them
+        ("abc", TypeError),
+    ],
+)
+async def test_submit_many_refuses_all_if_one_is_bad(
+    api: Errands, payloads: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        await api.submit_many("search", payloads, owner="alice")
+    with pytest.raises(UnknownTask):
+        await api.submit_many("nope", [{}], owner="alice")
+    assert counts(api) == (0, 0, 0)
+
+
+def test_submit_many_sync_and_in_callers_transaction(api: Errands, db_url: str) -> None:
+    engine = create_engine(db_url)
+    with Session(engine) as session:
+        api.sync.submit_many("search", [{"query": "a"}] * 3, owner="bob", connection=session)
+        session.rollback()
+    assert counts(api) == (0, 0, 0)
+    with Session(engine) as session:
+        kept = api.sync.submit_many(
+            "search", [{"query": "a"}] * 3, owner="bob", priority=5, connection=session
+        )
+        session.commit()
+    engine.dispose()
+    more = api.sync.submit_many("search", ({"query": str(i)} for i in range(2)), owner="bob")
+    assert counts(api) == (5, 5, 0)
+    stored = api.sync.list(owner="bob").items
+    assert {r.id for r in stored} == {r.id for r in kept + more}
+    assert {r.priority for r in stored if r.id in {k.id for k in kept}} == {5}
+
+
 async def test_invalid_payload_names_the_field(api: Errands) -> None:
     with pytest.raises(InvalidPayload) as info:
         await api.submit("search", {"query": "x", "limit": "many"}, owner="alice")

@@ -17,7 +17,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -266,16 +266,37 @@ class Errands:
         )
         return record, row, job
 
-    def _create(self, conn: Connection, row: dict[str, Any], job: dict[str, Any]) -> None:
-        tasks.insert_task(conn, row)
-        self.engine.enqueue(conn, job)
+    def _prepare_many(
+        self,
+        name: str,
+        payloads: Iterable[Any],
+        owner: str,
+        priority: int | None,
+        run_at: datetime | timedelta | None,
+    ) -> tuple[builtins.list[TaskRecord], builtins.list[dict[str, Any]], builtins.list[Any]]:
+        """Every payload checked before anything is written: one bad one, none is."""
+        if isinstance(payloads, (str, bytes, dict)):
+            raise TypeError("payloads must be a list (or another iterable) of payloads")
+        prepared = [self._prepare(name, p, owner, priority, run_at) for p in payloads]
+        return [p[0] for p in prepared], [p[1] for p in prepared], [p[2] for p in prepared]
 
-    def _submitted(self, record: TaskRecord) -> None:
-        self.observers.emit("submitted", record.id, record.name, record.status, None)
-        self.engine.after_commit([record.id])
-        self.notifier.publish_changes(
-            [Change(record.id, record.owner, record.version, record.status)]
-        )
+    def _create(
+        self,
+        conn: Connection,
+        rows: Sequence[dict[str, Any]],
+        jobs: Sequence[dict[str, Any]],
+    ) -> None:
+        if rows:
+            tasks.insert_tasks(conn, rows)
+            self.engine.enqueue(conn, jobs)
+
+    def _submitted(self, records: Sequence[TaskRecord]) -> None:
+        if not records:
+            return
+        for record in records:
+            self.observers.emit("submitted", record.id, record.name, record.status, None)
+        self.engine.after_commit([r.id for r in records])
+        self.notifier.publish_changes([Change(r.id, r.owner, r.version, r.status) for r in records])
 
     async def submit(
         self,
@@ -295,14 +316,40 @@ class Errands:
         committed, it runs.
         """
         record, row, job = self._prepare(name, payload, owner, priority, run_at)
-        if connection is None:
-            await self.db.awrite(self._create, row, job)
-            self._submitted(record)
-            return record
-        self.db.ensure_schema()
-        sync_obj = await _run_in_caller(connection, partial(self._create, row=row, job=job))
-        _on_commit(sync_obj, partial(self._submitted, record))
+        await self._write_new([record], [row], [job], connection)
         return record
+
+    async def submit_many(
+        self,
+        name: str,
+        payloads: Iterable[Any],
+        *,
+        owner: str,
+        priority: int | None = None,
+        run_at: datetime | timedelta | None = None,
+        connection: Any = None,
+    ) -> builtins.list[TaskRecord]:
+        """Create one task of ``name`` per payload, all in one transaction; returns the
+        records in the payloads' order. Every payload is validated first: if one is
+        refused, nothing is written. ``connection=`` as for :meth:`submit`."""
+        records, rows, jobs = self._prepare_many(name, payloads, owner, priority, run_at)
+        await self._write_new(records, rows, jobs, connection)
+        return records
+
+    async def _write_new(
+        self,
+        records: Sequence[TaskRecord],
+        rows: Sequence[dict[str, Any]],
+        jobs: Sequence[dict[str, Any]],
+        connection: Any,
+    ) -> None:
+        if connection is None:
+            await self.db.awrite(self._create, rows, jobs)
+            self._submitted(records)
+            return
+        self.db.ensure_schema()
+        sync_obj = await _run_in_caller(connection, partial(self._create, rows=rows, jobs=jobs))
+        _on_commit(sync_obj, partial(self._submitted, records))
 
     # -- reading -----------------------------------------------------------------------
     async def get(self, task_id: str, *, owner: str) -> TaskRecord:
@@ -581,16 +628,39 @@ class SyncErrands:
         run_at: datetime | timedelta | None = None,
         connection: Any = None,
     ) -> TaskRecord:
-        app = self._app
-        record, row, job = app._prepare(name, payload, owner, priority, run_at)
-        if connection is None:
-            app.db.write(app._create, row, job)
-            app._submitted(record)
-            return record
-        app.db.ensure_schema()
-        sync_obj = run_in_caller_sync(connection, partial(app._create, row=row, job=job))
-        _on_commit(sync_obj, partial(app._submitted, record))
+        record, row, job = self._app._prepare(name, payload, owner, priority, run_at)
+        self._write_new([record], [row], [job], connection)
         return record
+
+    def submit_many(
+        self,
+        name: str,
+        payloads: Iterable[Any],
+        *,
+        owner: str,
+        priority: int | None = None,
+        run_at: datetime | timedelta | None = None,
+        connection: Any = None,
+    ) -> builtins.list[TaskRecord]:
+        records, rows, jobs = self._app._prepare_many(name, payloads, owner, priority, run_at)
+        self._write_new(records, rows, jobs, connection)
+        return records
+
+    def _write_new(
+        self,
+        records: Sequence[TaskRecord],
+        rows: Sequence[dict[str, Any]],
+        jobs: Sequence[dict[str, Any]],
+        connection: Any,
+    ) -> None:
+        app = self._app
+        if connection is None:
+            app.db.write(app._create, rows, jobs)
+            app._submitted(records)
+            return
+        app.db.ensure_schema()
+        sync_obj = run_in_caller_sync(connection, partial(app._create, rows=rows, jobs=jobs))
+        _on_commit(sync_obj, partial(app._submitted, records))
 
     def get(self, task_id: str, *, owner: str) -> TaskRecord:
         who = owner_filter(owner)

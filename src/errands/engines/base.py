@@ -16,10 +16,10 @@ class Engine(Protocol):
     #: The name users select it by (``Errands(url, engine="sql")``).
     name: str
 
-    def enqueue(self, conn: Connection, job: dict[str, Any]) -> None:
-        """Queue the work for a new record, inside the record's transaction.
+    def enqueue(self, conn: Connection, jobs: Sequence[dict[str, Any]]) -> None:
+        """Queue the work for new records, inside the records' transaction.
 
-        ``job`` holds ``task_id``, ``name``, ``owner``, ``priority`` and ``run_at``
+        Each job holds ``task_id``, ``name``, ``owner``, ``priority`` and ``run_at``
         (Unix seconds)."""
 
     def after_commit(self, task_ids: Sequence[str]) -> None:

@@ -21,8 +21,8 @@ class SqlEngine:
     def __init__(self, notifier: Notifier) -> None:
         self._notifier = notifier
 
-    def enqueue(self, conn: Connection, job: dict[str, Any]) -> None:
-        queue.insert_job(conn, job)
+    def enqueue(self, conn: Connection, jobs: Sequence[dict[str, Any]]) -> None:
+        queue.insert_jobs(conn, jobs)
 
     def after_commit(self, task_ids: Sequence[str]) -> None:
         self._notifier.publish_jobs()

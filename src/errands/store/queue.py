@@ -69,11 +69,11 @@ def _dt(ts: float) -> datetime:
 _INSERT_JOB = insert(job_table)
 
 
-def insert_job(conn: Connection, values: dict[str, Any]) -> None:
+def insert_jobs(conn: Connection, jobs: Sequence[dict[str, Any]]) -> None:
     if conn.dialect.name == "sqlite":
-        sqlite_fast.insert_job(conn, values)
+        sqlite_fast.insert_jobs(conn, jobs)
     else:
-        conn.execute(_INSERT_JOB, values)
+        conn.execute(_INSERT_JOB, list(jobs))
 
 
 _CHANGES = select(T.id, T.owner, T.version, T.status).where(

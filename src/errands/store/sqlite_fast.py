@@ -66,14 +66,14 @@ def _cursor(conn: Connection) -> Any:
     return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
 
-def insert_job(conn: Connection, job: dict[str, Any]) -> None:
-    _cursor(conn).execute(
-        _INSERT_JOB, (job["task_id"], job["name"], job["owner"], job["priority"], job["run_at"])
+def insert_jobs(conn: Connection, jobs: Sequence[dict[str, Any]]) -> None:
+    _cursor(conn).executemany(
+        _INSERT_JOB,
+        [(j["task_id"], j["name"], j["owner"], j["priority"], j["run_at"]) for j in jobs],
     )
 
 
-def insert_task(conn: Connection, row: dict[str, Any]) -> None:
-    cur = _cursor(conn)
+def _task_values(row: dict[str, Any]) -> list[Any]:
     values = []
     for col in _TASK_COLUMNS:
         v = row[col]
@@ -84,7 +84,15 @@ def insert_task(conn: Connection, row: dict[str, Any]) -> None:
         elif isinstance(v, bool):
             v = int(v)
         values.append(v)
-    cur.execute(_INSERT_TASK, values)
+    return values
+
+
+def insert_tasks(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    cur = _cursor(conn)
+    if len(rows) == 1:
+        cur.execute(_INSERT_TASK, _task_values(rows[0]))
+    else:
+        cur.executemany(_INSERT_TASK, [_task_values(r) for r in rows])
 
 
 def _marks(n: int) -> str:

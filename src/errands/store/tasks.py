@@ -11,7 +11,7 @@ race can resurrect a finished task or finish it twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -66,11 +66,11 @@ def _owned(task_id: str, owner: str | None) -> Any:
 _INSERT_TASK = insert(task_table)
 
 
-def insert_task(conn: Connection, values: dict[str, Any]) -> None:
+def insert_tasks(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if conn.dialect.name == "sqlite":
-        sqlite_fast.insert_task(conn, values)
+        sqlite_fast.insert_tasks(conn, rows)
     else:
-        conn.execute(_INSERT_TASK, values)
+        conn.execute(_INSERT_TASK, list(rows))
 
 
 _GET_OWNED = select(task_table).where(T.id == bindparam("_id"), T.owner == bindparam("_owner"))
