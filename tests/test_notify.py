@@ -1,0 +1,158 @@
+"""The cross-process notifiers: Unix datagram sockets beside a SQLite file, LISTEN/NOTIFY
+on PostgreSQL. Two notifier instances stand for two processes (each has its own
+listener and, on PostgreSQL, its own token), so what one publishes must reach the other
+once, and reach its own subscribers once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from errands.events import Notifier, notifier_for
+from errands.records import Status
+from errands.store.database import Database
+from errands.store.queue import Change
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
+
+class Inbox:
+    """Collects what a notifier delivers, from whatever thread delivers it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.jobs = 0
+        self.cancels: list[str] = []
+        self.changes: list[Change] = []
+
+    def on_jobs(self) -> None:
+        with self.lock:
+            self.jobs += 1
+
+    def on_cancel(self, ids: Sequence[str]) -> None:
+        with self.lock:
+            self.cancels.extend(ids)
+
+    def on_changes(self, changes: Sequence[Change]) -> None:
+        with self.lock:
+            self.changes.extend(changes)
+
+
+@pytest.fixture
+def pair(db_url: str) -> Iterator[tuple[Notifier, Notifier]]:
+    db = Database(db_url)
+    db.ensure_schema()
+    first, second = notifier_for(db), notifier_for(db)
+    yield first, second
+    first.close()
+    second.close()
+    db.close()
+
+
+def changes(n: int, owner: str = "alice") -> list[Change]:
+    return [Change(f"task-{i:05d}", owner, i + 1, Status.RUNNING) for i in range(n)]
+
+
+def test_messages_reach_the_other_process_and_our_own_subscribers_once(
+    pair: tuple[Notifier, Notifier],
+) -> None:
+    a, b = pair
+    assert a.cross_process and b.cross_process
+    mine, theirs = Inbox(), Inbox()
+    subs = [
+        a.listen_worker(mine.on_jobs, mine.on_cancel),
+        a.subscribe_changes(mine.on_changes),
+        b.listen_worker(theirs.on_jobs, theirs.on_cancel),
+        b.subscribe_changes(theirs.on_changes),
+    ]
+    a.publish_jobs()
+    a.publish_cancel(["t1", "t2"])
+    sent = changes(500)  # more than one message's worth: sent in chunks
+    a.publish_changes(sent)
+    wait_for(lambda: theirs.jobs >= 1 and len(theirs.changes) >= 500 and theirs.cancels)
+    time.sleep(0.3)  # anything delivered twice would have arrived by now
+    assert theirs.cancels == ["t1", "t2"]
+    assert sorted(theirs.changes, key=lambda c: c.version) == sent
+    assert theirs.jobs == 1
+    # In-process subscribers hear it at once, and not a second time from the server.
+    assert (mine.jobs, mine.cancels, mine.changes) == (1, ["t1", "t2"], sent)
+    for sub in subs:
+        sub.close()
+
+
+def test_a_closed_subscription_hears_nothing(pair: tuple[Notifier, Notifier]) -> None:
+    a, b = pair
+    gone, kept = Inbox(), Inbox()
+    sub = b.subscribe_changes(gone.on_changes)
+    b.subscribe_changes(kept.on_changes)
+    sub.close()
+    a.publish_changes(changes(3))
+    wait_for(lambda: len(kept.changes) == 3)
+    assert gone.changes == []
+
+
+def test_close_is_prompt_and_final(db_url: str) -> None:
+    db = Database(db_url)
+    db.ensure_schema()
+    notifier = notifier_for(db)
+    inbox = Inbox()
+    notifier.listen_worker(inbox.on_jobs, inbox.on_cancel)
+    notifier.subscribe_changes(inbox.on_changes)
+    started = time.monotonic()
+    notifier.close()
+    assert time.monotonic() - started < 1.0  # listeners are woken, not waited out
+    notifier.publish_jobs()  # publishing after close is a no-op, not an error
+    notifier.publish_changes(changes(1))
+    db.close()
+
+
+@pytest.mark.databases("postgresql")
+def test_listener_reconnects_after_its_connection_is_killed(
+    pair: tuple[Notifier, Notifier], db_url: str
+) -> None:
+    """The server dropping the LISTEN connection (a restart, a failover, an admin's
+    pg_terminate_backend) costs messages sent while it is down, nothing more: the
+    listener reconnects with backoff and tells workers to look for jobs."""
+    a, b = pair
+    inbox = Inbox()
+    b.listen_worker(inbox.on_jobs, inbox.on_cancel)
+    b.subscribe_changes(inbox.on_changes)
+    a.publish_changes(changes(1))
+    wait_for(lambda: len(inbox.changes) == 1)
+
+    db = Database(db_url)
+    with db.engine.connect() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            )
+        ).all()
+        conn.commit()
+    db.close()
+    assert len(killed) == 2  # both of b's listeners (jobs and changes); a listens on none
+
+    wait_for(lambda: inbox.jobs >= 1, timeout=10)  # "look for jobs": some may have come
+    deadline = time.monotonic() + 10
+    while len(inbox.changes) < 2 and time.monotonic() < deadline:
+        a.publish_changes([Change("task-after", "alice", 9, Status.SUCCEEDED)])
+        time.sleep(0.1)
+    assert inbox.changes[0].task_id == "task-00000"
+    assert inbox.changes[-1].task_id == "task-after"
+
+
+def test_payload_with_unusual_characters_round_trips(pair: tuple[Notifier, Notifier]) -> None:
+    a, b = pair
+    inbox = Inbox()
+    b.subscribe_changes(inbox.on_changes)
+    odd: list[Any] = [Change("t'1", 'o"wner; DROP', 1, Status.QUEUED)]
+    odd.append(Change("t2", "ünïcode ☃", 2, Status.CANCELLED))
+    a.publish_changes(odd)
+    wait_for(lambda: len(inbox.changes) == 2)
+    assert inbox.changes == odd
