@@ -275,7 +275,7 @@ def test_sqlite_fast_path_writes_what_the_sqlalchemy_types_write(store_app: Erra
     from errands.store.tasks import _INSERT_TASK
 
     _record, row, job = store_app._prepare("job", {"i": 1, "s": "é"}, "alice", 3, None)
-    store_app.db.write(store_app._create, row, job)  # the fast path
+    store_app.db.write(store_app._create, [row], [job])  # the fast path
     twin = dict(row, id=row["id"][:-4] + "ffff")
     with store_app.db.engine.begin() as conn:
         conn.execute(_INSERT_TASK, twin)  # the SQLAlchemy Core path

@@ -176,6 +176,9 @@ class _Listener:
 
     def close(self) -> None:
         self._stop = True
+        waker = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with waker, contextlib.suppress(OSError):
+            waker.sendto(b"", self.path)  # wakes the receiving thread at once
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         self.thread.join(timeout=1.0)

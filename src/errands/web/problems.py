@@ -9,17 +9,20 @@ a task that belongs to someone else gets exactly the bytes a missing one gets.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger("errands.web")
 
 _TITLES = {
     400: "Bad Request",
@@ -33,6 +36,7 @@ _TITLES = {
     422: "Unprocessable Content",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
 }
 
 
@@ -136,6 +140,14 @@ class ProblemRoute(APIRoute):
                 return Problem(
                     exc.status_code, str(exc.detail), headers=dict(exc.headers or {})
                 ).response()
+            except OperationalError as exc:
+                # The database is down, restarting or unreachable: a temporary state.
+                log.warning("errands: database unavailable: %s", exc.orig or exc)
+                return Problem(
+                    503,
+                    "The task database is unavailable; try again shortly.",
+                    headers={"Retry-After": "1"},
+                ).response()
 
         return route
 
@@ -151,6 +163,7 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         422: "Invalid input; `errors` names each field.",
         429: "Too many submits; see `Retry-After`.",
         431: "The request's headers are too large.",
+        503: "The task database is unavailable for a moment; see `Retry-After`.",
     }
     return {
         code: {
@@ -159,5 +172,5 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
             # media type (application/json), which problem answers never have.
             "content": {MEDIA_TYPE: {"schema": ProblemModel.model_json_schema()}},
         }
-        for code in codes
+        for code in (*codes, 503)
     }
