@@ -42,6 +42,7 @@ from .errors import ErrandsError, Retry, TaskCancelled, TaskFailed
 from .records import CANCELLED_ERROR, Status
 from .registry import TaskDefinition, compute_backoff
 from .store import queue, workers
+from .store.database import log_failure
 from .store.queue import Change, Claimed, Outcome
 
 if TYPE_CHECKING:
@@ -305,8 +306,8 @@ class Worker:
                 limit,
                 durable=bool(batch or releases),  # a lost claim is only run again
             )
-        except Exception:
-            log.exception("worker %s: a write failed; retrying", self.id)
+        except Exception as exc:
+            log_failure(log, exc, "worker %s: a write failed; retrying", self.id)
             for exe, _ in batch:
                 exe.unflushed[:0] = [o for o in outputs if o["task_id"] == exe.job.task_id]
             self._outcomes[:0] = batch
@@ -609,8 +610,8 @@ class Worker:
                     now=time.time(),
                     durable=False,  # synced by the outcome's commit, which follows in order
                 )
-            except Exception:
-                log.exception("worker %s: writing progress failed", self.id)
+            except Exception as exc:
+                log_failure(log, exc, "worker %s: writing progress failed", self.id)
                 for item in outputs:
                     exe_ = self._running.get(item["task_id"])
                     if exe_ is not None:
@@ -635,8 +636,8 @@ class Worker:
                 if s.purge_interval and time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + s.purge_interval
                     await self.app.purge(batch=500, limit=10_000)
-            except Exception:
-                log.exception("worker %s: heartbeat failed", self.id)
+            except Exception as exc:
+                log_failure(log, exc, "worker %s: heartbeat failed", self.id)
 
     async def _heartbeat(self) -> None:
         ids = list(self._running) + [i for i in self._writing if i not in self._running]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..records import TaskRecord
 from ..store import tasks
+from ..store.database import log_failure
 from ..store.queue import Change
 
 if TYPE_CHECKING:
@@ -256,8 +257,8 @@ class ChangeHub:
                 continue
             try:
                 snaps = await self.app.db.aread(tasks.snapshot, wants, READ_LIMIT)
-            except Exception:
-                log.exception("errands: reading changed tasks failed")
+            except Exception as exc:
+                log_failure(log, exc, "errands: reading changed tasks failed")
                 self._pending |= set(wants)
                 await asyncio.sleep(self.poll_interval)
                 continue
@@ -296,5 +297,5 @@ class ChangeHub:
                     )
                     self.polls += 1
                     self._dispatch(changes)
-            except Exception:
-                log.exception("errands: polling for changes failed")
+            except Exception as exc:
+                log_failure(log, exc, "errands: polling for changes failed")

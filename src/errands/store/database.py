@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import random
 import sqlite3
@@ -30,7 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError
@@ -86,6 +87,17 @@ def _begin_immediate(dbapi_conn: Any) -> None:
     finally:
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
+
+
+def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args: Any) -> None:
+    """Log a failed store call: one line when the database is unavailable for a moment
+    (down, restarting, connection cut: the caller retries), the traceback otherwise."""
+    if isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        logger.warning(message + " (database unavailable: %s)", *args, exc.orig or exc)
+    else:
+        logger.error(message, *args, exc_info=exc)
 
 
 class Database:
