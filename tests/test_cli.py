@@ -320,3 +320,12 @@ def test_purge_deletes_only_expired_records(
     again = cli("purge")
     assert again.returncode == 0 and again.stdout.strip() == "purged 0 expired task record(s)"
     assert {r.id for r in e2e_app.sync.list(owner=ANY_OWNER, limit=100)} == remaining
+
+
+def test_unreachable_database_is_one_clear_line_and_exit_5(tmp_path: Path) -> None:
+    for url in ("postgresql://postgres@127.0.0.1:1/nowhere", f"sqlite:///{tmp_path}/no/dir.db"):
+        result = run_cli(url, ["ls"], ["worker", APP, "--burst"])
+        for r in result:
+            assert r.returncode == 5, r.stderr
+            assert r.stderr.count("errands: cannot use the database: ") == 1
+            assert "Traceback" not in r.stderr

@@ -21,6 +21,8 @@ from dataclasses import asdict
 from datetime import timedelta
 from typing import Any, TextIO
 
+from sqlalchemy.exc import OperationalError
+
 from .app import ANY_OWNER, Errands
 from .errors import ErrandsError, TaskNotFound, WaitTimeout
 from .records import Status, TaskRecord
@@ -373,6 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ErrandsError, ValueError) as exc:
         print(f"errands: {exc}", file=sys.stderr)
         return 2
+    except OperationalError as exc:  # the database is unreachable (or refused us)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        print(f"errands: cannot use the database: {reason}", file=sys.stderr)
+        return 5
     except KeyboardInterrupt:
         return 130
 
