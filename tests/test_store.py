@@ -13,6 +13,7 @@ import pytest
 from errands import Errands, Status, TaskContext
 from errands.store import queue, tasks
 from errands.store.queue import Outcome
+from errands.store.schema import task_table
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
@@ -383,3 +384,40 @@ def test_sqlite_fast_read_returns_what_the_sqlalchemy_types_return(store_app: Er
                 assert version_of(conn, task_id, core.owner) == core.version
                 assert tasks.get(conn, task_id, "someone-else") is None
                 assert version_of(conn, task_id, "someone-else") is None
+
+
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_claim_round_says_when_the_next_job_is_due(store_app: Errands, autocommit: bool) -> None:
+    """The worker's claim: jobs up to the limit and, when fewer were due, when the next
+    one waiting becomes due. On PostgreSQL one statement, also run in autocommit."""
+    def claim_round(limit: int, at: float | None = None) -> tuple[list[queue.Claimed], float | None]:
+        return store_app.db.write(
+            queue.claim_round,
+            "w1",
+            names=NAMES,
+            limit=limit,
+            now=at or now,
+            lease_seconds=30,
+            autocommit=autocommit,
+        )
+
+    due_now = submit(store_app, 3)
+    later = store_app.sync.submit("job", {}, owner="alice", run_at=timedelta(seconds=60)).id
+    # A job whose record stopped being queued behind the queue's back is dropped.
+    orphan = submit(store_app, 1)[0]
+    with store_app.db.engine.begin() as conn:
+        conn.execute(
+            task_table.update().where(task_table.c.id == orphan).values(status="cancelled")
+        )
+    now = time.time()
+    claimed, due = claim_round(2)
+    assert [c.task_id for c in claimed] == due_now[:2] and due is None  # the limit was reached
+    assert all(c.attempt == 1 and c.owner == "alice" for c in claimed)
+    claimed, due = claim_round(10)
+    assert [c.task_id for c in claimed] == due_now[2:]
+    assert due is not None and abs(due - (now + 60)) < 2
+    assert status(store_app, due_now[2]) is Status.RUNNING
+    assert claim_round(10) == ([], due)  # nothing more until then, however often asked
+    claimed, due = claim_round(10, at=now + 61)
+    assert [c.task_id for c in claimed] == [later] and due is None
+    assert job_count(store_app) == 4  # the orphan's job is gone; the four leased remain

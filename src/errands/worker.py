@@ -305,6 +305,8 @@ class Worker:
                 release_ids,
                 limit,
                 durable=bool(batch or releases),  # a lost claim is only run again
+                # A round that only claims is one statement on PostgreSQL: no BEGIN/COMMIT.
+                autocommit=not (batch or releases or outputs),
             )
         except Exception as exc:
             log_failure(log, exc, "worker %s: a write failed; retrying", self.id)
@@ -347,19 +349,14 @@ class Worker:
             changed += queue.finish(conn, self.id, [o for _, o in batch], now=now)
         if releases:
             changed += queue.release(conn, self.id, releases, now=now)
-        claimed: list[Claimed] = []
-        due = None
-        if limit:
-            claimed = queue.claim(
-                conn,
-                self.id,
-                names=self.names,
-                limit=limit,
-                now=now,
-                lease_seconds=self.settings.lease_seconds,
-            )
-            if len(claimed) < limit:
-                due = queue.next_run_at(conn, self.names)
+        claimed, due = queue.claim_round(
+            conn,
+            self.id,
+            names=self.names,
+            limit=limit,
+            now=now,
+            lease_seconds=self.settings.lease_seconds,
+        )
         return changed, claimed, due
 
     async def _sleep_or_wake(self, timeout: float) -> bool:

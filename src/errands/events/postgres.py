@@ -178,12 +178,15 @@ class _Sender:
                 batch, self._queue = self._queue, []
                 self._collapsed.clear()
             try:
-                if self._conn is None:
-                    self._conn = _connect(self._conninfo)
-                self._conn.execute(
-                    "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS m(c, p)",
-                    ([c for c, _ in batch], [p for _, p in batch]),
-                )
+                try:
+                    self._notify(batch)
+                except Exception:
+                    # A connection that sat idle may have died unseen (server restart):
+                    # one more try on a fresh one before the batch is dropped.
+                    if self._conn is None:
+                        raise
+                    self._drop_connection()
+                    self._notify(batch)
                 backoff = _BACKOFF_FIRST
             except Exception as exc:  # the server is gone or restarting: hints are dropped
                 _log.warning("errands: sending notifications failed (%s); retrying", exc)
@@ -193,6 +196,14 @@ class _Sender:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
         self._drop_connection()
+
+    def _notify(self, batch: list[tuple[str, str]]) -> None:
+        if self._conn is None:
+            self._conn = _connect(self._conninfo)
+        self._conn.execute(
+            "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS m(c, p)",
+            ([c for c, _ in batch], [p for _, p in batch]),
+        )
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

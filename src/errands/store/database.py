@@ -220,14 +220,19 @@ class Database:
 
     # -- running store functions ------------------------------------------------------
     @contextlib.contextmanager
-    def transaction(self, *, write: bool = True, durable: bool = True) -> Iterator[Connection]:
+    def transaction(
+        self, *, write: bool = True, durable: bool = True, autocommit: bool = False
+    ) -> Iterator[Connection]:
         """A transaction on a pooled connection. ``durable=False`` marks a write whose
-        loss on a power failure only repeats work (SQLite then skips its fsync)."""
+        loss on a power failure only repeats work (SQLite then skips its fsync).
+        ``autocommit=True`` marks a write that is one statement, or statements that may
+        commit one by one: PostgreSQL then runs them without BEGIN/COMMIT round trips
+        (SQLite, whose transactions cost no round trip, ignores it)."""
         self.ensure_schema()
         with self.engine.connect() as conn:
             if write:
                 conn.execution_options(errands_write=True, errands_durable=durable)
-            elif self.dialect == "postgresql":
+            if self.dialect == "postgresql" and (autocommit or not write):
                 conn.execution_options(isolation_level="AUTOCOMMIT")
             with conn.begin():
                 yield conn
@@ -244,8 +249,16 @@ class Database:
         with self.transaction(write=False) as conn:
             return fn(conn, *args, **kwargs)
 
-    def write(self, fn: Callable[..., T], /, *args: Any, durable: bool = True, **kwargs: Any) -> T:
-        with self.transaction(write=True, durable=durable) as conn:
+    def write(
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        durable: bool = True,
+        autocommit: bool = False,
+        **kwargs: Any,
+    ) -> T:
+        with self.transaction(write=True, durable=durable, autocommit=autocommit) as conn:
             return fn(conn, *args, **kwargs)
 
     async def aread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -253,11 +266,18 @@ class Database:
         return await loop.run_in_executor(self._executor, lambda: self.read(fn, *args, **kwargs))
 
     async def awrite(
-        self, fn: Callable[..., T], /, *args: Any, durable: bool = True, **kwargs: Any
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        durable: bool = True,
+        autocommit: bool = False,
+        **kwargs: Any,
     ) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._write_executor, lambda: self.write(fn, *args, durable=durable, **kwargs)
+            self._write_executor,
+            lambda: self.write(fn, *args, durable=durable, autocommit=autocommit, **kwargs),
         )
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    true,
     update,
 )
 
@@ -114,6 +115,17 @@ _LEASE = (
     )
     .returning(J.task_id)
 )
+# What a claim reads back from a started record (the fields of ``Claimed``).
+_STARTED = (
+    T.id,
+    T.name,
+    T.owner,
+    T.payload,
+    T.attempts,
+    T.max_attempts,
+    T.version,
+    T.cancel_requested,
+)
 _START = (
     update(task_table)
     .where(T.id.in_(_ids("_ids")), T.status == Status.QUEUED.value)
@@ -124,18 +136,63 @@ _START = (
         updated_at=bindparam("_stamp", type_=task_table.c.updated_at.type),
         version=T.version + 1,
     )
-    .returning(
-        T.id,
-        T.name,
-        T.owner,
-        T.payload,
-        T.attempts,
-        T.max_attempts,
-        T.version,
-        T.cancel_requested,
-    )
+    .returning(*_STARTED)
 )
 _DROP_JOBS = delete(job_table).where(J.task_id.in_(_ids("_ids")))
+
+
+def _claim_round_pg() -> Any:
+    """PostgreSQL: the whole claim as one statement (one round trip, and in autocommit
+    no BEGIN/COMMIT): pick due jobs (SKIP LOCKED), lease them, start their records, and
+    say when the next job not taken becomes due. One row per leased job — ``id`` is NULL
+    for a job whose record is no longer queued — or one row of NULLs and ``next_due``."""
+    picked = (
+        select(J.task_id)
+        .where(J.lease_owner.is_(None), J.run_at <= bindparam("_now"), J.name.in_(_ids("_names")))
+        .order_by(J.priority.desc(), J.run_at)
+        .limit(bindparam("_limit"))
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+    )
+    leased = (
+        update(job_table)
+        .where(J.task_id == picked.c.task_id)
+        .values(
+            lease_owner=bindparam("_worker"),
+            lease_expires_at=bindparam("_until"),
+            attempt=J.attempt + 1,
+        )
+        .returning(J.task_id)
+        .cte("leased")
+    )
+    started = (
+        update(task_table)
+        .where(T.id == leased.c.task_id, T.status == Status.QUEUED.value)
+        .values(
+            status=Status.RUNNING.value,
+            attempts=T.attempts + 1,
+            started_at=bindparam("_stamp", type_=task_table.c.started_at.type),
+            updated_at=bindparam("_stamp", type_=task_table.c.updated_at.type),
+            version=T.version + 1,
+        )
+        .returning(*_STARTED)
+        .cte("started")
+    )
+    # The statement's snapshot still shows the jobs it leases as available: leave them out.
+    next_due = (
+        select(func.min(J.run_at).label("next_due"))
+        .where(
+            J.lease_owner.is_(None),
+            J.name.in_(_ids("_names")),
+            J.task_id.not_in(select(leased.c.task_id)),
+        )
+        .subquery("due")
+    )
+    return select(leased.c.task_id.label("leased_id"), *started.c, next_due.c.next_due).select_from(
+        next_due.outerjoin(leased, true()).outerjoin(started, started.c.id == leased.c.task_id)
+    )
+
+
 _LAST_SEQ = (
     select(output_table.c.task_id, func.max(output_table.c.seq))
     .where(output_table.c.task_id.in_(_ids("_ids")))
@@ -198,6 +255,64 @@ def claim(
         )
         for r in rows
     ]
+
+
+_CLAIM_ROUND_PG = _claim_round_pg()
+
+
+def claim_round(
+    conn: Connection,
+    worker_id: str,
+    *,
+    names: Sequence[str],
+    limit: int,
+    now: float,
+    lease_seconds: float,
+) -> tuple[list[Claimed], float | None]:
+    """A worker's claim: up to ``limit`` jobs, and — when fewer were available — when
+    the earliest job left waiting becomes due (None: none is waiting)."""
+    if limit <= 0 or not names:
+        return [], None
+    if conn.dialect.name != "postgresql":
+        claimed = claim(
+            conn, worker_id, names=names, limit=limit, now=now, lease_seconds=lease_seconds
+        )
+        return claimed, (next_run_at(conn, names) if len(claimed) < limit else None)
+    rows = conn.execute(
+        _CLAIM_ROUND_PG,
+        {
+            "_now": now,
+            "_names": list(names),
+            "_limit": limit,
+            "_worker": worker_id,
+            "_until": now + lease_seconds,
+            "_stamp": _dt(now),
+        },
+    ).all()
+    due = rows[0].next_due if rows else None
+    started = [r for r in rows if r.id is not None]
+    orphans = [r.leased_id for r in rows if r.leased_id is not None and r.id is None]
+    if orphans:  # a job whose record is no longer queued: drop it
+        conn.execute(_DROP_JOBS, {"_ids": orphans})
+    retried = [r.id for r in started if r.attempts > 1]
+    last: dict[str, int] = {}
+    if retried:
+        last = {task_id: seq for task_id, seq in conn.execute(_LAST_SEQ, {"_ids": retried})}
+    claimed = [
+        Claimed(
+            r.id,
+            r.name,
+            r.owner,
+            r.payload,
+            r.attempts,
+            r.max_attempts,
+            r.version,
+            bool(r.cancel_requested),
+            last.get(r.id, 0),
+        )
+        for r in started
+    ]
+    return claimed, (due if len(claimed) < limit else None)
 
 
 def next_run_at(conn: Connection, names: Sequence[str]) -> float | None:
