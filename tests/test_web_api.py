@@ -1,6 +1,7 @@
 """The HTTP API (``errands.web.task_api``) over real HTTP: a uvicorn server on the
-test's SQLite file (``serve``) and, where tasks must run, real ``errands worker``
-processes (``spawn_worker``).
+test's database (``serve``) and, where tasks must run, real ``errands worker``
+processes (``spawn_worker``). Part of the conformance suite: every test runs on SQLite
+and on PostgreSQL.
 
 Covered: the whole life of a task (submit, conditional reads, output, listing,
 cancel, delete); how failures look to the owner and to an administrator; that another
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +26,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from websockets.exceptions import ConnectionClosed
@@ -33,9 +34,13 @@ from websockets.sync.client import connect as ws_connect
 
 from errands import Errands
 from errands.ids import new_task_id
+from errands.store.schema import metadata
 from errands.web import task_api
 from tests.apps.web import current_owner, install, is_admin
 from tests.conftest import LiveServer, WorkerProcess, wait_for
+
+# The conformance suite: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 PROBLEM = "application/problem+json"
 WEB_APP = "tests.apps.web:app"
@@ -44,18 +49,24 @@ WORKER_ARGS = ("--lease", "2", "--heartbeat", "0.3", "--poll", "0.2")
 
 
 # -- helpers ----------------------------------------------------------------------------
-def db_path(db_url: str) -> str:
-    assert db_url.startswith("sqlite:///")
-    return db_url.removeprefix("sqlite:///")
+def counts(app: Errands) -> dict[str, int]:
+    """Rows in every table of errands' schema, by table name."""
+    app.db.ensure_schema()
+    with app.db.engine.connect() as conn:
+        return {
+            table.name: conn.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in metadata.sorted_tables
+        }
 
 
-def counts(db_url: str) -> tuple[int, int, int]:
-    """Rows in (errands_task, errands_job, errands_output), read with plain sqlite3."""
-    with contextlib.closing(sqlite3.connect(db_path(db_url))) as conn:
-        return tuple(  # type: ignore[return-value]
-            conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            for table in ("errands_task", "errands_job", "errands_output")
-        )
+def rows(*, task: int, job: int, output: int = 0, worker: int = 0) -> dict[str, int]:
+    """What ``counts`` answers for these numbers of rows."""
+    return {
+        "errands_task": task,
+        "errands_job": job,
+        "errands_output": output,
+        "errands_worker": worker,
+    }
 
 
 @contextlib.contextmanager
@@ -131,7 +142,7 @@ def ws_exchange(url: str, user: str | None) -> tuple[list[str], int | None]:
 def test_lifecycle_over_http(
     serve: Callable[..., LiveServer],
     spawn_worker: Callable[..., WorkerProcess],
-    db_url: str,
+    app: Errands,
 ) -> None:
     server = serve()
     with client(server, "alice") as c:
@@ -250,7 +261,7 @@ def test_lifecycle_over_http(
         assert_problem(c.get(runner["links"]["output"]), 404)
 
         # DELETE of a finished task -> 204; its record and output are gone.
-        assert counts(db_url)[2] == 6
+        assert counts(app)["errands_output"] == 6
         r = c.delete(location)
         assert r.status_code == 204 and r.content == b""
         assert_problem(c.get(location), 404)
@@ -258,7 +269,8 @@ def test_lifecycle_over_http(
         assert_problem(c.delete(location), 404)
         remaining = c.get("/api/tasks").json()["items"]
         assert [t["id"] for t in remaining] == [sleeper["id"]]
-        assert counts(db_url)[0] == 1 and counts(db_url)[2] == 0
+        after = counts(app)
+        assert after["errands_task"] == 1 and after["errands_output"] == 0
 
 
 def test_list_newest_first_with_cursors_and_filters(serve: Callable[..., LiveServer]) -> None:
@@ -383,14 +395,14 @@ TASK_ENDPOINTS = [
 
 
 def test_other_owners_task_is_indistinguishable_from_a_missing_one(
-    serve: Callable[..., LiveServer], db_url: str
+    serve: Callable[..., LiveServer], app: Errands
 ) -> None:
     server = serve()
     with client(server, "alice") as alice, client(server, "bob") as bob:
         task = submit(alice, "sleepy", {"seconds": 5})
         tid = task["id"]
         before = alice.get(f"/api/tasks/{tid}")
-        rows = counts(db_url)
+        written = counts(app)
 
         # The id is real: alice reads it on every read endpoint.
         assert before.status_code == 200
@@ -427,7 +439,7 @@ def test_other_owners_task_is_indistinguishable_from_a_missing_one(
         assert after.json() == before.json()
         assert after.headers["etag"] == before.headers["etag"]
         assert after.json()["status"] == "queued" and after.json()["cancel_requested"] is False
-        assert counts(db_url) == rows
+        assert counts(app) == written
         # bob's own list does not show it either.
         assert bob.get("/api/tasks").json()["items"] == []
         assert bob.get("/api/tasks", params={"owner": "alice"}).status_code == 422
@@ -489,7 +501,7 @@ BAD_SUBMITS: list[tuple[str, dict[str, Any], int, str | None]] = [
 )
 def test_bad_submit_is_refused_and_writes_nothing(
     serve: Callable[..., LiveServer],
-    db_url: str,
+    app: Errands,
     request_kwargs: dict[str, Any],
     status: int,
     field: str | None,
@@ -497,7 +509,7 @@ def test_bad_submit_is_refused_and_writes_nothing(
     server = serve(max_body_bytes=2000)
     with client(server, "alice") as c:
         submit(c, "steps", {"steps": 1})  # the tables exist and are not empty
-        rows = counts(db_url)
+        written = counts(app)
         kwargs = dict(request_kwargs)
         headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
         if "json" in kwargs:
@@ -511,32 +523,30 @@ def test_bad_submit_is_refused_and_writes_nothing(
         if field is not None:
             assert field in [e["field"] for e in doc["errors"]], doc
             assert all(e["message"] for e in doc["errors"])
-        assert counts(db_url) == rows
+        assert counts(app) == written
 
 
-def test_payload_over_the_apps_limit_is_413(
-    serve: Callable[..., LiveServer], app: Errands, db_url: str
-) -> None:
+def test_payload_over_the_apps_limit_is_413(serve: Callable[..., LiveServer], app: Errands) -> None:
     """With the default body limit (payload limit + 16 KiB) a payload just over the
     app's ``max_payload_bytes`` passes the body check and is refused by the app."""
     server = serve()
     with client(server, "alice") as c:
         submit(c, "steps", {"steps": 1})
-        rows = counts(db_url)
+        written = counts(app)
         pad = "x" * (app.max_payload_bytes + 10)
         assert_problem(c.post("/api/tasks", json={"name": "crash", "payload": {"pad": pad}}), 413)
         big = "x" * (app.max_payload_bytes + 20_000)
         assert_problem(c.post("/api/tasks", json={"name": "crash", "payload": {"pad": big}}), 413)
-        assert counts(db_url) == rows
+        assert counts(app) == written
 
 
 def test_huge_header_is_refused_and_writes_nothing(
-    serve: Callable[..., LiveServer], db_url: str
+    serve: Callable[..., LiveServer], app: Errands
 ) -> None:
     server = serve()
     with client(server, "alice") as c:
         submit(c, "steps", {"steps": 1})
-        rows = counts(db_url)
+        written = counts(app)
         huge = {"X-Padding": "a" * 40_000}
         r = c.post("/api/tasks", json={"name": "steps"}, headers=huge)
         assert 400 <= r.status_code < 500
@@ -544,16 +554,16 @@ def test_huge_header_is_refused_and_writes_nothing(
             assert_problem(r, 431)
         r = c.get("/api/tasks", headers=huge)
         assert 400 <= r.status_code < 500
-        assert counts(db_url) == rows
+        assert counts(app) == written
         # A header section just under the limit is fine.
         assert c.get("/api/tasks", headers={"X-Padding": "a" * 8000}).status_code == 200
 
 
-def test_no_identity_is_401_everywhere(serve: Callable[..., LiveServer], db_url: str) -> None:
+def test_no_identity_is_401_everywhere(serve: Callable[..., LiveServer], app: Errands) -> None:
     server = serve()
     with client(server, "alice") as alice:
         tid = submit(alice, "steps", {"steps": 1})["id"]
-    rows = counts(db_url)
+    written = counts(app)
     with client(server, None) as anonymous:
         bodies = set()
         for method, path, headers in [
@@ -574,12 +584,12 @@ def test_no_identity_is_401_everywhere(serve: Callable[..., LiveServer], db_url:
         assert_problem(r, 401)
     messages, code = ws_exchange(f"{server.ws_url}/tasks/{tid}/ws", None)
     assert code == 4401 and json.loads(messages[0])["data"]["status"] == 401
-    assert counts(db_url) == rows
+    assert counts(app) == written
     with client(server, "alice") as alice:
         assert get(alice, tid)["status"] == "queued"
 
 
-def test_submit_rate_limit(serve: Callable[..., LiveServer], db_url: str) -> None:
+def test_submit_rate_limit(serve: Callable[..., LiveServer], app: Errands) -> None:
     server = serve(submit_rate=1.0, submit_burst=3)
     with client(server, "alice") as alice, client(server, "bob") as bob:
         for _ in range(3):
@@ -587,11 +597,11 @@ def test_submit_rate_limit(serve: Callable[..., LiveServer], db_url: str) -> Non
         r = alice.post("/api/tasks", json={"name": "steps", "payload": {"steps": 1}})
         assert_problem(r, 429)
         assert int(r.headers["retry-after"]) >= 1
-        assert counts(db_url) == (3, 3, 0)
+        assert counts(app) == rows(task=3, job=3)
         assert len(alice.get("/api/tasks").json()["items"]) == 3
         # The limit is per owner: bob still has his burst.
         submit(bob, "steps", {"steps": 1})
-        assert counts(db_url) == (4, 4, 0)
+        assert counts(app) == rows(task=4, job=4)
 
 
 # -- 5. mounted in a plain Starlette app ------------------------------------------------

@@ -1,10 +1,12 @@
 """Live events against a real server: one task's SSE and WebSocket streams (order, ids,
 the end, resuming), the caller's ``/events`` stream, nothing left behind on disconnect,
-the change poll without notifications, keep-alives and cancelling while streaming.
+the change poll without notifications (and notifications without the poll), keep-alives
+and cancelling while streaming.
 
 The server is real uvicorn (``serve``); tasks run in real worker processes
-(``spawn_worker``) on the test's SQLite file. Every wait has a deadline; nothing
-asserts on timing.
+(``spawn_worker``) on the test's database. Part of the conformance suite: every test
+runs on SQLite (where other processes' events arrive as datagrams on Unix sockets) and
+on PostgreSQL (LISTEN/NOTIFY). Every wait has a deadline; nothing asserts on timing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from errands import Errands
 from errands.engines.sql import SqlEngine
 from errands.events import LocalNotifier
 from tests.conftest import LiveServer, WorkerProcess
+
+# The conformance suite: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 WORKER_APP = "tests.apps.web:app"
 #: The longest any one wait may take before the test fails (never reached when all is well).
@@ -440,8 +445,9 @@ def test_disconnects_release_every_watch(serve: Serve, spawn_worker: Spawn) -> N
 def test_poll_delivers_changes_without_notifications(
     app: Errands, serve: Serve, spawn_worker: Spawn
 ) -> None:
-    # This process hears only itself: the worker process's change datagrams (and its
-    # job hints) reach nobody here, so the server learns of progress from its poll.
+    # This process hears only itself: the worker process's change hints (datagrams on
+    # SQLite, NOTIFY on PostgreSQL) reach nobody here, so the server learns of progress
+    # from its poll.
     cross_process = app.notifier
     app.notifier = LocalNotifier()
     app.engine = SqlEngine(app.notifier)
@@ -462,6 +468,26 @@ def test_poll_delivers_changes_without_notifications(
     assert any(e.data["status"] == "running" for e in events if e.event != "output")
     assert server.hub.polls > polls
     assert not app.notifier.cross_process
+
+
+@pytest.mark.slow
+def test_notifications_deliver_changes_without_the_poll(serve: Serve, spawn_worker: Spawn) -> None:
+    # The converse: the poll never runs (its first round is an hour away), so whatever
+    # the server learns of the worker process's progress comes from the cross-process
+    # notifier (the Unix sockets beside the SQLite file, LISTEN/NOTIFY on PostgreSQL).
+    server = serve(poll_interval=3600, keepalive=1.0)
+    steps = 5
+    with client(server) as http:
+        task_id = submit(http, "steps", {"steps": steps, "delay": 0.1})
+        with http.stream("GET", f"/tasks/{task_id}/events") as response:
+            stream = events_of(response)
+            events = [next(stream)]
+            assert events[0].data["status"] == "queued"
+            spawn_worker(WORKER_APP, "--poll", "0.2")
+            events += stream
+    check_run(events, steps)
+    assert any(e.data["status"] == "running" for e in events if e.event != "output")
+    assert server.hub.polls == 0
 
 
 def test_keepalive_comments_while_nothing_changes(serve: Serve) -> None:

@@ -2,8 +2,9 @@
 
 Every operation is fuzzed with data that fits the schema and data that does not
 (Schemathesis' positive and negative modes, its coverage phase included) on a real
-uvicorn server over a real SQLite file. Every response is checked: no 5xx, a documented
-status code, a documented content type, a body that matches the documented schema.
+uvicorn server, once over a real SQLite file and once over a PostgreSQL database. Every
+response is checked: no 5xx, a documented status code, a documented content type, a
+body that matches the documented schema.
 
 The caller is named by the ``X-User`` header (``tests.apps.web``). It is not in the
 schema, so the test supplies it: most cases run as ``alice``, who owns tasks in every
@@ -36,7 +37,7 @@ from schemathesis.specs.openapi.checks import (
 
 from errands import Errands, Status
 from tests.apps.web import install, make_api
-from tests.conftest import LiveServer, WorkerProcess
+from tests.conftest import LiveServer, PostgresDatabases, WorkerProcess
 
 CHECKS = [
     not_a_server_error,
@@ -91,12 +92,31 @@ class Target:
         return record.id
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    db_url = f"sqlite:///{tmp_path_factory.mktemp('schema') / 'errands.db'}"
-    app = install(Errands(db_url))
+# Both tests run on both databases (the conformance suite). Fuzzing is the slow part of
+# this module (~20 s a database); PostgreSQL is worth the time, since the odd values
+# fuzzing and the edge cases send (any string, huge numbers, times at the ends of the
+# calendar) are where the two databases' types and drivers differ.
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def target_db_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The database URL for this module's server: one per database, shared by the
+    module's tests (so the seeded tasks are made once)."""
+    if request.param == "sqlite":
+        tmp_path_factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+        yield f"sqlite:///{tmp_path_factory.mktemp('schema') / 'errands.db'}"
+        return
+    dbs: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    name, url = dbs.create()
     try:
-        seeded = _seed(app, db_url)
+        yield url
+    finally:
+        dbs.drop(name)
+
+
+@pytest.fixture(scope="module")
+def target(target_db_url: str) -> Iterator[Target]:
+    app = install(Errands(target_db_url))
+    try:
+        seeded = _seed(app, target_db_url)
         server = LiveServer(app, submit_rate=None, poll_interval=0.2, keepalive=0.2, delete_wait=1)
         try:
             served = httpx.get(server.root + "/openapi.json").json()
