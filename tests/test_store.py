@@ -390,7 +390,10 @@ def test_sqlite_fast_read_returns_what_the_sqlalchemy_types_return(store_app: Er
 def test_claim_round_says_when_the_next_job_is_due(store_app: Errands, autocommit: bool) -> None:
     """The worker's claim: jobs up to the limit and, when fewer were due, when the next
     one waiting becomes due. On PostgreSQL one statement, also run in autocommit."""
-    def claim_round(limit: int, at: float | None = None) -> tuple[list[queue.Claimed], float | None]:
+
+    def claim_round(
+        limit: int, at: float | None = None
+    ) -> tuple[list[queue.Claimed], float | None]:
         return store_app.db.write(
             queue.claim_round,
             "w1",
