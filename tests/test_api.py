@@ -182,11 +182,13 @@ async def test_oversized_payload_is_refused(db_url: str) -> None:
         app.close()
 
 
-@pytest.mark.parametrize("owner", ["", None, 42])
+@pytest.mark.parametrize("owner", ["", None, 42, "nul\x00byte"])
 async def test_owner_is_required(api: Errands, owner: Any) -> None:
     with pytest.raises(ValueError, match="owner"):
         await api.submit("search", {"query": "x"}, owner=owner)
     assert counts(api) == (0, 0, 0)
+    with pytest.raises(ValueError, match="owner"):  # no read takes it either
+        await api.get(new_task_id(), owner=owner)
 
 
 async def test_run_at_and_priority(api: Errands) -> None:
@@ -257,6 +259,8 @@ async def test_list_newest_first_with_cursor_and_filters(api: Errands) -> None:
         await api.list(owner="alice", limit=0)
     with pytest.raises(ValueError):
         await api.list(owner="alice", status="bogus")
+    with pytest.raises(ValueError, match="NUL"):
+        await api.list(owner="alice", name="search\x00")
 
 
 # -- cancel / delete / wait ----------------------------------------------------------------

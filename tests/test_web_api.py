@@ -333,9 +333,13 @@ def test_list_newest_first_with_cursors_and_filters(serve: Callable[..., LiveSer
             ({"limit": "many"}, "limit"),
             ({"limit": 501}, "limit"),
             ({"owner": "bob"}, "owner"),
+            ({"name": "a\x00b"}, "name"),  # NUL: no name or owner can hold one
         ]:
             doc = assert_problem(alice.get("/api/tasks", params=params), 422)
             assert [e["field"] for e in doc["errors"]] == [field], params
+        with client(server, "admin") as admin:
+            doc = assert_problem(admin.get("/api/tasks", params={"owner": "\x00"}), 422)
+            assert [e["field"] for e in doc["errors"]] == ["owner"]
 
 
 # -- 2. failures, as the owner and as an administrator sees them ------------------------

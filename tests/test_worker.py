@@ -613,6 +613,101 @@ async def test_non_json_result_fails_cleanly(app: Errands, run_worker: Any) -> N
     assert done.error is not None and "JSON" in done.error.message
 
 
+async def test_values_every_database_stores_alike(app: Errands, run_worker: Any) -> None:
+    """NUL characters in an error or a progress message become U+FFFD (PostgreSQL
+    refuses NUL in text); NaN is refused in payloads, results and emitted items (it is
+    not JSON) — on SQLite exactly as on PostgreSQL."""
+    from errands import InvalidPayload
+
+    @app.task(max_attempts=1)
+    async def nul(ctx: TaskContext, payload: dict[str, Any]) -> None:
+        ctx.progress(1, 2, "half\x00way")
+        raise TaskFailed("bad\x00byte")
+
+    @app.task(max_attempts=3)
+    async def nan(ctx: TaskContext, payload: dict[str, Any]) -> float:
+        if payload.get("emit"):
+            try:
+                ctx.emit({"x": float("nan")})
+            except ValueError:
+                ctx.emit("refused at once")
+            return 1.0
+        return float("nan")
+
+    @app.task
+    async def fine(ctx: TaskContext, payload: dict[str, Any]) -> str:
+        return "ok"
+
+    with pytest.raises(InvalidPayload):
+        await app.submit("fine", {"x": float("inf")}, owner=OWNER)
+    records = [
+        await app.submit("nul", owner=OWNER),
+        await app.submit("nan", owner=OWNER),
+        await app.submit("nan", {"emit": True}, owner=OWNER),
+        await app.submit("fine", owner=OWNER),
+    ]
+    async with run_worker(app, concurrency=4):
+        done = [await app.wait(r.id, owner=OWNER, timeout=10) for r in records]
+    assert [r.status for r in done] == [
+        Status.FAILED,
+        Status.FAILED,
+        Status.SUCCEEDED,
+        Status.SUCCEEDED,
+    ]
+    assert done[0].error is not None and done[0].error.message == "bad\ufffdbyte"
+    assert done[0].progress.message == "half\ufffdway"
+    assert done[1].error is not None and "JSON" in done[1].error.message
+    assert done[1].attempts == 1
+    assert await app.outputs(done[2].id, owner=OWNER) == [(1, "refused at once")]
+
+
+async def test_an_outcome_the_database_refuses_fails_alone(
+    app: Errands, run_worker: Any, database: str
+) -> None:
+    """A value the database refuses (here a real constraint added to the table) fails
+    that task with OutcomeNotStored; the outcomes written beside it are not held up."""
+    from sqlalchemy import text
+
+    app.db.ensure_schema()
+    with app.db.engine.begin() as conn:
+        if database == "sqlite":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER no_poison BEFORE UPDATE ON errands_task "
+                    "WHEN NEW.result LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poison'); END"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "ALTER TABLE errands_task ADD CONSTRAINT no_poison "
+                    "CHECK (result IS NULL OR result::text NOT LIKE '%poison%')"
+                )
+            )
+    gate = asyncio.Event()
+
+    @app.task(max_attempts=1)
+    async def echo(ctx: TaskContext, payload: dict[str, Any]) -> str:
+        await gate.wait()  # all four finish together: their outcomes share one write
+        return str(payload["word"])
+
+    words = ["one", "poison", "three", "four"]
+    records = [await app.submit("echo", {"word": w}, owner=OWNER) for w in words]
+    async with run_worker(app, concurrency=4):
+        await eventually(lambda: _all_running(app, [r.id for r in records]), timeout=10, every=0.05)
+        gate.set()
+        done = [await app.wait(r.id, owner=OWNER, timeout=10) for r in records]
+    assert [r.status for r in done] == [Status.SUCCEEDED, Status.FAILED] + [Status.SUCCEEDED] * 2
+    assert [r.result for r in done] == ["one", None, "three", "four"]
+    assert done[1].error is not None and done[1].error.type == "OutcomeNotStored"
+    assert "poison" not in done[1].error.message
+
+
+async def _all_running(app: Errands, ids: list[str]) -> bool:
+    records = await app.get_many(ids, owner=OWNER)
+    return all(r.status is Status.RUNNING for r in records)
+
+
 # -- 8. burst mode ---------------------------------------------------------------------
 async def test_burst_worker_drains_the_queue_and_returns(app: Errands) -> None:
     ran: list[int] = []

@@ -62,6 +62,8 @@ def owner_filter(owner: object) -> str | None:
         return None
     if not isinstance(owner, str) or not owner:
         raise ValueError("owner must be a non-empty string (or ANY_OWNER for admin code)")
+    if "\x00" in owner:
+        raise ValueError("owner must not contain NUL characters")
     return owner
 
 
@@ -206,6 +208,7 @@ class Errands:
     ) -> tuple[TaskRecord, dict[str, Any], dict[str, Any]]:
         if not isinstance(owner, str) or not owner:
             raise ValueError("owner must be a non-empty string")
+        owner_filter(owner)  # and without NUL characters
         if len(owner) > 255:
             raise ValueError("owner must be at most 255 characters")
         definition = self.registry.get(name)
@@ -507,6 +510,8 @@ def _list_args(
         raise ValueError("limit must be between 1 and 500")
     if cursor is not None and not is_task_id(cursor):
         raise ValueError("invalid cursor")
+    if name is not None and "\x00" in name:
+        raise ValueError("name must not contain NUL characters")
     return {
         "owner": owner_filter(owner),
         "status": Status(status) if status is not None else None,

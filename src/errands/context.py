@@ -13,9 +13,8 @@ import logging
 import threading
 from typing import Any
 
-from pydantic_core import to_jsonable_python
-
 from .errors import TaskCancelled
+from .records import storable_json, storable_text
 
 _log = logging.getLogger("errands.task")
 
@@ -50,15 +49,16 @@ class TaskContext:
         self, current: float, total: float | None = None, message: str | None = None
     ) -> None:
         """Report progress: ``current`` of ``total`` (both optional units), and a message."""
-        if message is not None and len(message) > 1000:
-            message = message[:1000]
+        if message is not None:
+            message = storable_text(message[:1000])
         with self._lock:
             self._progress = (current, total, message)
             self._progress_dirty = True
 
     def emit(self, item: Any) -> None:
-        """Append one JSON-serializable item to the task's output, readable while it runs."""
-        value = to_jsonable_python(item)
+        """Append one JSON-serializable item to the task's output, readable while it runs
+        (``TypeError`` or ``ValueError`` at once for an item that is not: NaN included)."""
+        value = storable_json(item)
         with self._lock:
             self._outputs.append(value)
 

@@ -8,9 +8,12 @@ the same state.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from pydantic_core import to_jsonable_python
 
 
 class Status(enum.StrEnum):
@@ -34,6 +37,21 @@ class Status(enum.StrEnum):
 
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
 ACTIVE = frozenset({Status.QUEUED, Status.RUNNING})
+
+
+def storable_json(value: Any) -> Any:
+    """``value`` as the JSON a record stores (payloads, results, outputs): converted like
+    pydantic converts (dataclasses, datetimes, …), and checked to be strict JSON —
+    NaN and infinities are refused (``ValueError``), as PostgreSQL refuses them."""
+    converted = to_jsonable_python(value)
+    json.dumps(converted, allow_nan=False)
+    return converted
+
+
+def storable_text(text: str) -> str:
+    """Text as a record's text columns keep it on every database: PostgreSQL refuses
+    NUL characters in text, so they become U+FFFD (the replacement character)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,6 @@ options (``@app.task``)."""
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import random
 from collections.abc import Callable
@@ -13,11 +12,12 @@ from datetime import timedelta
 from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import to_jsonable_python
 
 from .errors import ConfigurationError, InvalidPayload, UnknownTask
+from .records import storable_json
 
 Executor = Literal["async", "thread", "process"]
+
 Backoff = float | Callable[[int], float]
 
 
@@ -60,8 +60,7 @@ class TaskDefinition:
         """Validate ``payload``: (value for the function, JSON-ready value to store)."""
         if self.payload_model is None:
             try:
-                value = to_jsonable_python(payload if payload is not None else {})
-                json.dumps(value)
+                value = storable_json(payload if payload is not None else {})
             except (TypeError, ValueError) as exc:
                 raise InvalidPayload("the payload is not JSON-serializable") from exc
             return value, value

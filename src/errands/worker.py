@@ -34,15 +34,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from pydantic_core import to_jsonable_python
 from sqlalchemy import Connection
 
 from .context import TaskContext
 from .errors import ErrandsError, Retry, TaskCancelled, TaskFailed
-from .records import CANCELLED_ERROR, Status
+from .records import CANCELLED_ERROR, Status, storable_json, storable_text
 from .registry import TaskDefinition, compute_backoff
 from .store import queue, workers
-from .store.database import log_failure
+from .store.database import is_unavailable, log_failure
 from .store.queue import Change, Claimed, Outcome
 
 if TYPE_CHECKING:
@@ -127,11 +126,12 @@ def _safe_error(exc: BaseException) -> tuple[str, str, str]:
 
     if isinstance(exc, RemoteError):
         message = exc.message if exc.safe else "the task failed unexpectedly"
-        return exc.type_name, message, exc.detail
-    detail = "".join(traceback.format_exception(exc))
-    if isinstance(exc, ErrandsError):
-        return type(exc).__name__, exc.message, detail
-    return type(exc).__name__, "the task failed unexpectedly", detail
+        etype, detail = exc.type_name, exc.detail
+    else:
+        detail = "".join(traceback.format_exception(exc))
+        etype = type(exc).__name__
+        message = exc.message if isinstance(exc, ErrandsError) else "the task failed unexpectedly"
+    return storable_text(etype), storable_text(message), storable_text(detail)
 
 
 def _utc(ts: float) -> datetime:
@@ -309,6 +309,14 @@ class Worker:
                 autocommit=not (batch or releases or outputs),
             )
         except Exception as exc:
+            if batch and not is_unavailable(exc):
+                # Not the database being away: something in the batch itself (a value
+                # the database refuses). Write each outcome alone, so one bad outcome
+                # cannot hold the others (and their workers' leases) hostage.
+                log.error("worker %s: writing outcomes failed", self.id, exc_info=exc)
+                batch = [await self._write_alone(exe, outcome, outputs) for exe, outcome in batch]
+                self._releases[:0] = releases
+                return [], any(o.status is Status.QUEUED for _, o in batch)
             log_failure(log, exc, "worker %s: a write failed; retrying", self.id)
             for exe, _ in batch:
                 exe.unflushed[:0] = [o for o in outputs if o["task_id"] == exe.job.task_id]
@@ -316,6 +324,50 @@ class Worker:
             self._releases[:0] = releases
             await asyncio.sleep(0.5)
             return [], False
+        self._finished(batch)
+        if limit:
+            self._due = due
+        self._publish(changed)
+        if releases:
+            self.app.engine.after_commit(release_ids)
+        requeued = bool(releases) or any(o.status is Status.QUEUED for _, o in batch)
+        return claimed, requeued
+
+    async def _write_alone(
+        self, exe: Execution, outcome: Outcome, outputs: list[dict[str, Any]]
+    ) -> tuple[Execution, Outcome]:
+        """Write one attempt's outcome (and its outputs) in its own transaction. If the
+        database refuses it, the task fails with ``OutcomeNotStored`` instead; if even
+        that cannot be written, its lease runs out and the reaper takes over."""
+        task_id = exe.job.task_id
+        mine = [o for o in outputs if o["task_id"] == task_id]
+        try:
+            changed, _, _ = await self.app.db.awrite(self._round_txn, [(exe, outcome)], mine, [], 0)
+        except Exception as exc:
+            log.error(
+                "worker %s: the outcome of task %s was refused", self.id, task_id, exc_info=exc
+            )
+            outcome = Outcome(
+                task_id,
+                Status.FAILED,
+                error_type="OutcomeNotStored",
+                error_message="the task's outcome could not be stored",
+                error_detail=storable_text(f"{type(exc).__name__}: {exc}"),
+                expires_at=outcome.expires_at,
+            )
+            try:
+                changed, _, _ = await self.app.db.awrite(
+                    self._round_txn, [(exe, outcome)], [], [], 0
+                )
+            except Exception as again:
+                log_failure(log, again, "worker %s: failing task %s failed too", self.id, task_id)
+                self._writing.discard(task_id)
+                return exe, outcome
+        self._finished([(exe, outcome)])
+        self._publish(changed)
+        return exe, outcome
+
+    def _finished(self, batch: list[tuple[Execution, Outcome]]) -> None:
         for exe, outcome in batch:
             self._writing.discard(exe.job.task_id)
             self.app.observers.emit(
@@ -325,13 +377,6 @@ class Worker:
                 outcome.status,
                 time.monotonic() - exe.started_at,
             )
-        if limit:
-            self._due = due
-        self._publish(changed)
-        if releases:
-            self.app.engine.after_commit(release_ids)
-        requeued = bool(releases) or any(o.status is Status.QUEUED for _, o in batch)
-        return claimed, requeued
 
     def _round_txn(
         self,
@@ -500,7 +545,7 @@ class Worker:
         exc = future.exception()
         if exc is None:
             try:
-                result = to_jsonable_python(future.result())
+                result = storable_json(future.result())
             except Exception:
                 failed = TaskFailed("the task's result is not JSON-serializable")
                 self._settle(exe, self._failure(exe, failed, retry=False))

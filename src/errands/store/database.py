@@ -89,13 +89,20 @@ def _begin_immediate(dbapi_conn: Any) -> None:
         cur.close()
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """True for a failure of the database itself (down, restarting, connection cut,
+    locked): the same call may well succeed later."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
 def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args: Any) -> None:
     """Log a failed store call: one line when the database is unavailable for a moment
-    (down, restarting, connection cut: the caller retries), the traceback otherwise."""
-    if isinstance(exc, OperationalError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    ):
-        logger.warning(message + " (database unavailable: %s)", *args, exc.orig or exc)
+    (the caller retries), the traceback otherwise."""
+    if is_unavailable(exc):
+        reason = getattr(exc, "orig", None) or exc
+        logger.warning(message + " (database unavailable: %s)", *args, reason)
     else:
         logger.error(message, *args, exc_info=exc)
 

@@ -261,8 +261,8 @@ def task_api(
             raise Problem(401, "Sign in to use this API.")
         if not isinstance(owner, str):
             raise TypeError("current_owner must return a string or None")
-        if len(owner) > 255:  # the store's limit: refuse rather than fail later
-            log.error("errands: current_owner returned an owner id over 255 characters")
+        if len(owner) > 255 or "\x00" in owner:  # the store refuses these: say so now
+            log.error("errands: current_owner returned an owner id errands cannot store")
             raise Problem(401, "Sign in to use this API.")
         admin = bool(await _call(is_admin, conn)) if is_admin is not None else False
         return owner, admin
@@ -418,6 +418,9 @@ def task_api(
                 errors.append({"field": "limit", "message": "must be an integer from 1 to 500"})
         if owner_param is not None and not admin and owner_param != owner:
             errors.append({"field": "owner", "message": "only administrators list other owners"})
+        for field, value in (("name", name), ("owner", owner_param)):
+            if value is not None and "\x00" in value:
+                errors.append({"field": field, "message": "must not contain NUL characters"})
         if errors:
             raise validation_problem([{"loc": [e["field"]], "msg": e["message"]} for e in errors])
         target: Any = owner
