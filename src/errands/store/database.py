@@ -118,6 +118,11 @@ class Database:
                 f"unsupported database {self.dialect!r} (sqlite or postgresql)"
             )
         self.engine = self._create_engine(pool_size)
+        self._pool_size = pool_size
+        # PostgreSQL: a second, smaller pool for writes whose loss only repeats work
+        # (claims, heartbeats, progress), opened on first use; see _relaxed_engine.
+        self._relaxed: Engine | None = None
+        self._relaxed_lock = threading.Lock()
         size = pool_size or (4 if self.dialect == "sqlite" else 8)
         self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="errands-db")
         # SQLite has one writer at a time: async writes of this process go through one
@@ -195,7 +200,22 @@ class Database:
         """The URL as libpq reads it (for connections outside the pool: LISTEN/NOTIFY)."""
         return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
-    def _create_postgres_engine(self, pool_size: int | None) -> Engine:
+    def _relaxed_engine(self) -> Engine:
+        """PostgreSQL's counterpart of SQLite's skipped fsync: connections with
+        ``synchronous_commit=off``, for writes whose loss on a server crash only repeats
+        work. Their commits return without waiting for the WAL flush; WAL order still
+        holds, so the next durable commit (an outcome, a submit) makes them durable too.
+        A pool of its own, so no statement is spent switching a connection's setting."""
+        if self._relaxed is None:
+            with self._relaxed_lock:
+                if self._relaxed is None:
+                    self._relaxed = self._create_postgres_engine(
+                        max(2, (self._pool_size or 8) // 2),
+                        options="-c synchronous_commit=off",
+                    )
+        return self._relaxed
+
+    def _create_postgres_engine(self, pool_size: int | None, options: str | None = None) -> Engine:
         """PostgreSQL: a pool of ``pool_size`` (default 8) connections plus 4 overflow.
 
         Every round trip counts (about 0.1–0.2 ms each here), so: reads run in
@@ -206,7 +226,14 @@ class Database:
         restart) invalidates the whole pool: the operation fails once (reads are retried
         at once), and the next checkouts open fresh connections.
         """
-        engine = create_engine(self.url, pool_size=pool_size or 8, max_overflow=4)
+        if options and isinstance(self.url.query.get("options"), str):
+            options = f"{self.url.query['options']} {options}"  # keep the URL's own
+        engine = create_engine(
+            self.url,
+            pool_size=pool_size or 8,
+            max_overflow=4,
+            connect_args={"options": options} if options else {},
+        )
 
         @event.listens_for(engine, "checkin")
         def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
@@ -236,7 +263,8 @@ class Database:
         commit one by one: PostgreSQL then runs them without BEGIN/COMMIT round trips
         (SQLite, whose transactions cost no round trip, ignores it)."""
         self.ensure_schema()
-        with self.engine.connect() as conn:
+        relaxed = write and not durable and self.dialect == "postgresql"
+        with (self._relaxed_engine() if relaxed else self.engine).connect() as conn:
             if write:
                 conn.execution_options(errands_write=True, errands_durable=durable)
             if self.dialect == "postgresql" and (autocommit or not write):
@@ -291,6 +319,8 @@ class Database:
         self._write_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)
         self.engine.dispose()
+        if self._relaxed is not None:
+            self._relaxed.dispose()
 
     # -- schema -----------------------------------------------------------------------
     def ensure_schema(self) -> None:
