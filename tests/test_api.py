@@ -123,6 +123,10 @@ async def test_submit_many_one_transaction_in_order(api: Errands, run_worker: An
             assert done.status is Status.SUCCEEDED
             assert done.result == {"query": rec.payload["query"], "hits": 1}
     assert await api.submit_many("search", [], owner="alice") == []
+    # A large batch: still one transaction.
+    many = await api.submit_many("anything", [{"i": i} for i in range(4500)], owner="bob")
+    assert counts(api) == (4750, 4500, 250)
+    assert (await api.get(many[-1].id, owner="bob")).payload == {"i": 4499}
 
 
 @pytest.mark.parametrize(

@@ -266,10 +266,9 @@ def test_purge_deletes_only_expired_records(store_app: Errands) -> None:
     assert {r.id for r in store_app.sync.list(owner="alice")} == {b, c}
 
 
-@pytest.mark.databases("sqlite")
-def test_sqlite_fast_path_writes_what_the_sqlalchemy_types_write(store_app: Errands) -> None:
-    """The hot-path statements (store/sqlite_fast.py) and the SQLAlchemy Core statements
-    store identical text for the same values."""
+def test_fast_paths_write_what_the_sqlalchemy_types_write(store_app: Errands) -> None:
+    """The hot-path statements (store/sqlite_fast.py, store/postgres_fast.py) and the
+    SQLAlchemy Core statements store identical values."""
     from sqlalchemy import text
 
     from errands.store.queue import _outcome_statement

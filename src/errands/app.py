@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -212,8 +211,7 @@ class Errands:
         if len(owner) > 255:
             raise ValueError("owner must be at most 255 characters")
         definition = self.registry.get(name)
-        _, stored = definition.parse(payload)
-        size = len(json.dumps(stored, separators=(",", ":")).encode())
+        _, stored, size = definition.parse(payload)
         if size > self.max_payload_bytes:
             raise PayloadTooLarge(size, self.max_payload_bytes)
         now = _now()
@@ -290,8 +288,7 @@ class Errands:
         jobs: Sequence[dict[str, Any]],
     ) -> None:
         if rows:
-            tasks.insert_tasks(conn, rows)
-            self.engine.enqueue(conn, jobs)
+            tasks.insert_tasks(conn, rows, self.engine.queue_rows(jobs))
 
     def _submitted(self, records: Sequence[TaskRecord]) -> None:
         if not records:
@@ -347,7 +344,8 @@ class Errands:
         connection: Any,
     ) -> None:
         if connection is None:
-            await self.db.awrite(self._create, rows, jobs)
+            # One record is one statement on PostgreSQL: no BEGIN/COMMIT round trips.
+            await self.db.awrite(self._create, rows, jobs, autocommit=len(rows) == 1)
             self._submitted(records)
             return
         self.db.ensure_schema()
@@ -660,7 +658,7 @@ class SyncErrands:
     ) -> None:
         app = self._app
         if connection is None:
-            app.db.write(app._create, rows, jobs)
+            app.db.write(app._create, rows, jobs, autocommit=len(rows) == 1)
             app._submitted(records)
             return
         app.db.ensure_schema()

@@ -8,7 +8,6 @@ the same state.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,8 +43,21 @@ def storable_json(value: Any) -> Any:
     pydantic converts (dataclasses, datetimes, …), and checked to be strict JSON —
     NaN and infinities are refused (``ValueError``), as PostgreSQL refuses them."""
     converted = to_jsonable_python(value)
-    json.dumps(converted, allow_nan=False)
+    _check_finite(converted)
     return converted
+
+
+def _check_finite(value: Any) -> None:
+    """Raise ``ValueError`` for a NaN or an infinity anywhere in a JSON-ready value."""
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("NaN and infinity are not JSON")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_finite(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_finite(item)
 
 
 def storable_text(text: str) -> str:

@@ -4,6 +4,7 @@ options (``@app.task``)."""
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import random
 from collections.abc import Callable
@@ -56,14 +57,16 @@ class TaskDefinition:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    def parse(self, payload: Any) -> tuple[Any, Any]:
-        """Validate ``payload``: (value for the function, JSON-ready value to store)."""
+    def parse(self, payload: Any) -> tuple[Any, Any, int]:
+        """Validate ``payload``: (value for the function, JSON-ready value to store, the
+        size of that value as compact JSON in bytes)."""
         if self.payload_model is None:
             try:
                 value = storable_json(payload if payload is not None else {})
+                size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
             except (TypeError, ValueError) as exc:
                 raise InvalidPayload("the payload is not JSON-serializable") from exc
-            return value, value
+            return value, value, size
         try:
             model = self.payload_model.model_validate(payload if payload is not None else {})
         except ValidationError as exc:
@@ -75,7 +78,8 @@ class TaskDefinition:
                 f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in errors
             ]
             raise InvalidPayload("invalid payload: " + "; ".join(parts), errors) from None
-        return model, model.model_dump(mode="json")
+        stored = model.model_dump(mode="json")
+        return model, stored, len(json.dumps(stored, separators=(",", ":")).encode())
 
     def load(self, stored: Any) -> Any:
         """The function's payload argument from the stored JSON."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Table
 
 from ..events import Notifier
-from ..store import queue
+from ..store.schema import job_table
 
 if TYPE_CHECKING:
     from ..app import Errands
@@ -21,8 +21,8 @@ class SqlEngine:
     def __init__(self, notifier: Notifier) -> None:
         self._notifier = notifier
 
-    def enqueue(self, conn: Connection, jobs: Sequence[dict[str, Any]]) -> None:
-        queue.insert_jobs(conn, jobs)
+    def queue_rows(self, jobs: Sequence[dict[str, Any]]) -> tuple[Table, Sequence[dict[str, Any]]]:
+        return job_table, jobs
 
     def after_commit(self, task_ids: Sequence[str]) -> None:
         self._notifier.publish_jobs()

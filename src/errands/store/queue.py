@@ -67,16 +67,6 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-_INSERT_JOB = insert(job_table)
-
-
-def insert_jobs(conn: Connection, jobs: Sequence[dict[str, Any]]) -> None:
-    if conn.dialect.name == "sqlite":
-        sqlite_fast.insert_jobs(conn, jobs)
-    else:
-        conn.execute(_INSERT_JOB, list(jobs))
-
-
 _CHANGES = select(T.id, T.owner, T.version, T.status).where(
     T.id.in_(bindparam("_ids", expanding=True))
 )

@@ -11,14 +11,27 @@ race can resurrect a finished task or finish it twice.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from ..records import CANCELLED_ERROR, Progress, Status, TaskError, TaskRecord
-from . import sqlite_fast
+from . import postgres_fast, sqlite_fast
 from .queue import Change
 from .schema import job_table, output_table, task_table
 
@@ -66,11 +79,56 @@ def _owned(task_id: str, owner: str | None) -> Any:
 _INSERT_TASK = insert(task_table)
 
 
-def insert_tasks(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+def insert_tasks(
+    conn: Connection,
+    rows: Sequence[dict[str, Any]],
+    queued: tuple[Table, Sequence[dict[str, Any]]],
+) -> None:
+    """Insert new records and the rows that queue their work (the engine's
+    ``queue_rows``, one per record). On PostgreSQL they are one statement (``WITH …
+    INSERT``): one round trip, atomic even without a transaction. For the built-in
+    queue that statement takes one array per column (``postgres_fast``); for another
+    engine's table, each record and its row are one statement, pipelined."""
+    table, extra = queued
     if conn.dialect.name == "sqlite":
         sqlite_fast.insert_tasks(conn, rows)
-    else:
+        if table is job_table:
+            sqlite_fast.insert_jobs(conn, extra)
+        elif extra:
+            conn.execute(insert(table), list(extra))
+        return
+    if not rows:
+        return
+    if extra and len(extra) != len(rows):
+        raise ValueError("an engine's queue_rows gives one row per record, or none")
+    if not extra:
         conn.execute(_INSERT_TASK, list(rows))
+        return
+    if table is job_table:
+        postgres_fast.insert_tasks_and_jobs(conn, rows, extra)
+        return
+    statement = _insert_with(table, tuple(rows[0]), tuple(extra[0]))
+    params = [
+        {f"r_{k}": v for k, v in row.items()} | {f"q_{k}": v for k, v in more.items()}
+        for row, more in zip(rows, extra, strict=True)
+    ]
+    conn.execute(statement, params[0] if len(params) == 1 else params)
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_with(table: Table, columns: tuple[str, ...], queue_columns: tuple[str, ...]) -> Any:
+    """``WITH new_records AS (INSERT INTO errands_task …) INSERT INTO <table> …`` with
+    named parameters, built (and compiled by SQLAlchemy) once."""
+    records = (
+        insert(task_table)
+        .values({c: bindparam(f"r_{c}", type_=task_table.c[c].type) for c in columns})
+        .cte("new_records")
+    )
+    return (
+        insert(table)
+        .values({c: bindparam(f"q_{c}", type_=table.c[c].type) for c in queue_columns})
+        .add_cte(records)
+    )
 
 
 _GET_OWNED = select(task_table).where(T.id == bindparam("_id"), T.owner == bindparam("_owner"))
