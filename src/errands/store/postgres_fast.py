@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -71,3 +71,62 @@ def insert_tasks_and_jobs(
         params.append([j[column] for j in jobs])
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     cursor.execute(_INSERT, params)
+
+
+_OUTCOME_COLUMNS = (
+    ("id", "varchar"),
+    ("status", "varchar"),
+    ("result", "json"),
+    ("error_type", "varchar"),
+    ("error_message", "text"),
+    ("error_detail", "text"),
+    ("expires_at", "timestamptz"),
+    ("has_progress", "bool"),
+    ("progress_current", "float8"),
+    ("progress_total", "float8"),
+    ("progress_message", "text"),
+)
+_KEEP_UNLESS_REPORTED = ("progress_current", "progress_total", "progress_message")
+_FINISH = (
+    f"WITH o ({', '.join(c for c, _ in _OUTCOME_COLUMNS)}) AS (SELECT * FROM unnest("
+    + ", ".join(f"%({c})s::{kind}[]" for c, kind in _OUTCOME_COLUMNS)
+    + ")), held AS (DELETE FROM errands_job j USING o "
+    "WHERE j.task_id = o.id AND j.lease_owner = %(_worker)s RETURNING j.task_id) "
+    "UPDATE errands_task t SET status = o.status, result = o.result, "
+    "error_type = o.error_type, error_message = o.error_message, "
+    "error_detail = o.error_detail, finished_at = %(_stamp)s, expires_at = o.expires_at, "
+    + ", ".join(
+        f"{c} = CASE WHEN o.has_progress THEN o.{c} ELSE t.{c} END" for c in _KEEP_UNLESS_REPORTED
+    )
+    + ", updated_at = %(_stamp)s, version = t.version + 1 "
+    "FROM o JOIN held ON held.task_id = o.id WHERE t.id = o.id AND t.status = 'running' "
+    "RETURNING t.id, t.owner, t.version, t.status"
+)
+
+
+def finish_terminal(
+    conn: Connection, worker_id: str, outcomes: Sequence[Any], stamp: datetime
+) -> list[tuple[str, str, int, str]]:
+    """Terminal outcomes in one statement: delete the jobs this worker still holds and
+    record the outcomes of exactly those tasks (an outcome whose lease was lost is
+    ignored). Returns (id, owner, version, status) of the records changed."""
+    params: dict[str, Any] = {c: [] for c, _ in _OUTCOME_COLUMNS}
+    for o in outcomes:
+        current, total, message = o.progress if o.progress is not None else (None,) * 3
+        for column, value in (
+            ("id", o.task_id),
+            ("status", o.status.value),
+            ("result", json.dumps(o.result)),
+            ("error_type", o.error_type),
+            ("error_message", o.error_message),
+            ("error_detail", o.error_detail),
+            ("expires_at", o.expires_at),
+            ("has_progress", o.progress is not None),
+            ("progress_current", current),
+            ("progress_total", total),
+            ("progress_message", message),
+        ):
+            params[column].append(value)
+    params["_worker"], params["_stamp"] = worker_id, stamp
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    return [(r[0], r[1], r[2], r[3]) for r in cursor.execute(_FINISH, params).fetchall()]

@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 
 from ..records import CANCELLED_ERROR, Status
-from . import sqlite_fast
+from . import postgres_fast, sqlite_fast
 from .schema import job_table, output_table, task_table
 
 J = job_table.c
@@ -478,6 +478,9 @@ def finish(
     """
     stamp = _dt(now)
     terminal = [o for o in outcomes if o.status is not Status.QUEUED]
+    if conn.dialect.name == "postgresql" and len(terminal) == len(outcomes):
+        rows = postgres_fast.finish_terminal(conn, worker_id, outcomes, stamp)
+        return [Change(t, o, v, Status(s)) for t, o, v, s in rows]
     held: set[str] = set()
     fast = conn.dialect.name == "sqlite"
     if terminal:
