@@ -345,8 +345,13 @@ class Errands:
     ) -> None:
         if connection is None:
             # One record is one statement on PostgreSQL: no BEGIN/COMMIT round trips.
-            await self.db.awrite(self._create, rows, jobs, autocommit=len(rows) == 1)
-            self._submitted(records)
+            await self.db.awrite(
+                self._create,
+                rows,
+                jobs,
+                autocommit=len(rows) == 1,
+                then=lambda _: self._submitted(records),  # notifies without blocking the loop
+            )
             return
         self.db.ensure_schema()
         sync_obj = await _run_in_caller(connection, partial(self._create, rows=rows, jobs=jobs))

@@ -298,7 +298,7 @@ class Worker:
         outputs = [item for exe, _ in batch for item in exe.take_outputs()]
         release_ids = [exe.job.task_id for exe in releases]
         try:
-            changed, claimed, due = await self.app.db.awrite(
+            _, claimed, due = await self.app.db.awrite(
                 self._round_txn,
                 batch,
                 outputs,
@@ -307,6 +307,7 @@ class Worker:
                 durable=bool(batch or releases),  # a lost claim is only run again
                 # A round that only claims is one statement on PostgreSQL: no BEGIN/COMMIT.
                 autocommit=not (batch or releases or outputs),
+                then=lambda result: self._publish(result[0]),  # from the write thread
             )
         except Exception as exc:
             if batch and not is_unavailable(exc):
@@ -327,7 +328,6 @@ class Worker:
         self._finished(batch)
         if limit:
             self._due = due
-        self._publish(changed)
         if releases:
             self.app.engine.after_commit(release_ids)
         requeued = bool(releases) or any(o.status is Status.QUEUED for _, o in batch)

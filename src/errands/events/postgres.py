@@ -19,6 +19,7 @@ web processes re-read what they watch on their next poll).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -40,6 +41,14 @@ _CHUNK = 60  # changes per notification: ~80 bytes each, under PostgreSQL's 8000
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
 
 
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _connect(conninfo: str) -> Any:
     import psycopg
 
@@ -57,6 +66,11 @@ class PostgresNotifier:
         self._lock = threading.Lock()
         self._listeners: dict[str, _Listener] = {}
         self._sender: _Sender | None = None
+        # Threads that are not running an event loop (database threads, sync callers)
+        # send on this connection themselves: a round trip they wait for anyway is
+        # cheaper than waking the sender thread.
+        self._direct: Any = None
+        self._direct_lock = threading.Lock()
         self._closed = False
 
     # -- publishing ------------------------------------------------------------------
@@ -82,6 +96,9 @@ class PostgresNotifier:
             self._send(CHANGES_CHANNEL, "V" + json.dumps(body, separators=(",", ":")))
 
     def _send(self, channel: str, message: str, *, collapse: bool = False) -> None:
+        payload = f"{self._token} {message}"
+        if not _in_event_loop() and self._send_now(channel, payload):
+            return
         sender = self._sender
         if sender is None:
             with self._lock:
@@ -90,7 +107,28 @@ class PostgresNotifier:
                 if self._sender is None:
                     self._sender = _Sender(self._conninfo)
                 sender = self._sender
-        sender.put(channel, f"{self._token} {message}", collapse=collapse)
+        sender.put(channel, payload, collapse=collapse)
+
+    def _send_now(self, channel: str, payload: str) -> bool:
+        """Send from the calling thread (one round trip, no hand-over to the sender
+        thread) when no other thread is sending this way; False: queue it instead."""
+        if not self._direct_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._closed:
+                return True
+            if self._direct is None:
+                self._direct = _connect(self._conninfo)
+            self._direct.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+            return True
+        except Exception:  # the connection died: let the sender thread retry it
+            if self._direct is not None:
+                with contextlib.suppress(Exception):
+                    self._direct.close()
+            self._direct = None
+            return False
+        finally:
+            self._direct_lock.release()
 
     # -- subscribing -----------------------------------------------------------------
     def listen_worker(self, on_jobs: JobsCallback, on_cancel: CancelCallback) -> Subscription:
@@ -139,6 +177,11 @@ class PostgresNotifier:
             sender.put(listener.channel, "")  # wakes the listener's wait at once
         if sender is not None:
             sender.close()
+        with self._direct_lock:
+            if self._direct is not None:
+                with contextlib.suppress(Exception):
+                    self._direct.close()
+                self._direct = None
         for listener in listeners:
             listener.join()
         self._local.close()

@@ -307,13 +307,20 @@ class Database:
         *args: Any,
         durable: bool = True,
         autocommit: bool = False,
+        then: Callable[[T], object] | None = None,
         **kwargs: Any,
     ) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._write_executor,
-            lambda: self.write(fn, *args, durable=durable, autocommit=autocommit, **kwargs),
-        )
+        """``write`` on the write thread(s). ``then(result)`` runs on the same thread once
+        the transaction has committed (for work that would block the event loop, such
+        as sending notifications)."""
+
+        def run() -> T:
+            result = self.write(fn, *args, durable=durable, autocommit=autocommit, **kwargs)
+            if then is not None:
+                then(result)
+            return result
+
+        return await asyncio.get_running_loop().run_in_executor(self._write_executor, run)
 
     def close(self) -> None:
         self._write_executor.shutdown(wait=True)
