@@ -99,7 +99,10 @@ _FINISH = (
         f"{c} = CASE WHEN o.has_progress THEN o.{c} ELSE t.{c} END" for c in _KEEP_UNLESS_REPORTED
     )
     + ", updated_at = %(_stamp)s, version = t.version + 1 "
-    "FROM o JOIN held ON held.task_id = o.id WHERE t.id = o.id AND t.status = 'running' "
+    "FROM o JOIN held ON held.task_id = o.id "
+    # "IS TRUE" keeps the planner on the primary key: with statistics from a queue full of
+    # queued tasks it would otherwise walk the status index, "running" looking rare.
+    "WHERE t.id = o.id AND (t.status = 'running') IS TRUE "
     "RETURNING t.id, t.owner, t.version, t.status"
 )
 

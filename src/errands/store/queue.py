@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -168,16 +169,16 @@ def _claim_round_pg() -> Any:
         .returning(*_STARTED)
         .cte("started")
     )
-    # The statement's snapshot still shows the jobs it leases as available: leave them out.
-    next_due = (
-        select(func.min(J.run_at).label("next_due"))
-        .where(
-            J.lease_owner.is_(None),
-            J.name.in_(_ids("_names")),
-            J.task_id.not_in(select(leased.c.task_id)),
-        )
-        .subquery("due")
+    # Only asked when fewer jobs than the limit were due (PostgreSQL runs a subquery in
+    # an untaken CASE branch not at all): then every job due now was leased (or is
+    # locked by another worker's claim), so the next one is the earliest in the future.
+    earliest = (
+        select(func.min(J.run_at))
+        .where(J.lease_owner.is_(None), J.name.in_(_ids("_names")), J.run_at > bindparam("_now"))
+        .scalar_subquery()
     )
+    fewer = select(func.count()).select_from(leased).scalar_subquery() < bindparam("_limit")
+    next_due = select(case((fewer, earliest), else_=None).label("next_due")).subquery("due")
     return select(leased.c.task_id.label("leased_id"), *started.c, next_due.c.next_due).select_from(
         next_due.outerjoin(leased, true()).outerjoin(started, started.c.id == leased.c.task_id)
     )
