@@ -44,7 +44,7 @@ demo: $(BIN)/.installed
 cli-demo: $(BIN)/.installed
 	bash examples/demo.sh
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed postgres
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run.py
 

@@ -1,14 +1,17 @@
 """errands measured by the peers' driver: an ``Adapter`` for ``shared/bench/peers/common.py``.
 
-One run of W1, W2 and W3 against one fresh SQLite file, exactly as the peer harness runs
-each peer (same workload code, timing, worker start/stop and start-time probe):
+One run of W1, W2 and W3 against one fresh database (a SQLite file, or a PostgreSQL
+database that ``bench/run.py`` creates, migrates and drops), exactly as the peer harness
+runs each peer (same workload code, timing, worker start/stop and start-time probe):
 
     .venv/bin/python bench/errands_adapter.py --out bench/results/raw/x.json
 
 ``bench/run.py`` calls this once per configuration and repetition. Environment:
 
-- ``BENCH_ERRANDS_URL``: the database URL (default: a new file under bench/results/state);
-  the workers inherit it.
+- ``BENCH_ERRANDS_URL``: the database URL (default: a new SQLite file under
+  bench/results/state); the workers inherit it. A ``postgresql://`` URL must name a
+  database that is already migrated (``errands migrate``); its errands tables are
+  emptied by ``reset()``.
 - ``BENCH_ERRANDS_VARIANT``: the configuration's name in the results (default: derived).
 - ``BENCH_ERRANDS_CONCURRENCY``: ``--concurrency`` of each worker process (default 16,
   the library's default).
@@ -22,15 +25,22 @@ How errands is driven (the peers' equivalents in brackets):
 
 - enqueue: ``app.sync.submit(name, payload, owner=...)`` one call at a time, each its own
   durable transaction [``task.delay()``, ``enqueue()``, ...].
-- "batch": errands has **no batch API**. The column holds 5,000 ``app.sync.submit(...,
-  connection=conn)`` calls inside one caller transaction (the documented way to submit
-  inside your own transaction), into a scratch database no worker reads, then deleted.
+- batch: ``app.sync.submit_many(name, payloads, owner=...)``, errands' batch API: one
+  call, one transaction, 5,000 records and jobs (every payload validated first)
+  [``Queries.enqueue(list, ...)``, ``batch_defer_async``, ...]. On SQLite into a
+  scratch file no worker reads (then deleted); on PostgreSQL into the run's own
+  database under a task name no worker runs (``w1batch``), then deleted with SQL —
+  as the Procrastinate and PgQueuer adapters do with their ``w1batch`` queue.
+- PostgreSQL only: an untimed ``ANALYZE`` after each enqueue phase, as the peer
+  harness does for Procrastinate and PgQueuer (planner statistics of a long-running
+  database; this server runs with ``autovacuum = off``).
 - done (W1/W3): the last-submitted record is polled through ``app.sync.get`` until it
   reads ``succeeded``, then ``count(*)`` of this phase's task name in ``succeeded``
   confirms all (failed/cancelled ones abort the phase) [Procrastinate / PgQueuer: last
   job's status, then a count per task name over their job table].
 - W2: ``app.sync.submit`` then ``app.sync.wait`` (woken by errands' cross-process
-  change notifications; no client polling) [blocking result APIs of Celery/RQ/Dramatiq].
+  change notifications: Unix datagrams beside a SQLite file, LISTEN/NOTIFY on
+  PostgreSQL; no client polling) [blocking result APIs of Celery/RQ/Dramatiq].
 - W3: 20 × ``ctx.progress(k, 20)`` (errands' progress API: coalesced in memory and
   written at most every 0.25 s per task plus once with the outcome) and a ~1 KB result
   stored in the task record [``update_state``, ``save_meta``, ``huey.put``, UPSERTs].
@@ -59,18 +69,20 @@ os.environ.setdefault(
     "BENCH_ERRANDS_URL", f"sqlite:///{STATE}/errands-{os.getpid()}-{int(time.time())}.db"
 )
 
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import delete, func, select, text  # noqa: E402
 
 import errands  # noqa: E402
 from bench import errands_tasks  # noqa: E402
 from bench._source import fingerprint  # noqa: E402
 from errands import Errands, Status  # noqa: E402
-from errands.store.schema import task_table  # noqa: E402
+from errands.store.schema import job_table, task_table  # noqa: E402
 
 app = errands_tasks.app
 OWNER = "bench-user"
 CONCURRENCY = int(os.environ.get("BENCH_ERRANDS_CONCURRENCY", "16"))
 PIDFILE = os.environ.get("BENCH_ERRANDS_PIDFILE")
+BATCH_NAME = "w1batch"  # the batch's task name on PostgreSQL: no worker runs it
+ERRANDS_TABLES = ("errands_output", "errands_job", "errands_task", "errands_worker")
 TASK_KINDS = {
     "async": "async def, run on the worker's event loop",
     "thread": "plain def, one thread per attempt",
@@ -128,30 +140,56 @@ def source_fingerprint() -> str:
     return f"{ref[:12]} ({where}), files sha1 {fingerprint(where)}"
 
 
+def _is_postgres(target: Errands) -> bool:
+    return target.db.dialect == "postgresql"
+
+
+def _analyze(target: Errands) -> None:
+    """Planner statistics for the errands tables (PostgreSQL; outside a transaction)."""
+    with target.db.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        for table in ERRANDS_TABLES:
+            conn.execute(text(f"ANALYZE {table}"))
+
+
 class Adapter(common.Adapter):  # type: ignore[misc, name-defined]
     system = "errands"
-    packages = ("errands", "sqlalchemy", "pydantic", "redis")
-    batch_api = "app.sync.submit(..., connection=conn) × n in one transaction (no batch API)"
+    packages = ("errands", "sqlalchemy", "pydantic", "psycopg", "redis")
+    batch_api = "app.sync.submit_many(name, payloads, owner=...): one transaction"
 
     def __init__(self) -> None:
         url = app.db.url
-        sync = str(url.query.get("synchronous", "full")).lower()
         executor = errands_tasks.EXECUTOR
-        default_variant = f"sqlite-{sync}" + ("" if executor == "async" else f"-{executor}")
+        suffix = "" if executor == "async" else f"-{executor}"
+        if _is_postgres(app):
+            default_variant = "pg" + suffix
+            store = (
+                "PostgreSQL (default durable settings: fsync and synchronous_commit on) "
+                "over TCP 127.0.0.1; workers woken by LISTEN/NOTIFY"
+            )
+        else:
+            sync = str(url.query.get("synchronous", "full")).lower()
+            default_variant = f"sqlite-{sync}" + suffix
+            store = f"SQLite file, WAL, synchronous={sync.upper()}"
         self.variant = os.environ.get("BENCH_ERRANDS_VARIANT", default_variant)
         self.config = {
-            "store": f"SQLite file, WAL, synchronous={sync.upper()}",
+            "store": store,
             "worker": (
                 f"{common.WORKERS} x `python -m errands worker bench.errands_tasks:app "
                 f"--concurrency {CONCURRENCY}`"
             ),
             "tasks": TASK_KINDS[executor],
-            "enqueue": "app.sync.submit() one at a time; no batch API (batch column: "
-            "submit(connection=conn) in one caller transaction)",
+            "enqueue": "app.sync.submit() one at a time; batch: app.sync.submit_many() "
+            "(one call, one transaction)",
             "done": "W1/W3: app.sync.get(last) until succeeded, then count(*) of succeeded "
             "records; W2: app.sync.wait (cross-process notifications, no polling)",
             "progress": "ctx.progress() x 20 (coalesced, written at most every 0.25 s per "
             "task + with the outcome)",
+            "after_enqueue": (
+                "ANALYZE (untimed), as the peer harness does for Procrastinate and PgQueuer"
+                if _is_postgres(app)
+                else "nothing"
+            ),
             "source": source_fingerprint(),
         }
 
@@ -168,11 +206,41 @@ class Adapter(common.Adapter):  # type: ignore[misc, name-defined]
         return [list(cmd) for _ in range(common.WORKERS)]
 
     def reset(self) -> None:
+        if _is_postgres(app):
+            app.db.ensure_schema()  # only checks that the database was migrated
+            with app.db.engine.begin() as conn:
+                conn.execute(text(f"TRUNCATE {', '.join(ERRANDS_TABLES)}"))
+            return
         _remove(_sqlite_files(app))
         app.db.ensure_schema()  # untimed, like the peers' schema set-up
 
+    def after_enqueue(self) -> None:
+        if _is_postgres(app):
+            _analyze(app)
+
     # -- W1 ------------------------------------------------------------------------------
     def w1_enqueue_batch(self, n: int) -> float:
+        """``submit_many`` of n no-op payloads, timed; into a scratch SQLite file, or on
+        PostgreSQL under a task name no worker runs, deleted afterwards."""
+        payloads = [{"i": i} for i in range(n)]
+        if _is_postgres(app):
+            scratch = Errands(app.db.url)
+
+            @scratch.task(name=BATCH_NAME)
+            async def w1batch(ctx: Any, payload: dict[str, Any]) -> None:
+                return None
+
+            try:
+                t0 = time.perf_counter()
+                records = scratch.sync.submit_many(BATCH_NAME, payloads, owner=OWNER)
+                elapsed = time.perf_counter() - t0
+                assert len(records) == n
+                with scratch.db.engine.begin() as conn:
+                    conn.execute(delete(job_table).where(job_table.c.name == BATCH_NAME))
+                    conn.execute(delete(task_table).where(task_table.c.name == BATCH_NAME))
+                return elapsed
+            finally:
+                scratch.close()
         url = app.db.url.set(database=f"{app.db.sqlite_path}.batch")
         scratch = Errands(url)
         errands_tasks.register(scratch)
@@ -181,12 +249,10 @@ class Adapter(common.Adapter):  # type: ignore[misc, name-defined]
         try:
             scratch.db.ensure_schema()
             t0 = time.perf_counter()
-            with scratch.db.engine.connect() as conn:
-                conn.execution_options(errands_write=True)  # BEGIN IMMEDIATE, as errands does
-                with conn.begin():
-                    for i in range(n):
-                        scratch.sync.submit("noop", {"i": i}, owner=OWNER, connection=conn)
-            return time.perf_counter() - t0
+            records = scratch.sync.submit_many("noop", payloads, owner=OWNER)
+            elapsed = time.perf_counter() - t0
+            assert len(records) == n
+            return elapsed
         finally:
             scratch.close()
             shutil.rmtree(getattr(scratch.notifier, "root", "/nonexistent"), ignore_errors=True)

@@ -4,6 +4,7 @@ processes while they drain the queue (py-spy).
     .venv/bin/pip install py-spy pyinstrument      # bench-only tools
     .venv/bin/python bench/profile_w1.py            # 5,000 tasks, synchronous=FULL
     .venv/bin/python bench/profile_w1.py --sync normal --n 20000
+    .venv/bin/python bench/profile_w1.py --database pg     # a fresh PostgreSQL database
 
 Writes to bench/results/profile/: ``client.txt`` (pyinstrument tree of the enqueue
 loop), ``worker-<k>-<mode>.raw`` (py-spy collapsed stacks, one per worker, ``--threads``),
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -79,12 +81,29 @@ def db_activity(frames: list[str]) -> str:
     return "Python: SQLAlchemy + errands"
 
 
+def pg_activity(frames: list[str]) -> str:
+    """What a database thread (``errands-db``) is doing on PostgreSQL."""
+    leaf = frames[-1]
+    if leaf.startswith(("_worker (", "Thread.wait")):
+        return "idle: waiting for work"
+    if any("do_commit" in f for f in frames):
+        return "COMMIT (round trip + WAL flush on the server)"
+    if any(f.startswith(("wait (", "wait_c", "_wait", "PGconn.")) for f in frames[-3:]):
+        return "waiting for the server (other statements)"
+    if any("psycopg" in f for f in frames[-4:]):
+        return "psycopg (adapting, parsing, sending)"
+    if any("pool" in f and "sqlalchemy" in f for f in frames):
+        return "SQLAlchemy pool (checkout, pre-ping, reset)"
+    return "Python: SQLAlchemy + errands"
+
+
 def summarize(raw_files: list[Path], top: int = 25) -> str:
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     packages: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
     db_thread: collections.Counter[str] = collections.Counter()
+    pg_thread: collections.Counter[str] = collections.Counter()
     samples = boot = 0
     for f in raw_files:
         for line in f.read_text().splitlines():
@@ -106,6 +125,8 @@ def summarize(raw_files: list[Path], top: int = 25) -> str:
             threads[re.sub(r"^thread \(\d+\):?", "", thread).strip() or "(unnamed)"] += count
             if "errands-db-write" in thread:
                 db_thread[db_activity(frames)] += count
+            elif "errands-db" in thread:
+                pg_thread[pg_activity(frames)] += count
             names = []
             for fr in frames:
                 func, path = frame_parts(fr)
@@ -136,13 +157,42 @@ def summarize(raw_files: list[Path], top: int = 25) -> str:
     if db_thread:
         n = sum(db_thread.values())
         out += block("SQLite write thread (errands-db-write), by activity:", db_thread, 10, of=n)
+    if pg_thread:
+        n = sum(pg_thread.values())
+        out += block("Database threads (errands-db), by activity:", pg_thread, 10, of=n)
     return "\n".join(out)
+
+
+def pg_stats(app: Any, settle: float = 0.0) -> dict[str, int] | None:
+    """This database's transaction and row counters (PostgreSQL only)."""
+    if app.db.dialect != "postgresql":
+        return None
+    from sqlalchemy import text as sql
+
+    time.sleep(settle)  # backends report their counters at most once a second
+    with app.db.engine.connect() as conn:
+        row = conn.execute(
+            sql(
+                "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted "
+                "FROM pg_stat_database WHERE datname = current_database()"
+            )
+        ).one()
+    return dict(row._mapping)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=5000)
-    ap.add_argument("--sync", choices=("full", "normal"), default="full")
+    ap.add_argument("--database", choices=("sqlite", "pg"), default="sqlite")
+    ap.add_argument("--sync", choices=("full", "normal"), default="full", help="SQLite's")
+    ap.add_argument("--pg-url", default=None, help="PostgreSQL server (bench/_pg.py's default)")
+    ap.add_argument(
+        "--pg-set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="diagnostics: a setting for the fresh PostgreSQL database (ALTER DATABASE … SET),\n"
+        "e.g. synchronous_commit=off (repeatable)",
+    )
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--executor", choices=("async", "thread"), default="async")
@@ -158,16 +208,34 @@ def main() -> int:
     db = RESULTS / "state" / f"profile-{int(time.time())}.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     query = "" if args.sync == "full" else f"?synchronous={args.sync}"
-    os.environ["BENCH_ERRANDS_URL"] = f"sqlite:///{db}{query}"
     os.environ["BENCH_ERRANDS_EXECUTOR"] = args.executor
+    from bench import _pg
     from bench._source import snapshot
 
     src, sha = snapshot(args.ref)
     sys.path.insert(0, str(src))  # before anything imports errands
     os.environ["PYTHONPATH"] = os.pathsep.join([str(src), str(REPO)])
     os.environ["BENCH_ERRANDS_REF"] = sha
+    with contextlib.ExitStack() as stack:
+        if args.database == "pg":
+            url = stack.enter_context(
+                _pg.fresh_database(
+                    args.pg_url or _pg.DEFAULT_ADMIN_URL,
+                    f"errands_profile_{os.getpid()}",
+                    dict(os.environ),
+                    OUT / "migrate.log",
+                    settings=_pg.parse_settings(args.pg_set),
+                )
+            )
+        else:
+            url = f"sqlite:///{db}{query}"
+        os.environ["BENCH_ERRANDS_URL"] = url
+        return profile(args, pyspy, db, sha)
 
+
+def profile(args: argparse.Namespace, pyspy: str, db: Path, sha: str) -> int:
     from pyinstrument import Profiler
+    from sqlalchemy import text as sql
 
     from bench.errands_tasks import app
 
@@ -178,10 +246,14 @@ def main() -> int:
         ids = [app.sync.submit("noop", {"i": i}, owner="bench-user").id for i in range(args.n)]
     enqueue_s = time.perf_counter() - t0
     (OUT / "client.txt").write_text(profiler.output_text(unicode=True, color=False))
+    if app.db.dialect == "postgresql":  # as the benchmark (and the peers) do: untimed
+        with app.db.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(sql("ANALYZE"))
 
     cmd = [sys.executable, "-m", "errands", "worker", "bench.errands_tasks:app"]
     cmd += ["--concurrency", str(args.concurrency)]
     workers, spies = [], []
+    stats_before = pg_stats(app)
     t_launch = time.time()
     for k in range(2):
         log = open(OUT / f"worker-{k}.log", "w")  # noqa: SIM115 (closed below)
@@ -222,6 +294,7 @@ def main() -> int:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
             log.close()
+        stats_after = pg_stats(app, settle=1.5)
         app.close()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -229,13 +302,27 @@ def main() -> int:
     raws = [OUT / f"worker-{k}-{args.mode}.raw" for k in range(2)]
     raws = [r for r in raws if r.exists()]
     head = (
-        f"W1 profile, errands {sha[:12]}: n={args.n}, synchronous={args.sync.upper()}, "
-        f"executor={args.executor}, "
+        f"W1 profile, errands {sha[:12]}: n={args.n}, "
+        + (
+            f"PostgreSQL {' '.join(args.pg_set or [])}, "
+            if args.database == "pg"
+            else f"synchronous={args.sync.upper()}, "
+        )
+        + f"executor={args.executor}, "
         f"concurrency={args.concurrency}, py-spy mode {args.mode}; "
         f"enqueue {args.n / enqueue_s:,.0f}/s (under pyinstrument); "
         f"launch→last done {t_done - t_launch:.2f} s under py-spy "
         f"({args.rate} Hz); load average {os.getloadavg()}\n\n"
     )
+    if stats_before and stats_after:
+        delta = {k: stats_after[k] - stats_before[k] for k in stats_before}
+        head += (
+            "PostgreSQL activity from the worker launch to their exit (pg_stat_database, "
+            "all sessions): "
+            + ", ".join(f"{k} {v:,}" for k, v in delta.items())
+            + f"; per task: {delta['xact_commit'] / args.n:.2f} commits, "
+            f"{delta['tup_updated'] / args.n:.1f} rows updated\n\n"
+        )
     text = head + summarize(raws)
     (OUT / f"summary-{args.mode}.txt").write_text(text)
     print(text)

@@ -1,13 +1,16 @@
 """Run the errands benchmark configurations and print the table (median of N runs).
 
-    .venv/bin/python bench/run.py                      # both SQLite configurations, 3 runs each
+    .venv/bin/python bench/run.py                      # SQLite FULL, NORMAL, PostgreSQL; 3 runs
     .venv/bin/python bench/run.py --peers /tmp/peers/results.json   # + peers table and targets
-    .venv/bin/python bench/run.py --configs full --repeats 1 --quick   # smoke test
+    .venv/bin/python bench/run.py --configs pg --repeats 1 --quick   # smoke test
 
 Each run is one fresh process of ``bench/errands_adapter.py`` (the peers' W1/W2/W3 driver
-with an errands adapter) against a new SQLite file, with a wall-clock limit; afterwards
-any worker process it left behind is killed and the database files are removed. Raw
-JSON and worker logs go to ``bench/results/`` (git-ignored); the aggregated results to
+with an errands adapter) against a new database, with a wall-clock limit: a new SQLite
+file, or (``pg`` configurations) a new PostgreSQL database ``errands_bench_<pid>_<n>``
+created on the server of ``--pg-url``, migrated with ``errands migrate`` (the measured
+commit's migrations) and dropped ``WITH (FORCE)`` afterwards. Any worker process a run
+left behind is killed and its database files are removed. Raw JSON and worker logs go
+to ``bench/results/`` (git-ignored); the aggregated results to
 ``bench/results/errands.json`` and ``bench/results/errands.md``.
 """
 
@@ -34,6 +37,7 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import _pg as pg  # noqa: E402
 from bench._peers import RESULTS, load_common, peers_dir  # noqa: E402
 from bench._source import snapshot  # noqa: E402
 
@@ -44,8 +48,9 @@ common = load_common()
 class Config:
     name: str
     label: str
-    synchronous: str
+    synchronous: str  # SQLite's; "" on PostgreSQL
     executor: str = "async"
+    backend: str = "sqlite"  # or "postgresql"
 
 
 CONFIGS = {
@@ -66,8 +71,18 @@ CONFIGS = {
             "normal",
             "thread",
         ),
+        Config("pg", "errands (PostgreSQL, LISTEN/NOTIFY)", "", "async", "postgresql"),
+        Config(
+            "pg-thread",
+            "errands (PostgreSQL, plain def tasks in threads)",
+            "",
+            "thread",
+            "postgresql",
+        ),
     )
 }
+
+DEFAULT_PG_URL = pg.DEFAULT_ADMIN_URL
 
 #: name -> path in a run's JSON; the same metrics as the peers' aggregate.py.
 METRICS: dict[str, tuple[str, ...]] = {
@@ -156,6 +171,23 @@ def kill_leftovers(pidfile: Path) -> int:
 def run_once(
     config: Config, rep: int, args: argparse.Namespace, source: tuple[Path, str]
 ) -> dict[str, Any]:
+    if config.backend != "postgresql":
+        return _run_once(config, rep, args, source, None)
+    database = f"errands_bench_{os.getpid()}_{rep}_{config.name.replace('-', '_')}"
+    url = pg.create(args.pg_url, database)
+    try:
+        return _run_once(config, rep, args, source, url)
+    finally:
+        pg.drop(args.pg_url, database)
+
+
+def _run_once(
+    config: Config,
+    rep: int,
+    args: argparse.Namespace,
+    source: tuple[Path, str],
+    pg_url: str | None,
+) -> dict[str, Any]:
     raw = RESULTS / "raw"
     state = RESULTS / "state"
     raw.mkdir(parents=True, exist_ok=True)
@@ -166,9 +198,11 @@ def run_once(
     out.unlink(missing_ok=True)
     pidfile = state / f"{config.name}.run{rep}.pids"
     query = "" if config.synchronous == "full" else f"?synchronous={config.synchronous}"
+    url = pg_url or f"sqlite:///{db}{query}"
     env = dict(os.environ)
+    env.pop("ERRANDS_DATABASE_URL", None)
     env.update(
-        BENCH_ERRANDS_URL=f"sqlite:///{db}{query}",
+        BENCH_ERRANDS_URL=url,
         BENCH_ERRANDS_VARIANT=config.name,
         BENCH_ERRANDS_EXECUTOR=config.executor,
         BENCH_ERRANDS_CONCURRENCY=str(args.concurrency),
@@ -185,8 +219,11 @@ def run_once(
         env.update(BENCH_W1_N="500", BENCH_W2_N="30", BENCH_W3_N="100")
     cmd = [sys.executable, str(HERE / "errands_adapter.py"), "--out", str(out)]
     logfile = raw / f"{config.name}.run{rep}.log"
+    logfile.unlink(missing_ok=True)
+    if pg_url is not None:
+        pg.migrate(pg_url, env, logfile)
     t0 = time.monotonic()
-    with open(logfile, "w") as fh:
+    with open(logfile, "a") as fh:
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -212,6 +249,7 @@ def run_once(
         result["errors"].append(f"killed {leftovers} leftover worker process(es)")
     result["_config"] = config.name
     result["_seconds"] = time.monotonic() - t0
+    result["_database"] = url if pg_url else str(db)
     return result
 
 
@@ -297,7 +335,12 @@ def _verdict(ok: bool | None) -> str:
 
 
 def targets(rows: list[dict[str, Any]], peers: dict[str, dict[str, Any]]) -> list[str]:
-    """The issue's targets, per errands configuration, against peers of the same sitting."""
+    """The issues' targets, per errands configuration, against peers of the same sitting.
+
+    Issue 5 (PostgreSQL): W1 process ≥ 1.5× PgQueuer, batch enqueue ahead of PgQueuer's,
+    W2 p50s ≤ 2 / 3 ms, W3 ≥ 5× the best durable peer. Issue 2's rows (Huey-SQLite,
+    Redis peers) are listed when those peers are in the peers file.
+    """
 
     def peer(name: str, metric: str) -> float | None:
         p = peers.get(name)
@@ -312,20 +355,44 @@ def targets(rows: list[dict[str, Any]], peers: dict[str, dict[str, Any]]) -> lis
     durable = [(n, peer(n, "w3_process_per_s")) for n in DURABLE_PEERS if n in peers]
     best_redis = max(redis, key=lambda t: t[1] or 0.0, default=(None, None))
     best_durable = max(durable, key=lambda t: t[1] or 0.0, default=(None, None))
+
+    def at_least(
+        name: str, text: str, value: float | None, ref: float | None, factor: float, strict: bool
+    ) -> str:
+        ok = None
+        if value and ref:
+            ok = value > factor * ref if strict else value >= factor * ref
+        return (
+            f"| {name} | {text} | {fmt(value)} | {fmt(ref)} | {_ratio(value, ref)} | "
+            f"{_verdict(ok)} |"
+        )
+
     for c in rows:
         m = c["median"]
+        n = c["name"]
         w1, w3 = m["w1_process_per_s"], m["w3_process_per_s"]
-        huey = peer("huey-sqlite", "w1_process_per_s")
-        ok1 = None if not (w1 and huey) else w1 >= 2 * huey
-        lines.append(
-            f"| {c['name']} | W1 process ≥ 2× Huey-SQLite | {fmt(w1)} | {fmt(huey)} | "
-            f"{_ratio(w1, huey)} | {_verdict(ok1)} |"
-        )
-        ok2 = None if not (w1 and best_redis[1]) else w1 > best_redis[1]
-        lines.append(
-            f"| {c['name']} | W1 process ahead of every Redis peer (best: {best_redis[0]}) | "
-            f"{fmt(w1)} | {fmt(best_redis[1])} | {_ratio(w1, best_redis[1])} | {_verdict(ok2)} |"
-        )
+        if "pgqueuer" in peers:
+            pgq = peer("pgqueuer", "w1_process_per_s")
+            lines.append(at_least(n, "W1 process ≥ 1.5× PgQueuer", w1, pgq, 1.5, False))
+            batch = m["w1_enqueue_batch_per_s"]
+            pgq_batch = peer("pgqueuer", "w1_enqueue_batch_per_s")
+            lines.append(
+                at_least(n, "W1 batch enqueue ahead of PgQueuer's", batch, pgq_batch, 1.0, True)
+            )
+        if "huey-sqlite" in peers:
+            huey = peer("huey-sqlite", "w1_process_per_s")
+            lines.append(at_least(n, "W1 process ≥ 2× Huey-SQLite", w1, huey, 2.0, False))
+        if redis:
+            lines.append(
+                at_least(
+                    n,
+                    f"W1 process ahead of every Redis peer (best: {best_redis[0]})",
+                    w1,
+                    best_redis[1],
+                    1.0,
+                    True,
+                )
+            )
         for metric, limit, text in (
             ("w2_start_p50_ms", 2.0, "W2 submit→start p50 ≤ 2 ms"),
             ("w2_complete_p50_ms", 3.0, "W2 submit→done-visible p50 ≤ 3 ms"),
@@ -333,14 +400,20 @@ def targets(rows: list[dict[str, Any]], peers: dict[str, dict[str, Any]]) -> lis
             v = m[metric]
             ok = None if v is None else v <= limit
             lines.append(
-                f"| {c['name']} | {text} | {fmt(v, 1)} ms | {limit:.0f} ms | "
+                f"| {n} | {text} | {fmt(v, 1)} ms | {limit:.0f} ms | "
                 f"{_ratio(v, limit)} of limit | {_verdict(ok)} |"
             )
-        ok3 = None if not (w3 and best_durable[1]) else w3 >= 5 * best_durable[1]
-        lines.append(
-            f"| {c['name']} | W3 ≥ 5× best durable peer (best: {best_durable[0]}) | {fmt(w3)} | "
-            f"{fmt(best_durable[1])} | {_ratio(w3, best_durable[1])} | {_verdict(ok3)} |"
-        )
+        if durable:
+            lines.append(
+                at_least(
+                    n,
+                    f"W3 ≥ 5× best durable peer (best: {best_durable[0]})",
+                    w3,
+                    best_durable[1],
+                    5.0,
+                    False,
+                )
+            )
     return lines
 
 
@@ -354,7 +427,7 @@ def load_peers(path: Path | None) -> dict[str, dict[str, Any]]:
 # -- main ------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--configs", default="full,normal", help=f"of {', '.join(CONFIGS)}")
+    ap.add_argument("--configs", default="full,normal,pg", help=f"of {', '.join(CONFIGS)}")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
         "--concurrency",
@@ -372,6 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="before each run, wait (≤ --max-wait s) for the 1-min load average to drop below this",
     )
     ap.add_argument("--max-wait", type=float, default=120.0)
+    ap.add_argument(
+        "--pg-url",
+        default=DEFAULT_PG_URL,
+        help="PostgreSQL maintenance database of the server the pg configurations use\n"
+        f"(each run creates and drops its own database there; default {DEFAULT_PG_URL})",
+    )
     ap.add_argument(
         "--name", default="errands", help="output name: bench/results/NAME.json and NAME.md"
     )
@@ -392,6 +471,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"errands benchmark: {names} × {args.repeats}, machine {machine_info()}")
     log(f"library source: {args.ref} = {source[1]} (snapshot {source[0]})")
     log(f"peer harness: {peers_dir()}; load average {os.getloadavg()}")
+    postgres = None
+    if any(CONFIGS[n].backend == "postgresql" for n in names):
+        try:
+            postgres = pg.info(args.pg_url)
+        except Exception as exc:
+            ap.error(
+                f"PostgreSQL is not reachable at {args.pg_url} ({exc}); start it (make "
+                "postgres), pass --pg-url, or leave the pg configurations out (--configs "
+                "full,normal)"
+            )
+        log(f"PostgreSQL: {postgres}")
     runs: list[dict[str, Any]] = []
     for rep in range(1, args.repeats + 1):
         order = names if rep % 2 else list(reversed(names))  # alternate, as the peers do
@@ -416,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "started_at": started,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
+        "postgresql": postgres,
         "argv": sys.argv,
         "workloads": {"w1_n": common.N_W1, "w2_n": common.N_W2, "w3_n": common.N_W3},
         "quick": args.quick,
@@ -433,7 +524,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"configuration ({started}):",
         "",
     ]
-    md += table(rows, "W1 enqueue/s (one transaction, no batch API)")
+    if postgres:
+        md[1:1] = [
+            "",
+            "PostgreSQL "
+            + ", ".join(f"{k} {v}" for k, v in postgres.items())
+            + "; an untimed ANALYZE after each enqueue phase (as for the peers on PostgreSQL).",
+        ]
+    md += table(rows, "W1 enqueue/s (batch: submit_many, one transaction)")
     md += ["", "Spread between runs (min – max):", "", *spread_table(rows)]
     if peers:
         peer_rows = list(peers.values())

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/w2_breakdown.py                 # synchronous=FULL, 200 tasks
     .venv/bin/python bench/w2_breakdown.py --sync normal
+    .venv/bin/python bench/w2_breakdown.py --database pg   # a fresh PostgreSQL database
 
 Same set-up as W2 (2 idle workers, 5 warm-up tasks, 1 s idle, tasks one at a time, each
 waited for with ``app.sync.wait``). Besides the client's own clock readings it uses the
@@ -13,6 +14,7 @@ task's start probe. All clocks are ``time.time()`` on the same host.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -35,24 +37,52 @@ SEGMENTS = (
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sync", choices=("full", "normal"), default="full")
+    ap.add_argument("--database", choices=("sqlite", "pg"), default="sqlite")
+    ap.add_argument("--sync", choices=("full", "normal"), default="full", help="SQLite's")
+    ap.add_argument("--pg-url", default=None, help="PostgreSQL server (bench/_pg.py's default)")
+    ap.add_argument(
+        "--pg-set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="diagnostics: a setting for the fresh PostgreSQL database (ALTER DATABASE … SET),\n"
+        "e.g. synchronous_commit=off (repeatable)",
+    )
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--ref", default="HEAD", help="git commit of the library (as run.py)")
     args = ap.parse_args()
+    from bench import _pg
     from bench._peers import RESULTS
+    from bench._source import snapshot
 
     db = RESULTS / "state" / f"w2-breakdown-{int(time.time())}.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     query = "" if args.sync == "full" else f"?synchronous={args.sync}"
-    os.environ["BENCH_ERRANDS_URL"] = f"sqlite:///{db}{query}"
-    os.environ["BENCH_ERRANDS_VARIANT"] = f"w2-breakdown-{args.sync}"
-    from bench._source import snapshot
-
+    variant = "pg" if args.database == "pg" else args.sync
+    os.environ["BENCH_ERRANDS_VARIANT"] = f"w2-breakdown-{variant}"
+    if args.database == "pg" and args.pg_set:
+        variant += " (" + ", ".join(args.pg_set) + ")"
     src, sha = snapshot(args.ref)
     sys.path.insert(0, str(src))  # before anything imports errands
     os.environ["PYTHONPATH"] = os.pathsep.join([str(src), str(REPO)])
     os.environ["BENCH_ERRANDS_REF"] = sha
+    with contextlib.ExitStack() as stack:
+        if args.database == "pg":
+            url = stack.enter_context(
+                _pg.fresh_database(
+                    args.pg_url or _pg.DEFAULT_ADMIN_URL,
+                    f"errands_w2_{os.getpid()}",
+                    dict(os.environ),
+                    RESULTS / "state" / "w2-breakdown-migrate.log",
+                    settings=_pg.parse_settings(args.pg_set),
+                )
+            )
+        else:
+            url = f"sqlite:///{db}{query}"
+        os.environ["BENCH_ERRANDS_URL"] = url
+        return breakdown(args, db, sha, variant)
 
+
+def breakdown(args: argparse.Namespace, db: Path, sha: str, variant: str) -> int:
     from bench.errands_adapter import OWNER, Adapter, app, common
 
     adapter = Adapter()
@@ -92,7 +122,7 @@ def main() -> int:
             Path(f"{db}{suffix}").unlink(missing_ok=True)
 
     print(
-        f"W2 breakdown, errands {sha[:12]}, synchronous={args.sync.upper()}, {args.n} tasks, "
+        f"W2 breakdown, errands {sha[:12]}, {variant}, {args.n} tasks, "
         f"load average {os.getloadavg()}"
     )
     print(f"{'segment':<50} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}")
