@@ -156,3 +156,17 @@ def test_payload_with_unusual_characters_round_trips(pair: tuple[Notifier, Notif
     a.publish_changes(odd)
     wait_for(lambda: len(inbox.changes) == 2)
     assert inbox.changes == odd
+
+
+def test_a_batch_delivers_everything_it_held(pair: tuple[Notifier, Notifier]) -> None:
+    a, b = pair
+    inbox = Inbox()
+    b.listen_worker(inbox.on_jobs, inbox.on_cancel)
+    b.subscribe_changes(inbox.on_changes)
+    with a.batch():
+        a.publish_jobs()
+        with a.batch():  # nested: sent with the outer block
+            a.publish_cancel(["t9"])
+        a.publish_changes(changes(130))
+    wait_for(lambda: inbox.jobs and inbox.cancels and len(inbox.changes) == 130)
+    assert inbox.cancels == ["t9"]

@@ -295,8 +295,11 @@ class Errands:
             return
         for record in records:
             self.observers.emit("submitted", record.id, record.name, record.status, None)
-        self.engine.after_commit([r.id for r in records])
-        self.notifier.publish_changes([Change(r.id, r.owner, r.version, r.status) for r in records])
+        with self.notifier.batch():  # both hints in one round trip
+            self.engine.after_commit([r.id for r in records])
+            self.notifier.publish_changes(
+                [Change(r.id, r.owner, r.version, r.status) for r in records]
+            )
 
     async def submit(
         self,

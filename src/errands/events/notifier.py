@@ -7,6 +7,7 @@ quick and thread-safe (typically ``loop.call_soon_threadsafe`` or ``Event.set``)
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -31,6 +32,11 @@ class Notifier(Protocol):
     def publish_changes(self, changes: Sequence[Change]) -> None: ...
     def listen_worker(self, on_jobs: JobsCallback, on_cancel: CancelCallback) -> Subscription: ...
     def subscribe_changes(self, callback: ChangesCallback) -> Subscription: ...
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Within the block, this thread's messages to other processes may be held and
+        sent together at its end (one round trip on PostgreSQL)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -79,6 +85,9 @@ class LocalNotifier:
         with self._lock:
             self._changes.add(callback)
         return _Handle(self._changes, callback, self._lock)
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def _worker_callbacks(self) -> list[tuple[JobsCallback, CancelCallback]]:
         with self._lock:

@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..records import Status
@@ -47,6 +47,17 @@ def _in_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _notify(conn: Any, messages: list[tuple[str, str]]) -> None:
+    """Send (channel, payload) notifications in one statement."""
+    if len(messages) == 1:
+        conn.execute("SELECT pg_notify(%s, %s)", messages[0])
+    else:
+        conn.execute(
+            "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS m(c, p)",
+            ([c for c, _ in messages], [p for _, p in messages]),
+        )
 
 
 def _connect(conninfo: str) -> Any:
@@ -71,6 +82,8 @@ class PostgresNotifier:
         # cheaper than waking the sender thread.
         self._direct: Any = None
         self._direct_lock = threading.Lock()
+        self._direct_after = 0.0  # after a failure, not before this (time.monotonic())
+        self._batching = threading.local()  # .held: this thread's messages inside batch()
         self._closed = False
 
     # -- publishing ------------------------------------------------------------------
@@ -95,9 +108,30 @@ class PostgresNotifier:
             ]
             self._send(CHANGES_CHANNEL, "V" + json.dumps(body, separators=(",", ":")))
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        held = getattr(self._batching, "held", None)
+        if held is not None:  # nested: the outer block sends
+            yield
+            return
+        self._batching.held = held = []
+        try:
+            yield
+        finally:
+            self._batching.held = None
+            if held:
+                self._deliver(held)
+
     def _send(self, channel: str, message: str, *, collapse: bool = False) -> None:
         payload = f"{self._token} {message}"
-        if not _in_event_loop() and self._send_now(channel, payload):
+        held = getattr(self._batching, "held", None)
+        if held is not None:
+            held.append((channel, payload, collapse))
+            return
+        self._deliver([(channel, payload, collapse)])
+
+    def _deliver(self, messages: list[tuple[str, str, bool]]) -> None:
+        if not _in_event_loop() and self._send_now(messages):
             return
         sender = self._sender
         if sender is None:
@@ -107,25 +141,27 @@ class PostgresNotifier:
                 if self._sender is None:
                     self._sender = _Sender(self._conninfo)
                 sender = self._sender
-        sender.put(channel, payload, collapse=collapse)
+        for channel, payload, collapse in messages:
+            sender.put(channel, payload, collapse=collapse)
 
-    def _send_now(self, channel: str, payload: str) -> bool:
+    def _send_now(self, messages: list[tuple[str, str, bool]]) -> bool:
         """Send from the calling thread (one round trip, no hand-over to the sender
         thread) when no other thread is sending this way; False: queue it instead."""
-        if not self._direct_lock.acquire(blocking=False):
+        if time.monotonic() < self._direct_after or not self._direct_lock.acquire(blocking=False):
             return False
         try:
             if self._closed:
                 return True
             if self._direct is None:
                 self._direct = _connect(self._conninfo)
-            self._direct.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+            _notify(self._direct, [(c, p) for c, p, _ in messages])
             return True
-        except Exception:  # the connection died: let the sender thread retry it
+        except Exception:  # the server is away: the sender thread retries, with backoff
             if self._direct is not None:
                 with contextlib.suppress(Exception):
                     self._direct.close()
             self._direct = None
+            self._direct_after = time.monotonic() + _BACKOFF_MAX
             return False
         finally:
             self._direct_lock.release()
@@ -243,10 +279,7 @@ class _Sender:
     def _notify(self, batch: list[tuple[str, str]]) -> None:
         if self._conn is None:
             self._conn = _connect(self._conninfo)
-        self._conn.execute(
-            "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS m(c, p)",
-            ([c for c, _ in batch], [p for _, p in batch]),
-        )
+        _notify(self._conn, batch)
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
