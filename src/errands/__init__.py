@@ -8,6 +8,7 @@ from .context import TaskContext
 from .errors import (
     ConfigurationError,
     ErrandsError,
+    IdempotencyConflict,
     InvalidPayload,
     InvalidTransition,
     PayloadTooLarge,
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigurationError",
     "Errands",
     "ErrandsError",
+    "IdempotencyConflict",
     "InvalidPayload",
     "InvalidTransition",
     "Page",

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,7 +29,13 @@ from sqlalchemy.engine import URL
 
 from .admin import Admin
 from .engines import Engine, SqlEngine
-from .errors import ConfigurationError, PayloadTooLarge, TaskNotFound, WaitTimeout
+from .errors import (
+    ConfigurationError,
+    IdempotencyConflict,
+    PayloadTooLarge,
+    TaskNotFound,
+    WaitTimeout,
+)
 from .events import notifier_for
 from .ids import is_task_id, new_task_id
 from .observers import Observers
@@ -134,6 +142,7 @@ class Errands:
         executor: Executor | None = None,
         retention: timedelta | float | None = None,
         payload: type[BaseModel] | None = None,
+        unique: bool = False,
     ) -> Callable[[F], TaskDefinition]: ...
 
     def task(
@@ -150,6 +159,7 @@ class Errands:
         executor: Executor | None = None,
         retention: timedelta | float | None = None,
         payload: type[BaseModel] | None = None,
+        unique: bool = False,
     ) -> Any:
         """Register ``fn(ctx, payload)`` as a task.
 
@@ -166,6 +176,8 @@ class Errands:
           ``math.inf`` keeps it forever); default: the app's ``default_retention``.
         - ``payload``: the pydantic model of the payload; by default the annotation of
           the function's second parameter (a plain ``dict`` accepts any JSON object).
+        - ``unique``: while a task of this name with an equal payload is queued or
+          running for the same owner, submitting another returns that one instead.
         """
 
         def register(f: Callable[..., Any]) -> TaskDefinition:
@@ -180,6 +192,7 @@ class Errands:
                 executor=executor,
                 retention=retention,
                 payload=payload,
+                unique=unique,
             )
             self.registry.add(definition)
             return definition
@@ -204,7 +217,14 @@ class Errands:
         owner: str,
         priority: int | None,
         run_at: datetime | timedelta | None,
+        idempotency_key: str | None = None,
     ) -> tuple[TaskRecord, dict[str, Any], dict[str, Any]]:
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str)
+            or not 1 <= len(idempotency_key) <= 255
+            or "\x00" in idempotency_key
+        ):
+            raise ValueError("idempotency_key must be a string of 1 to 255 characters")
         if not isinstance(owner, str) or not owner:
             raise ValueError("owner must be a non-empty string")
         owner_filter(owner)  # and without NUL characters
@@ -243,6 +263,14 @@ class Errands:
             "created_at": stamp,
             "updated_at": stamp,
         }
+        if idempotency_key is not None or definition.unique:
+            digest = hashlib.sha256(
+                json.dumps([name, stored], sort_keys=True, separators=(",", ":")).encode()
+            ).hexdigest()
+            if idempotency_key is not None:
+                row["idempotency_key"], row["request_hash"] = idempotency_key, digest
+            if definition.unique:
+                row["unique_key"] = digest
         job = {"task_id": task_id, "name": name, "owner": owner, "priority": prio, "run_at": start}
         record = TaskRecord(
             id=task_id,
@@ -286,9 +314,24 @@ class Errands:
         conn: Connection,
         rows: Sequence[dict[str, Any]],
         jobs: Sequence[dict[str, Any]],
-    ) -> None:
-        if rows:
-            tasks.insert_tasks(conn, rows, self.engine.queue_rows(jobs))
+    ) -> builtins.list[TaskRecord | None]:
+        """Insert the records and queue their work. Per row: None if it was inserted, or
+        the record that already holds its idempotency or unique key."""
+        if not any(_keyed(row) for row in rows):
+            if rows:
+                tasks.insert_tasks(conn, rows, self.engine.queue_rows(jobs))
+            return [None] * len(rows)
+        found: builtins.list[TaskRecord | None] = []
+        for row, job in zip(rows, jobs, strict=True):
+            if not _keyed(row):
+                tasks.insert_tasks(conn, [row], self.engine.queue_rows([job]))
+                found.append(None)
+                continue
+            held = tasks.insert_keyed(conn, row, self.engine.queue_rows([job]))
+            if held is not None and "idempotency_key" in row and held[1] != row["request_hash"]:
+                raise IdempotencyConflict()
+            found.append(None if held is None else held[0])
+        return found
 
     def _submitted(self, records: Sequence[TaskRecord]) -> None:
         if not records:
@@ -310,17 +353,23 @@ class Errands:
         priority: int | None = None,
         run_at: datetime | timedelta | None = None,
         connection: Any = None,
+        idempotency_key: str | None = None,
     ) -> TaskRecord:
         """Create a task record for ``owner`` and queue it; returns the record.
+
+        With ``idempotency_key=``: if this owner already has a record submitted under
+        the key (for as long as that record exists), nothing is created and that record
+        is returned — or :class:`IdempotencyConflict` raised when it was a different
+        request (another name or payload). For a task declared ``unique=True``, an equal
+        queued or running task of the owner is returned the same way.
 
         With ``connection=`` (a SQLAlchemy ``Connection``, ``Session``,
         ``AsyncConnection`` or ``AsyncSession`` on the same database) the record and
         its job are written in the caller's transaction: rolled back, nothing exists;
         committed, it runs.
         """
-        record, row, job = self._prepare(name, payload, owner, priority, run_at)
-        await self._write_new([record], [row], [job], connection)
-        return record
+        record, row, job = self._prepare(name, payload, owner, priority, run_at, idempotency_key)
+        return (await self._write_new([record], [row], [job], connection))[0]
 
     async def submit_many(
         self,
@@ -336,8 +385,7 @@ class Errands:
         records in the payloads' order. Every payload is validated first: if one is
         refused, nothing is written. ``connection=`` as for :meth:`submit`."""
         records, rows, jobs = self._prepare_many(name, payloads, owner, priority, run_at)
-        await self._write_new(records, rows, jobs, connection)
-        return records
+        return await self._write_new(records, rows, jobs, connection)
 
     async def _write_new(
         self,
@@ -345,20 +393,26 @@ class Errands:
         rows: Sequence[dict[str, Any]],
         jobs: Sequence[dict[str, Any]],
         connection: Any,
-    ) -> None:
+    ) -> builtins.list[TaskRecord]:
+        """Write new records (or find the ones holding their keys); the records."""
         if connection is None:
-            # One record is one statement on PostgreSQL: no BEGIN/COMMIT round trips.
-            await self.db.awrite(
+            found = await self.db.awrite(
                 self._create,
                 rows,
                 jobs,
-                autocommit=len(rows) == 1,
-                then=lambda _: self._submitted(records),  # notifies without blocking the loop
+                # One record is one statement on PostgreSQL: no BEGIN/COMMIT round trips.
+                autocommit=len(rows) == 1 and not _keyed(rows[0]),
+                # Notifies from the write thread, without blocking the event loop.
+                then=lambda found: self._submitted(_created(records, found)),
             )
-            return
+            return _chosen(records, found)
         self.db.ensure_schema()
-        sync_obj = await _run_in_caller(connection, partial(self._create, rows=rows, jobs=jobs))
-        _on_commit(sync_obj, partial(self._submitted, records))
+        results: builtins.list[TaskRecord | None] = []
+        sync_obj = await _run_in_caller(
+            connection, lambda conn: results.extend(self._create(conn, rows, jobs))
+        )
+        _on_commit(sync_obj, partial(self._submitted, _created(records, results)))
+        return _chosen(records, results)
 
     # -- reading -----------------------------------------------------------------------
     async def get(self, task_id: str, *, owner: str) -> TaskRecord:
@@ -541,6 +595,25 @@ class _suppress_closed_loop:
         return exc_type is RuntimeError  # the waiting loop has closed
 
 
+def _keyed(row: dict[str, Any]) -> bool:
+    """Does this new record carry an idempotency key or a unique key?"""
+    return "idempotency_key" in row or "unique_key" in row
+
+
+def _created(
+    records: Sequence[TaskRecord], found: Sequence[TaskRecord | None]
+) -> builtins.list[TaskRecord]:
+    """The records that were inserted (not found under their key)."""
+    return [r for r, f in zip(records, found, strict=True) if f is None]
+
+
+def _chosen(
+    records: Sequence[TaskRecord], found: Sequence[TaskRecord | None]
+) -> builtins.list[TaskRecord]:
+    """Per submitted record, the one the caller gets: the record holding its key, if any."""
+    return [f or r for r, f in zip(records, found, strict=True)]
+
+
 async def _run_in_caller(connection: Any, fn: Callable[[Connection], None]) -> Any:
     """Run ``fn`` on the caller's connection or session; return the sync object whose
     commit means the work is durable."""
@@ -638,10 +711,11 @@ class SyncErrands:
         priority: int | None = None,
         run_at: datetime | timedelta | None = None,
         connection: Any = None,
+        idempotency_key: str | None = None,
     ) -> TaskRecord:
-        record, row, job = self._app._prepare(name, payload, owner, priority, run_at)
-        self._write_new([record], [row], [job], connection)
-        return record
+        app = self._app
+        record, row, job = app._prepare(name, payload, owner, priority, run_at, idempotency_key)
+        return self._write_new([record], [row], [job], connection)[0]
 
     def submit_many(
         self,
@@ -654,8 +728,7 @@ class SyncErrands:
         connection: Any = None,
     ) -> builtins.list[TaskRecord]:
         records, rows, jobs = self._app._prepare_many(name, payloads, owner, priority, run_at)
-        self._write_new(records, rows, jobs, connection)
-        return records
+        return self._write_new(records, rows, jobs, connection)
 
     def _write_new(
         self,
@@ -663,15 +736,20 @@ class SyncErrands:
         rows: Sequence[dict[str, Any]],
         jobs: Sequence[dict[str, Any]],
         connection: Any,
-    ) -> None:
+    ) -> builtins.list[TaskRecord]:
         app = self._app
         if connection is None:
-            app.db.write(app._create, rows, jobs, autocommit=len(rows) == 1)
-            app._submitted(records)
-            return
+            single = len(rows) == 1 and not _keyed(rows[0])  # see Errands._write_new
+            found = app.db.write(app._create, rows, jobs, autocommit=single)
+            app._submitted(_created(records, found))
+            return _chosen(records, found)
         app.db.ensure_schema()
-        sync_obj = run_in_caller_sync(connection, partial(app._create, rows=rows, jobs=jobs))
-        _on_commit(sync_obj, partial(app._submitted, records))
+        results: builtins.list[TaskRecord | None] = []
+        sync_obj = run_in_caller_sync(
+            connection, lambda conn: results.extend(app._create(conn, rows, jobs))
+        )
+        _on_commit(sync_obj, partial(app._submitted, _created(records, results)))
+        return _chosen(records, results)
 
     def get(self, task_id: str, *, owner: str) -> TaskRecord:
         who = owner_filter(owner)

@@ -55,6 +55,11 @@ class TaskNotFound(ErrandsError, LookupError):
     # must look exactly like one that does not exist.
 
 
+class IdempotencyConflict(ErrandsError):
+    """This idempotency key was used before for a different request (another task
+    name or payload)."""
+
+
 class InvalidTransition(ErrandsError):
     """The task is not in a state that allows this change."""
 

@@ -52,6 +52,9 @@ class TaskDefinition:
     retention: timedelta | None = None
     #: True when ``retention`` was not given and the app's default applies.
     default_retention: bool = True
+    #: While an identical task (same owner, name and payload) is queued or running,
+    #: submit returns it instead of creating another.
+    unique: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -120,6 +123,7 @@ def make_definition(
     executor: Executor | None,
     retention: timedelta | float | None,
     payload: type[BaseModel] | None,
+    unique: bool = False,
 ) -> TaskDefinition:
     if max_attempts < 1:
         raise ConfigurationError("max_attempts must be at least 1")
@@ -157,6 +161,7 @@ def make_definition(
         backoff_max=backoff_max,
         retention=keep,
         default_retention=retention is None,
+        unique=bool(unique),
     )
 
 

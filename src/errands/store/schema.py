@@ -59,6 +59,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 metadata = MetaData()
 
 ID = String(36)
+_ACTIVE_UNIQUE = "unique_key IS NOT NULL AND status IN ('queued', 'running')"
 
 task_table = Table(
     "errands_task",
@@ -86,11 +87,35 @@ task_table = Table(
     Column("started_at", UTCDateTime),
     Column("finished_at", UTCDateTime),
     Column("expires_at", UTCDateTime),
+    # Idempotent submit: the caller's key, and a hash of (name, payload) to tell a
+    # replay from a different request under the same key. Unique tasks: a hash of
+    # (name, payload), set for tasks declared unique=True.
+    Column("idempotency_key", String(255)),
+    Column("request_hash", String(64)),
+    Column("unique_key", String(64)),
     # Ids are time-ordered, so (owner, id) serves "my tasks, newest first".
     Index("ix_errands_task_owner_id", "owner", "id"),
     Index("ix_errands_task_status_id", "status", "id"),
     # Live views poll "what changed since t" (one query for all of a process's watchers).
     Index("ix_errands_task_updated_at", "updated_at"),
+    # One record per owner and idempotency key, for as long as the record exists.
+    Index(
+        "ux_errands_task_idempotency",
+        "owner",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+    # One queued or running task per owner and unique key: a finished one leaves it.
+    Index(
+        "ux_errands_task_unique",
+        "owner",
+        "unique_key",
+        unique=True,
+        sqlite_where=text(_ACTIVE_UNIQUE),
+        postgresql_where=text(_ACTIVE_UNIQUE),
+    ),
     Index(
         "ix_errands_task_expires_at",
         "expires_at",

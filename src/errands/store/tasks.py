@@ -29,6 +29,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..records import CANCELLED_ERROR, Progress, Status, TaskError, TaskRecord
 from . import postgres_fast, sqlite_fast
@@ -113,6 +115,46 @@ def insert_tasks(
         for row, more in zip(rows, extra, strict=True)
     ]
     conn.execute(statement, params[0] if len(params) == 1 else params)
+
+
+def insert_keyed(
+    conn: Connection,
+    row: dict[str, Any],
+    queued: tuple[Table, Sequence[dict[str, Any]]],
+) -> tuple[TaskRecord, str | None] | None:
+    """Insert a record that carries an idempotency key or a unique key, with its queue
+    rows — unless the owner already has a record under that key (an active one, for a
+    unique key). Then nothing is inserted and that record is returned, with its
+    ``request_hash``. None: inserted. The database's unique indexes decide, so
+    concurrent submits of one key create one record."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    for _ in range(3):  # the holder may finish (unique key) between our two statements
+        inserted = conn.execute(
+            dialect_insert(task_table).values(row).on_conflict_do_nothing().returning(T.id)
+        ).first()
+        if inserted is not None:
+            table, extra = queued
+            if extra:
+                conn.execute(insert(table), list(extra))
+            return None
+        holder = None
+        if row.get("idempotency_key") is not None:
+            holder = conn.execute(
+                select(task_table).where(
+                    T.owner == row["owner"], T.idempotency_key == row["idempotency_key"]
+                )
+            ).first()
+        if holder is None and row.get("unique_key") is not None:
+            holder = conn.execute(
+                select(task_table).where(
+                    T.owner == row["owner"],
+                    T.unique_key == row["unique_key"],
+                    T.status.in_([Status.QUEUED.value, Status.RUNNING.value]),
+                )
+            ).first()
+        if holder is not None:
+            return to_record(holder), holder.request_hash
+    raise RuntimeError("a keyed record kept conflicting without a holder")
 
 
 @functools.lru_cache(maxsize=16)

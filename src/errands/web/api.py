@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..app import ANY_OWNER, Errands
 from ..errors import (
+    IdempotencyConflict,
     InvalidPayload,
     InvalidTransition,
     PayloadTooLarge,
@@ -284,13 +285,23 @@ def task_api(
         summary="Submit a task",
         responses={
             202: {"model": TaskResource, "description": "Queued; `Location` names it"},
-            **problem_responses(401, 413, 415, 422, 429, 431),
+            **problem_responses(401, 409, 413, 415, 422, 429, 431),
         },
         openapi_extra={
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": _submit_schema(app)}},
-            }
+            },
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "The same key (per caller) returns the task it first "
+                    "created instead of creating another; with a different request, 409.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                }
+            ],
         },
     )
     async def submit(request: Request) -> Response:
@@ -319,6 +330,11 @@ def task_api(
             raise validation_problem(exc.errors(include_url=False)) from None
         if envelope.run_at is not None and not _storable(envelope.run_at):
             raise validation_problem([{"loc": ["run_at"], "msg": "must be in years 1–9999 UTC"}])
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 1 <= len(key) <= 255:
+            raise validation_problem(
+                [{"loc": ["Idempotency-Key"], "msg": "must be 1 to 255 characters"}]
+            )
         if limiter is not None:
             wait = limiter.take(owner)
             if wait:
@@ -334,7 +350,10 @@ def task_api(
                 owner=owner,
                 priority=envelope.priority,
                 run_at=envelope.run_at,
+                idempotency_key=key,
             )
+        except IdempotencyConflict as exc:
+            raise Problem(409, exc.message) from None
         except UnknownTask as exc:
             raise Problem(
                 422,

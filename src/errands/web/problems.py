@@ -157,7 +157,8 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         401: "No identity: the caller is not signed in.",
         404: "No such task (or it is not the caller's: the answer is the same).",
-        409: "The task is not in a state that allows this.",
+        409: "The task is not in a state that allows this, or the `Idempotency-Key` was "
+        "used before for a different request.",
         413: "The body or the payload is too large.",
         415: "The body is not JSON.",
         422: "Invalid input; `errors` names each field.",
