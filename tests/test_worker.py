@@ -851,3 +851,37 @@ async def test_process_timeout_kills_the_child(
         return False
 
     await eventually(child_gone, timeout=10)
+
+
+async def test_eta_from_the_observed_rate(app: Errands, run_worker: Any) -> None:
+    """A running task's ETA: the time it took for ``current`` of ``total``, scaled to what
+    is left; none before the first progress, without a total, or once finished."""
+    from dataclasses import replace
+    from datetime import timedelta
+
+    gate = asyncio.Event()
+
+    @app.task
+    async def quarter(ctx: TaskContext, payload: dict[str, Any]) -> None:
+        await asyncio.sleep(0.3)
+        ctx.progress(1, 4, "a quarter")
+        await gate.wait()
+
+    rec = await app.submit("quarter", owner=OWNER)
+    assert rec.eta_seconds(rec.created_at) is None  # queued
+    async with run_worker(app):
+
+        async def reported() -> bool:
+            return (await app.get(rec.id, owner=OWNER)).progress.current == 1
+
+        await eventually(reported)
+        running = await app.get(rec.id, owner=OWNER)
+        assert running.started_at is not None
+        at = running.started_at + timedelta(seconds=2)
+        assert running.eta_seconds(at) == 6.0  # 2 s for a quarter: 6 s for the rest
+        assert (
+            replace(running, progress=replace(running.progress, total=None)).eta_seconds(at) is None
+        )
+        gate.set()
+        done = await app.wait(rec.id, owner=OWNER, timeout=10)
+    assert done.eta_seconds(at) is None
