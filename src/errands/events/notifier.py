@@ -8,10 +8,12 @@ quick and thread-safe (typically ``loop.call_soon_threadsafe`` or ``Event.set``)
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
+from ..records import Status
 from ..store.queue import Change
 
 JobsCallback = Callable[[], None]
@@ -97,6 +99,19 @@ class LocalNotifier:
         with self._lock:
             self._workers.clear()
             self._changes.clear()
+
+
+def encode_changes(changes: Sequence[Change], size: int) -> Iterator[str]:
+    """Changes as compact JSON messages of at most ``size`` changes each (for notifiers
+    that carry them between processes)."""
+    for i in range(0, len(changes), size):
+        rows = [[c.task_id, c.owner, c.version, c.status.value] for c in changes[i : i + size]]
+        yield json.dumps(rows, separators=(",", ":"))
+
+
+def decode_changes(body: str | bytes) -> list[Change]:
+    """The changes of one message made by :func:`encode_changes`."""
+    return [Change(t, o, v, Status(s)) for t, o, v, s in json.loads(body)]
 
 
 def notifier_for(database: object) -> Notifier:

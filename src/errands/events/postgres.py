@@ -29,9 +29,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..records import Status
+from ..store import postgres_fast
 from ..store.queue import Change
-from .notifier import CancelCallback, ChangesCallback, JobsCallback, LocalNotifier, Subscription
+from .notifier import (
+    CancelCallback,
+    ChangesCallback,
+    JobsCallback,
+    LocalNotifier,
+    Subscription,
+    decode_changes,
+    encode_changes,
+)
 
 _log = logging.getLogger("errands.events")
 
@@ -47,17 +55,6 @@ def _in_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def _notify(conn: Any, messages: list[tuple[str, str]]) -> None:
-    """Send (channel, payload) notifications in one statement."""
-    if len(messages) == 1:
-        conn.execute("SELECT pg_notify(%s, %s)", messages[0])
-    else:
-        conn.execute(
-            "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS m(c, p)",
-            ([c for c, _ in messages], [p for _, p in messages]),
-        )
 
 
 def _connect(conninfo: str) -> Any:
@@ -102,11 +99,8 @@ class PostgresNotifier:
         if not changes:
             return
         self._local.publish_changes(changes)
-        for i in range(0, len(changes), _CHUNK):
-            body = [
-                [c.task_id, c.owner, c.version, c.status.value] for c in changes[i : i + _CHUNK]
-            ]
-            self._send(CHANGES_CHANNEL, "V" + json.dumps(body, separators=(",", ":")))
+        for message in encode_changes(changes, _CHUNK):
+            self._send(CHANGES_CHANNEL, "V" + message)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -154,7 +148,7 @@ class PostgresNotifier:
                 return True
             if self._direct is None:
                 self._direct = _connect(self._conninfo)
-            _notify(self._direct, [(c, p) for c, p, _ in messages])
+            postgres_fast.notify(self._direct, [(c, p) for c, p, _ in messages])
             return True
         except Exception:  # the server is away: the sender thread retries, with backoff
             if self._direct is not None:
@@ -192,9 +186,7 @@ class PostgresNotifier:
         elif tag == "C":
             self._local.publish_cancel(json.loads(body))
         elif tag == "V":
-            self._local.publish_changes(
-                [Change(t, o, v, Status(s)) for t, o, v, s in json.loads(body)]
-            )
+            self._local.publish_changes(decode_changes(body))
 
     def _reconnected(self, channel: str) -> None:
         if channel == WORKER_CHANNEL:
@@ -279,7 +271,7 @@ class _Sender:
     def _notify(self, batch: list[tuple[str, str]]) -> None:
         if self._conn is None:
             self._conn = _connect(self._conninfo)
-        _notify(self._conn, batch)
+        postgres_fast.notify(self._conn, batch)
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -321,7 +313,7 @@ class _Listener:
         while not self._stopping.is_set():
             try:
                 self._conn = _connect(self._conninfo)
-                self._conn.execute(f"LISTEN {self.channel}")
+                postgres_fast.listen(self._conn, self.channel)
                 self._ready.set()
                 if not first:
                     _log.info("errands: listening on %s again", self.channel)

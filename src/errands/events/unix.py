@@ -21,9 +21,16 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..records import Status
 from ..store.queue import Change
-from .notifier import CancelCallback, ChangesCallback, JobsCallback, LocalNotifier, Subscription
+from .notifier import (
+    CancelCallback,
+    ChangesCallback,
+    JobsCallback,
+    LocalNotifier,
+    Subscription,
+    decode_changes,
+    encode_changes,
+)
 
 _log = logging.getLogger("errands.events")
 _CHUNK = 200  # changes per datagram, well under the socket buffer size
@@ -64,11 +71,8 @@ class UnixSocketNotifier:
         if not changes:
             return
         self._local.publish_changes(changes)
-        for i in range(0, len(changes), _CHUNK):
-            body = [
-                [c.task_id, c.owner, c.version, c.status.value] for c in changes[i : i + _CHUNK]
-            ]
-            self._send("e", b"V" + json.dumps(body, separators=(",", ":")).encode())
+        for message in encode_changes(changes, _CHUNK):
+            self._send("e", b"V" + message.encode())
 
     def _peers(self, kind: str) -> list[str]:
         """Socket paths in the folder, re-listed only when the folder changed."""
@@ -135,9 +139,7 @@ class UnixSocketNotifier:
         elif tag == b"C":
             self._local.publish_cancel(json.loads(body))
         elif tag == b"V":
-            self._local.publish_changes(
-                [Change(t, o, v, Status(s)) for t, o, v, s in json.loads(body)]
-            )
+            self._local.publish_changes(decode_changes(body))
 
     def close(self) -> None:
         with self._lock:

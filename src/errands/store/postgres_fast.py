@@ -133,3 +133,20 @@ def finish_terminal(
     params["_worker"], params["_stamp"] = worker_id, stamp
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     return [(r[0], r[1], r[2], r[3]) for r in cursor.execute(_FINISH, params).fetchall()]
+
+
+# -- LISTEN/NOTIFY (events/postgres.py), on its own autocommit psycopg connections ----
+def notify(conn: Any, messages: Sequence[tuple[str, str]]) -> None:
+    """Send (channel, payload) notifications in one statement."""
+    if len(messages) == 1:
+        conn.execute("SELECT pg_notify(%s, %s)", messages[0])
+    else:
+        conn.execute(
+            "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS m(c, p)",
+            ([c for c, _ in messages], [p for _, p in messages]),
+        )
+
+
+def listen(conn: Any, channel: str) -> None:
+    """Subscribe the connection to ``channel`` (a fixed identifier of errands')."""
+    conn.execute(f"LISTEN {channel}")

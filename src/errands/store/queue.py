@@ -89,23 +89,6 @@ def _ids(name: str) -> Any:
 
 
 # Statements on the hot path are built once; executing them costs no construction.
-_AVAILABLE = (
-    select(J.task_id)
-    .where(J.lease_owner.is_(None), J.run_at <= bindparam("_now"), J.name.in_(_ids("_names")))
-    .order_by(J.priority.desc(), J.run_at)
-    .limit(bindparam("_limit"))
-    .with_for_update(skip_locked=True)
-)
-_LEASE = (
-    update(job_table)
-    .where(J.task_id.in_(_AVAILABLE.scalar_subquery()))
-    .values(
-        lease_owner=bindparam("_worker"),
-        lease_expires_at=bindparam("_until"),
-        attempt=J.attempt + 1,
-    )
-    .returning(J.task_id)
-)
 # What a claim reads back from a started record (the fields of ``Claimed``).
 _STARTED = (
     T.id,
@@ -116,18 +99,6 @@ _STARTED = (
     T.max_attempts,
     T.version,
     T.cancel_requested,
-)
-_START = (
-    update(task_table)
-    .where(T.id.in_(_ids("_ids")), T.status == Status.QUEUED.value)
-    .values(
-        status=Status.RUNNING.value,
-        attempts=T.attempts + 1,
-        started_at=bindparam("_stamp", type_=task_table.c.started_at.type),
-        updated_at=bindparam("_stamp", type_=task_table.c.updated_at.type),
-        version=T.version + 1,
-    )
-    .returning(*_STARTED)
 )
 _DROP_JOBS = delete(job_table).where(J.task_id.in_(_ids("_ids")))
 
@@ -208,44 +179,7 @@ def claim(
             Claimed(*row)
             for row in sqlite_fast.claim(conn, worker_id, names, limit, now, lease_seconds)
         ]
-    leased = (
-        conn.execute(
-            _LEASE,
-            {
-                "_now": now,
-                "_names": list(names),
-                "_limit": limit,
-                "_worker": worker_id,
-                "_until": now + lease_seconds,
-            },
-        )
-        .scalars()
-        .all()
-    )
-    if not leased:
-        return []
-    rows = conn.execute(_START, {"_ids": leased, "_stamp": _dt(now)}).all()
-    if len(rows) != len(leased):  # a job whose record is no longer queued: drop it
-        orphans = list(set(leased) - {r.id for r in rows})
-        conn.execute(_DROP_JOBS, {"_ids": orphans})
-    retried = [r.id for r in rows if r.attempts > 1]
-    last: dict[str, int] = {}
-    if retried:
-        last = {task_id: seq for task_id, seq in conn.execute(_LAST_SEQ, {"_ids": retried})}
-    return [
-        Claimed(
-            r.id,
-            r.name,
-            r.owner,
-            r.payload,
-            r.attempts,
-            r.max_attempts,
-            r.version,
-            bool(r.cancel_requested),
-            last.get(r.id, 0),
-        )
-        for r in rows
-    ]
+    return _claim_pg(conn, worker_id, names, limit, now, lease_seconds)[0]
 
 
 _CLAIM_ROUND_PG = _claim_round_pg()
@@ -264,11 +198,24 @@ def claim_round(
     the earliest job left waiting becomes due (None: none is waiting)."""
     if limit <= 0 or not names:
         return [], None
-    if conn.dialect.name != "postgresql":
+    if conn.dialect.name == "postgresql":
+        claimed, due = _claim_pg(conn, worker_id, names, limit, now, lease_seconds)
+    else:
         claimed = claim(
             conn, worker_id, names=names, limit=limit, now=now, lease_seconds=lease_seconds
         )
-        return claimed, (next_run_at(conn, names) if len(claimed) < limit else None)
+        due = next_run_at(conn, names) if len(claimed) < limit else None
+    return claimed, (due if len(claimed) < limit else None)
+
+
+def _claim_pg(
+    conn: Connection,
+    worker_id: str,
+    names: Sequence[str],
+    limit: int,
+    now: float,
+    lease_seconds: float,
+) -> tuple[list[Claimed], float | None]:
     rows = conn.execute(
         _CLAIM_ROUND_PG,
         {
@@ -303,7 +250,7 @@ def claim_round(
         )
         for r in started
     ]
-    return claimed, (due if len(claimed) < limit else None)
+    return claimed, due
 
 
 def next_run_at(conn: Connection, names: Sequence[str]) -> float | None:
