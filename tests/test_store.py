@@ -262,7 +262,7 @@ def test_purge_deletes_only_expired_records(store_app: Errands) -> None:
 
     with store_app.db.engine.begin() as conn:
         conn.execute(update(task_table).where(task_table.c.id == a).values(expires_at=past))
-    assert store_app.db.write(tasks.purge_expired, datetime.now(UTC), 100) == 1
+    assert store_app.db.write(tasks.purge_expired, datetime.now(UTC), 100) == (1, [])
     assert {r.id for r in store_app.sync.list(owner="alice")} == {b, c}
 
 

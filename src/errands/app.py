@@ -16,6 +16,7 @@ import builtins
 import contextlib
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,7 @@ from sqlalchemy import Connection, event
 from sqlalchemy.engine import URL
 
 from .admin import Admin
+from .blobs import DEFAULT_THRESHOLD, Blobs, BlobStore, LocalBlobStore, default_store
 from .engines import Engine, SqlEngine
 from .errors import (
     ConfigurationError,
@@ -40,7 +42,14 @@ from .events import notifier_for
 from .ids import is_task_id, new_task_id
 from .observers import Observers
 from .records import Page, Progress, Status, TaskRecord
-from .registry import Backoff, Executor, Registry, TaskDefinition, make_definition
+from .registry import (
+    Backoff,
+    Executor,
+    Registry,
+    TaskDefinition,
+    check_running_cap,
+    make_definition,
+)
 from .store import tasks
 from .store.database import Database
 from .store.queue import Change
@@ -97,7 +106,13 @@ class Errands:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
         default_retention: timedelta | None = timedelta(days=7),
         pool_size: int | None = None,
+        max_running_per_owner: int | None = None,
+        blob_store: BlobStore | str | os.PathLike[str] | None = None,
+        blob_threshold: int = DEFAULT_THRESHOLD,
     ) -> None:
+        check_running_cap(max_running_per_owner)
+        if isinstance(blob_threshold, bool) or not isinstance(blob_threshold, int):
+            raise ConfigurationError("blob_threshold must be a number of bytes")
         self.db = Database(database_url, pool_size=pool_size)
         self.notifier = notifier_for(self.db)
         if engine != "sql":
@@ -106,6 +121,18 @@ class Errands:
         self.registry = Registry()
         self.max_payload_bytes = max_payload_bytes
         self.default_retention = default_retention
+        #: How many of one owner's tasks of one name may run at once, for tasks that
+        #: set no ``max_running_per_owner`` of their own (None: no limit).
+        self.max_running_per_owner = max_running_per_owner
+        if blob_store is None:
+            store: BlobStore = default_store(self.db.sqlite_path)
+        elif isinstance(blob_store, str | os.PathLike):
+            store = LocalBlobStore(blob_store)
+        else:
+            store = blob_store
+        #: Results and output items larger than ``blob_threshold`` bytes of JSON are kept
+        #: in ``blob_store`` (a ``BlobStore``, or a directory), not in the rows.
+        self.blobs = Blobs(store, blob_threshold)
         self.watchers = Watchers(self)
         self.sync = SyncErrands(self)
         self._hub: ChangeHub | None = None
@@ -143,6 +170,7 @@ class Errands:
         retention: timedelta | float | None = None,
         payload: type[BaseModel] | None = None,
         unique: bool = False,
+        max_running_per_owner: int | None = None,
     ) -> Callable[[F], TaskDefinition]: ...
 
     def task(
@@ -160,6 +188,7 @@ class Errands:
         retention: timedelta | float | None = None,
         payload: type[BaseModel] | None = None,
         unique: bool = False,
+        max_running_per_owner: int | None = None,
     ) -> Any:
         """Register ``fn(ctx, payload)`` as a task.
 
@@ -178,6 +207,9 @@ class Errands:
           the function's second parameter (a plain ``dict`` accepts any JSON object).
         - ``unique``: while a task of this name with an equal payload is queued or
           running for the same owner, submitting another returns that one instead.
+        - ``max_running_per_owner``: at most this many tasks of this name run at once
+          for one owner (the others wait their turn); default: the app's
+          ``max_running_per_owner`` (None there: no limit).
         """
 
         def register(f: Callable[..., Any]) -> TaskDefinition:
@@ -193,6 +225,7 @@ class Errands:
                 retention=retention,
                 payload=payload,
                 unique=unique,
+                max_running_per_owner=max_running_per_owner,
             )
             self.registry.add(definition)
             return definition
@@ -208,6 +241,19 @@ class Errands:
         if keep is None or keep == timedelta.max:
             return None
         return _as_datetime(now) + keep
+
+    def running_caps(self, names: Sequence[str]) -> dict[str, int]:
+        """Task name → how many of one owner's tasks of that name may run at once, for
+        those of ``names`` that are limited."""
+        caps: dict[str, int] = {}
+        for name in names:
+            definition = self.registry.find(name)
+            cap = self.max_running_per_owner
+            if definition is not None and definition.max_running_per_owner is not None:
+                cap = definition.max_running_per_owner
+            if cap is not None:
+                caps[name] = cap
+        return caps
 
     # -- submit ----------------------------------------------------------------------
     def _prepare(
@@ -420,7 +466,7 @@ class Errands:
         who = owner_filter(owner)
         if not isinstance(task_id, str) or not is_task_id(task_id):
             raise TaskNotFound()
-        record = await self.db.aread(tasks.get, task_id, who)
+        record = await self.db.aread(self.blobs.get, task_id, who)
         if record is None:
             raise TaskNotFound()
         return record
@@ -439,7 +485,7 @@ class Errands:
         """The records among ``task_ids`` that exist for this owner (others are left out)."""
         who = owner_filter(owner)
         ids = [t for t in task_ids if isinstance(t, str) and is_task_id(t)]
-        return await self.db.aread(tasks.get_many, ids, who) if ids else []
+        return await self.db.aread(self.blobs.get_many, ids, who) if ids else []
 
     async def list(
         self,
@@ -452,7 +498,7 @@ class Errands:
     ) -> Page:
         """The owner's tasks, newest first, ``limit`` (1–500) at a time."""
         args = _list_args(owner, status, name, limit, cursor)
-        items, next_cursor = await self.db.aread(tasks.list_page, **args)
+        items, next_cursor = await self.db.aread(self.blobs.list_page, **args)
         return Page(items, next_cursor)
 
     async def outputs(
@@ -462,7 +508,7 @@ class Errands:
         who = owner_filter(owner)
         if not is_task_id(task_id):
             raise TaskNotFound()
-        items = await self.db.aread(tasks.outputs, task_id, who, after=after, limit=limit)
+        items = await self.db.aread(self.blobs.outputs, task_id, who, after=after, limit=limit)
         if items is None:
             raise TaskNotFound()
         return items
@@ -502,6 +548,7 @@ class Errands:
         if not await self.db.awrite(tasks.delete_finished, task_id, who):
             record = await self.get(task_id, owner=owner)
             raise _not_finished(record)
+        await asyncio.to_thread(self.blobs.store.delete_tasks, [task_id])
 
     async def wait(
         self, task_id: str, *, owner: str, timeout: float | None = None, poll: float = 1.0
@@ -535,7 +582,7 @@ class Errands:
                     await asyncio.wait_for(changed.wait(), wait_for)
 
     async def purge(self, *, batch: int = 500, limit: int | None = None) -> int:
-        """Delete expired finished records and their outputs, ``batch`` rows per
+        """Delete expired finished records, their outputs and blobs, ``batch`` rows per
         transaction (so no long lock stalls the workers). Returns how many went."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, partial(self.sync.purge, batch=batch, limit=limit))
@@ -755,7 +802,7 @@ class SyncErrands:
         who = owner_filter(owner)
         if not isinstance(task_id, str) or not is_task_id(task_id):
             raise TaskNotFound()
-        record = self._app.db.read(tasks.get, task_id, who)
+        record = self._app.db.read(self._app.blobs.get, task_id, who)
         if record is None:
             raise TaskNotFound()
         return record
@@ -770,7 +817,7 @@ class SyncErrands:
         cursor: str | None = None,
     ) -> Page:
         args = _list_args(owner, status, name, limit, cursor)
-        items, next_cursor = self._app.db.read(tasks.list_page, **args)
+        items, next_cursor = self._app.db.read(self._app.blobs.list_page, **args)
         return Page(items, next_cursor)
 
     def outputs(
@@ -779,7 +826,7 @@ class SyncErrands:
         who = owner_filter(owner)
         if not is_task_id(task_id):
             raise TaskNotFound()
-        items = self._app.db.read(tasks.outputs, task_id, who, after=after, limit=limit)
+        items = self._app.db.read(self._app.blobs.outputs, task_id, who, after=after, limit=limit)
         if items is None:
             raise TaskNotFound()
         return items
@@ -797,6 +844,7 @@ class SyncErrands:
             raise TaskNotFound()
         if not self._app.db.write(tasks.delete_finished, task_id, who):
             raise _not_finished(self.get(task_id, owner=owner))
+        self._app.blobs.store.delete_tasks([task_id])
 
     def wait(
         self, task_id: str, *, owner: str, timeout: float | None = None, poll: float = 1.0
@@ -821,7 +869,9 @@ class SyncErrands:
         total = 0
         while limit is None or total < limit:
             size = batch if limit is None else min(batch, limit - total)
-            n = self._app.db.write(tasks.purge_expired, _as_datetime(_now()), size)
+            n, with_blobs = self._app.db.write(tasks.purge_expired, _as_datetime(_now()), size)
+            if with_blobs:  # after the records are gone: no reader is left pointing here
+                self._app.blobs.store.delete_tasks(with_blobs)
             total += n
             if n < size:
                 break

@@ -67,6 +67,14 @@ def storable_text(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class BlobRef:
+    """A value kept in the blob store, as the store reads it from its row (see
+    ``errands.blobs``; the app's reads replace it with the value)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class Progress:
     current: float | None = None
     total: float | None = None

@@ -55,6 +55,9 @@ class TaskDefinition:
     #: While an identical task (same owner, name and payload) is queued or running,
     #: submit returns it instead of creating another.
     unique: bool = False
+    #: At most this many tasks of this name run at once for one owner (None: the
+    #: app's ``max_running_per_owner``).
+    max_running_per_owner: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -124,7 +127,9 @@ def make_definition(
     retention: timedelta | float | None,
     payload: type[BaseModel] | None,
     unique: bool = False,
+    max_running_per_owner: int | None = None,
 ) -> TaskDefinition:
+    check_running_cap(max_running_per_owner)
     if max_attempts < 1:
         raise ConfigurationError("max_attempts must be at least 1")
     if timeout is not None and timeout <= 0:
@@ -162,7 +167,14 @@ def make_definition(
         retention=keep,
         default_retention=retention is None,
         unique=bool(unique),
+        max_running_per_owner=max_running_per_owner,
     )
+
+
+def check_running_cap(cap: object) -> None:
+    """``max_running_per_owner`` is None (no limit) or a positive integer."""
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ConfigurationError("max_running_per_owner must be a positive integer or None")
 
 
 class Registry:

@@ -46,6 +46,7 @@ from .store.queue import Change, Claimed, Outcome
 
 if TYPE_CHECKING:
     from .app import Errands
+    from .blobs import Blobs
     from .process import ProcessPool
 
 log = logging.getLogger("errands.worker")
@@ -110,10 +111,26 @@ class Execution:
     unflushed: list[dict[str, Any]] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
 
-    def take_outputs(self) -> list[dict[str, Any]]:
+    def take_outputs(self, blobs: Blobs) -> list[dict[str, Any]]:
+        """The items emitted since the last call (and any not written yet); an item too
+        large for a row carries its blob key (``ref``) and bytes (``blob``)."""
+        task_id = self.job.task_id
         for item in self.ctx._take_outputs():
             self.next_seq += 1
-            self.unflushed.append({"task_id": self.job.task_id, "seq": self.next_seq, "data": item})
+            big = blobs.encode(item)
+            if big is None:
+                self.unflushed.append({"task_id": task_id, "seq": self.next_seq, "data": item})
+            else:
+                ref = f"{task_id}/output-{self.next_seq}"
+                self.unflushed.append(
+                    {
+                        "task_id": task_id,
+                        "seq": self.next_seq,
+                        "data": None,
+                        "ref": ref,
+                        "blob": big,
+                    }
+                )
         out, self.unflushed = self.unflushed, []
         return out
 
@@ -157,6 +174,8 @@ class Worker:
             f"{socket.gethostname()[:30]}:{os.getpid()}:{os.urandom(3).hex()}"
         )
         self.names = list(settings.names or app.registry.names())
+        #: Task name → how many of one owner's tasks of it may run at once.
+        self.caps = app.running_caps(self.names)
         for name in self.names:
             app.registry.get(name)  # UnknownTask early
         self._running: dict[str, Execution] = {}
@@ -295,9 +314,10 @@ class Worker:
     async def _round(self, limit: int) -> tuple[list[Claimed], bool]:
         batch, self._outcomes = self._outcomes, []
         releases, self._releases = self._releases, []
-        outputs = [item for exe, _ in batch for item in exe.take_outputs()]
+        outputs = [item for exe, _ in batch for item in exe.take_outputs(self.app.blobs)]
         release_ids = [exe.job.task_id for exe in releases]
         try:
+            await self._store_blobs([o for _, o in batch], outputs)
             _, claimed, due = await self.app.db.awrite(
                 self._round_txn,
                 batch,
@@ -306,7 +326,8 @@ class Worker:
                 limit,
                 durable=bool(batch or releases),  # a lost claim is only run again
                 # A round that only claims is one statement on PostgreSQL: no BEGIN/COMMIT.
-                autocommit=not (batch or releases or outputs),
+                # (Capped claims take turns under a lock held until commit.)
+                autocommit=not (batch or releases or outputs or (limit and self.caps)),
                 then=lambda result: self._publish(result[0]),  # from the write thread
             )
         except Exception as exc:
@@ -342,6 +363,7 @@ class Worker:
         task_id = exe.job.task_id
         mine = [o for o in outputs if o["task_id"] == task_id]
         try:
+            await self._store_blobs([outcome], mine)
             changed, _, _ = await self.app.db.awrite(self._round_txn, [(exe, outcome)], mine, [], 0)
         except Exception as exc:
             log.error(
@@ -366,6 +388,21 @@ class Worker:
         self._finished([(exe, outcome)])
         self._publish(changed)
         return exe, outcome
+
+    async def _store_blobs(
+        self, outcomes: Sequence[Outcome], outputs: list[dict[str, Any]]
+    ) -> None:
+        """Write the large results and items among these to the blob store, before the
+        rows that refer to them (in a thread: they may be megabytes)."""
+        pending = [(o.result_ref, o.blob) for o in outcomes if o.blob is not None and o.result_ref]
+        pending += [(i["ref"], i["blob"]) for i in outputs if i.get("blob") is not None]
+        if not pending:
+            return
+        await asyncio.to_thread(self.app.blobs.put_all, pending)
+        for o in outcomes:
+            o.blob = None
+        for item in outputs:
+            item.pop("blob", None)
 
     def _finished(self, batch: list[tuple[Execution, Outcome]]) -> None:
         for exe, outcome in batch:
@@ -401,6 +438,7 @@ class Worker:
             limit=limit,
             now=now,
             lease_seconds=self.settings.lease_seconds,
+            caps=self.caps,
         )
         return changed, claimed, due
 
@@ -550,7 +588,13 @@ class Worker:
                 failed = TaskFailed("the task's result is not JSON-serializable")
                 self._settle(exe, self._failure(exe, failed, retry=False))
                 return
-            self._settle(exe, Outcome(exe.job.task_id, Status.SUCCEEDED, result=result))
+            outcome = Outcome(exe.job.task_id, Status.SUCCEEDED, result=result)
+            big = self.app.blobs.encode(result)
+            if big is not None:  # kept in the blob store; the row holds its key
+                outcome.result = None
+                outcome.result_ref = f"{exe.job.task_id}/result-{exe.job.attempt}"
+                outcome.blob = big
+            self._settle(exe, outcome)
         elif isinstance(exc, TaskCancelled | asyncio.CancelledError) or (
             getattr(exc, "type_name", None) == "TaskCancelled"
         ):
@@ -640,10 +684,11 @@ class Worker:
                             "message": p[2],
                         }
                     )
-                outputs.extend(exe.take_outputs())
+                outputs.extend(exe.take_outputs(self.app.blobs))
             if not progress and not outputs:
                 continue
             try:
+                await self._store_blobs([], outputs)
                 changed = await self.app.db.awrite(
                     queue.flush,
                     self.id,

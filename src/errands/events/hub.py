@@ -225,7 +225,9 @@ class ChangeHub:
 
     async def outputs(self, task_id: str, after: int) -> list[tuple[int, Any]]:
         """Read outputs straight from the database (for a client behind the window)."""
-        items = await self.app.db.aread(tasks.outputs, task_id, None, after=after, limit=READ_LIMIT)
+        items = await self.app.db.aread(
+            self.app.blobs.outputs, task_id, None, after=after, limit=READ_LIMIT
+        )
         return items or []
 
     # -- hearing of changes ------------------------------------------------------------
@@ -256,7 +258,7 @@ class ChangeHub:
             if not wants:
                 continue
             try:
-                snaps = await self.app.db.aread(tasks.snapshot, wants, READ_LIMIT)
+                snaps = await self.app.db.aread(self.app.blobs.snapshot, wants, READ_LIMIT)
             except Exception as exc:
                 log_failure(log, exc, "errands: reading changed tasks failed")
                 self._pending |= set(wants)

@@ -46,13 +46,30 @@ def _unnest(columns: tuple[tuple[str, str], ...]) -> str:
     return ", ".join(f"%s::{kind}[]" for _, kind in columns)
 
 
+# Jobs get their turns (see ``queue.py``): each (owner, name) group of the batch
+# continues after the owner's last waiting turn of that name, no earlier than the
+# name's frontier (its lowest waiting and highest running turn), one turn per job.
+_JOB_NAMES = ", ".join(c for c, _ in _JOB_COLUMNS)
+_JOBS_WITH_TURNS = (
+    f"x AS (SELECT * FROM unnest({_unnest(_JOB_COLUMNS)}) WITH ORDINALITY "
+    f"AS x ({_JOB_NAMES}, ord)), "
+    "b AS (SELECT g.owner, g.name, greatest("
+    "(SELECT max(j.turn) + 1 FROM errands_job j "
+    "WHERE j.lease_owner IS NULL AND j.owner = g.owner AND j.name = g.name), "
+    "(SELECT max(j.turn) FROM errands_job j WHERE j.lease_owner IS NOT NULL AND j.name = g.name), "
+    "(SELECT min(j.turn) FROM errands_job j WHERE j.lease_owner IS NULL AND j.name = g.name), "
+    "0) AS base FROM (SELECT DISTINCT owner, name FROM x) g) "
+    f"INSERT INTO errands_job ({_JOB_NAMES}, turn) "
+    f"SELECT {', '.join('x.' + c for c, _ in _JOB_COLUMNS)}, "
+    "b.base + row_number() OVER (PARTITION BY x.owner, x.name ORDER BY x.ord) - 1 "
+    "FROM x JOIN b ON b.owner = x.owner AND b.name = x.name"
+)
 _INSERT = (
     "WITH new_records AS ("
     f"INSERT INTO errands_task ({', '.join(c for c, _ in _TASK_COLUMNS)}) "
-    f"SELECT * FROM unnest({_unnest(_TASK_COLUMNS)})) "
-    f"INSERT INTO errands_job ({', '.join(c for c, _ in _JOB_COLUMNS)}) "
-    f"SELECT * FROM unnest({_unnest(_JOB_COLUMNS)})"
+    f"SELECT * FROM unnest({_unnest(_TASK_COLUMNS)})), " + _JOBS_WITH_TURNS
 )
+_INSERT_JOBS = "WITH " + _JOBS_WITH_TURNS
 
 
 def insert_tasks_and_jobs(
@@ -67,16 +84,25 @@ def insert_tasks_and_jobs(
             params.append([r[column].astimezone(UTC) for r in rows])
         else:
             params.append([r[column] for r in rows])
-    for column, _ in _JOB_COLUMNS:
-        params.append([j[column] for j in jobs])
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    cursor.execute(_INSERT, params)
+    cursor.execute(_INSERT, params + _job_arrays(jobs))
+
+
+def _job_arrays(jobs: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    return [[j[column] for j in jobs] for column, _ in _JOB_COLUMNS]
+
+
+def insert_jobs(conn: Connection, jobs: Sequence[dict[str, Any]]) -> None:
+    """Jobs (of records inserted separately), with their turns."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor.execute(_INSERT_JOBS, _job_arrays(jobs))
 
 
 _OUTCOME_COLUMNS = (
     ("id", "varchar"),
     ("status", "varchar"),
     ("result", "json"),
+    ("result_ref", "varchar"),
     ("error_type", "varchar"),
     ("error_message", "text"),
     ("error_detail", "text"),
@@ -92,7 +118,7 @@ _FINISH = (
     + ", ".join(f"%({c})s::{kind}[]" for c, kind in _OUTCOME_COLUMNS)
     + ")), held AS (DELETE FROM errands_job j USING o "
     "WHERE j.task_id = o.id AND j.lease_owner = %(_worker)s RETURNING j.task_id) "
-    "UPDATE errands_task t SET status = o.status, result = o.result, "
+    "UPDATE errands_task t SET status = o.status, result = o.result, result_ref = o.result_ref, "
     "error_type = o.error_type, error_message = o.error_message, "
     "error_detail = o.error_detail, finished_at = %(_stamp)s, expires_at = o.expires_at, "
     + ", ".join(
@@ -120,6 +146,7 @@ def finish_terminal(
             ("id", o.task_id),
             ("status", o.status.value),
             ("result", json.dumps(o.result)),
+            ("result_ref", o.result_ref),
             ("error_type", o.error_type),
             ("error_message", o.error_message),
             ("error_detail", o.error_detail),

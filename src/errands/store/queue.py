@@ -6,13 +6,22 @@ Claims, completions and retries change the job and the record in one transaction
 every completion is guarded by the lease: a worker that lost its lease (it was presumed
 dead and the task was handed to another) cannot write a result.
 
+Claim order (fair claims). Each job has a *turn*, given when it is queued: one after
+the owner's last waiting job of the same task name, and no earlier than that name's
+frontier — the higher of its lowest waiting turn and its highest running turn. Claims
+take due jobs by priority (highest first), then turn, then due time. So owners with
+waiting work of a name take turns: an owner who queues 500 jobs holds turns far ahead,
+and another owner's next job gets a turn at the frontier, next in line. A retried job
+keeps its turn. With ``caps`` (``max_running_per_owner``) a claim also passes over an
+owner's jobs of a name while that many of them run.
+
 Times here are Unix seconds (floats); times written to the record are datetimes.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +35,9 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     true,
+    tuple_,
     update,
 )
 
@@ -103,19 +114,33 @@ _STARTED = (
 _DROP_JOBS = delete(job_table).where(J.task_id.in_(_ids("_ids")))
 
 
-def _claim_round_pg() -> Any:
+_CLAIM_ORDER = (J.priority.desc(), J.turn, J.run_at)
+
+
+def _claim_round_pg(chosen: bool = False) -> Any:
     """PostgreSQL: the whole claim as one statement (one round trip, and in autocommit
-    no BEGIN/COMMIT): pick due jobs (SKIP LOCKED), lease them, start their records, and
-    say when the next job not taken becomes due. One row per leased job — ``id`` is NULL
-    for a job whose record is no longer queued — or one row of NULLs and ``next_due``."""
-    picked = (
-        select(J.task_id)
-        .where(J.lease_owner.is_(None), J.run_at <= bindparam("_now"), J.name.in_(_ids("_names")))
-        .order_by(J.priority.desc(), J.run_at)
-        .limit(bindparam("_limit"))
-        .with_for_update(skip_locked=True)
-        .cte("picked")
-    )
+    no BEGIN/COMMIT): pick due jobs (SKIP LOCKED) — or, with ``chosen``, the jobs
+    ``_chosen`` if still available — lease them, start their records, and say when the
+    next job not taken becomes due. One row per leased job — ``id`` is NULL for a job
+    whose record is no longer queued — or one row of NULLs and ``next_due``."""
+    if chosen:
+        picked = (
+            select(J.task_id)
+            .where(J.lease_owner.is_(None), J.task_id.in_(_ids("_chosen")))
+            .with_for_update(skip_locked=True)
+            .cte("picked")
+        )
+    else:
+        picked = (
+            select(J.task_id)
+            .where(
+                J.lease_owner.is_(None), J.run_at <= bindparam("_now"), J.name.in_(_ids("_names"))
+            )
+            .order_by(*_CLAIM_ORDER)
+            .limit(bindparam("_limit"))
+            .with_for_update(skip_locked=True)
+            .cte("picked")
+        )
     leased = (
         update(job_table)
         .where(J.task_id == picked.c.task_id)
@@ -170,19 +195,17 @@ def claim(
     limit: int,
     now: float,
     lease_seconds: float,
+    caps: Mapping[str, int] | None = None,
 ) -> list[Claimed]:
-    """Lease up to ``limit`` available jobs, highest priority first, then oldest."""
-    if limit <= 0 or not names:
-        return []
-    if conn.dialect.name == "sqlite":
-        return [
-            Claimed(*row)
-            for row in sqlite_fast.claim(conn, worker_id, names, limit, now, lease_seconds)
-        ]
-    return _claim_pg(conn, worker_id, names, limit, now, lease_seconds)[0]
+    """Lease up to ``limit`` available jobs in claim order (see the module docstring),
+    within ``caps``: task name → how many of one owner's tasks of that name may run."""
+    return claim_round(
+        conn, worker_id, names=names, limit=limit, now=now, lease_seconds=lease_seconds, caps=caps
+    )[0]
 
 
 _CLAIM_ROUND_PG = _claim_round_pg()
+_CLAIM_CHOSEN_PG = _claim_round_pg(chosen=True)
 
 
 def claim_round(
@@ -193,19 +216,81 @@ def claim_round(
     limit: int,
     now: float,
     lease_seconds: float,
+    caps: Mapping[str, int] | None = None,
 ) -> tuple[list[Claimed], float | None]:
     """A worker's claim: up to ``limit`` jobs, and — when fewer were available — when
-    the earliest job left waiting becomes due (None: none is waiting)."""
+    the earliest job left waiting becomes due (None: none is waiting).
+
+    With ``caps`` for some of ``names`` the claim must run in a transaction: on
+    PostgreSQL, claims under caps take turns (an advisory lock held to commit), so two
+    workers cannot both start an owner's last allowed task."""
     if limit <= 0 or not names:
         return [], None
-    if conn.dialect.name == "postgresql":
-        claimed, due = _claim_pg(conn, worker_id, names, limit, now, lease_seconds)
-    else:
-        claimed = claim(
-            conn, worker_id, names=names, limit=limit, now=now, lease_seconds=lease_seconds
-        )
+    capped = {n: c for n, c in (caps or {}).items() if n in names}
+    chosen: list[str] | None = None
+    more = False
+    if capped:
+        chosen, more = _within_caps(conn, names, capped, limit, now)
+        if not chosen:
+            return [], (now if more else next_run_at(conn, names))
+    if conn.dialect.name == "sqlite":
+        claimed = [
+            Claimed(*row)
+            for row in sqlite_fast.claim(conn, worker_id, names, limit, now, lease_seconds, chosen)
+        ]
         due = next_run_at(conn, names) if len(claimed) < limit else None
-    return claimed, (due if len(claimed) < limit else None)
+    else:
+        claimed, due = _claim_pg(conn, worker_id, names, limit, now, lease_seconds, chosen)
+    if len(claimed) >= limit:
+        return claimed, None
+    return claimed, (now if more else due)
+
+
+# Claims under caps take turns on PostgreSQL (the key is errands' own constant).
+_CAPS_LOCK = text("SELECT pg_advisory_xact_lock(7245106329)")
+_CANDIDATES = 4  # jobs read per job wanted, when caps may skip some
+
+
+def _within_caps(
+    conn: Connection, names: Sequence[str], caps: Mapping[str, int], limit: int, now: float
+) -> tuple[list[str], bool]:
+    """The jobs a capped claim takes, in claim order, and whether jobs were passed over
+    that a claim right after this one could take (the claim came up short for caps
+    alone)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_CAPS_LOCK)
+    running: dict[tuple[str, str], int] = {
+        (owner, name): n
+        for owner, name, n in conn.execute(
+            select(J.owner, J.name, func.count())
+            .where(J.lease_owner.is_not(None), J.name.in_(list(caps)))
+            .group_by(J.owner, J.name)
+        )
+    }
+    full = [pair for pair, n in running.items() if n >= caps[pair[1]]]
+    wanted = limit * _CANDIDATES
+    query = (
+        select(J.task_id, J.owner, J.name)
+        .where(J.lease_owner.is_(None), J.run_at <= now, J.name.in_(list(names)))
+        .order_by(*_CLAIM_ORDER)
+        .limit(wanted)
+    )
+    if full:
+        query = query.where(tuple_(J.owner, J.name).not_in(full))
+    rows = conn.execute(query).all()
+    chosen: list[str] = []
+    skipped = False
+    for task_id, owner, name in rows:
+        cap = caps.get(name)
+        if cap is not None:
+            if running.get((owner, name), 0) >= cap:
+                skipped = True
+                continue
+            running[(owner, name)] = running.get((owner, name), 0) + 1
+        chosen.append(task_id)
+        if len(chosen) == limit:
+            break
+    return chosen, skipped and len(chosen) < limit and len(rows) == wanted
 
 
 def _claim_pg(
@@ -215,18 +300,20 @@ def _claim_pg(
     limit: int,
     now: float,
     lease_seconds: float,
+    chosen: list[str] | None = None,
 ) -> tuple[list[Claimed], float | None]:
-    rows = conn.execute(
-        _CLAIM_ROUND_PG,
-        {
-            "_now": now,
-            "_names": list(names),
-            "_limit": limit,
-            "_worker": worker_id,
-            "_until": now + lease_seconds,
-            "_stamp": _dt(now),
-        },
-    ).all()
+    params = {
+        "_now": now,
+        "_names": list(names),
+        "_limit": limit,
+        "_worker": worker_id,
+        "_until": now + lease_seconds,
+        "_stamp": _dt(now),
+    }
+    if chosen is None:
+        rows = conn.execute(_CLAIM_ROUND_PG, params).all()
+    else:
+        rows = conn.execute(_CLAIM_CHOSEN_PG, params | {"_chosen": chosen}).all()
     due = rows[0].next_due if rows else None
     started = [r for r in rows if r.id is not None]
     orphans = [r.leased_id for r in rows if r.leased_id is not None and r.id is None]
@@ -329,7 +416,8 @@ def flush(
     touch: bool = True,
 ) -> list[Change]:
     """Write coalesced progress (``task_id``, ``current``, ``total``, ``message``) and
-    emitted items (``task_id``, ``seq``, ``data``) of tasks this worker holds.
+    emitted items (``task_id``, ``seq``, ``data``, and ``ref`` for an item in the blob
+    store) of tasks this worker holds.
 
     Every task written gets a new version; with ``touch=False`` (the outcome that
     follows in the same transaction bumps it) items alone do not.
@@ -340,7 +428,13 @@ def flush(
         conn.execute(
             _INSERT_OUTPUT,
             [
-                {"task_id": o["task_id"], "seq": o["seq"], "data": o["data"], "created_at": stamp}
+                {
+                    "task_id": o["task_id"],
+                    "seq": o["seq"],
+                    "data": o["data"],
+                    "ref": o.get("ref"),
+                    "created_at": stamp,
+                }
                 for o in outputs
             ],
         )
@@ -391,6 +485,10 @@ class Outcome:
     progress: tuple[float | None, float | None, str | None] | None = None
     expires_at: datetime | None = None
     retry_at: float | None = None
+    #: The key of a result kept in the blob store (``result`` is then None), and its
+    #: bytes until they are stored there.
+    result_ref: str | None = None
+    blob: bytes | None = None
 
 
 _DELETE_HELD = (
@@ -461,6 +559,7 @@ def finish(
             values["run_at"] = _dt(o.retry_at or now)
         else:
             values["result"] = o.result
+            values["result_ref"] = o.result_ref
             values["finished_at"] = stamp
             values["expires_at"] = o.expires_at
         if o.progress is not None:

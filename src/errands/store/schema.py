@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -60,6 +61,8 @@ metadata = MetaData()
 
 ID = String(36)
 _ACTIVE_UNIQUE = "unique_key IS NOT NULL AND status IN ('queued', 'running')"
+_WAITING = text("lease_owner IS NULL")
+_LEASED = text("lease_owner IS NOT NULL")
 
 task_table = Table(
     "errands_task",
@@ -93,6 +96,8 @@ task_table = Table(
     Column("idempotency_key", String(255)),
     Column("request_hash", String(64)),
     Column("unique_key", String(64)),
+    # A result too large for the row: its key in the blob store (``result`` is NULL).
+    Column("result_ref", String(255)),
     # Ids are time-ordered, so (owner, id) serves "my tasks, newest first".
     Index("ix_errands_task_owner_id", "owner", "id"),
     Index("ix_errands_task_status_id", "status", "id"),
@@ -135,13 +140,36 @@ job_table = Table(
     Column("attempt", Integer, nullable=False, server_default=text("0")),
     Column("lease_owner", String(64)),
     Column("lease_expires_at", Float),
+    # The job's place in the rotation between owners (see docs/design.md, "Fair claims").
+    Column("turn", BigInteger, nullable=False, server_default=text("0")),
     # Available jobs in claim order; leased jobs by expiry (for the reaper).
     Index(
         "ix_errands_job_available",
         text("priority DESC"),
+        "turn",
         "run_at",
-        sqlite_where=text("lease_owner IS NULL"),
-        postgresql_where=text("lease_owner IS NULL"),
+        sqlite_where=_WAITING,
+        postgresql_where=_WAITING,
+    ),
+    # What a new job's turn is computed from: the owner's last waiting turn for the
+    # task name, and the name's frontier (its lowest waiting and highest running turn).
+    Index(
+        "ix_errands_job_owner_turn",
+        "owner",
+        "name",
+        "turn",
+        sqlite_where=_WAITING,
+        postgresql_where=_WAITING,
+    ),
+    Index(
+        "ix_errands_job_waiting_turn",
+        "name",
+        "turn",
+        sqlite_where=_WAITING,
+        postgresql_where=_WAITING,
+    ),
+    Index(
+        "ix_errands_job_leased_turn", "name", "turn", sqlite_where=_LEASED, postgresql_where=_LEASED
     ),
     Index(
         "ix_errands_job_lease",
@@ -160,6 +188,8 @@ output_table = Table(
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("data", JSON, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # An item too large for the row: its key in the blob store (``data`` is JSON null).
+    Column("ref", String(255)),
 )
 
 worker_table = Table(

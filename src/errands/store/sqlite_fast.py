@@ -41,8 +41,16 @@ _INSERT_TASK = (
     f"INSERT INTO errands_task ({', '.join(_TASK_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_TASK_COLUMNS))})"
 )
+# A job's turn (see ``queue.py``): after the owner's last waiting job of that name, and
+# no earlier than the name's frontier. Each row of an ``executemany`` sees the rows
+# before it, so a batch of one owner's jobs gets consecutive turns.
 _INSERT_JOB = (
-    "INSERT INTO errands_job (task_id, name, owner, priority, run_at) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO errands_job (task_id, name, owner, priority, run_at, turn) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, max("
+    "coalesce((SELECT max(turn) + 1 FROM errands_job "
+    "WHERE lease_owner IS NULL AND owner = ?3 AND name = ?2), 0), "
+    "coalesce((SELECT max(turn) FROM errands_job WHERE lease_owner IS NOT NULL AND name = ?2), 0), "
+    "coalesce((SELECT min(turn) FROM errands_job WHERE lease_owner IS NULL AND name = ?2), 0)))"
 )
 _JSON_COLUMNS = frozenset({"payload", "result"})
 
@@ -106,20 +114,27 @@ def claim(
     limit: int,
     now: float,
     lease_seconds: float,
+    chosen: Sequence[str] | None = None,
 ) -> list[tuple[Any, ...]]:
     """Rows (id, name, owner, payload, attempts, max_attempts, version,
-    cancel_requested, last_seq) of the jobs leased; see ``queue.claim``."""
+    cancel_requested, last_seq) of the jobs leased — the first due in claim order, or
+    the ``chosen`` ones; see ``queue.claim``."""
     cur = _cursor(conn)
-    leased = [
-        r[0]
-        for r in cur.execute(
-            "UPDATE errands_job SET lease_owner = ?, lease_expires_at = ?, attempt = attempt + 1 "
-            "WHERE task_id IN (SELECT task_id FROM errands_job WHERE lease_owner IS NULL "
+    lease = "UPDATE errands_job SET lease_owner = ?, lease_expires_at = ?, attempt = attempt + 1 "
+    if chosen is None:
+        statement = (
+            lease + "WHERE task_id IN (SELECT task_id FROM errands_job WHERE lease_owner IS NULL "
             f"AND run_at <= ? AND name IN ({_marks(len(names))}) "
-            "ORDER BY priority DESC, run_at LIMIT ?) RETURNING task_id",
-            (worker_id, now + lease_seconds, now, *names, limit),
-        ).fetchall()
-    ]
+            "ORDER BY priority DESC, turn, run_at LIMIT ?) RETURNING task_id"
+        )
+        params: tuple[Any, ...] = (worker_id, now + lease_seconds, now, *names, limit)
+    else:
+        statement = (
+            lease + f"WHERE task_id IN ({_marks(len(chosen))}) AND lease_owner IS NULL "
+            "RETURNING task_id"
+        )
+        params = (worker_id, now + lease_seconds, *chosen)
+    leased = [r[0] for r in cur.execute(statement, params).fetchall()]
     if not leased:
         return []
     at = stamp(datetime.fromtimestamp(now, UTC))

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from ..records import CANCELLED_ERROR, Progress, Status, TaskError, TaskRecord
+from ..records import CANCELLED_ERROR, BlobRef, Progress, Status, TaskError, TaskRecord
 from . import postgres_fast, sqlite_fast
 from .queue import Change
 from .schema import job_table, output_table, task_table
@@ -56,7 +56,7 @@ def _record(m: Any) -> TaskRecord:
         payload=m["payload"],
         status=Status(m["status"]),
         progress=Progress(m["progress_current"], m["progress_total"], m["progress_message"]),
-        result=m["result"],
+        result=BlobRef(m["result_ref"]) if m["result_ref"] else m["result"],
         error=error,
         attempts=m["attempts"],
         max_attempts=m["max_attempts"],
@@ -94,10 +94,7 @@ def insert_tasks(
     table, extra = queued
     if conn.dialect.name == "sqlite":
         sqlite_fast.insert_tasks(conn, rows)
-        if table is job_table:
-            sqlite_fast.insert_jobs(conn, extra)
-        elif extra:
-            conn.execute(insert(table), list(extra))
+        _insert_queued(conn, queued)
         return
     if not rows:
         return
@@ -117,6 +114,19 @@ def insert_tasks(
     conn.execute(statement, params[0] if len(params) == 1 else params)
 
 
+def _insert_queued(conn: Connection, queued: tuple[Table, Sequence[dict[str, Any]]]) -> None:
+    """An engine's queue rows for records already inserted; jobs get their turns."""
+    table, extra = queued
+    if not extra:
+        return
+    if table is not job_table:
+        conn.execute(insert(table), list(extra))
+    elif conn.dialect.name == "sqlite":
+        sqlite_fast.insert_jobs(conn, extra)
+    else:
+        postgres_fast.insert_jobs(conn, extra)
+
+
 def insert_keyed(
     conn: Connection,
     row: dict[str, Any],
@@ -133,9 +143,7 @@ def insert_keyed(
             dialect_insert(task_table).values(row).on_conflict_do_nothing().returning(T.id)
         ).first()
         if inserted is not None:
-            table, extra = queued
-            if extra:
-                conn.execute(insert(table), list(extra))
+            _insert_queued(conn, queued)
             return None
         holder = None
         if row.get("idempotency_key") is not None:
@@ -241,12 +249,12 @@ def snapshot(
     out: dict[str, tuple[TaskRecord, list[tuple[int, Any]]]] = {}
     for task_id, record in records.items():
         rows = conn.execute(
-            select(OUT.seq, OUT.data)
+            select(OUT.seq, OUT.data, OUT.ref)
             .where(OUT.task_id == task_id, OUT.seq > wants[task_id])
             .order_by(OUT.seq)
             .limit(limit)
         )
-        out[task_id] = (record, [(r.seq, r.data) for r in rows])
+        out[task_id] = (record, [_item(r) for r in rows])
     return out
 
 
@@ -349,23 +357,34 @@ def outputs(
     if conn.execute(select(T.id).where(_owned(task_id, owner))).first() is None:
         return None
     rows = conn.execute(
-        select(OUT.seq, OUT.data)
+        select(OUT.seq, OUT.data, OUT.ref)
         .where(OUT.task_id == task_id, OUT.seq > after)
         .order_by(OUT.seq)
         .limit(limit)
     )
-    return [(r.seq, r.data) for r in rows]
+    return [_item(r) for r in rows]
 
 
-def purge_expired(conn: Connection, now: datetime, batch: int) -> int:
-    """Delete up to ``batch`` expired finished records and their outputs."""
-    ids = list(
+def _item(row: Row[Any, Any, Any]) -> tuple[int, Any]:
+    """An output item as (seq, data); data in the blob store as its ``BlobRef``."""
+    return row.seq, (BlobRef(row.ref) if row.ref else row.data)
+
+
+def purge_expired(conn: Connection, now: datetime, batch: int) -> tuple[int, list[str]]:
+    """Delete up to ``batch`` expired finished records and their outputs. Returns how
+    many, and the ids of those with values in the blob store (to delete after commit)."""
+    rows = conn.execute(
+        select(T.id, T.result_ref).where(T.expires_at.is_not(None), T.expires_at < now).limit(batch)
+    ).all()
+    if not rows:
+        return 0, []
+    ids = [r.id for r in rows]
+    with_blobs = {r.id for r in rows if r.result_ref}
+    with_blobs.update(
         conn.execute(
-            select(T.id).where(T.expires_at.is_not(None), T.expires_at < now).limit(batch)
+            select(OUT.task_id).where(OUT.task_id.in_(ids), OUT.ref.is_not(None)).distinct()
         ).scalars()
     )
-    if not ids:
-        return 0
     conn.execute(delete(output_table).where(output_table.c.task_id.in_(ids)))
     conn.execute(delete(task_table).where(T.id.in_(ids)))
-    return len(ids)
+    return len(ids), sorted(with_blobs)
