@@ -53,7 +53,10 @@ _JOB_NAMES = ", ".join(c for c, _ in _JOB_COLUMNS)
 _JOBS_WITH_TURNS = (
     f"x AS (SELECT * FROM unnest({_unnest(_JOB_COLUMNS)}) WITH ORDINALITY "
     f"AS x ({_JOB_NAMES}, ord)), "
-    "b AS (SELECT g.owner, g.name, greatest("
+    # MATERIALIZED: the bases are computed once per group, before any row is inserted
+    # (inlined, PostgreSQL evaluates them per row, and each probe then walks past the
+    # rows this statement already inserted).
+    "b AS MATERIALIZED (SELECT g.owner, g.name, greatest("
     "(SELECT max(j.turn) + 1 FROM errands_job j "
     "WHERE j.lease_owner IS NULL AND j.owner = g.owner AND j.name = g.name), "
     "(SELECT max(j.turn) FROM errands_job j WHERE j.lease_owner IS NOT NULL AND j.name = g.name), "
