@@ -69,6 +69,27 @@ PG_SERVER = os.environ.get("ERRANDS_TEST_PG", "postgresql://postgres@127.0.0.1:5
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "databases(*names): run the test on each database")
+    config.addinivalue_line(
+        "markers",
+        "celery: also run the test's ``app`` on the Celery engine (see CELERY_RUNS)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "sql_engine_only(reason): what the test checks is the SQL engine's alone (the "
+        "Celery engine cannot honour it, for this reason)",
+    )
+
+
+# -- engines ----------------------------------------------------------------------------
+# Modules marked ``celery`` run every test that uses ``app`` on the SQL engine (on each
+# of their databases) and on the Celery engine, with each broker on one database —
+# Redis with SQLite, RabbitMQ with PostgreSQL; tests/test_celery.py runs all four
+# pairs. A test marked ``sql_engine_only(reason)`` is not run on Celery.
+CELERY_BROKERS = {
+    "redis": os.environ.get("ERRANDS_TEST_REDIS", "redis://127.0.0.1:6379/13"),
+    "rabbitmq": os.environ.get("ERRANDS_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//"),
+}
+CELERY_RUNS = (("sqlite", "redis"), ("postgresql", "rabbitmq"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -76,12 +97,66 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     marker = metafunc.definition.get_closest_marker("databases")
     names = list(marker.args) if marker else ["sqlite"]
-    metafunc.parametrize("database", names, indirect=True, ids=names)
+    runs = [(name, "sql") for name in names]
+    if (
+        metafunc.definition.get_closest_marker("celery")
+        and "app" in metafunc.fixturenames
+        and not metafunc.definition.get_closest_marker("sql_engine_only")
+    ):
+        runs += [(db, f"celery-{broker}") for db, broker in CELERY_RUNS if db in names]
+    if len(runs) == len(names):
+        metafunc.parametrize("database", names, indirect=True, ids=names)
+        return
+    metafunc.parametrize(
+        ("database", "engine_name"),
+        runs,
+        indirect=True,
+        ids=[db if engine == "sql" else f"{db}-{engine}" for db, engine in runs],
+    )
 
 
 @pytest.fixture
 def database(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def engine_name(request: pytest.FixtureRequest) -> str:
+    """``sql``, ``celery-redis`` or ``celery-rabbitmq``."""
+    return str(getattr(request, "param", "sql"))
+
+
+def make_engine(engine_name: str) -> Any:
+    """The engine for ``Errands(engine=…)``; a Celery engine gets a queue of its own,
+    so no message of another test reaches it."""
+    if engine_name == "sql":
+        return "sql"
+    import uuid
+
+    from celery import Celery
+
+    from errands.engines.celery import CeleryEngine
+
+    broker = CELERY_BROKERS[engine_name.removeprefix("celery-")]
+    celery = Celery("errands-test", broker=broker, set_as_current=False)
+    celery.conf.update(
+        worker_hijack_root_logger=False,
+        task_ignore_result=True,
+        # Redis: look for messages (and a stop request) every 0.1 s, not every second.
+        broker_transport_options={"polling_interval": 0.1},
+    )
+    queue = f"errands-test-{uuid.uuid4().hex[:12]}"
+    return CeleryEngine(celery_app=celery, queue=queue, relay_after=1.0)
+
+
+def drop_celery_queue(app: Errands) -> None:
+    """Delete a test's Celery queue (and whatever is left in it)."""
+    engine = app.engine
+    if engine.name != "celery":
+        return
+    with engine.celery.connection_for_write() as conn:  # type: ignore[attr-defined]
+        conn.default_channel.queue_delete(engine.queue)  # type: ignore[attr-defined]
+    engine.celery.close()  # type: ignore[attr-defined]
 
 
 class PostgresDatabases:
@@ -135,10 +210,11 @@ def db_url(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> Ite
 
 
 @pytest.fixture
-def app(db_url: str) -> Iterator[Errands]:
-    errands_app = Errands(db_url)
+def app(db_url: str, engine_name: str) -> Iterator[Errands]:
+    errands_app = Errands(db_url, engine=make_engine(engine_name))
     yield errands_app
     errands_app.close()
+    drop_celery_queue(errands_app)
 
 
 @asynccontextmanager

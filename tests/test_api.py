@@ -29,7 +29,7 @@ from errands.ids import is_task_id, new_task_id
 from errands.store.schema import job_table, output_table, task_table
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.databases("sqlite", "postgresql")
+pytestmark = [pytest.mark.databases("sqlite", "postgresql"), pytest.mark.celery]
 
 
 class SearchIn(BaseModel):

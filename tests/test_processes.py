@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -262,7 +263,8 @@ async def test_cancel_running_task(
     if not hint:
         # Drop the cross-process "cancel" hint: the worker must find the request in
         # the database on its own heartbeat.
-        e2e_app.engine = SqlEngine(LocalNotifier())
+        e2e_app.engine = SqlEngine()
+        e2e_app.engine.attach(SimpleNamespace(notifier=LocalNotifier()))  # type: ignore[arg-type]
     record = e2e_app.sync.submit(name, LONG[name] | {"log": str(log)}, owner="bob")
     wait_for(running_with_progress(e2e_app, record.id), timeout=30, what="the task to start")
 

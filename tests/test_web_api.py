@@ -40,7 +40,7 @@ from tests.apps.web import current_owner, install, is_admin
 from tests.conftest import LiveServer, WorkerProcess, wait_for
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.databases("sqlite", "postgresql")
+pytestmark = [pytest.mark.databases("sqlite", "postgresql"), pytest.mark.celery]
 
 PROBLEM = "application/problem+json"
 WEB_APP = "tests.apps.web:app"

@@ -450,7 +450,8 @@ def test_poll_delivers_changes_without_notifications(
     # from its poll.
     cross_process = app.notifier
     app.notifier = LocalNotifier()
-    app.engine = SqlEngine(app.notifier)
+    app.engine = SqlEngine()
+    app.engine.attach(app)
     cross_process.close()
     server = serve(poll_interval=0.2, keepalive=1.0)
     steps = 5

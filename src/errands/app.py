@@ -102,7 +102,7 @@ class Errands:
         self,
         database_url: str | URL | None = None,
         *,
-        engine: str = "sql",
+        engine: str | Engine = "sql",
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
         default_retention: timedelta | None = timedelta(days=7),
         pool_size: int | None = None,
@@ -115,9 +115,15 @@ class Errands:
             raise ConfigurationError("blob_threshold must be a number of bytes")
         self.db = Database(database_url, pool_size=pool_size)
         self.notifier = notifier_for(self.db)
-        if engine != "sql":
-            raise ConfigurationError(f"unknown engine {engine!r} (available: 'sql')")
-        self.engine: Engine = SqlEngine(self.notifier)
+        if engine == "sql":
+            engine = SqlEngine()
+        elif isinstance(engine, str):
+            raise ConfigurationError(
+                f"unknown engine {engine!r}: 'sql', or an engine object "
+                "(errands.engines.celery.CeleryEngine)"
+            )
+        self.engine: Engine = engine
+        engine.attach(self)
         self.registry = Registry()
         self.max_payload_bytes = max_payload_bytes
         self.default_retention = default_retention
@@ -385,7 +391,7 @@ class Errands:
         for record in records:
             self.observers.emit("submitted", record.id, record.name, record.status, None)
         with self.notifier.batch():  # both hints in one round trip
-            self.engine.after_commit([r.id for r in records])
+            self.engine.queued([(r.id, r.run_at.timestamp()) for r in records])
             self.notifier.publish_changes(
                 [Change(r.id, r.owner, r.version, r.status) for r in records]
             )
@@ -605,6 +611,7 @@ class Errands:
     def close(self) -> None:
         if self._hub is not None:
             self._hub.close()
+        self.engine.close()
         self.notifier.close()
         self.db.close()
 

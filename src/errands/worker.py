@@ -271,7 +271,7 @@ class Worker:
             ):
                 self._stop_running()
             free = 0 if self._stopping else s.concurrency - len(self._running)
-            limit = free if self._maybe_work else 0
+            limit = self._wanted(free)
             if not (self._outcomes or self._releases or limit):
                 if not self._running and (self._stopping or (s.burst and not self._maybe_work)):
                     return
@@ -299,6 +299,33 @@ class Worker:
                 self._maybe_work = True  # a retry or a handed-back job may be due now
             for job in claimed:
                 self._start(job)
+
+    # -- what a round claims (an engine's worker may override these three) --------------
+    def _wanted(self, free: int) -> int:
+        """How many jobs the next round should claim (0: claim nothing)."""
+        return free if self._maybe_work else 0
+
+    def _claim(
+        self, conn: Connection, limit: int, now: float
+    ) -> tuple[list[Claimed], float | None]:
+        """Claim up to ``limit`` jobs (in the round's transaction): the jobs, and when
+        the next waiting job is due if fewer were found (see ``queue.claim_round``)."""
+        return queue.claim_round(
+            conn,
+            self.id,
+            names=self.names,
+            limit=limit,
+            now=now,
+            lease_seconds=self.settings.lease_seconds,
+            caps=self.caps,
+        )
+
+    def _attempt_over(self, task_id: str) -> None:
+        """An attempt ended: its outcome is written, or there is none to write (its lease
+        was lost, or it is being handed back)."""
+
+    def _claims_lost(self) -> None:
+        """The round's transaction failed: nothing it claimed was claimed."""
 
     def _poke(self) -> None:
         self._maybe_work = True
@@ -338,20 +365,24 @@ class Worker:
                 log.error("worker %s: writing outcomes failed", self.id, exc_info=exc)
                 batch = [await self._write_alone(exe, outcome, outputs) for exe, outcome in batch]
                 self._releases[:0] = releases
+                self._claims_lost()
                 return [], any(o.status is Status.QUEUED for _, o in batch)
             log_failure(log, exc, "worker %s: a write failed; retrying", self.id)
             for exe, _ in batch:
                 exe.unflushed[:0] = [o for o in outputs if o["task_id"] == exe.job.task_id]
             self._outcomes[:0] = batch
             self._releases[:0] = releases
+            self._claims_lost()
             await asyncio.sleep(0.5)
             return [], False
         self._finished(batch)
         if limit:
             self._due = due
-        if releases:
-            self.app.engine.after_commit(release_ids)
-        requeued = bool(releases) or any(o.status is Status.QUEUED for _, o in batch)
+        again = [(task_id, time.time()) for task_id in release_ids]
+        again += [(o.task_id, o.retry_at or 0.0) for _, o in batch if o.status is Status.QUEUED]
+        if again:
+            self.app.engine.queued(again)
+        requeued = bool(again)
         return claimed, requeued
 
     async def _write_alone(
@@ -384,6 +415,7 @@ class Worker:
             except Exception as again:
                 log_failure(log, again, "worker %s: failing task %s failed too", self.id, task_id)
                 self._writing.discard(task_id)
+                self._attempt_over(task_id)
                 return exe, outcome
         self._finished([(exe, outcome)])
         self._publish(changed)
@@ -407,6 +439,7 @@ class Worker:
     def _finished(self, batch: list[tuple[Execution, Outcome]]) -> None:
         for exe, outcome in batch:
             self._writing.discard(exe.job.task_id)
+            self._attempt_over(exe.job.task_id)
             self.app.observers.emit(
                 "finished",
                 exe.job.task_id,
@@ -431,15 +464,7 @@ class Worker:
             changed += queue.finish(conn, self.id, [o for _, o in batch], now=now)
         if releases:
             changed += queue.release(conn, self.id, releases, now=now)
-        claimed, due = queue.claim_round(
-            conn,
-            self.id,
-            names=self.names,
-            limit=limit,
-            now=now,
-            lease_seconds=self.settings.lease_seconds,
-            caps=self.caps,
-        )
+        claimed, due = self._claim(conn, limit, now) if limit else ([], None)
         return changed, claimed, due
 
     async def _sleep_or_wake(self, timeout: float) -> bool:
@@ -660,6 +685,8 @@ class Worker:
                 outcome.expires_at = self.app.expiry(exe.job.name, time.time())
             self._writing.add(exe.job.task_id)
             self._outcomes.append((exe, outcome))
+        else:
+            self._attempt_over(exe.job.task_id)
         self._wake.set()
 
     # -- writing -----------------------------------------------------------------------
@@ -763,8 +790,9 @@ class Worker:
         if changed:
             log.warning("reaper recovered %d task(s) whose worker stopped", len(changed))
             self._publish(changed)
-            if any(c.status is Status.QUEUED for c in changed):
-                self.app.engine.after_commit([c.task_id for c in changed])
+            back = [(c.task_id, now) for c in changed if c.status is Status.QUEUED]
+            if back:
+                self.app.engine.queued(back)
 
     # -- stopping ----------------------------------------------------------------------
     def _install_signals(self) -> list[int]:

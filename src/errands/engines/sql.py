@@ -18,19 +18,27 @@ if TYPE_CHECKING:
 class SqlEngine:
     name = "sql"
 
-    def __init__(self, notifier: Notifier) -> None:
-        self._notifier = notifier
+    def __init__(self) -> None:
+        self._notifier: Notifier | None = None
+
+    def attach(self, app: Errands) -> None:
+        self._notifier = app.notifier
 
     def queue_rows(self, jobs: Sequence[dict[str, Any]]) -> tuple[Table, Sequence[dict[str, Any]]]:
         return job_table, jobs
 
-    def after_commit(self, task_ids: Sequence[str]) -> None:
-        self._notifier.publish_jobs()
+    def queued(self, jobs: Sequence[tuple[str, float]]) -> None:
+        assert self._notifier is not None
+        self._notifier.publish_jobs()  # workers claim from the table; wake idle ones
 
     def request_cancel(self, task_ids: Sequence[str]) -> None:
+        assert self._notifier is not None
         self._notifier.publish_cancel(task_ids)
 
     def worker(self, app: Errands, settings: WorkerSettings) -> Worker:
         from ..worker import Worker
 
         return Worker(app, settings)
+
+    def close(self) -> None:
+        pass

@@ -120,14 +120,18 @@ _CLAIM_ORDER = (J.priority.desc(), J.turn, J.run_at)
 def _claim_round_pg(chosen: bool = False) -> Any:
     """PostgreSQL: the whole claim as one statement (one round trip, and in autocommit
     no BEGIN/COMMIT): pick due jobs (SKIP LOCKED) — or, with ``chosen``, the jobs
-    ``_chosen`` if still available — lease them, start their records, and say when the
+    ``_chosen`` if still waiting — lease them, start their records, and say when the
     next job not taken becomes due. One row per leased job — ``id`` is NULL for a job
     whose record is no longer queued — or one row of NULLs and ``next_due``."""
     if chosen:
         picked = (
             select(J.task_id)
-            .where(J.lease_owner.is_(None), J.task_id.in_(_ids("_chosen")))
-            .with_for_update(skip_locked=True)
+            .where(
+                J.lease_owner.is_(None), J.task_id.in_(_ids("_chosen")), J.name.in_(_ids("_names"))
+            )
+            # Wait for a row another transaction holds (it may be marking the job sent)
+            # and look again: skipped, a job named by its message would not run.
+            .with_for_update()
             .cte("picked")
         )
     else:
@@ -244,6 +248,74 @@ def claim_round(
     if len(claimed) >= limit:
         return claimed, None
     return claimed, (now if more else due)
+
+
+def claim_ids(
+    conn: Connection,
+    worker_id: str,
+    task_ids: Sequence[str],
+    *,
+    names: Sequence[str],
+    now: float,
+    lease_seconds: float,
+) -> list[Claimed]:
+    """Lease these jobs, those still waiting (an engine whose broker says which job to
+    run: a job already leased, finished or cancelled is not taken, so a message
+    delivered twice runs the job once)."""
+    if not task_ids or not names:
+        return []
+    if conn.dialect.name == "sqlite":
+        rows = sqlite_fast.claim(
+            conn, worker_id, names, len(task_ids), now, lease_seconds, task_ids
+        )
+        return [Claimed(*row) for row in rows]
+    return _claim_pg(conn, worker_id, names, len(task_ids), now, lease_seconds, list(task_ids))[0]
+
+
+_UNSENT = (
+    select(J.task_id, J.run_at)
+    .where(
+        J.lease_owner.is_(None),
+        J.run_at <= bindparam("_before"),
+        (J.sent_at.is_(None)) | (J.sent_at < J.run_at),
+    )
+    .order_by(J.run_at)
+    .limit(bindparam("_limit"))
+)
+
+
+def unsent(conn: Connection, *, before: float, limit: int = 500) -> list[tuple[str, float]]:
+    """(task id, run_at) of waiting jobs due before ``before`` that were not published
+    since they became due: their hand-off to the broker may have been lost."""
+    return [
+        (r.task_id, r.run_at) for r in conn.execute(_UNSENT, {"_before": before, "_limit": limit})
+    ]
+
+
+_MARK_SENT = (
+    update(job_table)
+    .where(J.task_id == bindparam("_id"), J.lease_owner.is_(None))
+    .values(sent_at=bindparam("_at"))
+)
+
+
+def mark_sent(conn: Connection, sent: Sequence[tuple[str, float]]) -> None:
+    """Record that messages for these waiting jobs went to the broker: (task id, the
+    time from which the message stands for the job — when it was sent, or the job's
+    later due time)."""
+    if sent:
+        conn.execute(_MARK_SENT, [{"_id": t, "_at": at} for t, at in sent])
+
+
+def unmark_sent(conn: Connection, task_ids: Sequence[str]) -> None:
+    """Forget the publication of these jobs if they still wait: a message for them was
+    consumed without running them, so the relay publishes them again."""
+    if task_ids:
+        conn.execute(
+            update(job_table)
+            .where(J.task_id.in_(list(task_ids)), J.lease_owner.is_(None))
+            .values(sent_at=None)
+        )
 
 
 # Claims under caps take turns on PostgreSQL (the key is errands' own constant).

@@ -142,6 +142,9 @@ job_table = Table(
     Column("lease_expires_at", Float),
     # The job's place in the rotation between owners (see docs/design.md, "Fair claims").
     Column("turn", BigInteger, nullable=False, server_default=text("0")),
+    # Engines that hand jobs to a broker (Celery): when the job was last published
+    # (a job waiting with no publication since its run_at is published again).
+    Column("sent_at", Float),
     # Available jobs in claim order; leased jobs by expiry (for the reaper).
     Index(
         "ix_errands_job_available",

@@ -131,9 +131,9 @@ def claim(
     else:
         statement = (
             lease + f"WHERE task_id IN ({_marks(len(chosen))}) AND lease_owner IS NULL "
-            "RETURNING task_id"
+            f"AND name IN ({_marks(len(names))}) RETURNING task_id"
         )
-        params = (worker_id, now + lease_seconds, *chosen)
+        params = (worker_id, now + lease_seconds, *chosen, *names)
     leased = [r[0] for r in cur.execute(statement, params).fetchall()]
     if not leased:
         return []
