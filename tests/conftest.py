@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from errands import Errands, Worker
+from tests.engines import make_engine, new_queue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +75,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "celery: also run the test's ``app`` on the Celery engine (see CELERY_RUNS)",
     )
     config.addinivalue_line(
+        "markers", "engine_runs(*pairs): run the test on these (database, engine) pairs"
+    )
+    config.addinivalue_line(
         "markers",
         "sql_engine_only(reason): what the test checks is the SQL engine's alone (the "
         "Celery engine cannot honour it, for this reason)",
@@ -85,10 +89,6 @@ def pytest_configure(config: pytest.Config) -> None:
 # of their databases) and on the Celery engine, with each broker on one database —
 # Redis with SQLite, RabbitMQ with PostgreSQL; tests/test_celery.py runs all four
 # pairs. A test marked ``sql_engine_only(reason)`` is not run on Celery.
-CELERY_BROKERS = {
-    "redis": os.environ.get("ERRANDS_TEST_REDIS", "redis://127.0.0.1:6379/13"),
-    "rabbitmq": os.environ.get("ERRANDS_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//"),
-}
 CELERY_RUNS = (("sqlite", "redis"), ("postgresql", "rabbitmq"))
 
 
@@ -98,7 +98,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("databases")
     names = list(marker.args) if marker else ["sqlite"]
     runs = [(name, "sql") for name in names]
-    if (
+    only = metafunc.definition.get_closest_marker("engine_runs")
+    if only is not None:  # explicit (database, engine) pairs
+        runs = list(only.args)
+        names = []
+    elif (
         metafunc.definition.get_closest_marker("celery")
         and "app" in metafunc.fixturenames
         and not metafunc.definition.get_closest_marker("sql_engine_only")
@@ -124,29 +128,6 @@ def database(request: pytest.FixtureRequest) -> str:
 def engine_name(request: pytest.FixtureRequest) -> str:
     """``sql``, ``celery-redis`` or ``celery-rabbitmq``."""
     return str(getattr(request, "param", "sql"))
-
-
-def make_engine(engine_name: str) -> Any:
-    """The engine for ``Errands(engine=…)``; a Celery engine gets a queue of its own,
-    so no message of another test reaches it."""
-    if engine_name == "sql":
-        return "sql"
-    import uuid
-
-    from celery import Celery
-
-    from errands.engines.celery import CeleryEngine
-
-    broker = CELERY_BROKERS[engine_name.removeprefix("celery-")]
-    celery = Celery("errands-test", broker=broker, set_as_current=False)
-    celery.conf.update(
-        worker_hijack_root_logger=False,
-        task_ignore_result=True,
-        # Redis: look for messages (and a stop request) every 0.1 s, not every second.
-        broker_transport_options={"polling_interval": 0.1},
-    )
-    queue = f"errands-test-{uuid.uuid4().hex[:12]}"
-    return CeleryEngine(celery_app=celery, queue=queue, relay_after=1.0)
 
 
 def drop_celery_queue(app: Errands) -> None:
@@ -211,7 +192,7 @@ def db_url(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> Ite
 
 @pytest.fixture
 def app(db_url: str, engine_name: str) -> Iterator[Errands]:
-    errands_app = Errands(db_url, engine=make_engine(engine_name))
+    errands_app = Errands(db_url, engine=make_engine(engine_name, new_queue()))
     yield errands_app
     errands_app.close()
     drop_celery_queue(errands_app)
@@ -268,11 +249,22 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def spawn_worker(db_url: str) -> Iterator[Callable[..., WorkerProcess]]:
+def spawn_worker(
+    db_url: str, engine_name: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """``spawn(app_path, *args)`` starts ``errands worker``; on a Celery run the test
+    apps (``tests/apps``) use the test's engine and queue (``tests/engines.py``)."""
     started: list[WorkerProcess] = []
+    engine_env: dict[str, str] = {}
+    if engine_name != "sql":
+        test_app: Errands = request.getfixturevalue("app")
+        engine_env = {
+            "ERRANDS_TEST_ENGINE": engine_name,
+            "ERRANDS_TEST_QUEUE": test_app.engine.queue,  # type: ignore[attr-defined]
+        }
 
     def spawn(app_path: str, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
-        w = WorkerProcess(app_path, db_url, *args, env=env)
+        w = WorkerProcess(app_path, db_url, *args, env=engine_env | (env or {}))
         started.append(w)
         return w
 

@@ -16,8 +16,9 @@ from starlette.requests import HTTPConnection
 
 from errands import Errands, TaskContext, TaskFailed
 from errands.web import task_api
+from tests.engines import engine_from_env
 
-app = Errands()
+app = Errands(engine=engine_from_env())
 
 
 class StepsIn(BaseModel):
@@ -39,6 +40,12 @@ async def steps(ctx: TaskContext, payload: StepsIn) -> dict[str, Any]:
 
 class FailIn(BaseModel):
     message: str = "it broke"
+
+
+@app.task(max_attempts=2, backoff=0.1)
+async def patient(ctx: TaskContext, payload: StepsIn) -> dict[str, Any]:
+    """``steps`` with a second attempt: it survives the loss of its worker."""
+    return await steps.fn(ctx, payload)  # type: ignore[no-any-return]
 
 
 @app.task(max_attempts=1)
