@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck pytest demo cli-demo bench clean chromium postgres
+.PHONY: test lint typecheck pytest demo cli-demo bench clean chromium postgres brokers
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 
@@ -24,7 +24,7 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-pytest: $(BIN)/.installed chromium postgres
+pytest: $(BIN)/.installed chromium postgres brokers
 	$(BIN)/pytest
 
 # The browser tests drive Debian's Chromium (Playwright's own browser downloads are not used).
@@ -37,6 +37,17 @@ chromium:
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || ( $(SUDO) pg_ctlcluster --skip-systemctl-redirect \
 		$$(ls /etc/postgresql) main start && sleep 2 && pg_isready -h 127.0.0.1 -p 5432 )
+
+# The Celery engine's tests use Redis (127.0.0.1:6379) and RabbitMQ (127.0.0.1:5672,
+# guest/guest); start the local servers if they are down.
+brokers:
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || ( $(SUDO) redis-server --daemonize yes \
+		--bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis \
+		--logfile /var/log/redis/ci.log && sleep 1 )
+	@$(PYTHON) -c "import socket; socket.create_connection(('127.0.0.1', 5672), 2)" 2>/dev/null \
+		|| ( $(SUDO) rabbitmq-server -detached; for i in $$(seq 60); do $(PYTHON) -c \
+		"import socket; socket.create_connection(('127.0.0.1', 5672), 2)" 2>/dev/null && break; \
+		sleep 1; done )
 
 demo: $(BIN)/.installed
 	$(BIN)/errands demo --port $(PORT)
