@@ -16,6 +16,9 @@ runs each peer (same workload code, timing, worker start/stop and start-time pro
 - ``BENCH_ERRANDS_CONCURRENCY``: ``--concurrency`` of each worker process (default 16,
   the library's default).
 - ``BENCH_ERRANDS_EXECUTOR``: ``async`` (default) or ``thread`` (see errands_tasks.py).
+- ``BENCH_ERRANDS_ENGINE``: ``sql`` (default), ``celery-redis`` or ``celery-rabbitmq``;
+  ``BENCH_ERRANDS_QUEUE``: the Celery queue (default: a new name, which the workers
+  inherit); ``BENCH_ERRANDS_BROKER`` / ``BENCH_RABBITMQ_URL``: see ``_celery.py``.
 - ``BENCH_ERRANDS_PIDFILE``: worker pids are appended here, so that ``run.py`` can kill
   leftovers even if this process is killed.
 - plus the peer harness's own ``BENCH_W1_N`` / ``BENCH_W2_N`` / ``BENCH_W3_N`` /
@@ -41,6 +44,12 @@ How errands is driven (the peers' equivalents in brackets):
 - W2: ``app.sync.submit`` then ``app.sync.wait`` (woken by errands' cross-process
   change notifications: Unix datagrams beside a SQLite file, LISTEN/NOTIFY on
   PostgreSQL; no client polling) [blocking result APIs of Celery/RQ/Dramatiq].
+- Celery engine: the client's submits commit the records and jobs; a publisher thread
+  then sends one message per job and marks it sent. The enqueue phases (single and
+  batch) are timed until every job of the phase is marked sent (a count of unsent
+  jobs, polled every 10 ms after the last call returns), so they include publication
+  [``delay()`` returns once published]; the commit-only time is in ``check``. The
+  run's queues are deleted at the end (``run.py`` deletes them again).
 - W3: 20 × ``ctx.progress(k, 20)`` (errands' progress API: coalesced in memory and
   written at most every 0.25 s per task plus once with the outcome) and a ~1 KB result
   stored in the task record [``update_state``, ``save_meta``, ``huey.put``, UPSERTs].
@@ -60,16 +69,20 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import _celery  # noqa: E402
 from bench._peers import RESULTS, load_common  # noqa: E402
 
 common = load_common()
+ENGINE = _celery.check_engine(os.environ.get("BENCH_ERRANDS_ENGINE", "sql"))
+if ENGINE != "sql":  # one queue of this run's own, inherited by the workers
+    os.environ.setdefault("BENCH_ERRANDS_QUEUE", _celery.new_queue(ENGINE))
 STATE = RESULTS / "state"
 STATE.mkdir(parents=True, exist_ok=True)
 os.environ.setdefault(
     "BENCH_ERRANDS_URL", f"sqlite:///{STATE}/errands-{os.getpid()}-{int(time.time())}.db"
 )
 
-from sqlalchemy import delete, func, select, text  # noqa: E402
+from sqlalchemy import Table, delete, func, select, text  # noqa: E402
 
 import errands  # noqa: E402
 from bench import errands_tasks  # noqa: E402
@@ -144,6 +157,36 @@ def _is_postgres(target: Errands) -> bool:
     return target.db.dialect == "postgresql"
 
 
+def _unsent(target: Errands, name: str, table: Table = job_table) -> int:
+    """How many waiting jobs of task ``name`` are not marked sent to the broker."""
+    j = table.c
+    query = (
+        select(func.count())
+        .select_from(table)
+        .where(j.name == name, j.sent_at.is_(None), j.lease_owner.is_(None))
+    )
+    return int(target.db.read(lambda conn: conn.execute(query).scalar_one()))
+
+
+def _published(target: Errands, name: str) -> None:
+    """Celery engine: return once every waiting job of ``name`` is marked sent."""
+    if ENGINE == "sql":
+        return
+    deadline = time.monotonic() + common.PHASE_TIMEOUT
+    while _unsent(target, name):
+        if time.monotonic() > deadline:
+            raise common.PhaseTimeout(f"{name}: jobs still unpublished after the phase timeout")
+        time.sleep(common.DONE_POLL_S)
+
+
+def _delete_queues(*, batch: bool = False) -> None:
+    """Celery engine: delete the run's queues (``batch``: only W1's batch queue)."""
+    if errands_tasks.BROKER is not None:
+        queue = errands_tasks.QUEUE
+        queues = [] if batch else [queue]
+        _celery.delete_queues(errands_tasks.BROKER, [*queues, _celery.batch_queue(queue)])
+
+
 def _analyze(target: Errands) -> None:
     """Planner statistics for the errands tables (PostgreSQL; outside a transaction)."""
     with target.db.engine.connect() as conn:
@@ -154,13 +197,15 @@ def _analyze(target: Errands) -> None:
 
 class Adapter(common.Adapter):  # type: ignore[misc, name-defined]
     system = "errands"
-    packages = ("errands", "sqlalchemy", "pydantic", "psycopg", "redis")
+    packages = ("errands", "sqlalchemy", "pydantic", "psycopg", "redis", "celery", "kombu", "amqp")
     batch_api = "app.sync.submit_many(name, payloads, owner=...): one transaction"
 
     def __init__(self) -> None:
         url = app.db.url
         executor = errands_tasks.EXECUTOR
         suffix = "" if executor == "async" else f"-{executor}"
+        if ENGINE != "sql":
+            suffix = f"-{ENGINE}{suffix}"
         if _is_postgres(app):
             default_variant = "pg" + suffix
             store = (
@@ -172,15 +217,35 @@ class Adapter(common.Adapter):  # type: ignore[misc, name-defined]
             default_variant = f"sqlite-{sync}" + suffix
             store = f"SQLite file, WAL, synchronous={sync.upper()}"
         self.variant = os.environ.get("BENCH_ERRANDS_VARIANT", default_variant)
+        worker = (
+            f"{common.WORKERS} x `python -m errands worker bench.errands_tasks:app "
+            f"--concurrency {CONCURRENCY}`"
+        )
+        engine = "sql (the database is the queue)"
+        if errands_tasks.BROKER is not None:
+            broker = _celery.broker_name(errands_tasks.BROKER)
+            engine = (
+                f"celery: CeleryEngine({_celery.safe(errands_tasks.BROKER)}, "
+                f"queue={errands_tasks.QUEUE!r}) — {broker} broker, no Celery result "
+                "backend (records and outcomes in the database)"
+            )
+            worker += (
+                f": each a Celery worker (thread pool of {CONCURRENCY}, prefetch 1, late ack) "
+                "and an errands worker in one process"
+            )
+        self.extra: dict[str, dict[str, Any]] = {"w1": {}, "w3": {}}
         self.config = {
             "store": store,
-            "worker": (
-                f"{common.WORKERS} x `python -m errands worker bench.errands_tasks:app "
-                f"--concurrency {CONCURRENCY}`"
-            ),
+            "engine": engine,
+            "worker": worker,
             "tasks": TASK_KINDS[executor],
             "enqueue": "app.sync.submit() one at a time; batch: app.sync.submit_many() "
-            "(one call, one transaction)",
+            "(one call, one transaction)"
+            + (
+                "; timed until every message is published and marked sent"
+                if ENGINE != "sql"
+                else ""
+            ),
             "done": "W1/W3: app.sync.get(last) until succeeded, then count(*) of succeeded "
             "records; W2: app.sync.wait (cross-process notifications, no polling)",
             "progress": "ctx.progress() x 20 (coalesced, written at most every 0.25 s per "
@@ -206,6 +271,7 @@ class Adapter(common.Adapter):  # type: ignore[misc, name-defined]
         return [list(cmd) for _ in range(common.WORKERS)]
 
     def reset(self) -> None:
+        _delete_queues()  # a queue name given by hand may have been used before
         if _is_postgres(app):
             app.db.ensure_schema()  # only checks that the database was migrated
             with app.db.engine.begin() as conn:
@@ -223,8 +289,10 @@ class Adapter(common.Adapter):  # type: ignore[misc, name-defined]
         """``submit_many`` of n no-op payloads, timed; into a scratch SQLite file, or on
         PostgreSQL under a task name no worker runs, deleted afterwards."""
         payloads = [{"i": i} for i in range(n)]
+        # Celery engine: messages to a queue of their own that no worker reads
+        engine = errands_tasks.make_engine(_celery.batch_queue(errands_tasks.QUEUE))
         if _is_postgres(app):
-            scratch = Errands(app.db.url)
+            scratch = Errands(app.db.url, engine=engine)
 
             @scratch.task(name=BATCH_NAME)
             async def w1batch(ctx: Any, payload: dict[str, Any]) -> None:
@@ -233,16 +301,21 @@ class Adapter(common.Adapter):  # type: ignore[misc, name-defined]
             try:
                 t0 = time.perf_counter()
                 records = scratch.sync.submit_many(BATCH_NAME, payloads, owner=OWNER)
+                committed = time.perf_counter() - t0
+                _published(scratch, BATCH_NAME)
                 elapsed = time.perf_counter() - t0
                 assert len(records) == n
+                if ENGINE != "sql":
+                    self.extra["w1"]["batch_commit_s"] = committed
                 with scratch.db.engine.begin() as conn:
                     conn.execute(delete(job_table).where(job_table.c.name == BATCH_NAME))
                     conn.execute(delete(task_table).where(task_table.c.name == BATCH_NAME))
                 return elapsed
             finally:
                 scratch.close()
+                _delete_queues(batch=True)
         url = app.db.url.set(database=f"{app.db.sqlite_path}.batch")
-        scratch = Errands(url)
+        scratch = Errands(url, engine=engine)
         errands_tasks.register(scratch)
         files = _sqlite_files(scratch)
         _remove(files)
@@ -250,23 +323,43 @@ class Adapter(common.Adapter):  # type: ignore[misc, name-defined]
             scratch.db.ensure_schema()
             t0 = time.perf_counter()
             records = scratch.sync.submit_many("noop", payloads, owner=OWNER)
+            committed = time.perf_counter() - t0
+            _published(scratch, "noop")
             elapsed = time.perf_counter() - t0
             assert len(records) == n
+            if ENGINE != "sql":
+                self.extra["w1"]["batch_commit_s"] = committed
             return elapsed
         finally:
             scratch.close()
             shutil.rmtree(getattr(scratch.notifier, "root", "/nonexistent"), ignore_errors=True)
             _remove(files)
+            _delete_queues(batch=True)
+
+    def _enqueue(self, phase: str, name: str, n: int) -> list[str]:
+        """n single submits, then (Celery engine) until every message is published."""
+        t0 = time.perf_counter()
+        ids = [app.sync.submit(name, {"i": i}, owner=OWNER).id for i in range(n)]
+        committed = time.perf_counter() - t0
+        _published(app, name)
+        if ENGINE != "sql":
+            self.extra[phase]["enqueue_commit_s"] = committed
+            self.extra[phase]["enqueue_publish_tail_s"] = time.perf_counter() - t0 - committed
+        return ids
 
     def w1_enqueue(self, n: int) -> list[str]:
-        return [app.sync.submit("noop", {"i": i}, owner=OWNER).id for i in range(n)]
+        return self._enqueue("w1", "noop", n)
 
     def w1_wait(self, handles: list[str]) -> float:
         return _wait_all("noop", handles)
 
     def w1_check(self, handles: list[str]) -> dict[str, Any]:
         last = app.sync.get(handles[-1], owner=OWNER)
-        return {"last_result": last.result, "succeeded": _count("noop", Status.SUCCEEDED)}
+        return {
+            "last_result": last.result,
+            "succeeded": _count("noop", Status.SUCCEEDED),
+            **self.extra["w1"],
+        }
 
     # -- W2 ------------------------------------------------------------------------------
     def w2_one(self, key: str) -> tuple[float, float]:
@@ -280,7 +373,7 @@ class Adapter(common.Adapter):  # type: ignore[misc, name-defined]
 
     # -- W3 ------------------------------------------------------------------------------
     def w3_enqueue(self, n: int) -> list[str]:
-        return [app.sync.submit("w3task", {"i": i}, owner=OWNER).id for i in range(n)]
+        return self._enqueue("w3", "w3task", n)
 
     def w3_wait(self, handles: list[str]) -> float:
         return _wait_all("w3task", handles)
@@ -293,11 +386,13 @@ class Adapter(common.Adapter):  # type: ignore[misc, name-defined]
             "w3_done_with_final_progress": _count(
                 "w3task", Status.SUCCEEDED, progress_at=float(common.W3_REPORTS)
             ),
+            **self.extra["w3"],
         }
 
     def close(self) -> None:
         app.close()
         shutil.rmtree(getattr(app.notifier, "root", "/nonexistent"), ignore_errors=True)
+        _delete_queues()
 
 
 def _record_worker_pids() -> None:

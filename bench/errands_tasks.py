@@ -8,6 +8,10 @@ W1/W3), and W3 reports progress 20 times through errands' own ``ctx.progress``.
 
 ``$BENCH_ERRANDS_EXECUTOR``: ``async`` (default: ``async def`` tasks run on the worker's
 event loop) or ``thread`` (plain ``def`` tasks, one thread per attempt).
+
+``$BENCH_ERRANDS_ENGINE``: ``sql`` (default), ``celery-redis`` or ``celery-rabbitmq``
+(the Celery engine on that broker, see ``_celery.py``), on the Celery queue
+``$BENCH_ERRANDS_QUEUE`` (the adapter sets a new one per run; the workers inherit it).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 from errands import Errands, TaskContext
 
+from . import _celery
 from ._peers import load_common
 
 common = load_common()
@@ -26,7 +31,22 @@ EXECUTOR = os.environ.get("BENCH_ERRANDS_EXECUTOR", "async")
 if EXECUTOR not in ("async", "thread"):
     raise SystemExit(f"BENCH_ERRANDS_EXECUTOR must be async or thread, not {EXECUTOR!r}")
 
-app = Errands(URL)
+ENGINE = _celery.check_engine(os.environ.get("BENCH_ERRANDS_ENGINE", "sql"))
+QUEUE = os.environ.get("BENCH_ERRANDS_QUEUE", "errands-bench")
+BROKER = None if ENGINE == "sql" else _celery.broker_url(ENGINE, common.REDIS_URL)
+
+
+def make_engine(queue: str = QUEUE) -> Any:
+    """What ``Errands(engine=...)`` gets: ``"sql"``, or a Celery engine (its defaults:
+    the library's own Celery app on ``BROKER``) on ``queue``."""
+    if BROKER is None:
+        return "sql"
+    from errands.engines.celery import CeleryEngine
+
+    return CeleryEngine(BROKER, queue=queue)
+
+
+app = Errands(URL, engine=make_engine())
 """The app the workers load (its tasks are registered at the bottom of this module)."""
 
 

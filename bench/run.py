@@ -3,13 +3,16 @@
     .venv/bin/python bench/run.py                      # SQLite FULL, NORMAL, PostgreSQL; 3 runs
     .venv/bin/python bench/run.py --peers /tmp/peers/results.json   # + peers table and targets
     .venv/bin/python bench/run.py --configs pg --repeats 1 --quick   # smoke test
+    .venv/bin/python bench/run.py --configs celery-redis --peers /tmp/peers/results.json # vs Celery
 
 Each run is one fresh process of ``bench/errands_adapter.py`` (the peers' W1/W2/W3 driver
 with an errands adapter) against a new database, with a wall-clock limit: a new SQLite
 file, or (``pg`` configurations) a new PostgreSQL database ``errands_bench_<pid>_<n>``
 created on the server of ``--pg-url``, migrated with ``errands migrate`` (the measured
-commit's migrations) and dropped ``WITH (FORCE)`` afterwards. Any worker process a run
-left behind is killed and its database files are removed. Raw JSON and worker logs go
+commit's migrations) and dropped ``WITH (FORCE)`` afterwards. The ``celery-*``
+configurations run errands on its Celery engine (Redis or RabbitMQ broker) on Celery
+queues of the run's own, deleted afterwards. Any worker process a run left behind is
+killed and its database files are removed. Raw JSON and worker logs go
 to ``bench/results/`` (git-ignored); the aggregated results to
 ``bench/results/errands.json`` and ``bench/results/errands.md``.
 """
@@ -37,6 +40,7 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import _celery  # noqa: E402
 from bench import _pg as pg  # noqa: E402
 from bench._peers import RESULTS, load_common, peers_dir  # noqa: E402
 from bench._source import snapshot  # noqa: E402
@@ -51,6 +55,7 @@ class Config:
     synchronous: str  # SQLite's; "" on PostgreSQL
     executor: str = "async"
     backend: str = "sqlite"  # or "postgresql"
+    engine: str = "sql"  # or "celery-redis", "celery-rabbitmq"
 
 
 CONFIGS = {
@@ -79,8 +84,37 @@ CONFIGS = {
             "thread",
             "postgresql",
         ),
+        Config(
+            "celery-redis",
+            "errands (SQLite FULL, Celery engine, Redis broker)",
+            "full",
+            engine="celery-redis",
+        ),
+        Config(
+            "celery-rabbitmq",
+            "errands (SQLite FULL, Celery engine, RabbitMQ broker)",
+            "full",
+            engine="celery-rabbitmq",
+        ),
+        Config(
+            "pg-celery-redis",
+            "errands (PostgreSQL, Celery engine, Redis broker)",
+            "",
+            backend="postgresql",
+            engine="celery-redis",
+        ),
+        Config(
+            "pg-celery-rabbitmq",
+            "errands (PostgreSQL, Celery engine, RabbitMQ broker)",
+            "",
+            backend="postgresql",
+            engine="celery-rabbitmq",
+        ),
     )
 }
+#: The plain-Celery peer on each Celery engine's broker (peers' results.json names).
+CELERY_PEERS = {"celery-redis": "celery", "celery-rabbitmq": "celery-rabbitmq"}
+CELERY_PEER_LABELS = {"celery-rabbitmq": "Celery (RabbitMQ broker + Redis results)"}
 
 DEFAULT_PG_URL = pg.DEFAULT_ADMIN_URL
 
@@ -200,11 +234,18 @@ def _run_once(
     query = "" if config.synchronous == "full" else f"?synchronous={config.synchronous}"
     url = pg_url or f"sqlite:///{db}{query}"
     env = dict(os.environ)
-    env.pop("ERRANDS_DATABASE_URL", None)
+    for name in ("ERRANDS_DATABASE_URL", "BENCH_ERRANDS_QUEUE", *_celery.CELERY_OVERRIDES):
+        env.pop(name, None)
+    broker = None
+    if config.engine != "sql":
+        broker = _celery.broker_url(config.engine, common.REDIS_URL)
+        queue = _celery.new_queue(config.name)
+        env.update(BENCH_ERRANDS_QUEUE=queue)
     env.update(
         BENCH_ERRANDS_URL=url,
         BENCH_ERRANDS_VARIANT=config.name,
         BENCH_ERRANDS_EXECUTOR=config.executor,
+        BENCH_ERRANDS_ENGINE=config.engine,
         BENCH_ERRANDS_CONCURRENCY=str(args.concurrency),
         BENCH_ERRANDS_PIDFILE=str(pidfile),
         BENCH_PEERS_DIR=str(peers_dir()),
@@ -240,9 +281,18 @@ def _run_once(
     leftovers = kill_leftovers(pidfile)
     for suffix in ("", "-wal", "-shm", ".batch", ".batch-wal", ".batch-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
+    cleanup = None
+    if broker is not None:  # the adapter deletes them too, unless it was interrupted
+        try:
+            _celery.delete_queues(broker, [queue, _celery.batch_queue(queue)])
+        except Exception as exc:
+            cleanup = f"deleting Celery queue {queue} failed: {exc}"
+            log(f"  {cleanup}")
     result: dict[str, Any] = {"errors": []}
     if out.exists():
         result = json.loads(out.read_text())
+    if cleanup:
+        result["_cleanup"] = cleanup
     if rc != 0:
         result["errors"].append(f"exit code {rc}; see {logfile.relative_to(REPO)}")
     if leftovers:
@@ -368,6 +418,8 @@ def targets(rows: list[dict[str, Any]], peers: dict[str, dict[str, Any]]) -> lis
         )
 
     for c in rows:
+        if CONFIGS[c["name"]].engine != "sql":
+            continue  # the issues' targets are the SQL engine's; see celery_ratios()
         m = c["median"]
         n = c["name"]
         w1, w3 = m["w1_process_per_s"], m["w3_process_per_s"]
@@ -417,11 +469,59 @@ def targets(rows: list[dict[str, Any]], peers: dict[str, dict[str, Any]]) -> lis
     return lines
 
 
+#: (metric, label, digits, higher is better) of the Celery-engine comparison.
+CELERY_METRICS = (
+    ("w1_enqueue_single_per_s", "W1 enqueue/s (single)", 0, True),
+    ("w1_process_per_s", "W1 process/s", 0, True),
+    ("w1_process_per_s_from_launch", "W1 process/s incl. worker boot", 0, True),
+    ("w2_start_p50_ms", "W2 submit→start p50 (ms)", 1, False),
+    ("w2_start_p99_ms", "W2 submit→start p99 (ms)", 1, False),
+    ("w2_complete_p50_ms", "W2 submit→complete p50 (ms)", 1, False),
+    ("w2_complete_p99_ms", "W2 submit→complete p99 (ms)", 1, False),
+    ("w3_enqueue_single_per_s", "W3 enqueue/s (single)", 0, True),
+    ("w3_process_per_s", "W3 process/s", 0, True),
+)
+
+
+def celery_ratios(rows: list[dict[str, Any]], peers: dict[str, dict[str, Any]]) -> list[str]:
+    """errands on the Celery engine beside plain Celery on the same broker: what the
+    record layer costs. *cost* = how many times slower errands is (throughput: Celery ÷
+    errands; latency: errands ÷ Celery), so 1.00× is free and 2.00× is half as fast."""
+    lines: list[str] = []
+    for c in rows:
+        engine = CONFIGS[c["name"]].engine
+        if engine == "sql":
+            continue
+        peer = peers.get(CELERY_PEERS[engine])
+        if peer is None:
+            lines += [f"- {c['name']}: no `{CELERY_PEERS[engine]}` in the peers file", ""]
+            continue
+        lines += [
+            f"**{c['name']}** against **{peer['name']}** ({peer['label']}):",
+            "",
+            "| metric | errands | plain Celery | errands ÷ Celery | cost (× slower) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for metric, label, digits, higher_better in CELERY_METRICS:
+            mine, theirs = c["median"].get(metric), peer["median"].get(metric)
+            cost = _ratio(theirs, mine) if higher_better else _ratio(mine, theirs)
+            lines.append(
+                f"| {label} | {fmt(mine, digits)} | {fmt(theirs, digits)} | "
+                f"{_ratio(mine, theirs)} | {cost} |"
+            )
+        lines.append("")
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def load_peers(path: Path | None) -> dict[str, dict[str, Any]]:
     if path is None or not path.exists():
         return {}
     data = json.loads(path.read_text())
-    return {c["name"]: c for c in data.get("configs", [])}
+    peers = {c["name"]: c for c in data.get("configs", [])}
+    for name, label in CELERY_PEER_LABELS.items():
+        if name in peers and peers[name].get("label") in (None, name):
+            peers[name]["label"] = label
+    return peers
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -482,6 +582,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "full,normal)"
             )
         log(f"PostgreSQL: {postgres}")
+    for engine in sorted({CONFIGS[n].engine for n in names} - {"sql"}):
+        broker = _celery.broker_url(engine, common.REDIS_URL)
+        try:
+            _celery.check_broker(broker)
+        except Exception as exc:
+            ap.error(
+                f"the {engine} configurations' broker {_celery.safe(broker)} does not answer "
+                f"({exc}); start it (make brokers) or leave those configurations out"
+            )
+        log(f"{engine}: broker {_celery.safe(broker)}")
     runs: list[dict[str, Any]] = []
     for rep in range(1, args.repeats + 1):
         order = names if rep % 2 else list(reversed(names))  # alternate, as the peers do
@@ -537,7 +647,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         peer_rows = list(peers.values())
         md += ["", f"Peers (from {args.peers}):", ""]
         md += table(peer_rows, "W1 enqueue/s (batch API)")
-        md += ["", "Targets (ratios against the peers above):", "", *targets(rows, peers)]
+        goals = targets(rows, peers)
+        if len(goals) > 2:  # more than the header: some configuration on the SQL engine
+            md += ["", "Targets (ratios against the peers above):", "", *goals]
+        ratios = celery_ratios(rows, peers)
+        if ratios:
+            md += [
+                "",
+                "The record layer's cost: errands on the Celery engine beside plain Celery on "
+                "the same broker (cost = how many times slower errands is: Celery ÷ errands "
+                "for rates, errands ÷ Celery for latencies):",
+                "",
+                *ratios,
+            ]
     errors = [(c["name"], e) for c in rows for e in c["errors"]]
     if errors:
         md += ["", "Errors:"] + [f"- {n}: {e}" for n, e in errors]

@@ -594,7 +594,7 @@ def test_no_identity_is_401_everywhere(serve: Callable[..., LiveServer], app: Er
 
 
 def test_submit_rate_limit(serve: Callable[..., LiveServer], app: Errands) -> None:
-    server = serve(submit_rate=1.0, submit_burst=3)
+    server = serve(submit_rate=0.05, submit_burst=3)  # no refill while the test runs
     with client(server, "alice") as alice, client(server, "bob") as bob:
         for _ in range(3):
             submit(alice, "steps", {"steps": 1})
@@ -685,7 +685,7 @@ def test_openapi_documents_payloads_resources_and_problems(
     schema = body["content"]["application/json"]["schema"]
     assert "$defs" not in json.dumps(schema)  # inlined: no dangling refs
     variants = {v["properties"]["name"]["const"]: v for v in schema["anyOf"]}
-    assert set(variants) == {"steps", "fail", "crash", "sleepy"}
+    assert set(variants) == {"steps", "patient", "fail", "crash", "sleepy"}
     for variant in variants.values():
         assert variant["additionalProperties"] is False
         assert variant["required"] == ["name"]

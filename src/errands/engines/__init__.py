@@ -1,9 +1,10 @@
 """Execution engines: what runs the work behind the task records.
 
-An engine gets three calls from the record layer — enqueue a task inside the
-transaction that creates its record, wake workers once that transaction has committed,
-and reach the worker running a task whose owner asked to cancel it — and it provides
-the workers. The built-in ``sql`` engine keeps its queue in ``errands_job``.
+The record layer calls an engine to get the rows that queue new work (inserted with the
+records, in their transaction), to say that jobs were queued once that transaction has
+committed, and to reach the worker of a task whose owner asked to cancel it; the engine
+provides the workers. The built-in ``sql`` engine keeps its queue in ``errands_job``;
+``errands.engines.celery.CeleryEngine`` runs the same jobs on Celery.
 """
 
 from .base import Engine

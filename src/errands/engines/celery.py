@@ -96,6 +96,9 @@ class CeleryEngine:
                 )
             celery_app = Celery("errands", broker=broker, set_as_current=False)
             celery_app.conf.update(
+                # The broker given here, even if $CELERY_BROKER_URL names another.
+                broker_read_url=broker,
+                broker_write_url=broker,
                 broker_connection_retry_on_startup=True,
                 worker_hijack_root_logger=False,
                 task_ignore_result=True,
@@ -311,6 +314,9 @@ class CeleryWorker(Worker):
         if engine.current is not None:
             raise ConfigurationError("one errands worker per process runs Celery messages")
         engine.current = self
+        celery_log = logging.getLogger("celery")
+        if celery_log.level == logging.NOTSET:  # two INFO lines per task otherwise
+            celery_log.setLevel(logging.WARNING)
         from celery import _state
 
         # Celery's thread pool finds the task's app as the default app (its threads have
