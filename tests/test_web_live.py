@@ -212,6 +212,7 @@ def test_sse_runs_to_done_and_ends(serve: Serve, spawn_worker: Spawn) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.celery  # the live streams on the Celery engine too
 def test_sse_resumes_from_last_event_id(serve: Serve, spawn_worker: Spawn) -> None:
     server = serve(keepalive=1.0)
     spawn_worker(WORKER_APP, "--concurrency", "4", "--poll", "0.2")
@@ -257,6 +258,7 @@ def test_sse_resumes_from_last_event_id(serve: Serve, spawn_worker: Spawn) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.celery  # the live streams on the Celery engine too
 def test_websocket_runs_to_done_and_resumes(serve: Serve, spawn_worker: Spawn) -> None:
     server = serve(keepalive=1.0)
     spawn_worker(WORKER_APP, "--concurrency", "4", "--poll", "0.2")

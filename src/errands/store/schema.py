@@ -62,7 +62,6 @@ metadata = MetaData()
 ID = String(36)
 _ACTIVE_UNIQUE = "unique_key IS NOT NULL AND status IN ('queued', 'running')"
 _WAITING = text("lease_owner IS NULL")
-_LEASED = text("lease_owner IS NOT NULL")
 
 task_table = Table(
     "errands_task",
@@ -155,7 +154,8 @@ job_table = Table(
         postgresql_where=_WAITING,
     ),
     # What a new job's turn is computed from: the owner's last waiting turn for the
-    # task name, and the name's frontier (its lowest waiting and highest running turn).
+    # task name, and the name's frontier (its lowest waiting and highest running turn;
+    # running jobs are few, and found through ix_errands_job_lease).
     Index(
         "ix_errands_job_owner_turn",
         "owner",
@@ -170,9 +170,6 @@ job_table = Table(
         "turn",
         sqlite_where=_WAITING,
         postgresql_where=_WAITING,
-    ),
-    Index(
-        "ix_errands_job_leased_turn", "name", "turn", sqlite_where=_LEASED, postgresql_where=_LEASED
     ),
     Index(
         "ix_errands_job_lease",

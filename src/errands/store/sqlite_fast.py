@@ -124,7 +124,9 @@ def claim(
     if chosen is None:
         statement = (
             lease + "WHERE task_id IN (SELECT task_id FROM errands_job WHERE lease_owner IS NULL "
-            f"AND run_at <= ? AND name IN ({_marks(len(names))}) "
+            # "+name": not an index term, so SQLite walks the claim-order index
+            # (priority, turn, run_at) instead of the (name, turn) one plus a sort.
+            f"AND run_at <= ? AND +name IN ({_marks(len(names))}) "
             "ORDER BY priority DESC, turn, run_at LIMIT ?) RETURNING task_id"
         )
         params: tuple[Any, ...] = (worker_id, now + lease_seconds, now, *names, limit)

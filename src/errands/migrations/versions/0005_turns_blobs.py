@@ -17,7 +17,6 @@ branch_labels = None
 depends_on = None
 
 _WAITING = sa.text("lease_owner IS NULL")
-_LEASED = sa.text("lease_owner IS NOT NULL")
 
 
 def upgrade() -> None:
@@ -47,13 +46,6 @@ def upgrade() -> None:
         sqlite_where=_WAITING,
         postgresql_where=_WAITING,
     )
-    op.create_index(
-        "ix_errands_job_leased_turn",
-        "errands_job",
-        ["name", "turn"],
-        sqlite_where=_LEASED,
-        postgresql_where=_LEASED,
-    )
     op.add_column("errands_task", sa.Column("result_ref", sa.String(255)))
     op.add_column("errands_output", sa.Column("ref", sa.String(255)))
 
@@ -64,7 +56,6 @@ def downgrade() -> None:
     with op.batch_alter_table("errands_task") as batch:
         batch.drop_column("result_ref")
     for name in (
-        "ix_errands_job_leased_turn",
         "ix_errands_job_waiting_turn",
         "ix_errands_job_owner_turn",
         "ix_errands_job_available",
