@@ -106,9 +106,8 @@ async def test_a_new_owner_joins_at_the_frontier(app: Errands) -> None:
     a = await app.submit_many("job", [{"n": i} for i in range(10)], owner="alice")
     assert claim_one_by_one(app, 6, names=["job"]) == [r.id for r in a[:6]]
     b = await app.submit_many("job", [{"n": i} for i in range(3)], owner="bob")
-    # alice's turns 6..9 wait; bob's start at the frontier (the lowest waiting turn, 6,
-    # above the highest running one, 5): they alternate, alice first on equal turns as
-    # her job has waited longer.
+    # alice's turns 6..9 wait; bob's start at the frontier (the lowest waiting turn, 6):
+    # they alternate, alice first on equal turns as her job has waited longer.
     assert claim_one_by_one(app, 10, names=["job"]) == [
         a[6].id,
         b[0].id,

@@ -48,7 +48,7 @@ def _unnest(columns: tuple[tuple[str, str], ...]) -> str:
 
 # Jobs get their turns (see ``queue.py``): each (owner, name) group of the batch
 # continues after the owner's last waiting turn of that name, no earlier than the
-# name's frontier (its lowest waiting and highest running turn), one turn per job.
+# name's frontier (its lowest waiting turn), one turn per job.
 _JOB_NAMES = ", ".join(c for c, _ in _JOB_COLUMNS)
 _JOBS_WITH_TURNS = (
     f"x AS (SELECT * FROM unnest({_unnest(_JOB_COLUMNS)}) WITH ORDINALITY "
@@ -59,7 +59,6 @@ _JOBS_WITH_TURNS = (
     "b AS MATERIALIZED (SELECT g.owner, g.name, greatest("
     "(SELECT max(j.turn) + 1 FROM errands_job j "
     "WHERE j.lease_owner IS NULL AND j.owner = g.owner AND j.name = g.name), "
-    "(SELECT max(j.turn) FROM errands_job j WHERE j.lease_owner IS NOT NULL AND j.name = g.name), "
     "(SELECT min(j.turn) FROM errands_job j WHERE j.lease_owner IS NULL AND j.name = g.name), "
     "0) AS base FROM (SELECT DISTINCT owner, name FROM x) g) "
     f"INSERT INTO errands_job ({_JOB_NAMES}, turn) "
@@ -67,12 +66,35 @@ _JOBS_WITH_TURNS = (
     "b.base + row_number() OVER (PARTITION BY x.owner, x.name ORDER BY x.ord) - 1 "
     "FROM x JOIN b ON b.owner = x.owner AND b.name = x.name"
 )
-_INSERT = (
+# The common case, every job of one owner and task name (a submit, most batches): the
+# same turns, with a statement PostgreSQL plans in a fraction of the time.
+_ONE_GROUP_WITH_TURNS = (
+    f"x AS (SELECT * FROM unnest({_unnest(_JOB_COLUMNS)}) WITH ORDINALITY "
+    f"AS x ({_JOB_NAMES}, ord)) "
+    f"INSERT INTO errands_job ({_JOB_NAMES}, turn) "
+    f"SELECT {', '.join('x.' + c for c, _ in _JOB_COLUMNS)}, "
+    "greatest((SELECT max(j.turn) + 1 FROM errands_job j "
+    "WHERE j.lease_owner IS NULL AND j.owner = %s AND j.name = %s), "
+    "(SELECT min(j.turn) FROM errands_job j WHERE j.lease_owner IS NULL AND j.name = %s), "
+    "0) + x.ord - 1 FROM x"
+)
+_NEW_RECORDS = (
     "WITH new_records AS ("
     f"INSERT INTO errands_task ({', '.join(c for c, _ in _TASK_COLUMNS)}) "
-    f"SELECT * FROM unnest({_unnest(_TASK_COLUMNS)})), " + _JOBS_WITH_TURNS
+    f"SELECT * FROM unnest({_unnest(_TASK_COLUMNS)})), "
 )
+_INSERT = _NEW_RECORDS + _JOBS_WITH_TURNS
+_INSERT_ONE_GROUP = _NEW_RECORDS + _ONE_GROUP_WITH_TURNS
 _INSERT_JOBS = "WITH " + _JOBS_WITH_TURNS
+_INSERT_JOBS_ONE_GROUP = "WITH " + _ONE_GROUP_WITH_TURNS
+
+
+def _one_group(jobs: Sequence[dict[str, Any]]) -> tuple[str, str] | None:
+    """(owner, name) if every job has the same ones."""
+    owner, name = jobs[0]["owner"], jobs[0]["name"]
+    if all(j["owner"] == owner and j["name"] == name for j in jobs):
+        return owner, name
+    return None
 
 
 def insert_tasks_and_jobs(
@@ -88,7 +110,11 @@ def insert_tasks_and_jobs(
         else:
             params.append([r[column] for r in rows])
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    cursor.execute(_INSERT, params + _job_arrays(jobs))
+    group = _one_group(jobs)
+    if group is None:
+        cursor.execute(_INSERT, params + _job_arrays(jobs))
+    else:
+        cursor.execute(_INSERT_ONE_GROUP, [*params, *_job_arrays(jobs), *group, group[1]])
 
 
 def _job_arrays(jobs: Sequence[dict[str, Any]]) -> list[list[Any]]:
@@ -98,7 +124,11 @@ def _job_arrays(jobs: Sequence[dict[str, Any]]) -> list[list[Any]]:
 def insert_jobs(conn: Connection, jobs: Sequence[dict[str, Any]]) -> None:
     """Jobs (of records inserted separately), with their turns."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    cursor.execute(_INSERT_JOBS, _job_arrays(jobs))
+    group = _one_group(jobs)
+    if group is None:
+        cursor.execute(_INSERT_JOBS, _job_arrays(jobs))
+    else:
+        cursor.execute(_INSERT_JOBS_ONE_GROUP, [*_job_arrays(jobs), *group, group[1]])
 
 
 _OUTCOME_COLUMNS = (

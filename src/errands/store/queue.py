@@ -8,8 +8,8 @@ dead and the task was handed to another) cannot write a result.
 
 Claim order (fair claims). Each job has a *turn*, given when it is queued: one after
 the owner's last waiting job of the same task name, and no earlier than that name's
-frontier — the higher of its lowest waiting turn and its highest running turn. Claims
-take due jobs by priority (highest first), then turn, then due time. So owners with
+frontier, its lowest waiting turn (0 when none waits). Claims take due jobs by
+priority (highest first), then turn, then due time. So owners with
 waiting work of a name take turns: an owner who queues 500 jobs holds turns far ahead,
 and another owner's next job gets a turn at the frontier, next in line. A retried job
 keeps its turn. With ``caps`` (``max_running_per_owner``) a claim also passes over an

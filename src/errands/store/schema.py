@@ -154,8 +154,7 @@ job_table = Table(
         postgresql_where=_WAITING,
     ),
     # What a new job's turn is computed from: the owner's last waiting turn for the
-    # task name, and the name's frontier (its lowest waiting and highest running turn;
-    # running jobs are few, and found through ix_errands_job_lease).
+    # task name, and the name's frontier (its lowest waiting turn).
     Index(
         "ix_errands_job_owner_turn",
         "owner",

@@ -42,14 +42,14 @@ _INSERT_TASK = (
     f"VALUES ({', '.join('?' * len(_TASK_COLUMNS))})"
 )
 # A job's turn (see ``queue.py``): after the owner's last waiting job of that name, and
-# no earlier than the name's frontier. Each row of an ``executemany`` sees the rows
-# before it, so a batch of one owner's jobs gets consecutive turns.
+# no earlier than the name's frontier (its lowest waiting turn). Each row of an
+# ``executemany`` sees the rows before it: a batch of one owner's jobs gets consecutive
+# turns.
 _INSERT_JOB = (
     "INSERT INTO errands_job (task_id, name, owner, priority, run_at, turn) "
     "VALUES (?1, ?2, ?3, ?4, ?5, max("
     "coalesce((SELECT max(turn) + 1 FROM errands_job "
     "WHERE lease_owner IS NULL AND owner = ?3 AND name = ?2), 0), "
-    "coalesce((SELECT max(turn) FROM errands_job WHERE lease_owner IS NOT NULL AND name = ?2), 0), "
     "coalesce((SELECT min(turn) FROM errands_job WHERE lease_owner IS NULL AND name = ?2), 0)))"
 )
 _JSON_COLUMNS = frozenset({"payload", "result"})
