@@ -74,8 +74,32 @@ def _cursor(conn: Connection) -> Any:
     return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
 
+_FIRST_TURN = (
+    "SELECT max(coalesce((SELECT max(turn) + 1 FROM errands_job "
+    "WHERE lease_owner IS NULL AND owner = ?1 AND name = ?2), 0), "
+    "coalesce((SELECT min(turn) FROM errands_job WHERE lease_owner IS NULL AND name = ?2), 0))"
+)
+_INSERT_JOB_AT = (
+    "INSERT INTO errands_job (task_id, name, owner, priority, run_at, turn) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
 def insert_jobs(conn: Connection, jobs: Sequence[dict[str, Any]]) -> None:
-    _cursor(conn).executemany(
+    cur = _cursor(conn)
+    owner, name = jobs[0]["owner"], jobs[0]["name"]
+    if len(jobs) > 1 and all(j["owner"] == owner and j["name"] == name for j in jobs):
+        # One owner and task name (most batches): the first turn once, then in order.
+        first = cur.execute(_FIRST_TURN, (owner, name)).fetchone()[0]
+        cur.executemany(
+            _INSERT_JOB_AT,
+            [
+                (j["task_id"], name, owner, j["priority"], j["run_at"], first + i)
+                for i, j in enumerate(jobs)
+            ],
+        )
+        return
+    cur.executemany(
         _INSERT_JOB,
         [(j["task_id"], j["name"], j["owner"], j["priority"], j["run_at"]) for j in jobs],
     )
