@@ -108,6 +108,10 @@ class Blobs:
 
     def encode(self, value: Any) -> bytes | None:
         """``value``'s JSON if it is too large for a row, else None."""
+        if value is None or isinstance(value, bool | int | float):
+            return None  # never large: no need to serialize it here (hot path)
+        if isinstance(value, str) and 6 * len(value) + 2 <= self.threshold:
+            return None  # at most 6 bytes of JSON per character
         data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
         return data if len(data) > self.threshold else None
 

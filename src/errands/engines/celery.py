@@ -48,11 +48,12 @@ from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table
+from sqlalchemy import Connection, Table
 
 from ..errors import ConfigurationError
 from ..store import queue
 from ..store.database import log_failure
+from ..store.queue import Claimed
 from ..store.schema import job_table
 from ..worker import Worker, WorkerSettings
 
@@ -261,7 +262,9 @@ class CeleryWorker(Worker):
             self._asked, self._inbox = self._inbox[:free], self._inbox[free:]
         return len(self._asked)
 
-    def _claim(self, conn: Any, limit: int, now: float) -> tuple[list[Any], float | None]:
+    def _claim(
+        self, conn: Connection, limit: int, now: float
+    ) -> tuple[list[Claimed], float | None]:
         ids = list(dict.fromkeys(task_id for task_id, _ in self._asked))
         claimed = queue.claim_ids(
             conn,
@@ -276,7 +279,7 @@ class CeleryWorker(Worker):
             queue.unmark_sent(conn, [i for i in ids if i not in got])
         return claimed, None
 
-    async def _round(self, limit: int) -> tuple[list[Any], bool]:
+    async def _round(self, limit: int) -> tuple[list[Claimed], bool]:
         claimed, requeued = await super()._round(limit)
         asked, self._asked = self._asked, []
         got = {job.task_id for job in claimed}
