@@ -1,12 +1,14 @@
-"""HTTP API benchmark: ``task_api`` on SQLite, a real uvicorn process, real workers.
+"""HTTP API benchmark: ``task_api`` on SQLite or PostgreSQL, a real uvicorn process, real workers.
 
     .venv/bin/python bench/web.py                  # full run (~2 min)
     .venv/bin/python bench/web.py --quick          # smoke test (~25 s)
     .venv/bin/python bench/web.py --repeats 3 --max-load 1.2   # medians of 3, quieter machine
     .venv/bin/python bench/web.py --only status --profile      # + py-spy of the server
+    .venv/bin/python bench/web.py --database pg                # on PostgreSQL
 
 Three measurements against one uvicorn process (``bench/web_server.py``, serving
-``bench.web_tasks:make_api``) on a fresh SQLite file in a temporary directory:
+``bench.web_tasks:make_api``) on a fresh SQLite file in a temporary directory, or with
+``--database pg`` a fresh migrated PostgreSQL database (``bench/_pg.py``; dropped after):
 
 1. status reads: ``GET /api/tasks/{id}`` over a few hundred finished tasks, 50
    keep-alive connections, for ``--duration`` s after a warm-up; once plainly (200 with
@@ -1038,8 +1040,13 @@ def report(results: dict[str, Any]) -> list[str]:
         f"{m['python']}, SQLite {m['sqlite']}; load average before "
         f"{' / '.join(f'{x:.2f}' for x in m['loadavg_before'])}, after "
         f"{' / '.join(f'{x:.2f}' for x in m['loadavg_after'])}",
-        f"- server: 1 uvicorn process (http={cfg['http']}, loop={cfg['loop']}), SQLite "
-        f"synchronous={cfg['synchronous']}, database threads "
+        f"- server: 1 uvicorn process (http={cfg['http']}, loop={cfg['loop']}), "
+        + (
+            f"PostgreSQL {m['postgresql']['version']}"
+            if cfg.get("database") == "pg"
+            else f"SQLite synchronous={cfg['synchronous']}"
+        )
+        + ", database threads "
         f"{cfg.get('pool_size') or 'default (4)'}; client: separate process, "
         f"loop={cfg['client_loop']}, "
         f"{cfg['concurrency']} keep-alive connections; {cfg['warmup']:.0f} s warm-up + "
@@ -1201,6 +1208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_false",
         help="skip the framework floor (GET /api/ping) in the status test",
     )
+    ap.add_argument("--database", default="sqlite", choices=["sqlite", "pg"])
+    ap.add_argument("--pg-url", default=None, help="PostgreSQL server (bench/_pg.py's default)")
     ap.add_argument("--synchronous", default="full", choices=["full", "normal"])
     ap.add_argument(
         "--pool-size",
@@ -1252,6 +1261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+    from bench import _pg
     from bench._source import fingerprint, snapshot
 
     src, sha = snapshot(args.ref)
@@ -1286,6 +1296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fingerprint": fingerprint(src / "errands"),
         "machine": machine(),
         "config": {
+            "database": args.database,
             "http": args.http,
             "loop": args.loop,
             "client_loop": args.client_loop,
@@ -1305,9 +1316,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "errors": [],
     }
     m = results["machine"]
+    pg_admin = args.pg_url or _pg.DEFAULT_ADMIN_URL
+    if args.database == "pg":
+        m["postgresql"] = _pg.info(pg_admin)
     log(
         f"errands web benchmark: commit {sha[:12]}, {m['nproc']} cores, load average "
-        f"{' / '.join(f'{x:.2f}' for x in m['loadavg_before'])}; database {db}"
+        f"{' / '.join(f'{x:.2f}' for x in m['loadavg_before'])}; database "
+        f"{db if args.database == 'sqlite' else 'PostgreSQL ' + m['postgresql']['version']}"
     )
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -1316,10 +1331,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     rc = 0
+    databases = contextlib.ExitStack()
     try:
-        migrate = run.errands("migrate", "migrate", "--app", "bench.web_tasks:app")
-        if migrate.wait(60) != 0:
-            raise RuntimeError(f"errands migrate failed; see {LOGS}/migrate.log")
+        if args.database == "pg":
+            env["ERRANDS_DATABASE_URL"] = databases.enter_context(
+                _pg.fresh_database(
+                    pg_admin, f"errands_web_bench_{os.getpid()}", env, LOGS / "migrate.log"
+                )
+            )
+        else:
+            migrate = run.errands("migrate", "migrate", "--app", "bench.web_tasks:app")
+            if migrate.wait(60) != 0:
+                raise RuntimeError(f"errands migrate failed; see {LOGS}/migrate.log")
         run.start_server()
         log(f"server pid {run.server.pid} on port {run.port}")  # type: ignore[union-attr]
         if "status" in only:
@@ -1360,6 +1383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # let the cleanup (≤ ~15 s a process) finish
         procs.stop_all()
+        databases.close()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)

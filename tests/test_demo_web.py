@@ -7,10 +7,12 @@ expression refused at submit. The app runs with its in-process worker on a SQLit
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -18,10 +20,10 @@ from urllib.parse import quote, urljoin, urlsplit
 import pytest
 from starlette.testclient import TestClient  # its httpx2 warning is ignored in pyproject
 
-from errands import ANY_OWNER, Status, TaskRecord
+from errands import ANY_OWNER, Progress, Status, TaskRecord
 from errands.demo import store
 from errands.demo.store import User
-from errands.demo.web import Demo
+from errands.demo.web import Demo, _eta
 from tests.apps.demo_site import build_demo
 from tests.conftest import wait_for
 
@@ -380,3 +382,33 @@ def test_bad_regular_expression_is_refused_at_submit(site: Site) -> None:
     # The same text as a literal search is fine.
     site.search("(<b>unclosed")
     assert len(site.tasks(ALICE)) == 1
+
+
+# -- the task page without JavaScript ----------------------------------------------------------
+def test_page_without_javascript_shows_the_time_left(site: Site) -> None:
+    """The server renders what ``<errands-task>`` would show: status, percent, message and
+    the time left, worded as the element words it; nothing once the task is done."""
+    site.log_in(ALICE)
+    task_id = site.search()
+    done = site.finished(task_id)
+    now = datetime.now(UTC)
+    running = dataclasses.replace(
+        done,
+        status=Status.RUNNING,
+        started_at=now - timedelta(seconds=30),
+        finished_at=None,
+        progress=Progress(current=3, total=4, message="scanning pkg/three.py"),
+    )
+    assert _eta(running) == "about 10 s left"
+    assert _eta(dataclasses.replace(running, progress=Progress(1, 61))) == "about 30 min left"
+    assert _eta(dataclasses.replace(running, progress=Progress(1, None))) == ""
+    assert _eta(done) == ""
+    html = site.demo.templates.get_template("task.html").render(
+        request=None, task=running, hits=[], hits_cap=10, csrf="x", user=None
+    )
+    assert '<span class="et-eta">about 10 s left</span>' in html
+    assert '<span class="et-percent">75%</span>' in html
+    assert '<p class="et-message">scanning pkg/three.py</p>' in html
+    assert 'http-equiv="refresh"' in html  # without JavaScript it reloads itself
+    page = site.client.get(f"/tasks/{task_id}").text
+    assert "et-eta" not in page and 'http-equiv="refresh"' not in page

@@ -238,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--database-url",
         default=None,
-        help="database URL (default: $ERRANDS_DATABASE_URL or sqlite:///errands.db)",
+        help=(
+            "database URL (default: $ERRANDS_DATABASE_URL, else sqlite:///errands.db;"
+            " sqlite:///errands-demo.db for demo and createadmin)"
+        ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -17,7 +17,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ class Demo:
         self.templates.env.globals["status_names"] = [s.value for s in Status]
         self.templates.env.filters["title"] = task_title
         self.templates.env.filters["when"] = _when
+        self.templates.env.filters["eta"] = _eta
 
     def setup(self) -> None:
         self.errands.migrate()
@@ -414,3 +415,12 @@ def task_title(record: TaskRecord) -> str:
 
 def _when(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _eta(record: TaskRecord) -> str:
+    """The time left, as ``<errands-task>`` words it (for the page without JavaScript)."""
+    seconds = record.eta_seconds(datetime.now(UTC))
+    if seconds is None or record.done:
+        return ""
+    s = max(1, round(seconds))
+    return f"about {s} s left" if s < 60 else f"about {round(s / 60)} min left"
