@@ -19,6 +19,7 @@ from errands import ANY_OWNER, Status, TaskContext, TaskRecord
 from errands.admin import Bucket
 from errands.demo.admin import fmt_seconds, latency_svg, throughput_svg
 from errands.demo.web import Demo
+from errands.worker import WorkerSettings
 from tests.apps.demo_site import build_demo
 from tests.conftest import wait_for
 
@@ -305,6 +306,96 @@ def test_cancel_and_the_csrf_token_is_required(site: Site) -> None:
     assert (
         site.client.post(f"/admin/tasks/{zero}/cancel", data={"csrf": csrf[1]}).status_code == 404
     )
+
+
+# -- running tasks ------------------------------------------------------------------------
+SLOW_FILES = 200
+
+
+def submit_slow_search(site: Site) -> str:
+    """A search that takes ~10 s (50 ms per file) as the signed-in user; its id once
+    the worker runs it."""
+    slow = site.demo.corpus / "slow"
+    if not slow.exists():
+        slow.mkdir()
+        for i in range(SLOW_FILES):
+            (slow / f"f{i:03d}.txt").write_text(f"needle {i}\n")
+    task_id = site.submit("search", {"query": "needle", "glob": "slow/*", "pause": 0.05})
+    wait_for(lambda: site.record(task_id).status is Status.RUNNING, what=f"{task_id} to run")
+    return task_id
+
+
+def test_admin_cancels_a_running_task(site: Site) -> None:
+    site.log_in(ALICE)
+    task_id = submit_slow_search(site)
+    site.log_in(ADMIN)
+
+    html = site.client.get(f"/admin/tasks/{task_id}").text
+    assert re.search(r'id="task-status"\s+data-task-id="[^"]+" data-live>running</span>', html)
+    assert f'action="/admin/tasks/{task_id}/cancel"' in html
+    assert f'action="/admin/tasks/{task_id}/retry"' not in html
+    csrf = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert csrf
+    r = site.client.post(
+        f"/admin/tasks/{task_id}/cancel", data={"csrf": csrf[1]}, follow_redirects=False
+    )
+    assert r.status_code == 303 and r.headers["location"] == f"/admin/tasks/{task_id}"
+
+    record = site.finished(task_id, timeout=8)  # well before the search could end
+    assert record.status is Status.CANCELLED
+    assert record.result is None and record.finished_at is not None
+    assert record.progress.current is not None and record.progress.current < SLOW_FILES
+    assert record.attempts == 1  # stopped, not retried
+    html = site.client.get(f"/admin/tasks/{task_id}").text
+    assert re.search(r'id="task-status"\s+data-task-id="[^"]+">cancelled</span>', html)
+    assert "/cancel" not in html and f'action="/admin/tasks/{task_id}/retry"' in html
+    # Its owner sees it cancelled too.
+    site.log_in(ALICE)
+    page = site.client.get(f"/tasks/{task_id}").text
+    assert 'data-status="cancelled"' in page
+
+
+def test_workers_table_lists_the_tasks_a_live_worker_runs(site: Site) -> None:
+    site.log_in(ALICE)
+    alices = submit_slow_search(site)
+    site.log_in(BOB)
+    bobs = submit_slow_search(site)
+    site.log_in(ADMIN)
+    concurrency = WorkerSettings().concurrency  # the demo's worker keeps the default
+
+    def worker_cells() -> list[str]:
+        """The cells of the one worker's row: Worker … Busy (4), …, Running (7)."""
+        html = site.client.get("/admin").text
+        rows = re.findall(r'<tr data-worker-id="([^"]+)">(.*?)</tr>', html, re.S)
+        assert len(rows) <= 1, rows
+        if not rows:
+            return []
+        cells: list[str] = [c.strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", rows[0][1], re.S)]
+        assert len(cells) == 8 and rows[0][0] in cells[0], cells
+        assert cells[2] == str(os.getpid())
+        return cells
+
+    def busy() -> list[str] | None:
+        cells = worker_cells()
+        return cells if cells and "<li>" in cells[7] else None
+
+    cells = wait_for(busy, what="the worker's row to list its tasks")
+    assert cells[4] == f"2 / {concurrency}"
+    running = re.findall(
+        r'<li><a href="/admin/tasks/([^"]+)" title="\1">(\w+)\s*<code class="id">…(\w{8})</code>'
+        r"</a> · ([^<]+)</li>",
+        cells[7],
+    )
+    assert sorted(running) == sorted(
+        [(alices, "search", alices[-8:], ALICE), (bobs, "search", bobs[-8:], BOB)]
+    )
+    # Once they end, the worker is idle again.
+    for task_id in (alices, bobs):
+        site.demo.errands.sync.cancel(task_id, owner=ANY_OWNER)
+        assert site.finished(task_id, timeout=8).status is Status.CANCELLED
+    cells = worker_cells()
+    assert cells[4] == f"0 / {concurrency}"
+    assert cells[7] == '<span class="muted">idle</span>'
 
 
 # -- the charts alone ---------------------------------------------------------------------

@@ -4,6 +4,12 @@ search's hits.
 The corpus is a directory chosen by whoever runs the demo (by default the running
 interpreter's standard library: a few thousand ``.py`` files), never by the user: the
 payload only says what to look for and in which files (a glob inside the corpus).
+
+Users' regular expressions run on the ``regex`` package, not ``re``: a match that
+backtracks for ever (``(a|aa)+$``) stops after ``MATCH_SECONDS`` and fails the search,
+and matching releases the GIL, so one bad pattern cannot stall the web process that
+hosts the demo's worker. Lines are split on ``\n`` only, so line numbers are the ones
+editors and ``grep -n`` show.
 """
 
 from __future__ import annotations
@@ -11,12 +17,12 @@ from __future__ import annotations
 import csv
 import fnmatch
 import os
-import re
 import sysconfig
 import time
 from pathlib import Path
 from typing import Any
 
+import regex
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from .. import Errands, TaskContext, TaskFailed
@@ -24,6 +30,8 @@ from .. import Errands, TaskContext, TaskFailed
 #: Hits a search keeps (its output and its CSV); the summary says when it stopped early.
 MAX_HITS = 5000
 MAX_LINE = 300
+#: Longest a regular expression may take on one line before the search fails.
+MATCH_SECONDS = 0.5
 
 
 #: Not part of the corpus: caches, and the installed third-party packages that live
@@ -48,8 +56,8 @@ class SearchIn(BaseModel):
     def _compiles(cls, value: str, info: ValidationInfo) -> str:
         if info.data.get("regex"):
             try:
-                re.compile(value)
-            except re.error as exc:
+                regex.compile(value)
+            except regex.error as exc:
                 raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
@@ -78,8 +86,9 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
     def search(ctx: TaskContext, payload: SearchIn) -> dict[str, Any]:
         """Search the corpus; reports progress per file and emits each hit."""
         started = time.monotonic()
-        flags = 0 if payload.case_sensitive else re.IGNORECASE
-        pattern = re.compile(payload.query if payload.regex else re.escape(payload.query), flags)
+        flags = 0 if payload.case_sensitive else regex.IGNORECASE
+        query = payload.query if payload.regex else regex.escape(payload.query)
+        pattern = regex.compile(query, flags)
         files = _files(corpus, payload.glob)
         total = len(files)
         ctx.progress(0, total, f"{total} files to search")
@@ -92,8 +101,20 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
                 text = path.read_text(encoding="utf-8", errors="replace")
             except OSError:
                 text = ""
-            for number, line in enumerate(text.splitlines(), start=1):
-                if pattern.search(line):
+            lines = text.split("\n")
+            if lines[-1] == "":
+                lines.pop()  # the newline that ends the file
+            for number, line in enumerate(lines, start=1):
+                ctx.raise_if_cancelled()
+                line = line.removesuffix("\r")
+                try:
+                    found = pattern.search(line, timeout=MATCH_SECONDS, concurrent=True)
+                except TimeoutError:
+                    raise TaskFailed(
+                        f"The regular expression took over {MATCH_SECONDS} s on line "
+                        f"{number} of {rel}; try a simpler one."
+                    ) from None
+                if found:
                     if hits >= MAX_HITS:
                         truncated = True
                         break
