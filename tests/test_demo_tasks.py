@@ -499,10 +499,13 @@ def test_altered_or_forged_session_cookies_are_not_accepted(site: Site) -> None:
     }
     for what, value in forged.items():
         assert answers(value) == refused, what
-    # Control: the real cookie works, and so would the forged data had it the secret —
-    # which is kept out of reach (0600 in the data directory).
+    # Control: the real cookie works. Even signed with the site's secret (kept out of
+    # reach: 0600 in the data directory), Alice's session id does not name the admin,
+    # and a made-up session id names nobody.
     assert answers(cookie) == (200, "", 404, 200, 200)
-    assert answers(_signed(as_admin, secret)) == (200, "", 200, 200, 200)
+    assert answers(_signed(session, secret)) == (200, "", 404, 200, 200)
+    assert answers(_signed(as_admin, secret)) == refused
+    assert answers(_signed(dict(as_admin, sid="made-up"), secret)) == refused
     secret_file = site.demo.data_dir / "secret"
     assert secret_file.read_text().strip() == secret and len(secret) >= 32
     assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
@@ -516,3 +519,22 @@ def test_altered_or_forged_session_cookies_are_not_accepted(site: Site) -> None:
     )
     assert r.status_code == 303 and r.headers["location"].startswith("/login")
     assert len(site.demo.errands.sync.list(owner=admin.owner).items) == 0
+
+
+def test_logging_out_ends_the_session_for_every_copy_of_the_cookie(site: Site) -> None:
+    site.log_in(ALICE)
+    copy = site.client.cookies[SESSION]
+    jar = {"Cookie": f"{SESSION}={copy}"}
+    assert site.client.get("/tasks", follow_redirects=False).status_code == 200
+    r = site.client.post("/logout", data={"csrf": site.csrf()}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    site.client.cookies.clear()
+    r = site.client.get("/tasks", headers=jar, follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/login?next=/tasks")
+    assert site.client.get("/api/tasks", headers=jar).status_code == 401
+    # Another sign-in is a new session; the old cookie stays dead.
+    site.log_in(ALICE)
+    assert site.client.cookies[SESSION] != copy
+    assert site.client.get("/tasks", follow_redirects=False).status_code == 200
+    site.client.cookies.clear()
+    assert site.client.get("/tasks", headers=jar, follow_redirects=False).status_code == 303

@@ -4,7 +4,9 @@
   A login for an unknown address still spends one hash, and both failures say the
   same thing, so neither the answer nor its timing tells whether an account exists.
 - Sessions are Starlette's signed cookies (``SessionMiddleware``): HttpOnly,
-  ``SameSite=Lax``; they hold the user id and the CSRF token.
+  ``SameSite=Lax``; they hold the user id, a random session id and the CSRF token. The
+  session id must also be in ``demo_session`` (as its SHA-256), so logging out ends
+  the session for every copy of the cookie, and a session lasts ``SESSION_SECONDS``.
 - Every form carries the session's CSRF token; a POST without the right one is refused.
 - API tokens are random strings shown once; the database keeps their SHA-256.
 """
@@ -33,6 +35,8 @@ _DUMMY_HASH = _hasher.hash("not a password anyone has")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 MIN_PASSWORD = 8
 TOKEN_PREFIX = "ert_"
+#: How long a session lasts (the cookie's max-age and the row's).
+SESSION_SECONDS = 14 * 24 * 3600
 
 
 class AccountError(ValueError):
@@ -108,10 +112,26 @@ class Accounts:
         auth = conn.headers.get("authorization", "")
         if auth[:7].lower() == "bearer ":
             return self.user_for_token(auth[7:].strip())
-        user_id = conn.session.get("user") if "session" in conn.scope else None
-        if not isinstance(user_id, int):
+        session = conn.session if "session" in conn.scope else {}
+        user_id, session_id = session.get("user"), session.get("sid")
+        if not isinstance(user_id, int) or not isinstance(session_id, str):
             return None
-        return self.db.read(store.user_by_id, user_id)
+        return self.db.read(store.user_by_session, user_id, _digest(session_id), _expiry())
+
+    # -- sessions ----------------------------------------------------------------------
+    def log_in(self, conn: HTTPConnection, user: User) -> None:
+        """Start a new session (nothing of the old one is kept: no fixation)."""
+        session_id = secrets.token_urlsafe(32)
+        self.db.write(store.add_session, user.id, _digest(session_id), now(), _expiry())
+        conn.session.clear()
+        conn.session.update(user=user.id, sid=session_id, csrf=secrets.token_urlsafe(24))
+
+    def log_out(self, conn: HTTPConnection) -> None:
+        """End the session, for this browser and any copy of its cookie."""
+        session_id = conn.session.get("sid")
+        if isinstance(session_id, str):
+            self.db.write(store.end_session, _digest(session_id))
+        conn.session.clear()
 
     def user_for_token(self, token: str) -> User | None:
         if not token.startswith(TOKEN_PREFIX):
@@ -144,17 +164,12 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-# -- sessions and CSRF -------------------------------------------------------------------
-def log_in(conn: HTTPConnection, user: User) -> None:
-    conn.session.clear()  # a new session: no fixation
-    conn.session["user"] = user.id
-    conn.session["csrf"] = secrets.token_urlsafe(24)
+def _expiry() -> datetime:
+    """Sessions started before this have ended."""
+    return now() - timedelta(seconds=SESSION_SECONDS)
 
 
-def log_out(conn: HTTPConnection) -> None:
-    conn.session.clear()
-
-
+# -- CSRF --------------------------------------------------------------------------------
 def csrf_token(conn: HTTPConnection) -> str:
     token = conn.session.get("csrf")
     if not isinstance(token, str):

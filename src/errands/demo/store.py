@@ -1,4 +1,4 @@
-"""The demo application's own tables: accounts and API tokens.
+"""The demo application's own tables: accounts, sessions and API tokens.
 
 They live in the same database as the task records (the point of the demo: errands
 sits in *your* database), but they are the application's, not errands': created with
@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
     func,
     insert,
     select,
@@ -52,8 +53,20 @@ token_table = Table(
     Column("revoked_at", UTCDateTime),
 )
 
+#: Signed-in sessions. The cookie holds a random session id beside the user id; the
+#: session counts only while its row exists, so logging out ends it everywhere.
+session_table = Table(
+    "demo_session",
+    metadata,
+    #: SHA-256 of the session id; the id itself is only in the (signed) cookie.
+    Column("digest", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("demo_user.id"), nullable=False, index=True),
+    Column("created_at", UTCDateTime, nullable=False, index=True),
+)
+
 U = user_table.c
 K = token_table.c
+S = session_table.c
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,3 +187,28 @@ def user_by_token(conn: Connection, digest: str) -> tuple[User, datetime | None]
 
 def touch_token(conn: Connection, digest: str, now: datetime) -> None:
     conn.execute(update(token_table).where(K.digest == digest).values(last_used_at=now))
+
+
+def add_session(
+    conn: Connection, user_id: int, digest: str, now: datetime, expired_before: datetime
+) -> None:
+    """A new session of the user; sessions older than ``expired_before`` go."""
+    conn.execute(delete(session_table).where(S.created_at < expired_before))
+    conn.execute(insert(session_table).values(digest=digest, user_id=user_id, created_at=now))
+
+
+def user_by_session(
+    conn: Connection, user_id: int, digest: str, expired_before: datetime
+) -> User | None:
+    """The user of a live session (the user id is in the WHERE clause: a session id
+    names one user)."""
+    row = conn.execute(
+        select(user_table)
+        .join(session_table, S.user_id == U.id)
+        .where(S.digest == digest, S.user_id == user_id, S.created_at >= expired_before)
+    ).first()
+    return None if row is None else _user(row)
+
+
+def end_session(conn: Connection, digest: str) -> None:
+    conn.execute(delete(session_table).where(S.digest == digest))

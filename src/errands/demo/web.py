@@ -231,7 +231,7 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
         session_cookie="errands_session",
         same_site="lax",
         https_only=demo.settings.https_only,
-        max_age=14 * 24 * 3600,
+        max_age=accounts.SESSION_SECONDS,
     )
     return site
 
@@ -265,7 +265,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
             return demo.render(
                 request, "register.html", status_code=400, error=str(exc), email=email
             )
-        accounts.log_in(request, user)
+        await run_in_threadpool(demo.accounts.log_in, request, user)
         return _redirect("/")
 
     async def login_page(request: Request) -> Response:
@@ -285,13 +285,13 @@ def _add_pages(pages: Router, demo: Demo) -> None:
             return demo.render(
                 request, "login.html", status_code=400, error=str(exc), email=email, next=next_url
             )
-        accounts.log_in(request, user)
+        await run_in_threadpool(demo.accounts.log_in, request, user)
         return _redirect(_safe_next(data.get("next")))
 
     async def logout(request: Request) -> Response:
         if await demo.form(request) is None:
             return demo.csrf_refused(request)
-        accounts.log_out(request)
+        await run_in_threadpool(demo.accounts.log_out, request)
         return _redirect("/login")
 
     # -- searching -------------------------------------------------------------------
