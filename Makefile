@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck pytest demo cli-demo bench clean chromium postgres brokers
+.PHONY: test lint typecheck pytest demo cli-demo bench clean chromium postgres brokers screenshots
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 
@@ -51,6 +51,10 @@ brokers:
 
 demo: $(BIN)/.installed
 	$(BIN)/errands demo --port $(PORT)
+
+# The README's pictures of the demo, taken by its browser test.
+screenshots: $(BIN)/.installed chromium
+	ERRANDS_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_demo_browser.py -k screenshots
 
 cli-demo: $(BIN)/.installed
 	bash examples/demo.sh

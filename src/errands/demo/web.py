@@ -422,5 +422,5 @@ def _eta(record: TaskRecord) -> str:
     seconds = record.eta_seconds(datetime.now(UTC))
     if seconds is None or record.done:
         return ""
-    s = max(1, round(seconds))
-    return f"about {s} s left" if s < 60 else f"about {round(s / 60)} min left"
+    s = max(1, int(seconds + 0.5))  # halves up, as JavaScript's Math.round
+    return f"about {s} s left" if s < 60 else f"about {int(s / 60 + 0.5)} min left"

@@ -440,10 +440,12 @@
         const status = this.querySelector(".et-status");
         const bar = this.querySelector("progress.et-bar[value]");
         const message = this.querySelector(".et-message");
+        const eta = this.querySelector(".et-eta");
         this.#seed = {
           status: status ? (status.getAttribute("data-status") || status.textContent).trim() : "",
           percent: bar ? Number(bar.getAttribute("value")) : null,
           message: message ? message.textContent.trim() : "",
+          eta: eta ? eta.textContent.trim() : "",
         };
       }
       for (const node of Array.from(this.childNodes)) {
@@ -501,7 +503,7 @@
         view.bar.removeAttribute("value"); // indeterminate
       }
       view.percent.textContent = formatPercent(percent);
-      view.eta.textContent = done ? "" : formatEta(progress.eta_seconds);
+      view.eta.textContent = done ? "" : doc ? formatEta(progress.eta_seconds) : seed.eta || "";
       view.message.textContent = doc ? progress.message || "" : seed.message || "";
 
       const asked = Boolean(doc && doc.cancel_requested) && !done;
