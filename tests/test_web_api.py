@@ -4,10 +4,11 @@ processes (``spawn_worker``). Part of the conformance suite: every test runs on 
 and on PostgreSQL.
 
 Covered: the whole life of a task (submit, conditional reads, output, listing,
-cancel, delete); how failures look to the owner and to an administrator; that another
-owner's task is indistinguishable from a missing one on every endpoint; that bad input
-is refused with the documented problem document and writes nothing; mounting in a
-plain Starlette app; and ``/openapi.json``.
+cancel, delete); the estimate of the time left; how failures look to the owner and to
+an administrator; that another owner's task, queued, running or finished, is
+indistinguishable from a missing one on every endpoint (status, headers, body); that
+bad input is refused with the documented problem document and writes nothing;
+mounting in a plain Starlette app; and ``/openapi.json``.
 
 Every wait polls with a deadline; no sleep is an assertion.
 """
@@ -20,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -273,6 +275,59 @@ def test_lifecycle_over_http(
         assert after["errands_task"] == 1 and after["errands_output"] == 0
 
 
+@pytest.mark.slow
+def test_progress_eta_seconds(
+    serve: Callable[..., LiveServer], spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    # ``progress.eta_seconds`` is always in the resource: null until a running task has
+    # reported progress against a total, then the seconds its rate so far leaves.
+    server = serve()
+    with client(server, "alice") as c:
+        stepper = submit(c, "steps", {"steps": 200, "delay": 0.05})  # 10 s, cancelled sooner
+        idle = submit(c, "sleepy", {"seconds": 60})  # runs, reports no progress
+        queued = [stepper, idle, get(c, stepper["id"]), *c.get("/api/tasks").json()["items"]]
+        for doc in queued:
+            assert doc["status"] == "queued"
+            assert "eta_seconds" in doc["progress"] and doc["progress"]["eta_seconds"] is None
+
+        spawn_worker(WEB_APP, *WORKER_ARGS)
+        running = wait_status(c, idle["id"], "running")
+        assert running["progress"]["current"] is None
+        assert running["progress"]["eta_seconds"] is None
+
+        def estimated() -> tuple[dict[str, Any], float, float] | None:
+            asked = time.time()
+            doc = get(c, stepper["id"])
+            answered = time.time()
+            assert not doc["done"], f"the task ended before an estimate: {doc}"
+            if doc["progress"]["eta_seconds"] is None:
+                return None
+            return doc, asked, answered
+
+        doc, asked, answered = wait_for(estimated, what="an estimate of the time left")
+        progress, eta = doc["progress"], doc["progress"]["eta_seconds"]
+        assert doc["status"] == "running" and progress["total"] == 200
+        assert isinstance(eta, int | float) and not isinstance(eta, bool)
+        assert eta >= 0
+        # The estimate is the rate since the start, at some moment of the request:
+        # elapsed * left / done, rounded to 0.1 s.
+        started_at = datetime.fromisoformat(doc["started_at"])
+        assert started_at.utcoffset() is not None
+        started = started_at.timestamp()
+        current = progress["current"]
+        assert 0 < current <= 200
+        low = (asked - started) * (200 - current) / current
+        high = (answered - started) * (200 - current) / current
+        assert low - 0.06 <= eta <= high + 0.06, (eta, low, high)
+
+        # Finished (here: cancelled), the field stays, null again.
+        assert c.post(stepper["links"]["cancel"]).status_code == 202
+        cancelled = wait_status(c, stepper["id"], "cancelled", "succeeded", "failed")
+        assert cancelled["status"] == "cancelled"
+        assert cancelled["progress"]["current"] and cancelled["progress"]["eta_seconds"] is None
+        assert c.post(idle["links"]["cancel"]).status_code == 202
+
+
 def test_list_newest_first_with_cursors_and_filters(serve: Callable[..., LiveServer]) -> None:
     server = serve()
     with client(server, "alice") as alice, client(server, "bob") as bob:
@@ -393,60 +448,125 @@ TASK_ENDPOINTS = [
     ("GET", "/tasks/{id}/output?after=0&limit=5", {}),
     ("GET", "/tasks/{id}/events", {}),
     ("GET", "/tasks/{id}/events", {"Last-Event-ID": "1-0"}),
+    ("GET", "/tasks/{id}/events?last_event_id=1-0", {}),
+    # Past the end of any task: the owner of a finished one gets 204, everyone else 404.
+    ("GET", "/tasks/{id}/events", {"Last-Event-ID": "999999-999999"}),
+    ("GET", "/tasks/{id}/events?last_event_id=999999-999999", {}),
     ("POST", "/tasks/{id}/cancel", {}),
     ("DELETE", "/tasks/{id}", {}),
 ]
+#: The WebSocket's query strings (the same cursors).
+WS_QUERIES = ["", "?last_event_id=1-0", "?last_event_id=999999-999999"]
+
+Answer = tuple[int, list[tuple[str, str]], bytes]
 
 
-def test_other_owners_task_is_indistinguishable_from_a_missing_one(
-    serve: Callable[..., LiveServer], app: Errands
-) -> None:
-    server = serve()
-    with client(server, "alice") as alice, client(server, "bob") as bob:
-        task = submit(alice, "sleepy", {"seconds": 5})
-        tid = task["id"]
-        before = alice.get(f"/api/tasks/{tid}")
-        written = counts(app)
+def answer(r: httpx.Response) -> Answer:
+    """All a client can tell of an answer: status, headers in order (but ``date``), body."""
+    return r.status_code, [(k, v) for k, v in r.headers.multi_items() if k != "date"], r.content
 
-        # The id is real: alice reads it on every read endpoint.
-        assert before.status_code == 200
-        assert alice.get(f"/api/tasks/{tid}", headers={"If-None-Match": '"1"'}).status_code == 304
-        assert alice.get(f"/api/tasks/{tid}/output").json() == {"items": [], "last_seq": 0}
-        with alice.stream("GET", f"/api/tasks/{tid}/events") as stream:
-            assert stream.status_code == 200
-            assert stream.headers["content-type"].startswith("text/event-stream")
-            assert next(stream.iter_bytes()).startswith(b"retry: 2000")
 
-        for method, path, headers in TASK_ENDPOINTS:
-            answers = []
-            for task_id in (tid, new_task_id(), "nope"):
-                r = bob.request(method, "/api" + path.format(id=task_id), headers=headers)
-                answers.append((r.status_code, r.headers["content-type"], r.content))
-            assert answers[0][0] == 404, (method, path)
-            assert answers[0][1] == PROBLEM
-            assert json.loads(answers[0][2])["detail"]
-            assert answers[0] == answers[1] == answers[2], (method, path, answers)
+def assert_hidden(
+    server: LiveServer,
+    app: Errands,
+    alice: httpx.Client,
+    bob: httpx.Client,
+    tid: str,
+    missing: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """bob gets for alice's task ``tid``, on every endpoint, exactly what he gets for a
+    missing id and for a malformed one, and changes nothing. Returns his answers, by
+    endpoint; with ``missing`` (such answers, for ids that do not exist) only ``tid`` is
+    asked for and compared with them."""
 
-        # The WebSocket: the same error message and close code for all three.
-        ws_answers = [
-            ws_exchange(f"{server.ws_url}/tasks/{task_id}/ws", "bob")
-            for task_id in (tid, new_task_id(), "nope")
+    def written() -> dict[str, int]:  # (but workers' rows: one may be starting)
+        return {table: n for table, n in counts(app).items() if table != "errands_worker"}
+
+    before = alice.get(f"/api/tasks/{tid}")
+    assert before.status_code == 200
+    rows_before = written()
+
+    # The id is real: alice reads it on every read endpoint.
+    etag = before.headers["etag"]
+    assert alice.get(f"/api/tasks/{tid}", headers={"If-None-Match": etag}).status_code == 304
+    assert alice.get(f"/api/tasks/{tid}/output").status_code == 200
+    with alice.stream("GET", f"/api/tasks/{tid}/events") as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        assert next(stream.iter_bytes()).startswith(b"retry: 2000")
+
+    ids = (tid,) if missing else (tid, new_task_id(), "nope")
+    seen: dict[str, Any] = {}
+    for method, path, headers in TASK_ENDPOINTS:
+        key = f"{method} {path} {headers}"
+        answers = [
+            answer(bob.request(method, "/api" + path.format(id=task_id), headers=headers))
+            for task_id in ids
         ]
-        assert ws_answers[0] == ws_answers[1] == ws_answers[2]
+        answers += [missing[key]] * 2 if missing else []
+        status, head, body = answers[0]
+        assert status == 404, key
+        assert dict(head)["content-type"] == PROBLEM
+        assert json.loads(body)["detail"]
+        assert answers[0] == answers[1] == answers[2], (key, answers)
+        seen[key] = answers[0]
+
+    # The WebSocket: the same error message and close code.
+    for query in WS_QUERIES:
+        key = f"WS {query}"
+        ws_answers = [
+            ws_exchange(f"{server.ws_url}/tasks/{task_id}/ws{query}", "bob") for task_id in ids
+        ]
+        ws_answers += [missing[key]] * 2 if missing else []
+        assert ws_answers[0] == ws_answers[1] == ws_answers[2], (key, ws_answers)
         messages, code = ws_answers[0]
         assert code == 4404
         assert len(messages) == 1 and json.loads(messages[0])["data"]["status"] == 404
+        seen[key] = ws_answers[0]
 
-        # Nothing bob did touched alice's task.
-        after = alice.get(f"/api/tasks/{tid}")
-        assert after.status_code == 200
-        assert after.json() == before.json()
-        assert after.headers["etag"] == before.headers["etag"]
-        assert after.json()["status"] == "queued" and after.json()["cancel_requested"] is False
-        assert counts(app) == written
-        # bob's own list does not show it either.
-        assert bob.get("/api/tasks").json()["items"] == []
-        assert bob.get("/api/tasks", params={"owner": "alice"}).status_code == 422
+    # Nothing bob did touched alice's task.
+    after = alice.get(f"/api/tasks/{tid}")
+    assert after.status_code == 200
+    assert after.json() == before.json()
+    assert after.headers["etag"] == etag
+    assert after.json()["cancel_requested"] is False
+    assert written() == rows_before
+    # bob's own list does not show it either.
+    assert bob.get("/api/tasks").json()["items"] == []
+    assert bob.get("/api/tasks", params={"owner": "alice"}).status_code == 422
+    return seen
+
+
+@pytest.mark.slow
+def test_other_owners_task_is_indistinguishable_from_a_missing_one(
+    serve: Callable[..., LiveServer],
+    spawn_worker: Callable[..., WorkerProcess],
+    app: Errands,
+) -> None:
+    server = serve()
+    with client(server, "alice") as alice, client(server, "bob") as bob:
+        # Queued (due in an hour), running, and finished with outputs: bob gets the
+        # bytes he gets for ids that do not exist, whatever the state.
+        later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        waiting = submit(alice, "sleepy", {"seconds": 60}, run_at=later)["id"]
+        spawn_worker(WEB_APP, *WORKER_ARGS)  # (it starts while bob asks about `waiting`)
+        missing = assert_hidden(server, app, alice, bob, waiting)
+        assert get(alice, waiting)["status"] == "queued"
+
+        sleeper = submit(alice, "sleepy", {"seconds": 60})["id"]
+        finisher = submit(alice, "steps", {"steps": 2, "delay": 0})["id"]
+        finished = wait_status(alice, finisher, "succeeded", "failed", "cancelled")
+        assert finished["status"] == "succeeded"
+        wait_status(alice, sleeper, "running")
+        assert_hidden(server, app, alice, bob, sleeper, missing)
+        assert get(alice, sleeper)["status"] == "running"
+        assert_hidden(server, app, alice, bob, finisher, missing)
+        assert get(alice, waiting)["status"] == "queued"
+
+        # The owner's view of the finished task past its end is 204 (bob's was 404).
+        past_end = {"Last-Event-ID": "999999-999999"}
+        assert alice.get(f"/api/tasks/{finisher}/events", headers=past_end).status_code == 204
+        assert alice.get(f"/api/tasks/{finisher}/output").json()["last_seq"] == 2
 
 
 # -- 4. bad input: the documented 4xx, and nothing written ------------------------------
@@ -547,18 +667,32 @@ def test_payload_over_the_apps_limit_is_413(serve: Callable[..., LiveServer], ap
 def test_huge_header_is_refused_and_writes_nothing(
     serve: Callable[..., LiveServer], app: Errands
 ) -> None:
+    # Over the route class's 16 KiB limit, on every endpoint: 431 as a problem document,
+    # before any handler runs (nothing is submitted, cancelled, deleted or streamed).
+    # (Both sizes stay under loopback's 64 KiB MTU: the header section reaches uvicorn in
+    # one read. Delivered in pieces, h11 refuses an incomplete section over 16 KiB itself,
+    # with a plain-text 400.)
     server = serve()
     with client(server, "alice") as c:
-        submit(c, "steps", {"steps": 1})
+        tid = submit(c, "steps", {"steps": 1})["id"]
+        before = c.get(f"/api/tasks/{tid}")
         written = counts(app)
-        huge = {"X-Padding": "a" * 40_000}
-        r = c.post("/api/tasks", json={"name": "steps"}, headers=huge)
-        assert 400 <= r.status_code < 500
-        if r.status_code == 431:  # our route class (uvicorn itself may refuse first)
-            assert_problem(r, 431)
-        r = c.get("/api/tasks", headers=huge)
-        assert 400 <= r.status_code < 500
+        endpoints: list[tuple[str, str, dict[str, str]]] = [
+            ("POST", "/tasks", {}),
+            ("GET", "/tasks", {}),
+            ("GET", "/events", {}),
+        ]
+        for size in (17_000, 40_000):
+            huge = {"X-Padding": "a" * size}
+            for method, path, headers in [*endpoints, *TASK_ENDPOINTS]:
+                kwargs: dict[str, Any] = {"headers": headers | huge}
+                if method == "POST" and path == "/tasks":
+                    kwargs["json"] = {"name": "steps"}
+                r = c.request(method, "/api" + path.format(id=tid), **kwargs)
+                assert_problem(r, 431)
         assert counts(app) == written
+        after = c.get(f"/api/tasks/{tid}")
+        assert after.json() == before.json() and after.json()["status"] == "queued"
         # A header section just under the limit is fine.
         assert c.get("/api/tasks", headers={"X-Padding": "a" * 8000}).status_code == 200
 
@@ -612,7 +746,9 @@ def test_submit_rate_limit(serve: Callable[..., LiveServer], app: Errands) -> No
 @contextlib.contextmanager
 def uvicorn_server(asgi: Any) -> Iterator[str]:
     """Serve ``asgi`` with uvicorn in a thread (as ``LiveServer`` does); yields its root."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets (without it,
+    # Nagle and delayed ACKs add 40 ms to every small response).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -1,7 +1,8 @@
 """Live events against a real server: one task's SSE and WebSocket streams (order, ids,
 the end, resuming), the caller's ``/events`` stream, nothing left behind on disconnect,
-the change poll without notifications (and notifications without the poll), keep-alives
-and cancelling while streaming.
+the change poll without notifications (and notifications without the poll), one poll
+query per interval whatever the number of clients, keep-alives on both streams and
+cancelling while streaming.
 
 The server is real uvicorn (``serve``); tasks run in real worker processes
 (``spawn_worker``) on the test's database. Part of the conformance suite: every test
@@ -28,6 +29,7 @@ from websockets.sync.client import ClientConnection, connect
 from errands import Errands
 from errands.engines.sql import SqlEngine
 from errands.events import LocalNotifier
+from errands.store import tasks as store_tasks
 from tests.conftest import LiveServer, WorkerProcess
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
@@ -473,6 +475,64 @@ def test_poll_delivers_changes_without_notifications(
     assert not app.notifier.cross_process
 
 
+def test_one_poll_per_interval_serves_every_client(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hub's poll is one query per interval naming every watched task and owner:
+    # with 30 clients it runs no more often than with one (never once per client).
+    interval = 0.1
+    server = serve(poll_interval=interval, keepalive=1.0)
+    queries: list[tuple[frozenset[str], frozenset[str]]] = []
+    real_changes_since = store_tasks.changes_since
+
+    def changes_since(conn: Any, since: Any, ids: list[str], owners: list[str]) -> Any:
+        queries.append((frozenset(ids), frozenset(owners)))
+        return real_changes_since(conn, since, ids, owners)
+
+    monkeypatch.setattr(store_tasks, "changes_since", changes_since)
+
+    def polls_over(rounds: int) -> tuple[list[tuple[frozenset[str], frozenset[str]]], float]:
+        """At least ``rounds`` queries of the poll, and the time they all ran within.
+        (Not the next one: it may have read the watches before the newest came.)"""
+        skip = len(queries) + 1
+        wait_for(lambda: len(queries) >= skip, "a poll")
+        began = time.monotonic()
+        first = len(queries)
+        wait_for(lambda: len(queries) >= first + rounds, f"{rounds} polls")
+        last = len(queries)
+        return queries[first:last], time.monotonic() - began
+
+    users = ("alice", "bob", "carol")
+    with ExitStack() as streams:
+        http = {user: streams.enter_context(client(server, user)) for user in users}
+        task_ids = [submit(http["alice"], "sleepy", {"seconds": 60}) for _ in range(3)]
+
+        def watch(user: str, url: str) -> None:
+            response = streams.enter_context(http[user].stream("GET", url))
+            assert response.status_code == 200
+
+        # One client.
+        watch("alice", f"/tasks/{task_ids[0]}/events")
+        wait_for(lambda: hub_state(server) == (1, 1, 0), "the stream to be watching")
+        alone, elapsed_alone = polls_over(5)
+        assert set(alone) == {(frozenset(task_ids[:1]), frozenset())}
+        # The poll sleeps an interval before each query: n queries take n - 1 intervals
+        # at least (thirty clients with a query each would run thirty per interval).
+        assert len(alone) <= elapsed_alone / interval + 1
+
+        # Thirty: nine on each task, and every user's "my tasks".
+        for n in range(1, 27):
+            watch("alice", f"/tasks/{task_ids[n % 3]}/events")
+        for user in users:
+            watch(user, "/events")
+        wait_for(lambda: hub_state(server) == (30, 3, 3), "every stream to be watching")
+        assert [server.hub.feeds[t].refs for t in task_ids] == [9, 9, 9]
+        crowd, elapsed_crowd = polls_over(5)
+        assert set(crowd) == {(frozenset(task_ids), frozenset(users))}
+        assert len(crowd) <= elapsed_crowd / interval + 1
+    wait_for(lambda: hub_state(server) == (0, 0, 0), "the hub to forget every watch")
+
+
 @pytest.mark.slow
 def test_notifications_deliver_changes_without_the_poll(serve: Serve, spawn_worker: Spawn) -> None:
     # The converse: the poll never runs (its first round is an hour away), so whatever
@@ -513,6 +573,39 @@ def test_keepalive_comments_while_nothing_changes(serve: Serve) -> None:
     assert events[0].data["status"] == "queued"
     assert items.index(events[1]) > items.index(": keep-alive")
     assert events[1].data["status"] == "cancelled" and events[1].key > events[0].key
+
+
+def test_owner_stream_keepalive_comments_while_nothing_changes(serve: Serve) -> None:
+    server = serve(keepalive=0.2)
+    with client(server) as http:
+        items: list[Event | str] = []
+        with http.stream("GET", "/events") as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["cache-control"] == "no-cache"
+            stream = iter_sse(response, comments=True)
+            for item in stream:  # alice has no tasks: nothing but keep-alives
+                items.append(item)
+                if items.count(": keep-alive") >= 3:
+                    break
+            task_id = submit(http, "sleepy", {"seconds": 60})  # no worker: it stays queued
+            for item in stream:
+                items.append(item)
+                if isinstance(item, Event):
+                    break
+            for item in stream:  # and the keep-alives go on after it
+                items.append(item)
+                if item == ": keep-alive":
+                    break
+            assert server.hub.owners.keys() == {"alice"}
+    events = [i for i in items if isinstance(i, Event)]
+    comments = [i for i in items if isinstance(i, str)]
+    assert set(comments) == {": keep-alive"} and len(comments) >= 4
+    [event] = events
+    assert event.event == "task" and event.data["id"] == task_id
+    assert event.data["status"] == "queued" and event.data["done"] is False
+    assert items.index(event) >= 3 and items[-1] == ": keep-alive"
+    wait_for(lambda: hub_state(server) == (0, 0, 0), "the hub to forget the owner stream")
 
 
 @pytest.mark.slow
