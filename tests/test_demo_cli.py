@@ -98,6 +98,7 @@ def test_demo_command_serves_the_app_and_stops_cleanly(tmp_path: Path) -> None:
         metrics = httpx.get(f"{base}/metrics")
         assert metrics.status_code == 200 and "errands_queue_depth" in metrics.text
         assert httpx.get(f"{base}/api/tasks").status_code == 401
+        assert _split_huge_header(port).startswith(b"HTTP/1.1 431 ")
         assert (tmp_path / "demo.db").exists()
     finally:
         proc.send_signal(signal.SIGINT)
@@ -105,3 +106,25 @@ def test_demo_command_serves_the_app_and_stops_cleanly(tmp_path: Path) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
     assert code == 0
+
+
+def _split_huge_header(port: int) -> bytes:
+    """The answer's first line and headers to a 17 KB header block sent in 1,400-byte
+    packets, as it arrives over a real network (the server must not refuse it before the
+    API can answer its 431 problem document)."""
+    request = (
+        b"GET /api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
+        + b"a" * 17_000
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(request), 1400):
+            conn.sendall(request[i : i + 1400])
+            time.sleep(0.002)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head = answer.partition(b"\r\n\r\n")[0]
+    assert b"content-type: application/problem+json" in head.lower(), answer[:500]
+    return head

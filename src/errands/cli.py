@@ -340,7 +340,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = _demo_settings(args, worker_options={"concurrency": args.concurrency})
     site = create_app(settings)
     print(f"errands demo: http://{args.host}:{args.port}/  (Ctrl-C stops it)", flush=True)
-    uvicorn.run(site, host=args.host, port=args.port, log_level="warning")
+    # h11 refuses an incomplete header block over 16 KiB itself (a plain 400); let the
+    # API answer its 431 problem document instead.
+    uvicorn.run(
+        site,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        h11_max_incomplete_event_size=64 * 1024,
+    )
     return 0
 
 
