@@ -616,7 +616,8 @@ def task_api(
             async with hub.owner(owner) as watch:
                 while True:
                     try:
-                        await asyncio.wait_for(watch.changed.wait(), keepalive)
+                        async with asyncio.timeout(keepalive):
+                            await watch.changed.wait()
                     except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue

@@ -127,7 +127,10 @@ async def task_events(
             yield Event(kind, f"{version}-{seq}", _encoded(feed, record, base, admin))
             continue
         try:
-            await asyncio.wait_for(waiter.wait(), keepalive)
+            # asyncio.timeout, not wait_for: no extra task per wait (a thousand watchers
+            # of one task wake together on every change).
+            async with asyncio.timeout(keepalive):
+                await waiter.wait()
         except TimeoutError:
             yield None
 
