@@ -8,7 +8,6 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,66 +19,17 @@ from errands.admin import Bucket
 from errands.demo.admin import fmt_seconds, latency_svg, throughput_svg
 from errands.demo.web import Demo
 from errands.worker import WorkerSettings
-from tests.apps.demo_site import build_demo
+from tests.apps.demo_site import PASSWORD, DemoClient, build_demo
 from tests.conftest import wait_for
 
 SVG = "{http://www.w3.org/2000/svg}"
-PASSWORD = "correct horse battery staple"
 ADMIN = "boss@example.com"
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
 FUTURE = "2999-01-01T00:00:00Z"
 
 
-@dataclass
-class Site:
-    client: TestClient
-    demo: Demo
-
-    def log_in(self, email: str | None) -> None:
-        """Sign in as ``email`` (None: nobody), with a fresh session."""
-        self.client.cookies.clear()
-        if email is None:
-            return
-        csrf = self.csrf()
-        r = self.client.post(
-            "/login",
-            data={"email": email, "password": PASSWORD, "csrf": csrf, "next": "/"},
-            follow_redirects=False,
-        )
-        assert r.status_code == 303, r.text
-
-    def csrf(self, path: str = "/login") -> str:
-        """The session's CSRF token, from a form (or the page's meta tag)."""
-        html = self.client.get(path).text
-        found = re.search(r'name="csrf" value="([^"]+)"', html) or re.search(
-            r'name="csrf-token" content="([^"]+)"', html
-        )
-        assert found, html
-        return found[1]
-
-    def submit(self, name: str, payload: Any, **extra: Any) -> str:
-        """Submit through the HTTP API as the signed-in user; the new task's id."""
-        r = self.client.post(
-            "/api/tasks",
-            json={"name": name, "payload": payload, **extra},
-            headers={"X-CSRF-Token": self.csrf()},
-        )
-        assert r.status_code == 202, r.text
-        task_id: str = r.json()["id"]
-        return task_id
-
-    def record(self, task_id: str) -> TaskRecord:
-        return self.demo.errands.sync.get(task_id, owner=ANY_OWNER)
-
-    def finished(self, task_id: str, timeout: float = 15.0) -> TaskRecord:
-        def done() -> TaskRecord | None:
-            record = self.record(task_id)
-            return record if record.done else None
-
-        result: TaskRecord = wait_for(done, timeout=timeout)
-        return result
-
+class Site(DemoClient):
     def owner_tasks(self, owner: str) -> list[TaskRecord]:
         return self.demo.errands.sync.list(owner=owner, limit=500).items
 

@@ -15,7 +15,6 @@ import re
 import sysconfig
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,8 @@ from starlette.testclient import TestClient  # its httpx2 warning is ignored in 
 from errands import ANY_OWNER, InvalidPayload, Status, TaskRecord
 from errands.demo import accounts, tasks
 from errands.demo.web import Demo, DemoSettings, create_app
-from tests.apps.demo_site import build_demo
-from tests.conftest import wait_for
+from tests.apps.demo_site import PASSWORD, DemoClient, build_demo
 
-PASSWORD = "correct horse battery staple"
 ALICE = "alice@example.com"
 #: Added to build_demo's corpus (one.py, two.py, notes.txt, pkg/three.py: no zebras).
 ZOO = {
@@ -53,55 +50,13 @@ STEPS = 30
 Hit = tuple[str, int, str]
 
 
-@dataclass
-class Site:
-    client: TestClient
-    demo: Demo
-
-    def log_in(self, email: str) -> None:
-        self.client.cookies.clear()
-        r = self.client.post(
-            "/login",
-            data={"email": email, "password": PASSWORD, "csrf": self.csrf("/login")},
-            follow_redirects=False,
-        )
-        assert r.status_code == 303, r.text
-
-    def csrf(self, path: str = "/") -> str:
-        html = self.client.get(path).text
-        found = re.search(r'name="csrf" value="([^"]+)"', html)
-        assert found, html
-        return found[1]
-
-    def search(self, query: str, **fields: str) -> str:
-        """Search through the form (checkboxes are ``"on"``); the new task's id."""
-        data = {"query": query, "glob": "*.py", "csrf": self.csrf(), **fields}
-        r = self.client.post("/search", data=data, follow_redirects=False)
-        assert r.status_code == 303, r.text
-        found = re.fullmatch(r"/tasks/([0-9a-f-]{36})", r.headers["location"])
-        assert found, r.headers["location"]
-        return found[1]
-
-    def submit(self, payload: dict[str, Any]) -> str:
+class Site(DemoClient):
+    def submit_search(self, payload: dict[str, Any]) -> str:
         """Submit a search through the HTTP API; the new task's id."""
-        r = self.client.post(
-            "/api/tasks",
-            json={"name": "search", "payload": payload},
-            headers={"X-CSRF-Token": self.csrf()},
-        )
-        assert r.status_code == 202, r.text
-        task_id: str = r.json()["id"]
-        return task_id
+        return self.submit("search", payload)
 
-    def record(self, task_id: str) -> TaskRecord:
-        return self.demo.errands.sync.get(task_id, owner=ANY_OWNER)
-
-    def finished(self, task_id: str) -> TaskRecord:
-        def done() -> TaskRecord | None:
-            record = self.record(task_id)
-            return record if record.done else None
-
-        record: TaskRecord = wait_for(done)
+    def succeeded(self, task_id: str) -> TaskRecord:
+        record = self.finished(task_id)
         assert record.status is Status.SUCCEEDED, (record.status, record.error)
         return record
 
@@ -115,7 +70,7 @@ class Site:
     def run(self, query: str, **fields: str) -> tuple[TaskRecord, list[Hit]]:
         """Search through the form and wait for the end: the record and its hits."""
         task_id = self.search(query, **fields)
-        return self.finished(task_id), self.hits(task_id)
+        return self.succeeded(task_id), self.hits(task_id)
 
 
 @pytest.fixture
@@ -225,7 +180,7 @@ def test_the_glob_chooses_the_files_by_name_or_path(site: Site) -> None:
 # -- while it runs, and what it leaves ---------------------------------------------------------
 def test_progress_per_file_hits_and_summary(site: Site) -> None:
     order = [f"lab/step_{i:02d}.dat" for i in range(STEPS)]
-    task_id = site.submit({"query": "ZEBRA", "glob": "*.dat", "pause": 0.03})
+    task_id = site.submit_search({"query": "ZEBRA", "glob": "*.dat", "pause": 0.03})
 
     # Watch the record while the worker runs it: one progress step per file, and the
     # message names the file just read.
@@ -294,7 +249,7 @@ def test_a_search_stops_at_max_hits_and_says_so(site: Site) -> None:
     )
     (site.demo.corpus / "zoo" / "more.log").write_text("zebra after the stop\n")
     task_id = site.search("zebra", glob="*.log")
-    record = site.finished(task_id)
+    record = site.succeeded(task_id)
     assert summary(record) == {"files": 1, "hits": tasks.MAX_HITS, "truncated": True}
     assert record.progress.message == "zoo/many.log"
     sync = site.demo.errands.sync
@@ -329,8 +284,8 @@ def test_a_bad_regular_expression_is_refused_by_the_api_and_writes_nothing(site:
     assert expected in str(raised.value.errors)
     assert sync.list(owner=ANY_OWNER).items == []
     # The same text as plain text is a search like any other.
-    task_id = site.submit({"query": "zebra(", "regex": False})
-    assert summary(site.finished(task_id)) == {"files": 5, "hits": 0, "truncated": False}
+    task_id = site.submit_search({"query": "zebra(", "regex": False})
+    assert summary(site.succeeded(task_id)) == {"files": 5, "hits": 0, "truncated": False}
     assert [t.id for t in sync.list(owner=ANY_OWNER).items] == [task_id]
 
 
@@ -342,7 +297,7 @@ def test_a_runaway_regular_expression_fails_the_search_and_the_site_keeps_answer
     The search fails with a message saying where, and while it matches, the web process
     (which hosts the demo's worker) keeps serving pages."""
     (site.demo.corpus / "lab" / "aaa.txt").write_text("ok\n" + "a" * 60 + "b\n")
-    task_id = site.submit({"query": "(a|aa)+$", "regex": True, "glob": "lab/aaa.txt"})
+    task_id = site.submit_search({"query": "(a|aa)+$", "regex": True, "glob": "lab/aaa.txt"})
     served = 0
     while not site.record(task_id).done:
         assert site.client.get("/tasks").status_code == 200

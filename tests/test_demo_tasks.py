@@ -29,13 +29,12 @@ import itsdangerous
 import pytest
 from starlette.testclient import TestClient  # its httpx2 warning is ignored in pyproject
 
-from errands import ANY_OWNER, Status, TaskRecord
+from errands import Status
 from errands.demo import accounts, store
 from errands.demo.web import PAGE_SIZE, Demo
-from tests.apps.demo_site import build_demo
+from tests.apps.demo_site import PASSWORD, DemoClient, build_demo
 from tests.conftest import wait_for
 
-PASSWORD = "correct horse battery staple"
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
 ADMIN = "boss@example.com"
@@ -58,64 +57,7 @@ class Row:
     progress: str
 
 
-@dataclass
-class Site:
-    client: TestClient
-    demo: Demo
-
-    def log_in(self, email: str | None) -> None:
-        """Sign in as ``email`` (None: nobody), with a fresh session."""
-        self.client.cookies.clear()
-        if email is None:
-            return
-        r = self.client.post(
-            "/login",
-            data={"email": email, "password": PASSWORD, "csrf": self.csrf("/login")},
-            follow_redirects=False,
-        )
-        assert r.status_code == 303, r.text
-
-    def csrf(self, path: str = "/") -> str:
-        """The session's CSRF token, as the page at ``path`` shows it."""
-        html = self.client.get(path).text
-        found = re.search(r'name="csrf" value="([^"]+)"', html)
-        assert found, html
-        return found[1]
-
-    def owner(self, email: str) -> str:
-        user = self.demo.errands.db.read(store.user_by_email, email)
-        assert user is not None
-        return user.owner
-
-    def search(self, query: str = "needle") -> str:
-        """Search through the form as the signed-in user; the new task's id."""
-        data = {"query": query, "glob": "*.py", "csrf": self.csrf()}
-        r = self.client.post("/search", data=data, follow_redirects=False)
-        assert r.status_code == 303, r.text
-        return str(r.headers["location"]).removeprefix("/tasks/")
-
-    def submit(self, name: str, payload: Any, **extra: Any) -> str:
-        """Submit through the HTTP API as the signed-in user; the new task's id."""
-        r = self.client.post(
-            "/api/tasks",
-            json={"name": name, "payload": payload, **extra},
-            headers={"X-CSRF-Token": self.csrf()},
-        )
-        assert r.status_code == 202, r.text
-        task_id: str = r.json()["id"]
-        return task_id
-
-    def record(self, task_id: str) -> TaskRecord:
-        return self.demo.errands.sync.get(task_id, owner=ANY_OWNER)
-
-    def finished(self, task_id: str) -> TaskRecord:
-        def done() -> TaskRecord | None:
-            record = self.record(task_id)
-            return record if record.done else None
-
-        record: TaskRecord = wait_for(done)
-        return record
-
+class Site(DemoClient):
     def rows(self, url: str = "/tasks") -> tuple[list[Row], str]:
         """The task rows of the page at ``url``, and the page."""
         r = self.client.get(url, follow_redirects=False)

@@ -11,7 +11,6 @@ import dataclasses
 import io
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,12 @@ from urllib.parse import quote, urljoin, urlsplit
 import pytest
 from starlette.testclient import TestClient  # its httpx2 warning is ignored in pyproject
 
-from errands import ANY_OWNER, Progress, Status, TaskRecord
+from errands import Progress, Status, TaskRecord
 from errands.demo import store
 from errands.demo.store import User
 from errands.demo.web import Demo, _eta
-from tests.apps.demo_site import build_demo
-from tests.conftest import wait_for
+from tests.apps.demo_site import PASSWORD, DemoClient, build_demo
 
-PASSWORD = "correct horse battery staple"
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
 FUTURE = "2999-01-01T00:00:00Z"
@@ -41,60 +38,12 @@ NEEDLES = [
 ]
 
 
-@dataclass
-class Site:
-    client: TestClient
-    demo: Demo
-
-    def log_in(self, email: str | None) -> None:
-        """Sign in as ``email`` (None: nobody), with a fresh session."""
-        self.client.cookies.clear()
-        if email is None:
-            return
-        r = self.client.post(
-            "/login",
-            data={"email": email, "password": PASSWORD, "csrf": self.csrf("/login")},
-            follow_redirects=False,
-        )
-        assert r.status_code == 303, r.text
-
-    def csrf(self, path: str = "/") -> str:
-        """The session's CSRF token, as the page at ``path`` shows it."""
-        html = self.client.get(path).text
-        found = re.search(r'name="csrf" value="([^"]+)"', html)
-        assert found, html
-        return found[1]
-
+class Site(DemoClient):
     def user(self, email: str) -> User | None:
         return self.demo.errands.db.read(store.user_by_email, email)
 
-    def owner(self, email: str) -> str:
-        user = self.user(email)
-        assert user is not None
-        return user.owner
-
     def tasks(self, email: str) -> list[TaskRecord]:
         return self.demo.errands.sync.list(owner=self.owner(email), limit=500).items
-
-    def record(self, task_id: str) -> TaskRecord:
-        return self.demo.errands.sync.get(task_id, owner=ANY_OWNER)
-
-    def finished(self, task_id: str) -> TaskRecord:
-        def done() -> TaskRecord | None:
-            record = self.record(task_id)
-            return record if record.done else None
-
-        record: TaskRecord = wait_for(done)
-        return record
-
-    def search(self, query: str = "needle", **fields: str) -> str:
-        """Search through the form as the signed-in user; the new task's id."""
-        data = {"query": query, "glob": "*.py", "csrf": self.csrf(), **fields}
-        r = self.client.post("/search", data=data, follow_redirects=False)
-        assert r.status_code == 303, r.text
-        found = re.fullmatch(r"/tasks/([0-9a-f-]{36})", r.headers["location"])
-        assert found, r.headers["location"]
-        return found[1]
 
     def export(self, search_id: str) -> str:
         r = self.client.post(
