@@ -24,8 +24,11 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
+# Two pytest processes, each taking whole modules (module-scoped fixtures such as the
+# browser's stay in one process): 7.5 minutes here instead of 12.5.
+TEST_WORKERS ?= 2
 pytest: $(BIN)/.installed chromium postgres brokers
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The browser tests drive Debian's Chromium (Playwright's own browser downloads are not used).
 chromium:
