@@ -19,7 +19,7 @@ from errands.admin import Bucket
 from errands.demo.admin import fmt_seconds, latency_svg, throughput_svg
 from errands.demo.web import Demo
 from errands.worker import WorkerSettings
-from tests.apps.demo_site import PASSWORD, DemoClient, build_demo
+from tests.apps.demo_site import PASSWORD, DemoClient, build_demo, csrf_in
 from tests.conftest import wait_for
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -197,12 +197,9 @@ def test_failed_task_page_shows_the_traceback_and_retry_makes_a_new_task(site: S
     assert "&#34;n&#34;: 1" in html  # the payload, as JSON
     assert f'action="/admin/tasks/{bad}/retry"' in html
     assert f'action="/admin/tasks/{bad}/cancel"' not in html
-    csrf = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert csrf
+    csrf = csrf_in(html)
 
-    r = site.client.post(
-        f"/admin/tasks/{bad}/retry", data={"csrf": csrf[1]}, follow_redirects=False
-    )
+    r = site.client.post(f"/admin/tasks/{bad}/retry", data={"csrf": csrf}, follow_redirects=False)
     assert r.status_code == 303
     new_id = r.headers["location"].removeprefix("/admin/tasks/")
     assert new_id != bad
@@ -217,7 +214,7 @@ def test_failed_task_page_shows_the_traceback_and_retry_makes_a_new_task(site: S
     assert "/retry" not in html and "/cancel" not in html and 'id="traceback"' not in html
     assert "&#34;hits&#34;: 4" in html  # the result, as JSON
     before = len(site.owner_tasks(bob))
-    r = site.client.post(f"/admin/tasks/{ok}/retry", data={"csrf": csrf[1]})
+    r = site.client.post(f"/admin/tasks/{ok}/retry", data={"csrf": csrf})
     assert r.status_code == 409 and "only a failed or cancelled task can be retried" in r.text
     assert len(site.owner_tasks(bob)) == before
 
@@ -242,10 +239,9 @@ def test_cancel_and_the_csrf_token_is_required(site: Site) -> None:
     assert site.record(waiting).status is Status.QUEUED
     assert len(site.owner_tasks(alice)) == before
 
-    csrf = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert csrf
+    csrf = csrf_in(html)
     r = site.client.post(
-        f"/admin/tasks/{waiting}/cancel", data={"csrf": csrf[1]}, follow_redirects=False
+        f"/admin/tasks/{waiting}/cancel", data={"csrf": csrf}, follow_redirects=False
     )
     assert r.status_code == 303 and r.headers["location"] == f"/admin/tasks/{waiting}"
     assert site.record(waiting).status is Status.CANCELLED
@@ -253,9 +249,7 @@ def test_cancel_and_the_csrf_token_is_required(site: Site) -> None:
     assert "/cancel" not in html and f'action="/admin/tasks/{waiting}/retry"' in html
     # Unknown tasks are 404s for the admin too.
     zero = "00000000-0000-0000-0000-000000000000"
-    assert (
-        site.client.post(f"/admin/tasks/{zero}/cancel", data={"csrf": csrf[1]}).status_code == 404
-    )
+    assert site.client.post(f"/admin/tasks/{zero}/cancel", data={"csrf": csrf}).status_code == 404
 
 
 # -- running tasks ------------------------------------------------------------------------
@@ -284,10 +278,9 @@ def test_admin_cancels_a_running_task(site: Site) -> None:
     assert re.search(r'id="task-status"\s+data-task-id="[^"]+" data-live>running</span>', html)
     assert f'action="/admin/tasks/{task_id}/cancel"' in html
     assert f'action="/admin/tasks/{task_id}/retry"' not in html
-    csrf = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert csrf
+    csrf = csrf_in(html)
     r = site.client.post(
-        f"/admin/tasks/{task_id}/cancel", data={"csrf": csrf[1]}, follow_redirects=False
+        f"/admin/tasks/{task_id}/cancel", data={"csrf": csrf}, follow_redirects=False
     )
     assert r.status_code == 303 and r.headers["location"] == f"/admin/tasks/{task_id}"
 

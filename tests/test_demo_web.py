@@ -23,7 +23,7 @@ from errands import Progress, Status, TaskRecord
 from errands.demo import store
 from errands.demo.store import User
 from errands.demo.web import Demo, _eta
-from tests.apps.demo_site import PASSWORD, DemoClient, build_demo
+from tests.apps.demo_site import PASSWORD, DemoClient, build_demo, csrf_in
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -82,9 +82,9 @@ def refused(r: Any) -> None:
 def bad_tokens(site: Site) -> list[dict[str, str]]:
     """Form fields without a valid CSRF token: none, empty, made up, another session's."""
     stranger = TestClient(site.client.app)  # another browser (not started: no second worker)
-    found = re.search(r'name="csrf" value="([^"]+)"', stranger.get("/login").text)
-    assert found and found[1] != site.csrf("/login")
-    return [{}, {"csrf": ""}, {"csrf": "x" * 32}, {"csrf": found[1]}]
+    theirs = csrf_in(stranger.get("/login").text)
+    assert theirs != site.csrf("/login")
+    return [{}, {"csrf": ""}, {"csrf": "x" * 32}, {"csrf": theirs}]
 
 
 # -- CSRF --------------------------------------------------------------------------------

@@ -43,6 +43,15 @@ PASSWORD = "correct horse battery staple"
 """Every test account's password."""
 
 
+def csrf_in(html: str) -> str:
+    """The CSRF token a demo page carries (in a form, or in its meta tag)."""
+    found = re.search(r'name="csrf" value="([^"]+)"', html) or re.search(
+        r'name="csrf-token" content="([^"]+)"', html
+    )
+    assert found, html
+    return found[1]
+
+
 @dataclass
 class DemoClient:
     """A ``TestClient`` of the demo (its lifespan running) and the demo behind it, with
@@ -65,13 +74,8 @@ class DemoClient:
         assert r.status_code == 303, r.text
 
     def csrf(self, path: str = "/") -> str:
-        """The session's CSRF token, from the page at ``path`` (a form, or its meta tag)."""
-        html = self.client.get(path).text
-        found = re.search(r'name="csrf" value="([^"]+)"', html) or re.search(
-            r'name="csrf-token" content="([^"]+)"', html
-        )
-        assert found, html
-        return found[1]
+        """The session's CSRF token, from the page at ``path``."""
+        return csrf_in(self.client.get(path).text)
 
     def owner(self, email: str) -> str:
         user = self.demo.errands.db.read(store.user_by_email, email)

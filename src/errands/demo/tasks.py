@@ -91,9 +91,9 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
         pattern = regex.compile(query, flags)
         # A user's pattern gets a time limit per line and releases the GIL while it
         # matches; escaped plain text cannot backtrack, and skips that cost (4x the time).
-        guard: dict[str, Any] = {"timeout": MATCH_SECONDS, "concurrent": True}
-        if not payload.regex:
-            guard = {}
+        guard: dict[str, Any] = (
+            {"timeout": MATCH_SECONDS, "concurrent": True} if payload.regex else {}
+        )
         files = _files(corpus, payload.glob)
         total = len(files)
         ctx.progress(0, total, f"{total} files to search")
