@@ -15,7 +15,7 @@ import time
 
 from pydantic import BaseModel
 
-from errands import Errands, TaskContext
+from errands import Errands, TaskContext, TaskFailed
 
 app = Errands()
 
@@ -71,3 +71,9 @@ def sleep_forever(ctx: TaskContext, payload: SleepIn) -> str:
 def leaky_in_child(ctx: TaskContext, payload: dict[str, str]) -> None:
     """Fails with an exception whose text must not reach the task's owner."""
     raise ValueError(f"secret {payload['secret']}")
+
+
+@app.task(executor="process", max_attempts=3, backoff=0.01)
+def refuse_in_child(ctx: TaskContext, payload: dict[str, object]) -> None:
+    """Fails for good from a child process: another attempt could not help."""
+    raise TaskFailed(f"bad input (attempt {ctx.attempt})", retry=False)

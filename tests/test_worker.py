@@ -272,6 +272,30 @@ async def test_failed_after_attempts_with_last_error(app: Errands, run_worker: A
     assert done.error_detail is not None and "Traceback" in done.error_detail
 
 
+@pytest.mark.parametrize("executor", ["async", "thread"])
+async def test_task_failed_without_retry_ends_at_once(
+    app: Errands, run_worker: Any, executor: str
+) -> None:
+    """``TaskFailed(retry=False)``: failed on the first attempt, attempts left or not."""
+
+    def refuse(ctx: TaskContext, payload: dict[str, Any]) -> None:
+        raise TaskFailed(f"bad input (attempt {ctx.attempt})", retry=False)
+
+    async def refuse_async(ctx: TaskContext, payload: dict[str, Any]) -> None:
+        refuse(ctx, payload)
+
+    app.task(name="refuse", max_attempts=3, backoff=0.01)(
+        refuse_async if executor == "async" else refuse
+    )
+    submitted = await app.submit("refuse", owner=OWNER)
+    async with run_worker(app):
+        done = await app.wait(submitted.id, owner=OWNER, timeout=10)
+    assert done.status is Status.FAILED
+    assert done.attempts == 1
+    assert done.error is not None and done.error.type == "TaskFailed"
+    assert done.error.message == "bad input (attempt 1)"
+
+
 async def test_unexpected_error_message_is_safe(app: Errands, run_worker: Any) -> None:
     @app.task(max_attempts=1)
     async def leaky(ctx: TaskContext, payload: dict[str, Any]) -> None:
@@ -825,6 +849,17 @@ async def test_process_task_result_and_progress(
     assert (done_steps.progress.current, done_steps.progress.message) == (8, "step 8")
     assert partial[:1] == [(1, 1)]  # readable while it ran
     assert await app.outputs(steps.id, owner=OWNER) == [(i, i) for i in range(1, 9)]
+
+
+@pytest.mark.slow
+async def test_process_task_failed_without_retry(
+    app: Errands, run_worker: Any, process_tasks: ModuleType
+) -> None:
+    submitted = await app.submit("refuse_in_child", owner=OWNER)
+    async with run_worker(app):
+        done = await app.wait(submitted.id, owner=OWNER, timeout=30)
+    assert done.status is Status.FAILED and done.attempts == 1
+    assert done.error is not None and done.error.message == "bad input (attempt 1)"
 
 
 @pytest.mark.slow

@@ -102,4 +102,12 @@ class TaskFailed(ErrandsError):
     attempt like any exception, and its message is what the user sees. Other exceptions
     are shown by type only (their text may hold internal details); their tracebacks go
     to ``error_detail`` for administrators.
+
+    ``retry=False`` says another attempt cannot help (bad input, say): the task ends
+    ``failed`` at once, whatever attempts remain.
     """
+
+    def __init__(self, message: str | None = None, *, retry: bool = True) -> None:
+        #: False: fail the task now instead of retrying it.
+        self.retry = retry
+        super().__init__(message)

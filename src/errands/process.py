@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic_core import to_jsonable_python
 
 from .context import TaskContext
-from .errors import ErrandsError, Retry
+from .errors import ErrandsError, Retry, TaskFailed
 
 if TYPE_CHECKING:
     from .worker import Execution
@@ -38,11 +38,17 @@ class RemoteError(Exception):
     """An exception raised in a child process, rebuilt in the worker."""
 
     def __init__(
-        self, type_name: str, message: str, detail: str, retry_delay: float | None, safe: bool
+        self,
+        type_name: str,
+        message: str,
+        detail: str,
+        retry_delay: float | None,
+        safe: bool,
+        retry: bool = True,
     ) -> None:
         super().__init__(message)
         self.type_name, self.message, self.detail = type_name, message, detail
-        self.retry_delay, self.safe = retry_delay, safe
+        self.retry_delay, self.safe, self.retry = retry_delay, safe, retry
 
 
 class _Child:
@@ -192,6 +198,7 @@ def _child_main(conn: Connection) -> None:
                 "".join(traceback.format_exception(exc)),
                 exc.delay if isinstance(exc, Retry) else None,
                 safe,
+                not (isinstance(exc, TaskFailed) and not exc.retry),
             )
         stop.set()
         pump.join()

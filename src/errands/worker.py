@@ -655,6 +655,7 @@ class Worker:
     def _failure(self, exe: Execution, exc: BaseException, *, retry: bool = True) -> Outcome:
         job, definition = exe.job, exe.definition
         etype, message, detail = _safe_error(exc)
+        retry = retry and getattr(exc, "retry", True)  # TaskFailed(retry=False), or remote
         if retry and job.attempt < job.max_attempts:
             delay = _retry_delay(exc)
             if delay is None:

@@ -88,7 +88,10 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
         started = time.monotonic()
         flags = 0 if payload.case_sensitive else regex.IGNORECASE
         query = payload.query if payload.regex else regex.escape(payload.query)
-        pattern = regex.compile(query, flags)
+        try:
+            pattern = regex.compile(query, flags)
+        except regex.error as exc:  # another attempt would fail the same way
+            raise TaskFailed(f"Not a valid regular expression: {exc}", retry=False) from None
         # A user's pattern gets a time limit per line and releases the GIL while it
         # matches; escaped plain text cannot backtrack, and skips that cost (4x the time).
         guard: dict[str, Any] = (
@@ -117,7 +120,8 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
                 except TimeoutError:
                     raise TaskFailed(
                         f"The regular expression took over {MATCH_SECONDS} s on line "
-                        f"{number} of {rel}; try a simpler one."
+                        f"{number} of {rel}; try a simpler one.",
+                        retry=False,
                     ) from None
                 if found:
                     if hits >= MAX_HITS:
@@ -146,9 +150,9 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
         try:
             source = app.sync.get(payload.search_id, owner=ctx.owner)
         except TaskNotFound:
-            raise TaskFailed("There is no such search.") from None
+            raise TaskFailed("There is no such search.", retry=False) from None
         if source.name != "search" or source.status.value != "succeeded":
-            raise TaskFailed("Only a finished search can be exported.")
+            raise TaskFailed("Only a finished search can be exported.", retry=False)
         target = exports / f"{ctx.task_id}.csv"
         partial = target.with_suffix(".part")
         rows = 0
