@@ -23,6 +23,7 @@ import pytest
 
 from errands import Errands, Worker
 from tests.engines import make_engine, new_queue
+from tests.pgserver import PostgresUnavailable, PrivatePostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -188,6 +189,43 @@ def db_url(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> Ite
     name, url = dbs.create()
     yield url
     dbs.drop(name)
+
+
+# -- a private PostgreSQL server ----------------------------------------------------------
+# A test that stops, restarts, kills or pauses PostgreSQL must not do it to the shared
+# server (other tests, possibly in another pytest process, use it at the same moment):
+# it gets a cluster of its own (tests/pgserver.py; initdb and start: 0.5-0.8 s here).
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A started :class:`PrivatePostgres` of the test's own, closed afterwards (no
+    process left, its directory deleted); the tail of its log is printed first (pytest
+    shows it when the test failed)."""
+    server = PrivatePostgres.temporary()
+    try:
+        server.start()
+    except PostgresUnavailable as exc:
+        server.close()
+        pytest.skip(f"needs a private PostgreSQL server: {exc}")
+    except BaseException:
+        server.close()
+        raise
+    try:
+        yield server
+    finally:
+        print(f"--- {server.logfile} (tail):\n{server.log_tail()}")
+        server.close()
+
+
+def errands_database(server: PrivatePostgres, name: str = "errands") -> str:
+    """A new database on ``server`` with errands' schema (``Errands(url).migrate()``);
+    its URL."""
+    url = server.create_database(name)
+    migrating = Errands(url)
+    try:
+        migrating.migrate()
+    finally:
+        migrating.close()
+    return url
 
 
 @pytest.fixture

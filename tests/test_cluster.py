@@ -8,6 +8,10 @@ tests.apps.e2e:app`` processes sharing one database, talking through LISTEN/NOTI
   and every process serves new tasks afterwards;
 - idle workers wake on a notification, not on their (long) poll.
 
+Each test runs on a PostgreSQL server of its own (``private_postgres``,
+tests/pgserver.py): one restarts it, which must not cut off the tests that use the
+shared server meanwhile.
+
 Tasks log each start and each completion of their function to a per-test file
 (``tests.apps.e2e.log_line``: one ``O_APPEND`` write a line), so a task whose function
 ran to completion twice is seen. Process output goes to files in the test's temporary
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -40,7 +43,8 @@ from sqlalchemy import func, select
 from errands import ANY_OWNER, Errands, Status, TaskRecord
 from errands.store.schema import job_table
 from tests.apps import e2e
-from tests.conftest import PG_SERVER, ROOT, wait_for
+from tests.conftest import ROOT, errands_database, wait_for
+from tests.pgserver import PrivatePostgres
 
 pytestmark = [pytest.mark.databases("postgresql"), pytest.mark.slow]
 
@@ -49,9 +53,6 @@ WEB_APP = "tests.apps.cluster:api"
 USER = "alice"
 #: The longest a single wait may take before the test fails (never reached when all is well).
 DEADLINE = 30.0
-#: The PostgreSQL cluster the tests restart (``pg_ctlcluster VERSION NAME``).
-PG_CLUSTER = os.environ.get("ERRANDS_TEST_PG_CLUSTER", "15 main").split()
-PG_LOCAL = "postgresql://postgres@127.0.0.1:5432"
 
 
 # -- processes ----------------------------------------------------------------------------
@@ -213,6 +214,14 @@ def serves_or_dead(web: Web) -> bool:
 
 
 @pytest.fixture
+def db_url(database: str, private_postgres: PrivatePostgres) -> str:
+    """The test's database: a migrated one on the test's private server (the conftest's
+    ``app`` and this module's fixtures use it)."""
+    assert database == "postgresql"
+    return errands_database(private_postgres)
+
+
+@pytest.fixture
 def log(tmp_path: Path) -> Path:
     return tmp_path / "executions.log"
 
@@ -320,28 +329,6 @@ def check_settled(app: Errands) -> list[TaskRecord]:
     return records
 
 
-def pg_ready() -> bool:
-    probe = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432", "-t", "2"]
-    return subprocess.run(probe, check=False).returncode == 0
-
-
-def ensure_postgres_running() -> None:
-    """Wait until PostgreSQL accepts connections; start it if it does not come back."""
-    deadline = time.monotonic() + 20
-    while not pg_ready():
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    else:
-        return
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", *PG_CLUSTER, "start"],
-        check=False,
-        timeout=60,
-    )
-    wait_for(pg_ready, timeout=60, what="PostgreSQL to accept connections", interval=0.5)
-
-
 # -- 1. live events across web processes ----------------------------------------------------
 def test_sse_on_one_web_process_follows_a_task_submitted_on_another(
     start_cluster: StartCluster, log: Path
@@ -407,25 +394,12 @@ def test_task_of_a_killed_worker_finishes_on_another(
 
 
 # -- 3. PostgreSQL restarted mid-run --------------------------------------------------------
-def restart_postgres() -> None:
-    """Restart the server (fast shutdown: every connection is cut); whatever happens,
-    PostgreSQL accepts connections again when this returns."""
-    try:
-        subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", *PG_CLUSTER, "restart"],
-            check=True,
-            timeout=120,
-            capture_output=True,
-        )
-    finally:
-        ensure_postgres_running()
-
-
 def test_everything_recovers_from_a_postgres_restart(
-    start_cluster: StartCluster, e2e_app: Errands, log: Path
+    start_cluster: StartCluster,
+    e2e_app: Errands,
+    log: Path,
+    private_postgres: PrivatePostgres,
 ) -> None:
-    if PG_SERVER != PG_LOCAL or shutil.which("pg_ctlcluster") is None:
-        pytest.skip("restarts the local PostgreSQL cluster (pg_ctlcluster) only")
     # The lease outlasts the restart: a worker that holds a task keeps it (its
     # heartbeats resume in time), so every function runs to completion exactly once.
     # Workers and web processes poll only every 5 s, so what happens within a second
@@ -456,7 +430,9 @@ def test_everything_recovers_from_a_postgres_restart(
         # Restart once the second wave (12 run at once) has begun: tasks are running,
         # some are done, the rest queued; running ones finish while the server is down.
         wait_for(lambda: starts() > 12, timeout=DEADLINE, what="the second wave", interval=0.05)
-        restart_postgres()
+        # A fast shutdown (every connection is cut) and a start; it returns once the
+        # server accepts connections again.
+        private_postgres.restart("fast")
         for stream, task_id in zip(streams, ids[:2], strict=True):
             check_stream(stream.result(), task_id, long_steps)
 
