@@ -83,7 +83,7 @@ async def test_a_20_mb_result_round_trips(
     task_bytes, output_bytes = row_sizes(app, large.id)
     assert task_bytes < 2_000 and output_bytes < 2_000, (task_bytes, output_bytes)
     files = blob_files(tmp_path / "blobs")
-    assert [f.name for f in files] == ["output-2", "result-1"]
+    assert [f.name for f in files] == ["output-2-0", "result-1-0"]
     assert sum(f.stat().st_size for f in files) > 20 * MB
     # Every read path gives the values back: one record, many, a page, the items.
     assert (await app.get_many([large.id], owner="alice"))[0].result == big
@@ -177,7 +177,7 @@ async def test_a_custom_store_and_threshold(db_url: str, run_worker: Any) -> Non
                 "text": "a" * 200
             }
             assert (await app.wait(short.id, owner="alice", timeout=30)).result == {"text": "a"}
-        assert list(store.data) == [f"{long.id}/result-1"]
+        assert list(store.data) == [f"{long.id}/result-1-0"]
         app.sync.delete(long.id, owner="alice")
         assert store.data == {}
     finally:

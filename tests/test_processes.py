@@ -25,7 +25,7 @@ from sqlalchemy import select
 from errands import ANY_OWNER, Errands, Status, TaskRecord, WaitTimeout
 from errands.engines import SqlEngine
 from errands.events import LocalNotifier
-from errands.store.schema import job_table
+from errands.store.schema import job_table, worker_table
 from tests.apps import e2e
 from tests.conftest import WorkerProcess, wait_for
 
@@ -183,19 +183,37 @@ def test_two_workers_run_each_task_exactly_once(
 
 
 # -- a worker dies mid-task ----------------------------------------------------------------
-def test_killed_worker_task_is_rerun_after_lease_expiry(
-    e2e_app: Errands, start_worker: Callable[..., WorkerProcess], log: Path
+def move_to_another_host(app: Errands, pid: int) -> None:
+    """Make the row of the worker process ``pid`` say it runs on another host: no worker
+    here can then tell that it died, and only its lease's expiry recovers its tasks."""
+    with app.db.engine.begin() as conn:
+        changed = conn.execute(
+            worker_table.update()
+            .where(worker_table.c.pid == pid)
+            .values(hostname="elsewhere.example")
+        ).rowcount
+    assert changed == 1
+
+
+@pytest.mark.parametrize("host", ["same", "other"])
+def test_killed_worker_task_is_rerun(
+    e2e_app: Errands, start_worker: Callable[..., WorkerProcess], log: Path, host: str
 ) -> None:
+    """A worker on the same host sees at once that the dead one's process is gone and
+    recovers its task when it starts; across hosts, the lease's expiry is the rule."""
     first = start_worker(*WORKER_ARGS)
     record = e2e_app.sync.submit(
         "slow", {"steps": 30, "delay": 0.1, "log": str(log)}, owner="alice"
     )
     wait_for(running_with_progress(e2e_app, record.id), timeout=30, what="the task to start")
     first.kill()
+    killed_at = time.time()
     # Nothing changes it while its lease is held by the dead worker.
     stuck = e2e_app.sync.get(record.id, owner="alice")
     assert stuck.status is Status.RUNNING and stuck.attempts == 1
     lease_expiry = lease_expires_at(e2e_app, record.id)
+    if host == "other":
+        move_to_another_host(e2e_app, first.proc.pid)
 
     second = start_worker(*WORKER_ARGS)
     final = finished(e2e_app, record.id, second, timeout=40)
@@ -203,9 +221,12 @@ def test_killed_worker_task_is_rerun_after_lease_expiry(
     assert final.attempts == 2
     assert final.result == {"steps": 30, "attempt": 2}
     assert final.progress.current == 30
-    # It was run again only once the dead worker's lease had run out.
     assert final.started_at is not None
-    assert final.started_at.timestamp() >= lease_expiry
+    if host == "other":  # run again only once the dead worker's lease had run out
+        assert final.started_at.timestamp() >= lease_expiry
+    else:  # at once: before the lease ran out
+        assert final.started_at.timestamp() < lease_expiry
+        assert final.started_at.timestamp() - killed_at < 5
     rows = e2e.read_log(log)
     assert [(event, attempt, pid) for event, _, attempt, pid in rows] == [
         ("start", 1, first.proc.pid),

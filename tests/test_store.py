@@ -12,7 +12,7 @@ import pytest
 
 from errands import Errands, Status, TaskContext
 from errands.store import queue, tasks
-from errands.store.queue import Outcome
+from errands.store.queue import Outcome, Report
 from errands.store.schema import task_table
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
@@ -115,7 +115,7 @@ def test_illegal_transitions_are_refused(store_app: Errands) -> None:
     assert finish(store_app, "w1", Outcome(a, Status.FAILED)) == []
     assert finish(store_app, "w1", Outcome(a, Status.QUEUED, retry_at=time.time())) == []
     assert store_app.sync.cancel(a, owner="alice") == before
-    assert store_app.db.write(queue.release, "w1", [a], now=time.time()) == []
+    assert store_app.db.write(queue.release, "w1", [(a, 0)], now=time.time()) == []
     assert store_app.db.write(queue.reap, now=time.time() + 999, expiry_for=expiry) == []
     assert store_app.sync.get(a, owner="alice") == before
     # A cancelled task cannot be claimed or run.
@@ -162,7 +162,7 @@ def test_reaper_requeues_fails_or_cancels_expired_leases(store_app: Errands) -> 
 def test_release_hands_back_without_spending_an_attempt(store_app: Errands) -> None:
     (tid,) = submit(store_app)
     claim(store_app, "w1")
-    store_app.db.write(queue.release, "w1", [tid], now=time.time())
+    store_app.db.write(queue.release, "w1", [(tid, 0)], now=time.time())
     rec = store_app.sync.get(tid, owner="alice")
     assert rec.status is Status.QUEUED and rec.attempts == 0
     (job,) = claim(store_app, "w2")
@@ -183,9 +183,11 @@ def _complete(
     results: dict[str, list[queue.Change]],
     worker: str,
     task_id: str,
+    floor: int,
 ) -> None:
     barrier.wait()
-    results[worker] = finish(app, worker, Outcome(task_id, Status.SUCCEEDED, result=worker))
+    outcome = Outcome(task_id, Status.SUCCEEDED, result=worker, floor=floor)
+    results[worker] = finish(app, worker, outcome)
 
 
 def test_two_workers_racing_to_complete_exactly_one_wins(store_app: Errands) -> None:
@@ -194,14 +196,17 @@ def test_two_workers_racing_to_complete_exactly_one_wins(store_app: Errands) -> 
     for _ in range(20):
         (tid,) = submit(store_app)
         now = time.time()
-        claim(store_app, "A", lease=0.01, now=now)
+        (a,) = claim(store_app, "A", lease=0.01, now=now)
         store_app.db.write(queue.reap, now=now + 1, expiry_for=expiry)
-        claim(store_app, "B", now=now + 1)
+        (b,) = claim(store_app, "B", now=now + 1)
+        assert (a.output_floor, b.output_floor) == (0, 1)  # B's attempt: a floor of its own
         results: dict[str, list[queue.Change]] = {}
         barrier = threading.Barrier(2)
         threads = [
-            threading.Thread(target=_complete, args=(store_app, barrier, results, w, tid))
-            for w in ("A", "B")
+            threading.Thread(
+                target=_complete, args=(store_app, barrier, results, w, tid, job.output_floor)
+            )
+            for w, job in (("A", a), ("B", b))
         ]
         for t in threads:
             t.start()
@@ -236,18 +241,20 @@ def test_concurrent_claims_never_hand_out_a_job_twice(store_app: Errands) -> Non
 def test_flush_writes_progress_only_while_the_lease_is_held(store_app: Errands) -> None:
     (tid,) = submit(store_app)
     claim(store_app, "w1")
-    progress = [{"task_id": tid, "current": 5, "total": 10, "message": "half"}]
+    report = [Report(tid, 0, (5, 10, "half"))]
     outputs = [{"task_id": tid, "seq": 1, "data": {"x": 1}}]
-    changes = store_app.db.write(
-        queue.flush, "w1", progress=progress, outputs=outputs, now=time.time()
-    )
+    changes = store_app.db.write(queue.flush, "w1", report, outputs, now=time.time())
     assert changes[0].version == 3
     rec = store_app.sync.get(tid, owner="alice")
     assert rec.progress.current == 5 and rec.progress.percent == 50.0
     assert store_app.sync.outputs(tid, owner="alice") == [(1, {"x": 1})]
-    other = [{"task_id": tid, "current": 9, "total": 10, "message": "no"}]
-    store_app.db.write(queue.flush, "intruder", progress=other, outputs=[], now=time.time())
+    other = [Report(tid, 0, (9, 10, "no"))]
+    items = [{"task_id": tid, "seq": 2, "data": "no"}]
+    assert store_app.db.write(queue.flush, "intruder", other, items, now=time.time()) == []
+    stale = [Report(tid, 7, (9, 10, "no"))]  # another attempt's floor
+    assert store_app.db.write(queue.flush, "w1", stale, items, now=time.time()) == []
     assert store_app.sync.get(tid, owner="alice").progress.current == 5
+    assert store_app.sync.outputs(tid, owner="alice") == [(1, {"x": 1})]
 
 
 def test_purge_deletes_only_expired_records(store_app: Errands) -> None:
@@ -271,7 +278,6 @@ def test_fast_paths_write_what_the_sqlalchemy_types_write(store_app: Errands) ->
     SQLAlchemy Core statements store identical values."""
     from sqlalchemy import text
 
-    from errands.store.queue import _outcome_statement
     from errands.store.tasks import _INSERT_TASK
 
     _record, row, job = store_app._prepare("job", {"i": 1, "s": "é"}, "alice", 3, None)
@@ -297,23 +303,20 @@ def test_fast_paths_write_what_the_sqlalchemy_types_write(store_app: Errands) ->
         store_app, "w1", Outcome(row["id"], Status.SUCCEEDED, result={"n": [1, 2]}, expires_at=keep)
     )
     stamp = store_app.sync.get(row["id"], owner="alice").finished_at
-    values = {
-        "status": "succeeded",
-        "result": {"n": [1, 2]},
-        "finished_at": stamp,
-        "expires_at": keep,
-        "error_type": None,
-        "error_message": None,
-        "error_detail": None,
-        "_id": twin["id"],
-        "_stamp": stamp,
-    }
-    with store_app.db.engine.begin() as conn:
+    with store_app.db.engine.begin() as conn:  # the same values through the Core types
         conn.execute(
-            text("UPDATE errands_task SET status = 'running' WHERE id = :i"), {"i": twin["id"]}
-        )
-        conn.execute(
-            _outcome_statement(tuple(sorted(k for k in values if k != "_stamp"))), [values]
+            task_table.update()
+            .where(task_table.c.id == twin["id"])
+            .values(
+                status="succeeded",
+                result={"n": [1, 2]},
+                finished_at=stamp,
+                expires_at=keep,
+                error_type=None,
+                error_message=None,
+                error_detail=None,
+                updated_at=stamp,
+            )
         )
     fast, core = raw(row["id"]), raw(twin["id"])
     assert fast[:6] + fast[7:] == core[:6] + core[7:]  # all but the version
@@ -357,11 +360,7 @@ def test_sqlite_fast_read_returns_what_the_sqlalchemy_types_return(store_app: Er
     cancelled = store_app.sync.submit("job", {}, owner="bob").id
     store_app.sync.cancel(cancelled, owner="bob")
     store_app.db.write(
-        queue.flush,
-        "w1",
-        progress=[{"task_id": running, "current": 2.0, "total": 7.0, "message": "two"}],
-        outputs=[],
-        now=time.time(),
+        queue.flush, "w1", [Report(running, 0, (2.0, 7.0, "two"))], [], now=time.time()
     )
     keep = datetime.now(UTC) + timedelta(days=1)
     finish(store_app, "w1", Outcome(done, Status.SUCCEEDED, result=42, expires_at=keep))

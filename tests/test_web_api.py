@@ -236,6 +236,7 @@ def test_lifecycle_over_http(
         assert c.get(f"{location}/output", params={"after": 6}).json() == {
             "items": [],
             "last_seq": 6,
+            "output_floor": 0,
         }
         assert_problem(c.get(f"{location}/output", params={"after": -1}), 422)
 
@@ -793,7 +794,11 @@ def test_mounted_in_a_starlette_app(app: Errands, prefix: str) -> None:
         r = c.get(location)
         assert r.status_code == 200 and r.json()["id"] == tid
         assert r.json()["links"]["self"] == location
-        assert c.get(r.json()["links"]["output"]).json() == {"items": [], "last_seq": 0}
+        assert c.get(r.json()["links"]["output"]).json() == {
+            "items": [],
+            "last_seq": 0,
+            "output_floor": 0,
+        }
         listed = c.get(base).json()["items"]
         assert [t["links"]["self"] for t in listed] == [location]
         r = c.post(r.json()["links"]["cancel"])

@@ -199,12 +199,10 @@ async def test_retries_with_exponential_backoff(app: Errands, run_worker: Any) -
     assert done.attempts == 3
     assert len(starts) == 3
     assert done.error is None  # a success clears the earlier attempts' error
-    # every attempt's output is kept, numbered on from the previous attempt's
-    assert await app.outputs(submitted.id, owner=OWNER) == [
-        (1, "attempt 1"),
-        (2, "attempt 2"),
-        (3, "attempt 3"),
-    ]
+    # the output is the last attempt's; each attempt numbers its items above all before
+    # (attempt 2's floor is 2, past item 1; attempt 3's is 4, past item 3)
+    assert await app.outputs(submitted.id, owner=OWNER) == [(5, "attempt 3")]
+    assert done.output_floor == 4
     for n, (a, b) in enumerate(pairwise(starts), start=1):
         delay = base * 2 ** (n - 1)
         gap = b - a

@@ -20,7 +20,7 @@ from .errors import (
     UnknownTask,
     WaitTimeout,
 )
-from .records import Page, Progress, Status, TaskError, TaskEvent, TaskRecord
+from .records import OutputPage, Page, Progress, Status, TaskError, TaskEvent, TaskRecord
 from .registry import TaskDefinition
 from .worker import Worker, WorkerSettings
 
@@ -34,6 +34,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidPayload",
     "InvalidTransition",
+    "OutputPage",
     "Page",
     "PayloadTooLarge",
     "Progress",

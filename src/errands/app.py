@@ -41,7 +41,7 @@ from .errors import (
 from .events import notifier_for
 from .ids import is_task_id, new_task_id
 from .observers import Observers
-from .records import Page, Progress, Status, TaskRecord
+from .records import OutputPage, Page, Progress, Status, TaskRecord
 from .registry import (
     Backoff,
     Executor,
@@ -510,14 +510,21 @@ class Errands:
     async def outputs(
         self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
     ) -> builtins.list[tuple[int, Any]]:
-        """Items the task emitted with sequence number greater than ``after``."""
+        """Items the task's current attempt emitted with sequence number greater than
+        ``after`` (items of earlier attempts are not part of its output)."""
+        return (await self.output_page(task_id, owner=owner, after=after, limit=limit)).items
+
+    async def output_page(
+        self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
+    ) -> OutputPage:
+        """``outputs`` with the current attempt's output floor (see ``OutputPage``)."""
         who = owner_filter(owner)
         if not is_task_id(task_id):
             raise TaskNotFound()
-        items = await self.db.aread(self.blobs.outputs, task_id, who, after=after, limit=limit)
-        if items is None:
+        found = await self.db.aread(self.blobs.outputs, task_id, who, after=after, limit=limit)
+        if found is None:
             raise TaskNotFound()
-        return items
+        return OutputPage(*found)
 
     # -- changing --------------------------------------------------------------------
     def _cancel_op(
@@ -830,13 +837,18 @@ class SyncErrands:
     def outputs(
         self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
     ) -> builtins.list[tuple[int, Any]]:
+        return self.output_page(task_id, owner=owner, after=after, limit=limit).items
+
+    def output_page(
+        self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
+    ) -> OutputPage:
         who = owner_filter(owner)
         if not is_task_id(task_id):
             raise TaskNotFound()
-        items = self._app.db.read(self._app.blobs.outputs, task_id, who, after=after, limit=limit)
-        if items is None:
+        found = self._app.db.read(self._app.blobs.outputs, task_id, who, after=after, limit=limit)
+        if found is None:
             raise TaskNotFound()
-        return items
+        return OutputPage(*found)
 
     def cancel(self, task_id: str, *, owner: str) -> TaskRecord:
         app = self._app

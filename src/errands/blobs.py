@@ -152,9 +152,14 @@ class Blobs:
 
     def outputs(
         self, conn: Connection, task_id: str, owner: str | None, *, after: int, limit: int
-    ) -> list[tuple[int, Any]] | None:
-        items = tasks.outputs(conn, task_id, owner, after=after, limit=limit)
-        return None if items is None else self._items(items)
+    ) -> tuple[int, list[tuple[int, Any]]] | None:
+        found = tasks.outputs(conn, task_id, owner, after=after, limit=limit)
+        return None if found is None else (found[0], self._items(found[1]))
+
+    def attempt_items(
+        self, conn: Connection, task_id: str, after: int, limit: int, floor: int
+    ) -> list[tuple[int, Any]]:
+        return self._items(tasks.attempt_items(conn, task_id, after, limit, floor))
 
     def snapshot(
         self, conn: Connection, wants: dict[str, int], limit: int

@@ -84,6 +84,12 @@ class TaskContext:
             self._progress_dirty = False
             return self._progress
 
+    def _progress_unwritten(self) -> None:
+        """The progress taken last was not written: take it again next time."""
+        with self._lock:
+            if self._progress is not None:
+                self._progress_dirty = True
+
     def _final_progress(self) -> tuple[float | None, float | None, str | None] | None:
         with self._lock:
             self._progress_dirty = False

@@ -123,6 +123,9 @@ class TaskRecord:
     expires_at: datetime | None
     #: The traceback of the last failure: for administrators only, never shown to users.
     error_detail: str | None = field(default=None, repr=False)
+    #: The task's output is its current attempt's items, whose sequence numbers are
+    #: above this (0 until a task runs a second time; see "Attempts" in the README).
+    output_floor: int = 0
 
     @property
     def done(self) -> bool:
@@ -154,6 +157,16 @@ class Page:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputPage:
+    """Items of a task's current attempt, with the attempt's output floor: its items
+    are numbered above ``floor``. A reader that holds items at or below it (read during
+    an earlier attempt) drops them: the task's output is its current attempt's."""
+
+    floor: int
+    items: list[tuple[int, Any]]
 
 
 @dataclass(frozen=True, slots=True)

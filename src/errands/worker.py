@@ -12,14 +12,25 @@ per ``progress_interval`` per task, plus once with the outcome.
 Lifecycle of an attempt: claim (record ``running``, lease held) → heartbeat renews the
 lease and picks up cancel requests → outcome (``succeeded`` / ``failed`` /
 ``cancelled``, or ``queued`` again for a retry) written only while the lease is held.
-If the worker dies, the lease expires and any worker's reaper requeues the task (or
-fails it when its attempts are spent).
+Every write of an attempt is fenced by its lease (see ``store/queue.py``): a refused
+write changes nothing, and the worker stops that attempt at once (a coroutine is
+cancelled, a thread sees ``ctx.cancelled``, a process is killed). An attempt whose
+lease could not be renewed for most of a lease period (the database is away, or this
+process was paused) is stopped before the lease runs out, and handed back when the
+database answers again: two live runs of one task overlap only when a worker was paused
+past its lease, and then the stale run's writes are refused.
+
+If the worker dies, any worker's reaper requeues the task (or fails it when its
+attempts are spent): at once when the dead worker ran on the same host (its process is
+gone, see ``errands.liveness``), else when its lease expires. The reaper runs when a
+worker starts and every ``reap_interval`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import signal
@@ -27,7 +38,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -36,13 +47,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from sqlalchemy import Connection
 
+from . import liveness
 from .context import TaskContext
-from .errors import ErrandsError, Retry, TaskCancelled, TaskFailed
+from .errors import ErrandsError, Retry, TaskCancelled, TaskFailed, TaskTimeout
 from .records import CANCELLED_ERROR, Status, storable_json, storable_text
 from .registry import TaskDefinition, compute_backoff
 from .store import queue, workers
 from .store.database import is_unavailable, log_failure
-from .store.queue import Change, Claimed, Outcome
+from .store.queue import Change, Claimed, Outcome, Report
 
 if TYPE_CHECKING:
     from .app import Errands
@@ -58,9 +70,11 @@ class WorkerSettings:
     concurrency: int = 16
     #: Run until no job is due and none is running, then return.
     burst: bool = False
-    #: How long a claimed job stays leased without a heartbeat.
-    lease_seconds: float = 30.0
-    #: Seconds between heartbeats (lease renewal, cancel checks); default lease / 3.
+    #: How long a claimed job stays leased without a heartbeat. A task whose worker
+    #: died on another host runs again once its lease expires.
+    lease_seconds: float = 15.0
+    #: Seconds between heartbeats (lease renewal, cancel checks); default lease / 3,
+    #: at most lease / 2.
     heartbeat_interval: float | None = None
     #: Fallback check for new work when no notification arrives.
     poll_interval: float = 1.0
@@ -72,7 +86,8 @@ class WorkerSettings:
     #: How long a plain function that ignores ``ctx.cancelled`` may go on before its
     #: attempt is recorded as cancelled anyway (its thread is abandoned).
     cancel_grace: float = 1.0
-    #: Seconds between reaper passes (expired leases); default: the heartbeat interval.
+    #: Seconds between reaper passes (expired leases, dead workers on this host);
+    #: default: the heartbeat interval, at most 2 s.
     reap_interval: float | None = None
     #: Seconds between purges of expired records (0 disables).
     purge_interval: float = 300.0
@@ -89,10 +104,42 @@ class WorkerSettings:
             raise ValueError("lease_seconds must be positive")
         if self.heartbeat_interval is None:
             self.heartbeat_interval = self.lease_seconds / 3
-        if not 0 < self.heartbeat_interval < self.lease_seconds:
-            raise ValueError("heartbeat_interval must be positive and shorter than the lease")
+        if not 0 < self.heartbeat_interval <= self.lease_seconds / 2:
+            raise ValueError(
+                "heartbeat_interval must be positive and at most half the lease "
+                "(a lease must outlive a missed heartbeat)"
+            )
         if self.reap_interval is None:
-            self.reap_interval = self.heartbeat_interval
+            self.reap_interval = min(self.heartbeat_interval, 2.0)
+        if self.reap_interval <= 0:
+            raise ValueError("reap_interval must be positive")
+
+    @property
+    def fence_after(self) -> float:
+        """Seconds without a renewed lease after which an attempt is stopped (and
+        handed back): well before the lease expires and another worker may take it."""
+        assert self.heartbeat_interval is not None
+        return self.lease_seconds - max(self.heartbeat_interval, self.lease_seconds / 3)
+
+
+class Stop(enum.Enum):
+    """Why an attempt is being stopped before it returned."""
+
+    #: Its owner asked: it ends ``cancelled``.
+    CANCEL = "cancel"
+    #: It ran past its timeout: it fails (and is retried while attempts remain).
+    TIMEOUT = "timeout"
+    #: The worker is stopping: it is handed back, to run again from the start.
+    SHUTDOWN = "shutdown"
+    #: Its lease could not be renewed for most of a lease period: handed back too (if
+    #: the lease is still this worker's when the database answers).
+    FENCED = "fenced"
+    #: Its lease is gone (another attempt may run): nothing more is written for it.
+    LEASE_LOST = "lease lost"
+
+
+#: A later reason replaces an earlier one only if it ranks higher here.
+_STOP_RANK = {Stop.CANCEL: 0, Stop.SHUTDOWN: 0, Stop.TIMEOUT: 1, Stop.FENCED: 2, Stop.LEASE_LOST: 3}
 
 
 @dataclass(eq=False)
@@ -103,13 +150,21 @@ class Execution:
     definition: TaskDefinition
     ctx: TaskContext
     future: asyncio.Future[Any] | None = None
-    #: Why the attempt is being stopped: "cancel", "timeout", "lease", "shutdown".
-    stop_reason: str | None = None
+    #: Why the attempt is being stopped, once it is.
+    stop_reason: Stop | None = None
     settled: bool = False
     timer: asyncio.TimerHandle | None = None
     next_seq: int = 0
     unflushed: list[dict[str, Any]] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
+    #: When (monotonic) the statement that last granted or renewed the lease was sent:
+    #: the lease runs at least ``lease_seconds`` from then.
+    lease_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def floor(self) -> int:
+        """The attempt's output floor: its fencing token (see ``store/queue.py``)."""
+        return self.job.output_floor
 
     def take_outputs(self, blobs: Blobs) -> list[dict[str, Any]]:
         """The items emitted since the last call (and any not written yet); an item too
@@ -121,7 +176,10 @@ class Execution:
             if big is None:
                 self.unflushed.append({"task_id": task_id, "seq": self.next_seq, "data": item})
             else:
-                ref = f"{task_id}/output-{self.next_seq}"
+                # Named by the attempt too: a stale attempt's blob never replaces one of
+                # the attempt that holds the lease (the rows would be refused; the files
+                # are written first).
+                ref = f"{task_id}/output-{self.next_seq}-{self.floor}"
                 self.unflushed.append(
                     {
                         "task_id": task_id,
@@ -170,8 +228,9 @@ class Worker:
     def __init__(self, app: Errands, settings: WorkerSettings) -> None:
         self.app = app
         self.settings = settings
+        self.hostname = socket.gethostname()[:255]
         self.id = settings.worker_id or (
-            f"{socket.gethostname()[:30]}:{os.getpid()}:{os.urandom(3).hex()}"
+            f"{self.hostname[:30]}:{os.getpid()}:{os.urandom(3).hex()}"
         )
         self.names = list(settings.names or app.registry.names())
         #: Task name → how many of one owner's tasks of it may run at once.
@@ -187,6 +246,9 @@ class Worker:
         self._processes: ProcessPool | None = None
         #: When the earliest waiting job is due (from the last claim that came up short).
         self._due: float | None = None
+        #: The progress flush in flight (its task ids and a future done when it is over):
+        #: an outcome of one of them waits for it, so the attempt's items stay in order.
+        self._flushing: tuple[set[str], asyncio.Future[None]] | None = None
         #: Attempts started since the worker began (for tests and stats).
         self.started = 0
 
@@ -210,8 +272,9 @@ class Worker:
             workers.register,
             {
                 "id": self.id,
-                "hostname": socket.gethostname()[:255],
+                "hostname": self.hostname,
                 "pid": os.getpid(),
+                "process_key": liveness.process_key(),
                 "names": self.names,
                 "concurrency": self.settings.concurrency,
                 "started_at": _utc(time.time()),
@@ -223,6 +286,8 @@ class Worker:
         handled = self._install_signals()
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="errands-heartbeat"),
+            asyncio.create_task(self._fence_loop(), name="errands-fence"),
+            asyncio.create_task(self._maintenance_loop(), name="errands-maintenance"),
             asyncio.create_task(self._flush_loop(), name="errands-flush"),
         ]
         log.info("worker %s started: %s", self.id, ", ".join(self.names))
@@ -231,7 +296,7 @@ class Worker:
         finally:
             self._stopping = True
             for exe in list(self._running.values()):  # only after an error in the pump
-                self._stop_attempt(exe, "shutdown")
+                self._stop_attempt(exe, Stop.SHUTDOWN)
                 self._force_settle(exe)
             for t in background:
                 t.cancel()
@@ -286,7 +351,7 @@ class Worker:
                     self._maybe_work = True  # poll interval or due time reached
                 continue
             hinted, self._hinted = self._hinted, False
-            claimed, requeued = await self._round(limit)
+            claimed, requeued, sent = await self._round(limit)
             if limit:
                 if not claimed and hinted and not recheck:
                     # The hint may have come just before its transaction committed.
@@ -298,7 +363,7 @@ class Worker:
             if requeued:
                 self._maybe_work = True  # a retry or a handed-back job may be due now
             for job in claimed:
-                self._start(job)
+                self._start(job, sent)
 
     # -- what a round claims (an engine's worker may override these three) --------------
     def _wanted(self, free: int) -> int:
@@ -333,23 +398,32 @@ class Worker:
 
     def _stop_running(self) -> None:
         for exe in list(self._running.values()):
-            if exe.stop_reason != "shutdown":
-                self._stop_attempt(exe, "shutdown")
+            if exe.stop_reason is not Stop.SHUTDOWN:
+                self._stop_attempt(exe, Stop.SHUTDOWN)
                 if exe.definition.executor != "async":
                     self._force_settle(exe)
 
-    async def _round(self, limit: int) -> tuple[list[Claimed], bool]:
+    async def _round(self, limit: int) -> tuple[list[Claimed], bool, float]:
+        """One round: the outcomes and hand-backs that wait, and a claim of up to
+        ``limit`` jobs. Returns the jobs claimed, whether any job was queued again, and
+        when (monotonic) the round's statement was sent (the claims' leases run from
+        then)."""
         batch, self._outcomes = self._outcomes, []
         releases, self._releases = self._releases, []
+        flushing = self._flushing
+        if flushing is not None and any(exe.job.task_id in flushing[0] for exe, _ in batch):
+            await asyncio.shield(flushing[1])  # its items come before the outcome's
         outputs = [item for exe, _ in batch for item in exe.take_outputs(self.app.blobs)]
         release_ids = [exe.job.task_id for exe in releases]
+        sent = time.monotonic()
         try:
             await self._store_blobs([o for _, o in batch], outputs)
+            sent = time.monotonic()
             _, claimed, due = await self.app.db.awrite(
                 self._round_txn,
                 batch,
                 outputs,
-                release_ids,
+                releases,
                 limit,
                 durable=bool(batch or releases),  # a lost claim is only run again
                 # A round that only claims is one statement on PostgreSQL: no BEGIN/COMMIT.
@@ -366,7 +440,7 @@ class Worker:
                 batch = [await self._write_alone(exe, outcome, outputs) for exe, outcome in batch]
                 self._releases[:0] = releases
                 self._claims_lost()
-                return [], any(o.status is Status.QUEUED for _, o in batch)
+                return [], any(o.status is Status.QUEUED for _, o in batch), sent
             log_failure(log, exc, "worker %s: a write failed; retrying", self.id)
             for exe, _ in batch:
                 exe.unflushed[:0] = [o for o in outputs if o["task_id"] == exe.job.task_id]
@@ -374,7 +448,7 @@ class Worker:
             self._releases[:0] = releases
             self._claims_lost()
             await asyncio.sleep(0.5)
-            return [], False
+            return [], False, sent
         self._finished(batch)
         if limit:
             self._due = due
@@ -383,7 +457,7 @@ class Worker:
         if again:
             self.app.engine.queued(again)
         requeued = bool(again)
-        return claimed, requeued
+        return claimed, requeued, sent
 
     async def _write_alone(
         self, exe: Execution, outcome: Outcome, outputs: list[dict[str, Any]]
@@ -407,6 +481,7 @@ class Worker:
                 error_message="the task's outcome could not be stored",
                 error_detail=storable_text(f"{type(exc).__name__}: {exc}"),
                 expires_at=outcome.expires_at,
+                floor=exe.floor,
             )
             try:
                 changed, _, _ = await self.app.db.awrite(
@@ -415,7 +490,7 @@ class Worker:
             except Exception as again:
                 log_failure(log, again, "worker %s: failing task %s failed too", self.id, task_id)
                 self._writing.discard(task_id)
-                self._attempt_over(task_id)
+                self._over(exe)
                 return exe, outcome
         self._finished([(exe, outcome)])
         self._publish(changed)
@@ -439,7 +514,7 @@ class Worker:
     def _finished(self, batch: list[tuple[Execution, Outcome]]) -> None:
         for exe, outcome in batch:
             self._writing.discard(exe.job.task_id)
-            self._attempt_over(exe.job.task_id)
+            self._over(exe)
             self.app.observers.emit(
                 "finished",
                 exe.job.task_id,
@@ -448,22 +523,37 @@ class Worker:
                 time.monotonic() - exe.started_at,
             )
 
+    def _over(self, exe: Execution) -> None:
+        """``_attempt_over`` — unless a newer attempt of the task runs here now."""
+        current = self._running.get(exe.job.task_id)
+        if current is None or current is exe:
+            self._attempt_over(exe.job.task_id)
+
     def _round_txn(
         self,
         conn: Connection,
         batch: list[tuple[Execution, Outcome]],
         outputs: list[dict[str, Any]],
-        releases: list[str],
+        releases: list[Execution],
         limit: int,
     ) -> tuple[list[Change], list[Claimed], float | None]:
         now = time.time()
         changed: list[Change] = []
-        if outputs:
-            queue.flush(conn, self.id, progress=[], outputs=outputs, now=now, touch=False)
         if batch:
-            changed += queue.finish(conn, self.id, [o for _, o in batch], now=now)
+            changed += queue.finish(conn, self.id, [o for _, o in batch], now=now, outputs=outputs)
+            if len(changed) < len(batch):
+                written = {c.task_id for c in changed}
+                for exe, _ in batch:
+                    if exe.job.task_id not in written:
+                        log.warning(
+                            "worker %s: the outcome of task %s was refused: its lease was lost",
+                            self.id,
+                            exe.job.task_id,
+                        )
         if releases:
-            changed += queue.release(conn, self.id, releases, now=now)
+            changed += queue.release(
+                conn, self.id, [(exe.job.task_id, exe.floor) for exe in releases], now=now
+            )
         claimed, due = self._claim(conn, limit, now) if limit else ([], None)
         return changed, claimed, due
 
@@ -495,7 +585,16 @@ class Worker:
             self._loop.call_soon_threadsafe(self._beat_now.set)
 
     # -- running -----------------------------------------------------------------------
-    def _start(self, job: Claimed) -> None:
+    def _start(self, job: Claimed, leased_at: float) -> None:
+        stale = self._running.get(job.task_id)
+        if stale is not None:
+            # This worker lost the lease of an attempt it still runs (it was paused past
+            # the lease, say) and has just claimed the task again: the old attempt's
+            # writes would be refused; stop it now.
+            log.warning("worker %s lost the lease of task %s", self.id, job.task_id)
+            self._stop_attempt(stale, Stop.LEASE_LOST)
+            if not stale.settled:
+                self._settle(stale, None)
         definition = self.app.registry.get(job.name)
         ctx = TaskContext(
             task_id=job.task_id,
@@ -504,12 +603,12 @@ class Worker:
             attempt=job.attempt,
             max_attempts=job.max_attempts,
         )
-        exe = Execution(job, definition, ctx, next_seq=job.last_seq)
+        exe = Execution(job, definition, ctx, next_seq=job.output_floor, lease_at=leased_at)
         self._running[job.task_id] = exe
         self.started += 1
         self.app.observers.emit("started", job.task_id, job.name, Status.RUNNING, None)
         if job.cancel_requested:
-            exe.stop_reason = "cancel"
+            exe.stop_reason = Stop.CANCEL
             self._settle(exe, self._cancelled(exe))
             return
         try:
@@ -531,7 +630,7 @@ class Worker:
             exe.future = self._process_pool().run(exe, job.payload)
         exe.future.add_done_callback(partial(self._on_done, exe))
         if definition.timeout is not None:
-            exe.timer = loop.call_later(definition.timeout, self._stop_attempt, exe, "timeout")
+            exe.timer = loop.call_later(definition.timeout, self._stop_attempt, exe, Stop.TIMEOUT)
 
     def _run_thread(
         self, definition: TaskDefinition, ctx: TaskContext, payload: Any
@@ -567,11 +666,11 @@ class Worker:
             self._processes = ProcessPool(self._loop, self.settings.concurrency)
         return self._processes
 
-    def _stop_attempt(self, exe: Execution, reason: str) -> None:
+    def _stop_attempt(self, exe: Execution, reason: Stop) -> None:
         """Stop an attempt: cancel a coroutine, flag (then abandon) a thread, kill a process."""
         if exe.settled or exe.future is None:
             return
-        if exe.stop_reason is None or reason in ("timeout", "lease"):
+        if exe.stop_reason is None or _STOP_RANK[reason] > _STOP_RANK[exe.stop_reason]:
             exe.stop_reason = reason
         exe.ctx._request_cancel()
         kind = exe.definition.executor
@@ -579,7 +678,9 @@ class Worker:
             exe.future.cancel()
             self._loop.call_later(self.settings.cancel_grace, self._force_settle, exe)
         elif kind == "thread":
-            if reason in ("timeout", "lease"):
+            if reason in (Stop.TIMEOUT, Stop.LEASE_LOST, Stop.FENCED):
+                # The thread runs on until it looks at ctx.cancelled (a thread cannot be
+                # stopped from outside); whatever it does now is not written.
                 self._force_settle(exe)
             else:
                 self._loop.call_later(self.settings.cancel_grace, self._force_settle, exe)
@@ -602,7 +703,7 @@ class Worker:
             self._settle(exe, self._stopped_outcome(exe))
             return
         if future.cancelled():
-            exe.stop_reason = "cancel"
+            exe.stop_reason = Stop.CANCEL
             self._settle(exe, self._cancelled(exe))
             return
         exc = future.exception()
@@ -613,32 +714,30 @@ class Worker:
                 failed = TaskFailed("the task's result is not JSON-serializable")
                 self._settle(exe, self._failure(exe, failed, retry=False))
                 return
-            outcome = Outcome(exe.job.task_id, Status.SUCCEEDED, result=result)
+            outcome = Outcome(exe.job.task_id, Status.SUCCEEDED, result=result, floor=exe.floor)
             big = self.app.blobs.encode(result)
             if big is not None:  # kept in the blob store; the row holds its key
                 outcome.result = None
-                outcome.result_ref = f"{exe.job.task_id}/result-{exe.job.attempt}"
+                outcome.result_ref = f"{exe.job.task_id}/result-{exe.job.attempt}-{exe.floor}"
                 outcome.blob = big
             self._settle(exe, outcome)
         elif isinstance(exc, TaskCancelled | asyncio.CancelledError) or (
             getattr(exc, "type_name", None) == "TaskCancelled"
         ):
-            exe.stop_reason = "cancel"
+            exe.stop_reason = Stop.CANCEL
             self._settle(exe, self._cancelled(exe))
         else:
             self._settle(exe, self._failure(exe, exc))
 
     def _stopped_outcome(self, exe: Execution) -> Outcome | None:
         reason = exe.stop_reason
-        if reason == "lease":
-            return None  # the task belongs to another worker now
-        if reason == "shutdown":
+        if reason is Stop.LEASE_LOST:
+            return None  # the task belongs to another attempt now
+        if reason in (Stop.SHUTDOWN, Stop.FENCED):
             self._releases.append(exe)
             return None
-        if reason == "timeout":
+        if reason is Stop.TIMEOUT:
             timeout = exe.definition.timeout
-            from .errors import TaskTimeout
-
             return self._failure(
                 exe, TaskTimeout(f"the task ran longer than its timeout of {timeout:g} s")
             )
@@ -650,6 +749,7 @@ class Worker:
             Status.CANCELLED,
             error_type=CANCELLED_ERROR.type,
             error_message=CANCELLED_ERROR.message,
+            floor=exe.floor,
         )
 
     def _failure(self, exe: Execution, exc: BaseException, *, retry: bool = True) -> Outcome:
@@ -667,27 +767,34 @@ class Worker:
                 error_message=message,
                 error_detail=detail,
                 retry_at=time.time() + delay,
+                floor=exe.floor,
             )
         if etype == "Retry":
             message = "the task asked to be retried, but its attempts are spent"
         log.warning("task %s (%s) failed: %s", job.task_id, job.name, etype)
         return Outcome(
-            job.task_id, Status.FAILED, error_type=etype, error_message=message, error_detail=detail
+            job.task_id,
+            Status.FAILED,
+            error_type=etype,
+            error_message=message,
+            error_detail=detail,
+            floor=exe.floor,
         )
 
     def _settle(self, exe: Execution, outcome: Outcome | None) -> None:
         exe.settled = True
         if exe.timer is not None:
             exe.timer.cancel()
-        self._running.pop(exe.job.task_id, None)
+        if self._running.get(exe.job.task_id) is exe:
+            del self._running[exe.job.task_id]
         if outcome is not None:
             outcome.progress = exe.ctx._final_progress()
             if outcome.status.done:
                 outcome.expires_at = self.app.expiry(exe.job.name, time.time())
             self._writing.add(exe.job.task_id)
             self._outcomes.append((exe, outcome))
-        else:
-            self._attempt_over(exe.job.task_id)
+        elif exe.stop_reason is Stop.LEASE_LOST:
+            self._over(exe)
         self._wake.set()
 
     # -- writing -----------------------------------------------------------------------
@@ -699,60 +806,65 @@ class Worker:
         interval = self.settings.progress_interval
         while True:
             await asyncio.sleep(interval)
-            progress: list[dict[str, Any]] = []
+            reports: list[Report] = []
             outputs: list[dict[str, Any]] = []
+            attempts: dict[str, Execution] = {}
             for exe in list(self._running.values()):
                 p = exe.ctx._take_progress()
-                if p is not None:
-                    progress.append(
-                        {
-                            "task_id": exe.job.task_id,
-                            "current": p[0],
-                            "total": p[1],
-                            "message": p[2],
-                        }
-                    )
-                outputs.extend(exe.take_outputs(self.app.blobs))
-            if not progress and not outputs:
+                items = exe.take_outputs(self.app.blobs)
+                if p is None and not items:
+                    continue
+                reports.append(Report(exe.job.task_id, exe.floor, p))
+                outputs.extend(items)
+                attempts[exe.job.task_id] = exe
+            if not reports:
                 continue
+            done: asyncio.Future[None] = self._loop.create_future()
+            self._flushing = (set(attempts), done)
             try:
                 await self._store_blobs([], outputs)
                 changed = await self.app.db.awrite(
                     queue.flush,
                     self.id,
-                    progress=progress,
-                    outputs=outputs,
+                    reports,
+                    outputs,
                     now=time.time(),
                     durable=False,  # synced by the outcome's commit, which follows in order
                 )
             except Exception as exc:
                 log_failure(log, exc, "worker %s: writing progress failed", self.id)
-                for item in outputs:
-                    exe_ = self._running.get(item["task_id"])
-                    if exe_ is not None:
-                        exe_.unflushed.append(item)
+                for item in outputs:  # again with the next flush, or with the outcome
+                    attempts[item["task_id"]].unflushed.append(item)
+                for report in reports:
+                    if report.progress is not None:
+                        attempts[report.task_id].ctx._progress_unwritten()
                 continue
+            finally:
+                self._flushing = None
+                done.set_result(None)
             self._publish(changed)
+            if len(changed) < len(reports):
+                written = {c.task_id for c in changed}
+                for task_id, exe in attempts.items():
+                    if task_id not in written and not exe.settled:
+                        log.warning("worker %s lost the lease of task %s", self.id, task_id)
+                        self._stop_attempt(exe, Stop.LEASE_LOST)
 
     async def _heartbeat_loop(self) -> None:
         s = self.settings
-        assert s.heartbeat_interval is not None and s.reap_interval is not None
-        next_reap = time.monotonic()
-        next_purge = time.monotonic() + s.purge_interval
+        assert s.heartbeat_interval is not None
+        wait = s.heartbeat_interval
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), s.heartbeat_interval)
+                await asyncio.wait_for(self._beat_now.wait(), wait)
             self._beat_now.clear()
             try:
                 await self._heartbeat()
-                if time.monotonic() >= next_reap:
-                    next_reap = time.monotonic() + s.reap_interval
-                    await self._reap()
-                if s.purge_interval and time.monotonic() >= next_purge:
-                    next_purge = time.monotonic() + s.purge_interval
-                    await self.app.purge(batch=500, limit=10_000)
             except Exception as exc:
                 log_failure(log, exc, "worker %s: heartbeat failed", self.id)
+                wait = min(s.heartbeat_interval, 1.0)  # try again soon: the leases run out
+            else:
+                wait = s.heartbeat_interval
 
     async def _heartbeat(self) -> None:
         ids = list(self._running) + [i for i in self._writing if i not in self._running]
@@ -760,6 +872,7 @@ class Worker:
             await self.app.db.awrite(workers.beat, self.id, _utc(time.time()), durable=False)
             return
         asked = {task_id: self._running.get(task_id) for task_id in ids}
+        sent = time.monotonic()
         held, cancel = await self.app.db.awrite(
             self._beat_txn, ids, time.time() + self.settings.lease_seconds, durable=False
         )
@@ -770,9 +883,11 @@ class Worker:
                 continue
             if task_id not in held:
                 log.warning("worker %s lost the lease of task %s", self.id, task_id)
-                self._stop_attempt(exe, "lease")
-            elif task_id in cancel:
-                self._stop_attempt(exe, "cancel")
+                self._stop_attempt(exe, Stop.LEASE_LOST)
+                continue
+            exe.lease_at = sent
+            if task_id in cancel:
+                self._stop_attempt(exe, Stop.CANCEL)
 
     def _beat_txn(
         self, conn: Connection, ids: list[str], lease_until: float
@@ -780,20 +895,86 @@ class Worker:
         workers.beat(conn, self.id, _utc(time.time()))
         return queue.heartbeat(conn, self.id, ids, lease_until=lease_until)
 
+    async def _fence_loop(self) -> None:
+        """Stop attempts whose lease this worker could not renew for ``fence_after``
+        seconds (the database is away, or this process was paused): before the lease
+        expires and another worker may start the task, not after. They are handed back
+        once the database answers (if the lease is still this worker's then). Runs on
+        its own timer, since a heartbeat may hang as long as the database does."""
+        s = self.settings
+        assert s.heartbeat_interval is not None
+        fence_after = s.fence_after
+        while True:
+            await asyncio.sleep(min(s.heartbeat_interval / 2, 1.0))
+            now = time.monotonic()
+            for exe in list(self._running.values()):
+                if now - exe.lease_at > fence_after and exe.stop_reason not in (
+                    Stop.FENCED,
+                    Stop.LEASE_LOST,
+                ):
+                    log.warning(
+                        "worker %s: the lease of task %s was not renewed for %.1f s; "
+                        "stopping the attempt before it runs out",
+                        self.id,
+                        exe.job.task_id,
+                        now - exe.lease_at,
+                    )
+                    self._stop_attempt(exe, Stop.FENCED)
+
+    async def _maintenance_loop(self) -> None:
+        """The reaper (at start, then every ``reap_interval``) and the purge of expired
+        records (every ``purge_interval``)."""
+        s = self.settings
+        assert s.reap_interval is not None
+        next_purge = time.monotonic() + s.purge_interval
+        while True:
+            try:
+                await self._reap()
+            except Exception as exc:
+                log_failure(log, exc, "worker %s: the reaper failed", self.id)
+            if s.purge_interval and time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + s.purge_interval
+                try:
+                    await self.app.purge(batch=500, limit=10_000)
+                except Exception as exc:
+                    log_failure(log, exc, "worker %s: purging failed", self.id)
+            await asyncio.sleep(s.reap_interval)
+
     async def _reap(self) -> None:
         now = time.time()
-        changed = await self.app.db.awrite(
-            queue.reap, now=now, expiry_for=partial(self.app.expiry, now=now)
-        )
         # A worker's row outlives it only if it was killed; forget it after a while.
-        silent = max(60.0, 10 * self.settings.lease_seconds)
-        await self.app.db.awrite(workers.forget_silent, _utc(now - silent), durable=False)
+        silent = _utc(now - max(60.0, 10 * self.settings.lease_seconds))
+        changed, dead = await self.app.db.awrite(
+            self._reap_txn, now, partial(self.app.expiry, now=now), silent
+        )
+        if dead:
+            log.warning("worker %s: worker(s) %s on this host died", self.id, ", ".join(dead))
         if changed:
             log.warning("reaper recovered %d task(s) whose worker stopped", len(changed))
             self._publish(changed)
             back = [(c.task_id, now) for c in changed if c.status is Status.QUEUED]
             if back:
                 self.app.engine.queued(back)
+
+    def _reap_txn(
+        self,
+        conn: Connection,
+        now: float,
+        expiry_for: Callable[[str], datetime | None],
+        silent: datetime,
+    ) -> tuple[list[Change], list[str]]:
+        """Release the leases of dead workers on this host (their process is gone), then
+        recover every job whose lease expired."""
+        dead = [
+            worker_id
+            for worker_id, pid, key in workers.on_host(conn, self.hostname, self.id)
+            if liveness.is_dead(pid, key)
+        ]
+        if dead:
+            queue.expire_leases(conn, dead)
+            workers.forget(conn, dead)
+        workers.forget_silent(conn, silent)
+        return queue.reap(conn, now=now, expiry_for=expiry_for), dead
 
     # -- stopping ----------------------------------------------------------------------
     def _install_signals(self) -> list[int]:

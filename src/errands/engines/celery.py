@@ -279,8 +279,8 @@ class CeleryWorker(Worker):
             queue.unmark_sent(conn, [i for i in ids if i not in got])
         return claimed, None
 
-    async def _round(self, limit: int) -> tuple[list[Claimed], bool]:
-        claimed, requeued = await super()._round(limit)
+    async def _round(self, limit: int) -> tuple[list[Claimed], bool, float]:
+        claimed, requeued, sent = await super()._round(limit)
         asked, self._asked = self._asked, []
         got = {job.task_id for job in claimed}
         for task_id, future in asked:
@@ -288,7 +288,7 @@ class CeleryWorker(Worker):
                 self._holding.setdefault(task_id, []).append(future)
             else:  # leased elsewhere, finished, cancelled: this message has nothing to run
                 future.set_result(_DONE)
-        return claimed, requeued
+        return claimed, requeued, sent
 
     def _claims_lost(self) -> None:
         self._inbox[:0], self._asked = self._asked, []

@@ -51,7 +51,8 @@ class TaskFeed:
         self.record: TaskRecord | None = None
         #: True once the task was deleted while watched.
         self.gone = False
-        #: Outputs with ``base < seq <= top``, in order.
+        #: Outputs with ``base < seq <= top``, in order: items of the record's current
+        #: attempt only (their sequence numbers are above its ``output_floor``).
         self.items: list[tuple[int, Any]] = []
         self.base = 0
         self.top = 0
@@ -73,7 +74,7 @@ class TaskFeed:
     def _apply(self, record: TaskRecord, items: list[tuple[int, Any]], complete: bool) -> None:
         if self.record is None or record.version != self.record.version:
             self.cache.clear()
-        self.record = record
+        self._set_record(record)
         if items:
             self.items.extend(items)
             self.top = items[-1][0]
@@ -83,6 +84,16 @@ class TaskFeed:
                 del self.items[:drop]
         self.complete = complete
         self._wake()
+
+    def _set_record(self, record: TaskRecord) -> None:
+        """Take ``record`` as the newest state; when a new attempt began, the items of
+        earlier ones (at or below its floor) stop being the task's output."""
+        floor = record.output_floor
+        if floor > self.base:
+            self.items = [item for item in self.items if item[0] > floor]
+            self.base = floor
+            self.top = max(self.top, floor)
+        self.record = record
 
     def _wake(self) -> None:
         old, self.changed = self.changed, asyncio.Event()
@@ -190,7 +201,7 @@ class ChangeHub:
                 feed.base = feed.top = top
                 feed.items.clear()
             if feed.record is None or feed.record.version < record.version:
-                feed.record = record
+                feed._set_record(record)
             # The read above may have missed a change: look once more.
             self._pending.add(record.id)
             self._kick()
@@ -223,12 +234,13 @@ class ChangeHub:
                 if not watches:
                     del self.owners[owner]
 
-    async def outputs(self, task_id: str, after: int) -> list[tuple[int, Any]]:
-        """Read outputs straight from the database (for a client behind the window)."""
-        items = await self.app.db.aread(
-            self.app.blobs.outputs, task_id, None, after=after, limit=READ_LIMIT
+    async def outputs(self, task_id: str, after: int, floor: int) -> list[tuple[int, Any]]:
+        """Read outputs straight from the database (for a client behind the window):
+        items after ``after`` of the attempt whose floor is ``floor`` (none if another
+        attempt began since; the feed learns of it with the next change)."""
+        return await self.app.db.aread(
+            self.app.blobs.attempt_items, task_id, after, READ_LIMIT, floor
         )
-        return items or []
 
     # -- hearing of changes ------------------------------------------------------------
     def _on_changes(self, changes: Sequence[Change]) -> None:

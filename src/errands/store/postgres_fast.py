@@ -42,6 +42,10 @@ _JOB_COLUMNS = (
 )
 
 
+def _cursor(conn: Connection) -> Any:
+    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+
 def _unnest(columns: tuple[tuple[str, str], ...]) -> str:
     return ", ".join(f"%s::{kind}[]" for _, kind in columns)
 
@@ -109,7 +113,7 @@ def insert_tasks_and_jobs(
             params.append([r[column].astimezone(UTC) for r in rows])
         else:
             params.append([r[column] for r in rows])
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor = _cursor(conn)
     group = _one_group(jobs)
     if group is None:
         cursor.execute(_INSERT, params + _job_arrays(jobs))
@@ -123,7 +127,7 @@ def _job_arrays(jobs: Sequence[dict[str, Any]]) -> list[list[Any]]:
 
 def insert_jobs(conn: Connection, jobs: Sequence[dict[str, Any]]) -> None:
     """Jobs (of records inserted separately), with their turns."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor = _cursor(conn)
     group = _one_group(jobs)
     if group is None:
         cursor.execute(_INSERT_JOBS, _job_arrays(jobs))
@@ -131,8 +135,70 @@ def insert_jobs(conn: Connection, jobs: Sequence[dict[str, Any]]) -> None:
         cursor.execute(_INSERT_JOBS_ONE_GROUP, [*_job_arrays(jobs), *group, group[1]])
 
 
+# -- an attempt's writes, fenced (see ``queue.py``) -----------------------------------
+# Guarded by the attempt's floor and the worker's lease; "IS TRUE" keeps the planner on
+# the primary key (with statistics from a queue full of queued tasks it would otherwise
+# walk the status index, "running" looking rare).
+_FENCE = (
+    "t.id = u.id AND (t.status = 'running') IS TRUE AND t.output_floor = u.floor AND EXISTS "
+    "(SELECT 1 FROM errands_job j WHERE j.task_id = t.id AND j.lease_owner = %(_worker)s)"
+)
+_REPORT = (
+    "UPDATE errands_task t SET "
+    + ", ".join(
+        f"{c} = CASE WHEN u.has_progress THEN u.{c} ELSE t.{c} END"
+        for c in ("progress_current", "progress_total", "progress_message")
+    )
+    + ", updated_at = %(_stamp)s, version = t.version + 1 FROM unnest(%(id)s::varchar[], "
+    "%(floor)s::int[], %(has_progress)s::bool[], %(progress_current)s::float8[], "
+    "%(progress_total)s::float8[], %(progress_message)s::text[]) AS u (id, floor, "
+    "has_progress, progress_current, progress_total, progress_message) WHERE "
+    + _FENCE
+    + " RETURNING t.id, t.owner, t.version, t.status"
+)
+
+
+def report(
+    conn: Connection, worker_id: str, reports: Sequence[Any], stamp: datetime
+) -> list[tuple[str, str, int, str]]:
+    """Progress (or a new version) of running attempts, in one statement; (id, owner,
+    version, status) of the records written — those whose attempt holds the lease."""
+    params: dict[str, Any] = {
+        "id": [r.task_id for r in reports],
+        "floor": [r.floor for r in reports],
+        "has_progress": [r.progress is not None for r in reports],
+        "_worker": worker_id,
+        "_stamp": stamp,
+    }
+    for i, column in enumerate(("progress_current", "progress_total", "progress_message")):
+        params[column] = [None if r.progress is None else r.progress[i] for r in reports]
+    return [(r[0], r[1], r[2], r[3]) for r in _cursor(conn).execute(_REPORT, params).fetchall()]
+
+
+_INSERT_OUTPUTS = (
+    "INSERT INTO errands_output (task_id, seq, data, ref, created_at) "
+    "SELECT i.task_id, i.seq, i.data, i.ref, %s FROM unnest(%s::varchar[], %s::int[], "
+    "%s::json[], %s::varchar[]) AS i (task_id, seq, data, ref)"
+)
+
+
+def insert_outputs(conn: Connection, items: Sequence[dict[str, Any]], created: datetime) -> None:
+    """Emitted items, in one statement whatever their number."""
+    _cursor(conn).execute(
+        _INSERT_OUTPUTS,
+        (
+            created,
+            [o["task_id"] for o in items],
+            [o["seq"] for o in items],
+            [json.dumps(o["data"]) for o in items],
+            [o.get("ref") for o in items],
+        ),
+    )
+
+
 _OUTCOME_COLUMNS = (
     ("id", "varchar"),
+    ("floor", "int"),
     ("status", "varchar"),
     ("result", "json"),
     ("result_ref", "varchar"),
@@ -146,37 +212,40 @@ _OUTCOME_COLUMNS = (
     ("progress_message", "text"),
 )
 _KEEP_UNLESS_REPORTED = ("progress_current", "progress_total", "progress_message")
+# The jobs are locked first (claims and the reaper lock the job, then the record), the
+# records of attempts that still hold their lease are written, and only their jobs go.
 _FINISH = (
-    f"WITH o ({', '.join(c for c, _ in _OUTCOME_COLUMNS)}) AS (SELECT * FROM unnest("
+    f"WITH u ({', '.join(c for c, _ in _OUTCOME_COLUMNS)}) AS (SELECT * FROM unnest("
     + ", ".join(f"%({c})s::{kind}[]" for c, kind in _OUTCOME_COLUMNS)
-    + ")), held AS (DELETE FROM errands_job j USING o "
-    "WHERE j.task_id = o.id AND j.lease_owner = %(_worker)s RETURNING j.task_id) "
-    "UPDATE errands_task t SET status = o.status, result = o.result, result_ref = o.result_ref, "
-    "error_type = o.error_type, error_message = o.error_message, "
-    "error_detail = o.error_detail, finished_at = %(_stamp)s, expires_at = o.expires_at, "
+    + ")), held AS (SELECT j.task_id FROM errands_job j JOIN u ON j.task_id = u.id "
+    "WHERE j.lease_owner = %(_worker)s FOR UPDATE OF j), "
+    "done AS (UPDATE errands_task t SET status = u.status, result = u.result, "
+    "result_ref = u.result_ref, error_type = u.error_type, error_message = u.error_message, "
+    "error_detail = u.error_detail, finished_at = %(_stamp)s, expires_at = u.expires_at, "
     + ", ".join(
-        f"{c} = CASE WHEN o.has_progress THEN o.{c} ELSE t.{c} END" for c in _KEEP_UNLESS_REPORTED
+        f"{c} = CASE WHEN u.has_progress THEN u.{c} ELSE t.{c} END" for c in _KEEP_UNLESS_REPORTED
     )
     + ", updated_at = %(_stamp)s, version = t.version + 1 "
-    "FROM o JOIN held ON held.task_id = o.id "
-    # "IS TRUE" keeps the planner on the primary key: with statistics from a queue full of
-    # queued tasks it would otherwise walk the status index, "running" looking rare.
-    "WHERE t.id = o.id AND (t.status = 'running') IS TRUE "
-    "RETURNING t.id, t.owner, t.version, t.status"
+    "FROM u JOIN held ON held.task_id = u.id WHERE "
+    + _FENCE
+    + " RETURNING t.id, t.owner, t.version, t.status), "
+    "gone AS (DELETE FROM errands_job j USING done WHERE j.task_id = done.id) "
+    "SELECT id, owner, version, status FROM done"
 )
 
 
 def finish_terminal(
     conn: Connection, worker_id: str, outcomes: Sequence[Any], stamp: datetime
 ) -> list[tuple[str, str, int, str]]:
-    """Terminal outcomes in one statement: delete the jobs this worker still holds and
-    record the outcomes of exactly those tasks (an outcome whose lease was lost is
-    ignored). Returns (id, owner, version, status) of the records changed."""
+    """Terminal outcomes in one statement: record the outcomes of the attempts that
+    still hold their lease, and delete exactly their jobs (an outcome whose lease was
+    lost is left out). Returns (id, owner, version, status) of the records changed."""
     params: dict[str, Any] = {c: [] for c, _ in _OUTCOME_COLUMNS}
     for o in outcomes:
         current, total, message = o.progress if o.progress is not None else (None,) * 3
         for column, value in (
             ("id", o.task_id),
+            ("floor", o.floor),
             ("status", o.status.value),
             ("result", json.dumps(o.result)),
             ("result_ref", o.result_ref),
@@ -191,8 +260,7 @@ def finish_terminal(
         ):
             params[column].append(value)
     params["_worker"], params["_stamp"] = worker_id, stamp
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    return [(r[0], r[1], r[2], r[3]) for r in cursor.execute(_FINISH, params).fetchall()]
+    return [(r[0], r[1], r[2], r[3]) for r in _cursor(conn).execute(_FINISH, params).fetchall()]
 
 
 # -- LISTEN/NOTIFY (events/postgres.py), on its own autocommit psycopg connections ----

@@ -15,12 +15,25 @@ and another owner's next job gets a turn at the frontier, next in line. A retrie
 keeps its turn. With ``caps`` (``max_running_per_owner``) a claim also passes over an
 owner's jobs of a name while that many of them run.
 
+Attempts and fencing. A claim starts an attempt. When the task ran before (a retry, an
+expired lease, a hand-back), the claim raises the record's ``output_floor`` past every
+item stored so far and clears its progress: the task's output is the current attempt's
+items (``seq > output_floor``); earlier attempts' items stay in ``errands_output``,
+hidden, until the record is deleted. The floor is also the attempt's fencing token:
+every write of an attempt — progress, items, outcome, hand-back — names the task, the
+worker and the floor it was claimed with, and is applied only while the record is
+``running`` with that floor and the worker still holds the job. A refused write changes
+nothing and fails nothing: it is left out, and the writer learns which were refused.
+On PostgreSQL, the guarded UPDATE of the record comes first and the attempt's items are
+inserted only for the records it changed: the row lock it holds until commit keeps a
+reaper (and so a new claim) from slipping in between. Statements that touch both
+tables lock the job row first, as claims and the reaper do.
+
 Times here are Unix seconds (floats); times written to the record are datetimes.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +46,6 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    insert,
     select,
     text,
     true,
@@ -61,8 +73,9 @@ class Claimed:
     max_attempts: int
     version: int
     cancel_requested: bool
-    #: The highest output sequence number already stored (earlier attempts' items).
-    last_seq: int = 0
+    #: The attempt's output floor: its items are numbered from ``output_floor + 1``, and
+    #: its writes are fenced by it (see the module docstring).
+    output_floor: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +123,27 @@ _STARTED = (
     T.max_attempts,
     T.version,
     T.cancel_requested,
+    T.output_floor,
 )
 _DROP_JOBS = delete(job_table).where(J.task_id.in_(_ids("_ids")))
 
 
 _CLAIM_ORDER = (J.priority.desc(), J.turn, J.run_at)
+# A new attempt's floor: for a task that ran before, past every item stored so far (and
+# past the last floor, so each attempt's floor is its own); the first run keeps 0.
+_NEXT_FLOOR = case(
+    (T.started_at.is_(None), T.output_floor),
+    else_=func.greatest(
+        T.output_floor,
+        func.coalesce(
+            select(func.max(output_table.c.seq))
+            .where(output_table.c.task_id == T.id)
+            .scalar_subquery(),
+            0,
+        ),
+    )
+    + 1,
+)
 
 
 def _claim_round_pg(chosen: bool = False) -> Any:
@@ -165,6 +194,10 @@ def _claim_round_pg(chosen: bool = False) -> Any:
             started_at=bindparam("_stamp", type_=task_table.c.started_at.type),
             updated_at=bindparam("_stamp", type_=task_table.c.updated_at.type),
             version=T.version + 1,
+            progress_current=None,
+            progress_total=None,
+            progress_message=None,
+            output_floor=_NEXT_FLOOR,
         )
         .returning(*_STARTED)
         .cte("started")
@@ -182,13 +215,6 @@ def _claim_round_pg(chosen: bool = False) -> Any:
     return select(leased.c.task_id.label("leased_id"), *started.c, next_due.c.next_due).select_from(
         next_due.outerjoin(leased, true()).outerjoin(started, started.c.id == leased.c.task_id)
     )
-
-
-_LAST_SEQ = (
-    select(output_table.c.task_id, func.max(output_table.c.seq))
-    .where(output_table.c.task_id.in_(_ids("_ids")))
-    .group_by(output_table.c.task_id)
-)
 
 
 def claim(
@@ -391,10 +417,6 @@ def _claim_pg(
     orphans = [r.leased_id for r in rows if r.leased_id is not None and r.id is None]
     if orphans:  # a job whose record is no longer queued: drop it
         conn.execute(_DROP_JOBS, {"_ids": orphans})
-    retried = [r.id for r in started if r.attempts > 1]
-    last: dict[str, int] = {}
-    if retried:
-        last = {task_id: seq for task_id, seq in conn.execute(_LAST_SEQ, {"_ids": retried})}
     claimed = [
         Claimed(
             r.id,
@@ -405,7 +427,7 @@ def _claim_pg(
             r.max_attempts,
             r.version,
             bool(r.cancel_requested),
-            last.get(r.id, 0),
+            r.output_floor,
         )
         for r in started
     ]
@@ -422,6 +444,59 @@ def next_run_at(conn: Connection, names: Sequence[str]) -> float | None:
 
 
 # -- while running --------------------------------------------------------------------
+@dataclass(slots=True)
+class Report:
+    """What a running attempt reports between outcomes: its newest progress, or None
+    when it only emitted items (its record then just gets a new version, so live views
+    learn of the items)."""
+
+    task_id: str
+    #: The attempt's output floor (its fencing token).
+    floor: int
+    progress: tuple[float | None, float | None, str | None] | None = None
+
+
+def flush(
+    conn: Connection,
+    worker_id: str,
+    reports: Sequence[Report],
+    outputs: Sequence[dict[str, Any]],
+    *,
+    now: float,
+) -> list[Change]:
+    """Write running attempts' progress and emitted items (``task_id``, ``seq``,
+    ``data``, and ``ref`` for an item in the blob store).
+
+    Every reported record gets a new version; a task with items must be reported. Only
+    attempts that still hold their lease are written (see the module docstring): the
+    changes returned name them, and a reported task missing from them lost its lease.
+    """
+    if not reports:
+        return []
+    stamp = _dt(now)
+    if conn.dialect.name == "sqlite":
+        rows = sqlite_fast.report(conn, worker_id, reports, stamp)
+    else:
+        rows = postgres_fast.report(conn, worker_id, reports, stamp)
+    changed = [Change(t, o, v, Status(s)) for t, o, v, s in rows]
+    insert_outputs(conn, outputs, {c.task_id for c in changed}, stamp)
+    return changed
+
+
+def insert_outputs(
+    conn: Connection, outputs: Sequence[dict[str, Any]], accepted: set[str], stamp: datetime
+) -> None:
+    """Insert the items of the tasks in ``accepted`` — those whose guarded record write
+    in this transaction succeeded (it holds their rows until commit)."""
+    items = [o for o in outputs if o["task_id"] in accepted]
+    if not items:
+        return
+    if conn.dialect.name == "sqlite":
+        sqlite_fast.insert_outputs(conn, items, stamp)
+    else:
+        postgres_fast.insert_outputs(conn, items, stamp)
+
+
 _RENEW = (
     update(job_table)
     .where(J.lease_owner == bindparam("_worker"), J.task_id.in_(_ids("_ids")))
@@ -452,93 +527,6 @@ def heartbeat(
     return held, cancel
 
 
-_lease_held = exists().where(J.task_id == T.id, J.lease_owner == bindparam("_worker"))
-_INSERT_OUTPUT = insert(output_table)
-_PROGRESS = (
-    update(task_table)
-    .where(T.id == bindparam("_id"), T.status == Status.RUNNING.value, _lease_held)
-    .values(
-        progress_current=bindparam("_current"),
-        progress_total=bindparam("_total"),
-        progress_message=bindparam("_message"),
-        updated_at=bindparam("_stamp", type_=task_table.c.updated_at.type),
-        version=T.version + 1,
-    )
-)
-
-# A task that emitted items but reported no new progress still gets a new version, so
-# live views learn of the items.
-_TOUCH = (
-    update(task_table)
-    .where(T.id == bindparam("_id"), T.status == Status.RUNNING.value, _lease_held)
-    .values(
-        updated_at=bindparam("_stamp", type_=task_table.c.updated_at.type),
-        version=T.version + 1,
-    )
-)
-
-
-def flush(
-    conn: Connection,
-    worker_id: str,
-    *,
-    progress: Sequence[dict[str, Any]],
-    outputs: Sequence[dict[str, Any]],
-    now: float,
-    touch: bool = True,
-) -> list[Change]:
-    """Write coalesced progress (``task_id``, ``current``, ``total``, ``message``) and
-    emitted items (``task_id``, ``seq``, ``data``, and ``ref`` for an item in the blob
-    store) of tasks this worker holds.
-
-    Every task written gets a new version; with ``touch=False`` (the outcome that
-    follows in the same transaction bumps it) items alone do not.
-    """
-    stamp = _dt(now)
-    touched: list[str] = []
-    if outputs:
-        conn.execute(
-            _INSERT_OUTPUT,
-            [
-                {
-                    "task_id": o["task_id"],
-                    "seq": o["seq"],
-                    "data": o["data"],
-                    "ref": o.get("ref"),
-                    "created_at": stamp,
-                }
-                for o in outputs
-            ],
-        )
-        if touch:
-            reported = {p["task_id"] for p in progress}
-            touched = list(
-                dict.fromkeys(o["task_id"] for o in outputs if o["task_id"] not in reported)
-            )
-        if touched:
-            conn.execute(
-                _TOUCH,
-                [{"_id": t, "_worker": worker_id, "_stamp": stamp} for t in touched],
-            )
-    if not progress:
-        return changes(conn, touched)
-    conn.execute(
-        _PROGRESS,
-        [
-            {
-                "_id": p["task_id"],
-                "_worker": worker_id,
-                "_current": p["current"],
-                "_total": p["total"],
-                "_message": p["message"],
-                "_stamp": stamp,
-            }
-            for p in progress
-        ],
-    )
-    return changes(conn, [*touched, *(p["task_id"] for p in progress)])
-
-
 # -- ending an attempt ----------------------------------------------------------------
 @dataclass(slots=True)
 class Outcome:
@@ -561,125 +549,143 @@ class Outcome:
     #: bytes until they are stored there.
     result_ref: str | None = None
     blob: bytes | None = None
+    #: The attempt's output floor (its fencing token; 0 for a task's first run).
+    floor: int = 0
 
 
-_DELETE_HELD = (
-    delete(job_table)
-    .where(J.lease_owner == bindparam("_worker"), J.task_id.in_(_ids("_ids")))
-    .returning(J.task_id)
-)
-
-
-@functools.cache
-def _outcome_statement(keys: tuple[str, ...]) -> Any:
-    """The guarded UPDATE that records an outcome setting these columns (cached)."""
+def _fenced(worker_id: str, floor: Any) -> Any:
+    """The guard of an attempt's record writes: still running, with the attempt's
+    floor, and the worker still holds the job."""
     return (
-        update(task_table)
-        .where(T.id == bindparam("_id"), T.status == Status.RUNNING.value)
-        .values(
-            {k: bindparam(k) for k in keys if k != "_id"}
-            | {
-                "updated_at": bindparam("_stamp", type_=task_table.c.updated_at.type),
-                "version": T.version + 1,
-            }
-        )
+        (T.status == Status.RUNNING.value)
+        & (T.output_floor == floor)
+        & exists().where(J.task_id == T.id, J.lease_owner == worker_id)
     )
 
 
 def finish(
-    conn: Connection, worker_id: str, outcomes: Sequence[Outcome], *, now: float
+    conn: Connection,
+    worker_id: str,
+    outcomes: Sequence[Outcome],
+    *,
+    now: float,
+    outputs: Sequence[dict[str, Any]] = (),
 ) -> list[Change]:
-    """Record how attempts ended, for the jobs this worker still holds.
+    """Record how attempts ended, for the attempts that still hold their lease, with
+    the items they emitted last (``outputs``, as for ``flush``).
 
     Terminal outcomes delete the job; retries hand it back for ``retry_at``. An outcome
-    for a job whose lease this worker lost is ignored. Returns the records changed.
+    of an attempt that lost its lease is left out, and so are its items. Returns the
+    records changed.
     """
     stamp = _dt(now)
     terminal = [o for o in outcomes if o.status is not Status.QUEUED]
-    if conn.dialect.name == "postgresql" and len(terminal) == len(outcomes):
-        rows = postgres_fast.finish_terminal(conn, worker_id, outcomes, stamp)
-        return [Change(t, o, v, Status(s)) for t, o, v, s in rows]
-    held: set[str] = set()
-    fast = conn.dialect.name == "sqlite"
+    changed: list[Change] = []
     if terminal:
-        ids = [o.task_id for o in terminal]
-        held.update(
-            sqlite_fast.delete_held(conn, worker_id, ids)
-            if fast
-            else conn.execute(_DELETE_HELD, {"_worker": worker_id, "_ids": ids}).scalars()
-        )
-    for o in outcomes:
-        if o.status is Status.QUEUED and o.retry_at is not None:
-            moved = conn.execute(
-                update(job_table)
-                .where(J.task_id == o.task_id, J.lease_owner == worker_id)
-                .values(lease_owner=None, lease_expires_at=None, run_at=o.retry_at)
-            ).rowcount
-            if moved:
-                held.add(o.task_id)
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for o in outcomes:
-        if o.task_id not in held:
-            continue
-        values: dict[str, Any] = {
-            "status": o.status.value,
-            "error_type": o.error_type,
-            "error_message": o.error_message,
-            "error_detail": o.error_detail,
-        }
-        if o.status is Status.QUEUED:
-            values["run_at"] = _dt(o.retry_at or now)
+        if conn.dialect.name == "sqlite":
+            rows = sqlite_fast.finish_terminal(conn, worker_id, terminal, stamp)
         else:
-            values["result"] = o.result
-            values["result_ref"] = o.result_ref
-            values["finished_at"] = stamp
-            values["expires_at"] = o.expires_at
-        if o.progress is not None:
-            values["progress_current"], values["progress_total"], values["progress_message"] = (
-                o.progress
-            )
-        values["_id"] = o.task_id
-        groups.setdefault(tuple(sorted(values)), []).append(values)
-    for keys, params in groups.items():
-        if fast:
-            sqlite_fast.record_outcomes(conn, tuple(k for k in keys if k != "_id"), params, stamp)
-            continue
-        for p in params:
-            p["_stamp"] = stamp
-        conn.execute(_outcome_statement(keys), params)
-    return changes(conn, held)
+            rows = postgres_fast.finish_terminal(conn, worker_id, terminal, stamp)
+        changed += [Change(t, o, v, Status(s)) for t, o, v, s in rows]
+    for o in outcomes:
+        if o.status is Status.QUEUED:
+            change = _retry(conn, worker_id, o, stamp)
+            if change is not None:
+                changed.append(change)
+    insert_outputs(conn, outputs, {c.task_id for c in changed}, stamp)
+    return changed
+
+
+def _retry(conn: Connection, worker_id: str, o: Outcome, stamp: datetime) -> Change | None:
+    """A failed attempt that will be retried: the record back to ``queued`` for
+    ``retry_at``, the job waiting again (with its turn)."""
+    retry_at = o.retry_at if o.retry_at is not None else stamp.timestamp()
+    if not _lock_held(conn, worker_id, [o.task_id]):
+        return None
+    values: dict[str, Any] = {
+        "status": Status.QUEUED.value,
+        "error_type": o.error_type,
+        "error_message": o.error_message,
+        "error_detail": o.error_detail,
+        "run_at": _dt(retry_at),
+        "updated_at": stamp,
+        "version": T.version + 1,
+    }
+    if o.progress is not None:
+        values["progress_current"], values["progress_total"], values["progress_message"] = (
+            o.progress
+        )
+    row = conn.execute(
+        update(task_table)
+        .where(T.id == o.task_id, _fenced(worker_id, o.floor))
+        .values(values)
+        .returning(T.id, T.owner, T.version, T.status)
+    ).first()
+    if row is None:
+        return None
+    conn.execute(
+        update(job_table)
+        .where(J.task_id == o.task_id)
+        .values(lease_owner=None, lease_expires_at=None, run_at=retry_at)
+    )
+    return Change(row.id, row.owner, row.version, Status(row.status))
+
+
+def _lock_held(conn: Connection, worker_id: str, task_ids: Sequence[str]) -> list[str]:
+    """Lock the jobs among ``task_ids`` this worker holds (the job row first, as claims
+    and the reaper lock: no deadlock with them on PostgreSQL); their ids."""
+    query = select(J.task_id).where(J.task_id.in_(list(task_ids)), J.lease_owner == worker_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return list(conn.execute(query).scalars())
 
 
 def release(
-    conn: Connection, worker_id: str, task_ids: Sequence[str], *, now: float
+    conn: Connection, worker_id: str, attempts: Sequence[tuple[str, int]], *, now: float
 ) -> list[Change]:
-    """Hand back jobs a stopping worker did not finish, without spending an attempt."""
-    if not task_ids:
-        return []
-    back = (
+    """Hand back attempts a stopping worker did not finish — (task id, floor) — without
+    spending an attempt: their tasks are queued again, to run as if from the start."""
+    held = set(_lock_held(conn, worker_id, [task_id for task_id, _ in attempts]))
+    stamp = _dt(now)
+    changed: list[Change] = []
+    for task_id, floor in attempts:
+        if task_id not in held:
+            continue
+        row = conn.execute(
+            update(task_table)
+            .where(T.id == task_id, _fenced(worker_id, floor))
+            .values(
+                status=Status.QUEUED.value,
+                attempts=T.attempts - 1,
+                updated_at=stamp,
+                version=T.version + 1,
+            )
+            .returning(T.id, T.owner, T.version, T.status)
+        ).first()
+        if row is None:
+            continue
         conn.execute(
             update(job_table)
-            .where(J.lease_owner == worker_id, J.task_id.in_(list(task_ids)))
+            .where(J.task_id == task_id)
             .values(lease_owner=None, lease_expires_at=None, run_at=now, attempt=J.attempt - 1)
-            .returning(J.task_id)
         )
-        .scalars()
-        .all()
+        changed.append(Change(row.id, row.owner, row.version, Status(row.status)))
+    return changed
+
+
+def expire_leases(conn: Connection, worker_ids: Sequence[str]) -> int:
+    """End the leases of these workers now (they are known to be dead): the reaper
+    takes their jobs at its next pass. How many leases ended."""
+    if not worker_ids:
+        return 0
+    return (
+        conn.execute(
+            update(job_table)
+            .where(J.lease_owner.in_(list(worker_ids)))
+            .values(lease_expires_at=0.0)
+        ).rowcount
+        or 0
     )
-    if not back:
-        return []
-    stamp = _dt(now)
-    conn.execute(
-        update(task_table)
-        .where(T.id.in_(back), T.status == Status.RUNNING.value)
-        .values(
-            status=Status.QUEUED.value,
-            attempts=T.attempts - 1,
-            updated_at=stamp,
-            version=T.version + 1,
-        )
-    )
-    return changes(conn, back)
 
 
 # -- the reaper -----------------------------------------------------------------------

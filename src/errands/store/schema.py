@@ -97,6 +97,10 @@ task_table = Table(
     Column("unique_key", String(64)),
     # A result too large for the row: its key in the blob store (``result`` is NULL).
     Column("result_ref", String(255)),
+    # The task's output is its current attempt's: items with ``seq`` above this floor.
+    # Each claim of a task that ran before raises it past every item stored so far, so
+    # it also identifies the attempt that holds the lease (its writes are fenced by it).
+    Column("output_floor", Integer, nullable=False, server_default=text("0")),
     # Ids are time-ordered, so (owner, id) serves "my tasks, newest first".
     Index("ix_errands_task_owner_id", "owner", "id"),
     Index("ix_errands_task_status_id", "status", "id"),
@@ -201,4 +205,7 @@ worker_table = Table(
     Column("concurrency", Integer, nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("seen_at", UTCDateTime, nullable=False),
+    # Which process this is, beyond its pid (see ``errands.liveness``): a worker on the
+    # same host tells from it whether this one is still alive.
+    Column("process_key", String(160)),
 )

@@ -12,7 +12,6 @@ ORM-level types. Every other dialect uses the SQLAlchemy Core statements in
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -131,6 +130,18 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+# A claim starts an attempt (see ``queue.py``): progress starts over and, for a task
+# that ran before, the output floor rises past every item stored so far.
+_START = (
+    "UPDATE errands_task SET status = 'running', attempts = attempts + 1, "
+    "started_at = ?, updated_at = ?, version = version + 1, "
+    "progress_current = NULL, progress_total = NULL, progress_message = NULL, "
+    "output_floor = CASE WHEN started_at IS NULL THEN output_floor ELSE max(output_floor, "
+    "coalesce((SELECT max(seq) FROM errands_output WHERE task_id = errands_task.id), 0)) + 1 "
+    "END "
+)
+
+
 def claim(
     conn: Connection,
     worker_id: str,
@@ -141,8 +152,8 @@ def claim(
     chosen: Sequence[str] | None = None,
 ) -> list[tuple[Any, ...]]:
     """Rows (id, name, owner, payload, attempts, max_attempts, version,
-    cancel_requested, last_seq) of the jobs leased — the first due in claim order, or
-    the ``chosen`` ones; see ``queue.claim``."""
+    cancel_requested, output_floor) of the jobs leased — the first due in claim order,
+    or the ``chosen`` ones; see ``queue.claim``."""
     cur = _cursor(conn)
     lease = "UPDATE errands_job SET lease_owner = ?, lease_expires_at = ?, attempt = attempt + 1 "
     if chosen is None:
@@ -165,29 +176,15 @@ def claim(
         return []
     at = stamp(datetime.fromtimestamp(now, UTC))
     rows = cur.execute(
-        "UPDATE errands_task SET status = 'running', attempts = attempts + 1, "
-        "started_at = ?, updated_at = ?, version = version + 1 "
-        f"WHERE id IN ({_marks(len(leased))}) AND status = 'queued' "
-        "RETURNING id, name, owner, payload, attempts, max_attempts, version, cancel_requested",
+        _START + f"WHERE id IN ({_marks(len(leased))}) AND status = 'queued' "
+        "RETURNING id, name, owner, payload, attempts, max_attempts, version, "
+        "cancel_requested, output_floor",
         (at, at, *leased),
     ).fetchall()
     if len(rows) != len(leased):  # a job whose record is no longer queued: drop it
         orphans = list(set(leased) - {r[0] for r in rows})
         cur.execute(f"DELETE FROM errands_job WHERE task_id IN ({_marks(len(orphans))})", orphans)
-    retried = [r[0] for r in rows if r[4] > 1]
-    last: dict[str, int] = {}
-    if retried:
-        last = dict(
-            cur.execute(
-                "SELECT task_id, max(seq) FROM errands_output "
-                f"WHERE task_id IN ({_marks(len(retried))}) GROUP BY task_id",
-                retried,
-            ).fetchall()
-        )
-    return [
-        (r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], bool(r[7]), last.get(r[0], 0))
-        for r in rows
-    ]
+    return [(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], bool(r[7]), r[8]) for r in rows]
 
 
 def next_run_at(conn: Connection, names: Sequence[str]) -> float | None:
@@ -203,46 +200,96 @@ def next_run_at(conn: Connection, names: Sequence[str]) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-def delete_held(conn: Connection, worker_id: str, task_ids: Sequence[str]) -> list[str]:
-    return [
-        r[0]
-        for r in _cursor(conn)
-        .execute(
-            "DELETE FROM errands_job WHERE lease_owner = ? "
-            f"AND task_id IN ({_marks(len(task_ids))}) RETURNING task_id",
-            (worker_id, *task_ids),
-        )
-        .fetchall()
-    ]
+# -- an attempt's writes, fenced (see ``queue.py``) -----------------------------------
+_FENCE = (
+    "WHERE id = ? AND status = 'running' AND output_floor = ? AND EXISTS "
+    "(SELECT 1 FROM errands_job WHERE task_id = errands_task.id AND lease_owner = ?) "
+    "RETURNING id, owner, version, status"
+)
+_REPORT_PROGRESS = (
+    "UPDATE errands_task SET progress_current = ?, progress_total = ?, "
+    "progress_message = ?, updated_at = ?, version = version + 1 " + _FENCE
+)
+_REPORT_TOUCH = "UPDATE errands_task SET updated_at = ?, version = version + 1 " + _FENCE
 
 
-@functools.cache
-def _outcome_sql(keys: tuple[str, ...]) -> str:
-    sets = ", ".join(f"{k} = ?" for k in keys)
-    return (
-        f"UPDATE errands_task SET {sets}, updated_at = ?, version = version + 1 "
-        "WHERE id = ? AND status = 'running'"
+def report(
+    conn: Connection, worker_id: str, reports: Sequence[Any], updated: datetime
+) -> list[tuple[str, str, int, str]]:
+    """Progress (or a new version) of running attempts; (id, owner, version, status) of
+    the records written — those whose attempt still holds the lease."""
+    cur = _cursor(conn)
+    at = stamp(updated)
+    rows: list[tuple[str, str, int, str]] = []
+    for r in reports:
+        if r.progress is None:
+            row = cur.execute(_REPORT_TOUCH, (at, r.task_id, r.floor, worker_id)).fetchone()
+        else:
+            current, total, message = r.progress
+            row = cur.execute(
+                _REPORT_PROGRESS, (current, total, message, at, r.task_id, r.floor, worker_id)
+            ).fetchone()
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+_INSERT_OUTPUT = (
+    "INSERT INTO errands_output (task_id, seq, data, created_at, ref) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def insert_outputs(conn: Connection, items: Sequence[dict[str, Any]], created: datetime) -> None:
+    at = stamp(created)
+    _cursor(conn).executemany(
+        _INSERT_OUTPUT,
+        [(o["task_id"], o["seq"], json.dumps(o["data"]), at, o.get("ref")) for o in items],
     )
 
 
-def record_outcomes(
-    conn: Connection, keys: tuple[str, ...], rows: list[dict[str, Any]], updated: datetime
-) -> None:
-    """Guarded outcome UPDATEs; ``keys`` are the columns set (``_id`` excluded)."""
+_FINISH = (
+    "UPDATE errands_task SET status = ?, result = ?, result_ref = ?, error_type = ?, "
+    "error_message = ?, error_detail = ?, finished_at = ?, expires_at = ?, "
+    "updated_at = ?, version = version + 1{progress} " + _FENCE
+)
+_FINISH_KEEP = _FINISH.format(progress="")
+_FINISH_PROGRESS = _FINISH.format(
+    progress=", progress_current = ?, progress_total = ?, progress_message = ?"
+)
+
+
+def finish_terminal(
+    conn: Connection, worker_id: str, outcomes: Sequence[Any], updated: datetime
+) -> list[tuple[str, str, int, str]]:
+    """Terminal outcomes of attempts that still hold their lease: the record written,
+    the job deleted. (id, owner, version, status) of the records changed."""
+    cur = _cursor(conn)
     at = stamp(updated)
-    params = []
-    for row in rows:
-        values: list[Any] = []
-        for k in keys:
-            v = row[k]
-            if k in _JSON_COLUMNS:
-                v = _json(v)
-            elif isinstance(v, datetime):
-                v = stamp(v)
-            values.append(v)
-        values += [at, row["_id"]]
-        params.append(values)
-    _cursor(conn).executemany(_outcome_sql(keys), params)
+    rows: list[tuple[str, str, int, str]] = []
+    for o in outcomes:
+        values: tuple[Any, ...] = (
+            o.status.value,
+            _json(o.result),
+            o.result_ref,
+            o.error_type,
+            o.error_message,
+            o.error_detail,
+            at,
+            stamp(o.expires_at),
+            at,
+        )
+        if o.progress is None:
+            sql = _FINISH_KEEP
+        else:
+            sql, values = _FINISH_PROGRESS, (*values, *o.progress)
+        row = cur.execute(sql, (*values, o.task_id, o.floor, worker_id)).fetchone()
+        if row is not None:
+            rows.append(row)
+    if rows:
+        cur.execute(
+            f"DELETE FROM errands_job WHERE task_id IN ({_marks(len(rows))})", [r[0] for r in rows]
+        )
+    return rows
 
 
 def changes(conn: Connection, task_ids: Sequence[str]) -> list[tuple[str, str, int, str]]:

@@ -70,6 +70,7 @@ def _record(m: Any) -> TaskRecord:
         finished_at=m["finished_at"],
         expires_at=m["expires_at"],
         error_detail=m["error_detail"],
+        output_floor=m["output_floor"],
     )
 
 
@@ -235,27 +236,28 @@ def changes_since(
 
 
 def last_seq(conn: Connection, task_id: str) -> int:
-    """The highest output sequence number of a task (0 when it emitted nothing)."""
-    return int(conn.execute(select(func.max(OUT.seq)).where(OUT.task_id == task_id)).scalar() or 0)
+    """The sequence number a reader of the task's current output is at once it has read
+    everything: its newest item's, or the attempt's floor when it has none yet."""
+    floor = select(T.output_floor).where(T.id == task_id).scalar_subquery()
+    top = select(func.max(OUT.seq)).where(OUT.task_id == task_id).scalar_subquery()
+    newest, floor_now = conn.execute(select(func.coalesce(top, 0), func.coalesce(floor, 0))).one()
+    return max(int(newest), int(floor_now))
 
 
 def snapshot(
     conn: Connection, wants: dict[str, int], limit: int = 1000
 ) -> dict[str, tuple[TaskRecord, list[tuple[int, Any]]]]:
-    """For each task id, its record and up to ``limit`` outputs after the given
-    sequence number, read in that order (so a finished record comes with all its
-    outputs). Tasks that no longer exist are left out. Internal: no owner check."""
+    """For each task id, its record and up to ``limit`` items of its current attempt
+    after the given sequence number, read in that order (so a finished record comes
+    with all its outputs). Items are read only while the attempt is still the record's
+    (a new attempt that began between the two reads gives no items: a reader learns of
+    it with the next change). Tasks that no longer exist are left out. Internal: no
+    owner check."""
     records = {r.id: r for r in get_many(conn, list(wants), None)}
-    out: dict[str, tuple[TaskRecord, list[tuple[int, Any]]]] = {}
-    for task_id, record in records.items():
-        rows = conn.execute(
-            select(OUT.seq, OUT.data, OUT.ref)
-            .where(OUT.task_id == task_id, OUT.seq > wants[task_id])
-            .order_by(OUT.seq)
-            .limit(limit)
-        )
-        out[task_id] = (record, [_item(r) for r in rows])
-    return out
+    return {
+        task_id: (record, attempt_items(conn, task_id, wants[task_id], limit, record.output_floor))
+        for task_id, record in records.items()
+    }
 
 
 def list_page(
@@ -352,13 +354,29 @@ def delete_finished(conn: Connection, task_id: str, owner: str | None) -> bool:
 
 def outputs(
     conn: Connection, task_id: str, owner: str | None, *, after: int = 0, limit: int = 1000
-) -> list[tuple[int, Any]] | None:
-    """Items the task emitted with sequence > ``after``; None when no such task."""
-    if conn.execute(select(T.id).where(_owned(task_id, owner))).first() is None:
+) -> tuple[int, list[tuple[int, Any]]] | None:
+    """The task's output floor and the items of its current attempt with sequence >
+    ``after``; None when no such task."""
+    floor = conn.execute(select(T.output_floor).where(_owned(task_id, owner))).scalar()
+    if floor is None:
         return None
+    return floor, attempt_items(conn, task_id, after, limit, floor)
+
+
+def attempt_items(
+    conn: Connection, task_id: str, after: int, limit: int, floor: int
+) -> list[tuple[int, Any]]:
+    """Items after ``after`` of the attempt whose floor is ``floor`` — none if another
+    attempt has begun since that floor was read (checked in the same statement)."""
     rows = conn.execute(
         select(OUT.seq, OUT.data, OUT.ref)
-        .where(OUT.task_id == task_id, OUT.seq > after)
+        .join(task_table, T.id == OUT.task_id)
+        .where(
+            OUT.task_id == task_id,
+            OUT.seq > max(after, floor),
+            T.id == task_id,
+            T.output_floor == floor,
+        )
         .order_by(OUT.seq)
         .limit(limit)
     )

@@ -7,6 +7,7 @@ without a word. What a worker runs is read from the job table (its leases).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +32,20 @@ def beat(conn: Connection, worker_id: str, now: datetime) -> None:
 
 def unregister(conn: Connection, worker_id: str) -> None:
     conn.execute(delete(worker_table).where(W.id == worker_id))
+
+
+def on_host(conn: Connection, hostname: str, exclude: str) -> list[tuple[str, int, str | None]]:
+    """(id, pid, process_key) of the other workers registered under ``hostname``."""
+    rows = conn.execute(
+        select(W.id, W.pid, W.process_key).where(W.hostname == hostname, W.id != exclude)
+    )
+    return [(r.id, r.pid, r.process_key) for r in rows]
+
+
+def forget(conn: Connection, worker_ids: Sequence[str]) -> None:
+    """Delete these workers' rows (workers known to be dead)."""
+    if worker_ids:
+        conn.execute(delete(worker_table).where(W.id.in_(list(worker_ids))))
 
 
 def forget_silent(conn: Connection, before: datetime) -> int:

@@ -492,13 +492,15 @@ def task_api(
         if errors:
             raise validation_problem(errors)
         try:
-            items = await app.outputs(task_id, owner=who(owner, admin), after=start, limit=size)
+            page = await app.output_page(task_id, owner=who(owner, admin), after=start, limit=size)
         except TaskNotFound:
             return not_found()
+        items = page.items
         return _json(
             {
                 "items": [{"seq": s, "data": d} for s, d in items],
-                "last_seq": items[-1][0] if items else start,
+                "last_seq": items[-1][0] if items else max(start, page.floor),
+                "output_floor": page.floor,
             },
             200,
             {"Cache-Control": _NO_STORE},
@@ -563,12 +565,14 @@ def task_api(
         response_model=None,
         summary="The task's live events (Server-Sent Events)",
         description=(
-            "Events `output`, `status`, `progress` and a final `done`; each `id` is "
-            "`<version>-<seq>`. Reconnect with `Last-Event-ID` (or `?last_event_id=`) "
-            "to resume. 204 when the client already has the finished task."
+            "Events `output`, `status`, `progress`, `attempt` (a new attempt began: "
+            "drop the items held, the new attempt's follow) and a final `done`; each "
+            "`id` is `<version>-<seq>`. Reconnect with `Last-Event-ID` (or "
+            "`?last_event_id=`) to resume. 204 when the client already has the "
+            "finished task."
         ),
         responses={
-            200: _event_stream(["output", "status", "progress", "done", "deleted"]),
+            200: _event_stream(["output", "status", "progress", "attempt", "done", "deleted"]),
             204: {"description": "Nothing left to send: the task finished"},
             **problem_responses(401, 404, 422, 431),
         },

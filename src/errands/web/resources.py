@@ -60,6 +60,10 @@ class TaskResource(BaseModel):
     priority: int
     cancel_requested: bool
     version: int = Field(description="Grows with every change; the ETag and the event id")
+    output_floor: int = Field(
+        description="The current attempt's output items have `seq` above this (it rises "
+        "when a new attempt begins; items at or below it are no longer the output)"
+    )
     run_at: datetime
     created_at: datetime
     updated_at: datetime
@@ -82,6 +86,10 @@ class OutputItem(BaseModel):
 class OutputPage(BaseModel):
     items: list[OutputItem]
     last_seq: int = Field(description="Pass as `after` for the items that follow")
+    output_floor: int = Field(
+        description="The current attempt's items have `seq` above this; items at or "
+        "below it, read before, belong to an earlier attempt: drop them"
+    )
 
 
 def _time(value: datetime | None) -> str | None:
@@ -123,6 +131,7 @@ def resource(record: TaskRecord, base: str, now: datetime, admin: bool = False) 
         priority=record.priority,
         cancel_requested=record.cancel_requested,
         version=record.version,
+        output_floor=record.output_floor,
         run_at=_time(record.run_at),
         created_at=_time(record.created_at),
         updated_at=_time(record.updated_at),

@@ -5,14 +5,19 @@ Events, in order:
 - ``output`` — one per emitted item: ``{"seq": n, "data": ...}``;
 - ``status`` — the task resource, when the status (or anything but progress) changed;
 - ``progress`` — the task resource, when only the progress changed;
+- ``attempt`` — a new attempt began (a retry, an expired lease, a hand-back):
+  ``{"attempt": n, "output_floor": f}``. The items the client holds belong to an
+  earlier attempt: it drops them; the new attempt's items follow (their ``seq`` is above
+  ``f``). A status event with the new attempt's record comes next;
 - ``done`` — the task resource of the finished task, after all its outputs; last.
 
 Every event has an id ``"<version>-<seq>"``: the newest record version and output
 sequence number the client has received with it. Each event's id is greater than the
-one before (the version grows with record events, the sequence with outputs), and a
-client that reconnects with its last id (``Last-Event-ID``) gets exactly the events
-it has not seen. A record event always carries the newest state: versions a client
-did not see in between are skipped, never replayed.
+one before (the version grows with record events, the sequence with outputs and
+attempts), and a client that reconnects with its last id (``Last-Event-ID``) gets
+exactly the events it has not seen — starting with ``attempt`` if its id is from an
+earlier attempt. A record event always carries the newest state: versions a client did
+not see in between are skipped, never replayed.
 """
 
 from __future__ import annotations
@@ -69,11 +74,6 @@ class Event:
         return f'{{"event":"{self.kind}","id":"{self.id}","data":{self.data}}}'
 
 
-def finished_for(record: TaskRecord, cursor: Cursor, last_seq: int) -> bool:
-    """True when a client at ``cursor`` already has everything of a finished task."""
-    return record.done and cursor.version >= record.version and cursor.seq >= last_seq
-
-
 def _encoded(feed: TaskFeed, record: TaskRecord, base: str, admin: bool) -> str:
     key = (record.version, base, admin)
     text = feed.cache.get(key)
@@ -95,14 +95,22 @@ async def task_events(
     """The events after ``cursor``; None now and then when nothing happened for
     ``keepalive`` seconds (the transport sends a keep-alive)."""
     version, seq = cursor.version, cursor.seq
+    if (version, seq) == (0, 0) and feed.record is not None:
+        seq = feed.record.output_floor  # a new client holds nothing to drop
     last_status: Status | None = None
     last_progress: Progress | None = None
     while True:
         waiter = feed.changed
+        record = feed.record
+        if record is not None and record.output_floor > seq:
+            seq = record.output_floor
+            attempt = {"attempt": record.attempts, "output_floor": seq}
+            yield Event("attempt", f"{version}-{seq}", dumps(attempt).decode())
+        floor = record.output_floor if record is not None else 0
         while True:  # outputs first: a finished record comes after all of them
             items = feed.items_after(seq)
             if items is None:
-                items = await hub.outputs(feed.task_id, seq)
+                items = await hub.outputs(feed.task_id, seq, floor)
             if not items:
                 break
             for s, data in items:
@@ -112,6 +120,8 @@ async def task_events(
             yield Event("deleted", f"{version}-{seq}", dumps({"id": feed.task_id}).decode())
             return
         record = feed.record
+        if record is not None and record.output_floor > seq:
+            continue  # a new attempt began meanwhile: say so first
         if record is not None and record.done:
             # Last, once every output is out (also for a resumed client that already
             # has the final version but not every item).
@@ -133,10 +143,6 @@ async def task_events(
                 await waiter.wait()
         except TimeoutError:
             yield None
-
-
-class Disconnected(Exception):
-    """The client went away."""
 
 
 async def until_disconnected(receive: object) -> None:
