@@ -25,7 +25,9 @@ import httpx
 import psycopg
 import pytest
 import sqlalchemy.exc
+from argon2 import PasswordHasher
 from sqlalchemy import Connection, create_engine, text
+from starlette.testclient import TestClient
 
 from errands import (
     ANY_OWNER,
@@ -37,10 +39,13 @@ from errands import (
     TaskContext,
     TaskRecord,
 )
+from errands.demo import accounts
+from errands.demo.web import Demo, DemoSettings, create_app
 from errands.ids import new_task_id
 from errands.store import database
 from errands.store.database import is_unavailable, log_failure
 from tests.apps import e2e
+from tests.apps.demo_site import PASSWORD, DemoClient
 from tests.apps.web import make_api
 from tests.conftest import ROOT, running_worker
 
@@ -277,6 +282,45 @@ async def test_a_worker_keeps_an_outcome_it_cannot_write_until_space_is_freed(
         app.close()
 
 
+def test_the_demo_pages_answer_503_and_507(
+    small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+    site = create_app(
+        DemoSettings(
+            database_url=f"sqlite:///{small_disk / 'demo.db'}",
+            data_dir=tmp_path / "data",
+            corpus=tmp_path,
+            worker=False,
+        )
+    )
+    demo: Demo = site.state.demo
+    demo.errands.task(name="keep")(keep)
+    demo.accounts.register("alice@example.com", PASSWORD)
+    with TestClient(site) as client:
+        pages = DemoClient(client, demo)
+        pages.log_in("alice@example.com")
+        search = {"query": "needle", "glob": "*.py", "csrf": pages.csrf()}
+
+        monkeypatch.setattr(database, "_WRITE_WAIT", 0.2)
+        holder = sqlite3.connect(small_disk / "demo.db", isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            locked = client.post("/search", data=search, follow_redirects=False)
+        finally:
+            holder.close()
+        assert locked.status_code == 503 and locked.headers["retry-after"] == "1"
+        assert locked.headers["content-type"].startswith("text/html")
+        assert "unavailable for a moment" in locked.text and "sqlite" not in locked.text
+
+        fill(demo.errands, 0, PAD)
+        fill(demo.errands, 10_000, 0)
+        full = client.post("/search", data=search, follow_redirects=False)
+        assert full.status_code == 507 and "retry-after" not in full.headers
+        assert "out of storage space" in full.text and str(small_disk) not in full.text
+        assert client.get("/tasks").status_code == 200  # reading still works
+
+
 # -- SQLite: the write lock held past the wait -------------------------------------------
 async def test_a_write_lock_held_past_the_wait_is_database_unavailable(
     app: Errands, db_url: str, monkeypatch: pytest.MonkeyPatch
@@ -345,6 +389,9 @@ async def test_an_unreachable_postgresql_raises_database_unavailable_at_once() -
         lambda: app.list(owner="alice"),
         lambda: app.cancel(new_task_id(), owner="alice"),
         lambda: app.wait(new_task_id(), owner="alice", timeout=1),
+        lambda: app.outputs(new_task_id(), owner="alice"),
+        lambda: app.delete(new_task_id(), owner="alice"),
+        lambda: app.purge(),
         lambda: asyncio.to_thread(app.sync.get, new_task_id(), owner="alice"),
         lambda: asyncio.to_thread(app.sync.submit, "keep", {}, owner="alice"),
     ]
