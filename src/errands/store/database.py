@@ -104,12 +104,13 @@ _RESTARTING = "the database server is restarting; try again shortly"
 _SQLITE_FULL = 13
 #: SQLite's primary result codes of a database that cannot serve now, and what to say
 #: (None: DatabaseUnavailable's own message). The rest — SQLITE_ERROR (a bad
-#: statement), CORRUPT, NOTADB, CONSTRAINT, … — are not the database being away.
+#: statement), CORRUPT, CONSTRAINT, … — are not the database being away.
 _SQLITE_UNAVAILABLE: dict[int, str | None] = {
     5: _LOCKED,  # BUSY: the write lock was still held after _WRITE_WAIT
     6: _LOCKED,  # LOCKED
     15: _LOCKED,  # PROTOCOL: lost a locking race in WAL mode
     14: _UNREACHABLE,  # CANTOPEN
+    26: _UNREACHABLE,  # NOTADB: the URL names a file that is not a database
     7: None,  # NOMEM
     8: None,  # READONLY: a read-only file or file system
     10: None,  # IOERR
