@@ -7,12 +7,14 @@ from .app import ANY_OWNER, Errands, SyncErrands
 from .context import TaskContext
 from .errors import (
     ConfigurationError,
+    DatabaseUnavailable,
     ErrandsError,
     IdempotencyConflict,
     InvalidPayload,
     InvalidTransition,
     PayloadTooLarge,
     Retry,
+    StorageFull,
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
@@ -29,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ANY_OWNER",
     "ConfigurationError",
+    "DatabaseUnavailable",
     "Errands",
     "ErrandsError",
     "IdempotencyConflict",
@@ -40,6 +43,7 @@ __all__ = [
     "Progress",
     "Retry",
     "Status",
+    "StorageFull",
     "SyncErrands",
     "TaskCancelled",
     "TaskContext",

@@ -51,7 +51,7 @@ from .registry import (
     make_definition,
 )
 from .store import tasks
-from .store.database import Database
+from .store.database import Database, database_errors
 from .store.queue import Change
 
 if TYPE_CHECKING:
@@ -361,6 +361,7 @@ class Errands:
         prepared = [self._prepare(name, p, owner, priority, run_at) for p in payloads]
         return [p[0] for p in prepared], [p[1] for p in prepared], [p[2] for p in prepared]
 
+    @database_errors()  # also on a caller's connection (``connection=``)
     def _create(
         self,
         conn: Connection,
@@ -418,7 +419,9 @@ class Errands:
         With ``connection=`` (a SQLAlchemy ``Connection``, ``Session``,
         ``AsyncConnection`` or ``AsyncSession`` on the same database) the record and
         its job are written in the caller's transaction: rolled back, nothing exists;
-        committed, it runs.
+        committed, it runs. A database failure of errands' statements there raises
+        :class:`DatabaseUnavailable` or :class:`StorageFull` too (roll back); the
+        caller's own statements and its commit raise the driver's errors.
         """
         record, row, job = self._prepare(name, payload, owner, priority, run_at, idempotency_key)
         return (await self._write_new([record], [row], [job], connection))[0]

@@ -3,7 +3,8 @@
 Commands that act on tasks (``ls``, ``show``, ``cancel``) are administrative: they see
 every owner's tasks unless ``--owner`` narrows them. Exit codes: 0 success; 1 the task
 failed or was cancelled (``submit --wait``); 2 bad usage or input; 3 not found;
-4 ``--wait`` timed out.
+4 ``--wait`` timed out; 5 the database cannot be reached (or is not answering); 6 the
+database is out of space.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from dataclasses import asdict
 from datetime import timedelta
 from typing import Any, TextIO
 
-from sqlalchemy.exc import OperationalError
-
 from .app import ANY_OWNER, Errands
-from .errors import ErrandsError, TaskNotFound, WaitTimeout
+from .errors import DatabaseUnavailable, ErrandsError, StorageFull, TaskNotFound, WaitTimeout
 from .records import Status, TaskRecord
+from .store.database import driver_reason
 
 
 def load_app(path: str) -> Errands:
@@ -383,13 +383,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TaskNotFound:
         print("errands: task not found", file=sys.stderr)
         return 3
+    except DatabaseUnavailable as exc:  # the driver's words: an operator reads them
+        print(f"errands: cannot use the database: {driver_reason(exc)}", file=sys.stderr)
+        return 5
+    except StorageFull as exc:
+        print(f"errands: the database is out of space: {driver_reason(exc)}", file=sys.stderr)
+        return 6
     except (ErrandsError, ValueError) as exc:
         print(f"errands: {exc}", file=sys.stderr)
         return 2
-    except OperationalError as exc:  # the database is unreachable (or refused us)
-        reason = str(exc.orig or exc).strip().splitlines()[0]
-        print(f"errands: cannot use the database: {reason}", file=sys.stderr)
-        return 5
     except KeyboardInterrupt:
         return 130
 

@@ -73,6 +73,21 @@ class WaitTimeout(ErrandsError, TimeoutError):
         super().__init__()
 
 
+class DatabaseUnavailable(ErrandsError):
+    """The database cannot be reached or is not answering; try again shortly."""
+
+    # Connection refused or lost, the server shutting down or starting up, SQLite's
+    # write lock still held after the wait. The driver's error is the ``__cause__``.
+
+
+class StorageFull(ErrandsError):
+    """The database has no space left."""
+
+    # SQLite's "database or disk is full", PostgreSQL's disk_full (SQLSTATE 53100).
+    # Nothing was written; the same call succeeds once space is freed. The driver's
+    # error is the ``__cause__``.
+
+
 class TaskTimeout(ErrandsError, TimeoutError):
     """The task ran longer than its timeout."""
 

@@ -21,7 +21,16 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Router
 
-from .. import ANY_OWNER, ErrandsError, Page, Status, TaskNotFound, TaskRecord
+from .. import (
+    ANY_OWNER,
+    DatabaseUnavailable,
+    ErrandsError,
+    Page,
+    Status,
+    StorageFull,
+    TaskNotFound,
+    TaskRecord,
+)
 from ..admin import Bucket
 from ..records import ACTIVE
 from . import store
@@ -172,6 +181,8 @@ def add_admin_routes(pages: Router, demo: Demo) -> None:
             new = await app.admin.retry(task_id)
         except TaskNotFound:
             return demo.not_found(request)
+        except (DatabaseUnavailable, StorageFull):
+            raise  # the site's error page
         except ErrandsError as exc:  # not failed/cancelled, task no longer registered, …
             try:
                 record = await app.get(task_id, owner=ANY_OWNER)

@@ -31,7 +31,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import Receive, Scope, Send
 
-from .. import Errands, InvalidPayload, Status, TaskNotFound, TaskRecord
+from .. import (
+    DatabaseUnavailable,
+    Errands,
+    InvalidPayload,
+    Status,
+    StorageFull,
+    TaskNotFound,
+    TaskRecord,
+)
+from ..store.database import log_failure
 from ..web import task_api
 from . import accounts, tasks
 from .accounts import AccountError, Accounts
@@ -121,6 +130,28 @@ class Demo:
         data = {k: v for k, v in form.items() if isinstance(v, str)}
         return data if accounts.csrf_ok(request, data.get("csrf")) else None
 
+    def database_failed(self, request: Request, exc: Exception) -> Response:
+        """The page for a database that cannot serve (503) or is out of space (507)."""
+        log_failure(log, exc, "errands demo: %s %s failed", request.method, request.url.path)
+        if isinstance(exc, StorageFull):
+            return self.render(
+                request,
+                "message.html",
+                status_code=507,
+                title="Out of space",
+                message="The server has run out of storage space, so nothing was saved. "
+                "Try again later.",
+            )
+        response = self.render(
+            request,
+            "message.html",
+            status_code=503,
+            title="Unavailable",
+            message="The server's database is unavailable for a moment. Try again shortly.",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
     def csrf_refused(self, request: Request) -> Response:
         return self.render(
             request,
@@ -180,6 +211,9 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
 
     site = FastAPI(title="errands demo", lifespan=lifespan, docs_url="/api/docs")
     site.state.demo = demo
+    # The pages' answer (the API under /api answers problem documents itself).
+    site.add_exception_handler(DatabaseUnavailable, demo.database_failed)
+    site.add_exception_handler(StorageFull, demo.database_failed)
 
     # -- the HTTP API, for the pages' scripts and for API tokens -------------------------
     async def api_owner(conn: HTTPConnection) -> str | None:

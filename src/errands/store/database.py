@@ -9,6 +9,10 @@ SQLite: WAL journal, ``synchronous=FULL`` by default (every commit survives a po
 loss; ``?synchronous=normal`` in the URL trades that for speed, still safe against a
 crashed process), a 30 s busy timeout, and write transactions opened with
 ``BEGIN IMMEDIATE`` so two writers never deadlock upgrading a read lock.
+
+Database failures leave here as errands errors (:func:`database_errors`): a database
+that cannot serve now as :class:`~errands.errors.DatabaseUnavailable`, one out of space
+as :class:`~errands.errors.StorageFull`, the driver's error as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import StaticPool
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, DatabaseUnavailable, StorageFull
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -89,22 +95,137 @@ def _begin_immediate(dbapi_conn: Any) -> None:
         cur.close()
 
 
+# -- database failures as errands errors ------------------------------------------------
+_LOCKED = "the database is busy with another writer; try again shortly"
+_LOST = "the connection to the database was lost; try again shortly"
+_UNREACHABLE = "the database cannot be reached; try again shortly"
+_RESTARTING = "the database server is restarting; try again shortly"
+
+_SQLITE_FULL = 13
+#: SQLite's primary result codes of a database that cannot serve now, and what to say
+#: (None: DatabaseUnavailable's own message). The rest — SQLITE_ERROR (a bad
+#: statement), CORRUPT, CONSTRAINT, … — are not the database being away.
+_SQLITE_UNAVAILABLE: dict[int, str | None] = {
+    5: _LOCKED,  # BUSY: the write lock was still held after _WRITE_WAIT
+    6: _LOCKED,  # LOCKED
+    15: _LOCKED,  # PROTOCOL: lost a locking race in WAL mode
+    14: _UNREACHABLE,  # CANTOPEN
+    26: _UNREACHABLE,  # NOTADB: the URL names a file that is not a database
+    7: None,  # NOMEM
+    8: None,  # READONLY: a read-only file or file system
+    10: None,  # IOERR
+}
+
+_PG_DISK_FULL = "53100"
+#: PostgreSQL SQLSTATEs and SQLSTATE classes (two characters) of a server that cannot
+#: serve now. Others (syntax, constraints, class 54 "program limit exceeded": a request
+#: too large) are not the database being away.
+_PG_UNAVAILABLE: dict[str, str | None] = {
+    "08": _UNREACHABLE,  # connection exception
+    "57": None,  # operator intervention: a statement cancelled, the database dropped
+    "57P01": _RESTARTING,  # admin_shutdown (also what pg_terminate_backend sends)
+    "57P02": _RESTARTING,  # crash_shutdown
+    "57P03": _RESTARTING,  # cannot_connect_now: starting up
+    "58": None,  # system error: I/O
+    "53200": None,  # out_of_memory
+    "53300": None,  # too_many_connections
+    "55P03": _LOCKED,  # lock_not_available
+    "40001": None,  # serialization_failure: the transaction may simply be run again
+    "40P01": None,  # deadlock_detected: likewise
+    "25006": None,  # read_only_sql_transaction: a standby, during a failover
+}
+
+
+def _is_operational(error: BaseException) -> bool:
+    """A DB-API ``OperationalError``, whichever driver raised it (each has its own)."""
+    return any(cls.__name__ == "OperationalError" for cls in type(error).__mro__)
+
+
+def _sqlite_error(error: sqlite3.Error) -> DatabaseUnavailable | StorageFull | None:
+    code = getattr(error, "sqlite_errorcode", None)
+    if not isinstance(code, int):
+        return None
+    primary = code & 0xFF
+    if primary == _SQLITE_FULL:
+        return StorageFull()
+    if primary in _SQLITE_UNAVAILABLE:
+        return DatabaseUnavailable(_SQLITE_UNAVAILABLE[primary])
+    return None
+
+
+def database_error(exc: BaseException) -> DatabaseUnavailable | StorageFull | None:
+    """The errands error that a driver error amounts to, or None when it is not the
+    database being away or full (a bad statement, a constraint, a bug: those stay as
+    they are). Takes SQLAlchemy's errors and the drivers' own (the hot-path statements
+    run on the DB-API cursor)."""
+    if isinstance(exc, DisconnectionError | PoolTimeout):
+        return DatabaseUnavailable(_LOST if isinstance(exc, DisconnectionError) else None)
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    if isinstance(orig, sqlite3.Error):
+        return _sqlite_error(orig)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate == _PG_DISK_FULL:
+        return StorageFull()
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return DatabaseUnavailable(_LOST)
+    if isinstance(sqlstate, str) and sqlstate:
+        for key in (sqlstate, sqlstate[:2]):
+            if key in _PG_UNAVAILABLE:
+                return DatabaseUnavailable(_PG_UNAVAILABLE[key])
+        return None
+    if _is_operational(orig):  # no SQLSTATE: the client could not connect, or lost it
+        text = str(orig)
+        lost = "lost" in text or "closed" in text
+        return DatabaseUnavailable(_LOST if lost else _UNREACHABLE)
+    return None
+
+
+class _DatabaseErrors(contextlib.ContextDecorator):
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        if exc is not None and (error := database_error(exc)) is not None:
+            raise error from exc
+
+
+def database_errors() -> _DatabaseErrors:
+    """A context manager (or decorator) that raises :func:`database_error`'s errands
+    error, from the driver's, in place of a driver error that is the database being
+    away or full; everything else passes unchanged."""
+    return _DatabaseErrors()
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True for a failure of the database itself (down, restarting, connection cut,
-    locked): the same call may well succeed later."""
-    return isinstance(exc, OperationalError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
+    locked, full): the same call may well succeed later. Takes the errands errors and
+    the driver errors that become them."""
+    return isinstance(exc, DatabaseUnavailable | StorageFull) or database_error(exc) is not None
+
+
+def driver_reason(exc: BaseException) -> str:
+    """The driver's words for a database failure, on one line. For logs and the
+    command line only: they may name hosts, files and statements."""
+    if isinstance(exc, DatabaseUnavailable | StorageFull) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    orig = getattr(exc, "orig", None) or exc
+    return " ".join(str(orig).split()) or type(orig).__name__
 
 
 def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args: Any) -> None:
-    """Log a failed store call: one line when the database is unavailable for a moment
-    (the caller retries), the traceback otherwise."""
-    if is_unavailable(exc):
-        reason = getattr(exc, "orig", None) or exc
-        logger.warning(message + " (database unavailable: %s)", *args, reason)
-    else:
+    """Log a failed store call: one line when the database is unavailable or full for
+    a moment (the caller retries), the traceback otherwise."""
+    error = exc if isinstance(exc, DatabaseUnavailable | StorageFull) else database_error(exc)
+    if error is None:
         logger.error(message, *args, exc_info=exc)
+        return
+    state = "full" if isinstance(error, StorageFull) else "unavailable"
+    logger.warning(message + f" (database {state}: %s)", *args, driver_reason(exc))
 
 
 class Database:
@@ -273,16 +394,20 @@ class Database:
                 yield conn
 
     def read(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        try:
+        """``fn(conn, *args, **kwargs)`` in a read transaction. Raises
+        :class:`DatabaseUnavailable` or :class:`StorageFull` for a database that cannot
+        serve it (see :func:`database_error`)."""
+        with database_errors():
+            try:
+                with self.transaction(write=False) as conn:
+                    return fn(conn, *args, **kwargs)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            # The connection died under the read (the server restarted): the pool has
+            # been invalidated; a read is safe to repeat once on a fresh connection.
             with self.transaction(write=False) as conn:
                 return fn(conn, *args, **kwargs)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-        # The connection died under the read (the server restarted): the pool has
-        # been invalidated; a read is safe to repeat once on a fresh connection.
-        with self.transaction(write=False) as conn:
-            return fn(conn, *args, **kwargs)
 
     def write(
         self,
@@ -293,7 +418,12 @@ class Database:
         autocommit: bool = False,
         **kwargs: Any,
     ) -> T:
-        with self.transaction(write=True, durable=durable, autocommit=autocommit) as conn:
+        """``fn(conn, *args, **kwargs)`` in a write transaction (nothing is written if
+        it raises). Database failures as in :meth:`read`; a write is not repeated."""
+        with (
+            database_errors(),
+            self.transaction(write=True, durable=durable, autocommit=autocommit) as conn,
+        ):
             return fn(conn, *args, **kwargs)
 
     async def aread(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -339,7 +469,7 @@ class Database:
         """
         if self._schema_ready:
             return
-        with self._schema_lock:
+        with self._schema_lock, database_errors():
             if self._schema_ready:
                 return
             from . import migrations
@@ -357,7 +487,7 @@ class Database:
         """Apply every pending migration (``errands migrate``)."""
         from . import migrations
 
-        with self._migration_lock():
+        with self._migration_lock(), database_errors():
             migrations.upgrade(self.engine)
         self._schema_ready = True
 

@@ -31,10 +31,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..app import ANY_OWNER, Errands
 from ..errors import (
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidPayload,
     InvalidTransition,
     PayloadTooLarge,
+    StorageFull,
     TaskNotFound,
     UnknownTask,
     WaitTimeout,
@@ -47,6 +49,7 @@ from .problems import (
     NOT_FOUND_DETAIL,
     Problem,
     ProblemRoute,
+    database_problem,
     not_found,
     problem_responses,
     validation_problem,
@@ -644,7 +647,8 @@ def task_api(
             owner, admin = await identify(websocket)
             cursor = _cursor(websocket.query_params.get("last_event_id"))
             record = await load(task_id, owner, admin)
-        except Problem as problem:
+        except (Problem, DatabaseUnavailable, StorageFull) as exc:
+            problem = exc if isinstance(exc, Problem) else database_problem(exc, "WebSocket")
             await websocket.send_text(f'{{"event":"error","data":{problem.body().decode()}}}')
             await websocket.close(4000 + problem.status)
             return

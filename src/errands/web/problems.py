@@ -4,6 +4,10 @@ Handlers raise :class:`Problem`; the router's route class turns it (and FastAPI'
 validation errors) into a response, so the API answers in one format whatever the host
 application's exception handlers do. The not-found answer is one constant byte string:
 a task that belongs to someone else gets exactly the bytes a missing one gets.
+
+A database that cannot serve is ``503`` with ``Retry-After`` (it comes back by itself);
+one out of space is ``507`` without it (space comes back when someone frees it: a
+client should not retry at once, nor on a schedule the server cannot know).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+
+from ..errors import DatabaseUnavailable, StorageFull
+from ..store.database import log_failure
 
 MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("errands.web")
@@ -37,6 +43,7 @@ _TITLES = {
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 
 
@@ -94,6 +101,20 @@ def not_found() -> Response:
     return Response(_NOT_FOUND_BODY, 404, media_type=MEDIA_TYPE)
 
 
+def database_problem(exc: DatabaseUnavailable | StorageFull, what: str) -> Problem:
+    """The answer for a database that cannot serve (503) or is out of space (507), logged
+    in one line (``what`` failed); the answer never names the database, its host or its
+    files."""
+    log_failure(log, exc, "errands: %s failed", what)
+    if isinstance(exc, StorageFull):
+        return Problem(507, "The task database is out of space; nothing was written.")
+    return Problem(
+        503,
+        "The task database is unavailable; try again shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
 def field_name(loc: Sequence[Any], skip: Sequence[str] = ()) -> str:
     """``["body", "payload", "pattern"]`` -> ``"payload.pattern"``."""
     parts = [str(p) for p in loc]
@@ -140,14 +161,9 @@ class ProblemRoute(APIRoute):
                 return Problem(
                     exc.status_code, str(exc.detail), headers=dict(exc.headers or {})
                 ).response()
-            except OperationalError as exc:
-                # The database is down, restarting or unreachable: a temporary state.
-                log.warning("errands: database unavailable: %s", exc.orig or exc)
-                return Problem(
-                    503,
-                    "The task database is unavailable; try again shortly.",
-                    headers={"Retry-After": "1"},
-                ).response()
+            except (DatabaseUnavailable, StorageFull) as exc:
+                what = f"{request.method} {request.url.path}"
+                return database_problem(exc, what).response()
 
         return route
 
@@ -165,6 +181,8 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         429: "Too many submits; see `Retry-After`.",
         431: "The request's headers are too large.",
         503: "The task database is unavailable for a moment; see `Retry-After`.",
+        507: "The task database is out of space: nothing was written. Retry once space "
+        "is freed (there is no `Retry-After`).",
     }
     return {
         code: {
@@ -173,5 +191,5 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
             # media type (application/json), which problem answers never have.
             "content": {MEDIA_TYPE: {"schema": ProblemModel.model_json_schema()}},
         }
-        for code in (*codes, 503)
+        for code in (*codes, 503, 507)
     }
