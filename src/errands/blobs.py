@@ -16,6 +16,7 @@ volume); another store (an object store, say) implements the three methods of
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
-from .errors import ErrandsError
+from .errors import ErrandsError, StorageFull
 from .records import BlobRef, TaskRecord
 from .store import tasks
 
@@ -116,8 +117,15 @@ class Blobs:
         return data if len(data) > self.threshold else None
 
     def put_all(self, blobs: Sequence[tuple[str, bytes]]) -> None:
-        for key, data in blobs:
-            self.store.put(key, data)
+        """Store these blobs; a full disk is ``StorageFull`` (the writer tries again
+        later, as for a full database)."""
+        try:
+            for key, data in blobs:
+                self.store.put(key, data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("the blob store has no space left") from exc
+            raise
 
     def load(self, value: Any) -> Any:
         """The value a row's reference stands for (other values as they are)."""
