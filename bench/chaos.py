@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -172,7 +173,9 @@ class Database:
         else:
             from tests.pgserver import PrivatePostgres
 
-            self.server = PrivatePostgres(self.workdir / "pg")
+            # In the system's temporary directory: the server may run as another user
+            # (postgres, when we are root), who must be let into its root.
+            self.server = PrivatePostgres.temporary()
             self.server.start()
             self.url = self.server.create_database("chaos")
         app = Errands(self.url)
@@ -187,6 +190,8 @@ class Database:
 
     def close(self) -> None:
         if self.server is not None:
+            with contextlib.suppress(OSError):  # the server's log, kept with the others
+                shutil.copyfile(self.server.logfile, self.workdir / "postgres.log")
             self.server.close()
             self.server = None
         if self.dropped and self.pg_server_url:
@@ -311,6 +316,11 @@ class Fleet:
         self._lock = threading.Lock()
         self._waiters: list[threading.Thread] = []
         self._paused: tuple[WorkerProc, float, float] | None = None
+        self._hold_until = 0.0
+        #: Database restarts, (began, ended or None while it goes on).
+        self.outages: list[tuple[float, float | None]] = []
+        #: Workers that exited at start while the database was restarting.
+        self.failed_starts: list[str] = []
 
     def argv(self) -> list[str]:
         a = self.args
@@ -367,9 +377,11 @@ class Fleet:
             self.signals.append(Signalled(kind, pid, at, note))
 
     def kill(self, w: WorkerProc, note: str = "") -> None:
+        # The time before the signal: runs it cuts end then at the latest (a run that
+        # started later would only seem to overlap less), recovery is measured from it.
+        now = time.time()
         os.kill(w.pid, signal.SIGKILL)
         w.proc.wait()
-        now = time.time()
         w.killed = w.died = now
         w.how = "SIGKILL" + (f" ({note})" if note else "")
         w.out.close()
@@ -436,20 +448,30 @@ class Fleet:
         """Notice workers that died on their own, start replacements so that
         ``--workers`` are up, resume a pause that is due. The replacements."""
         self.resume_due()
+        now = time.time()
         for w in self.up():
             rc = w.proc.poll()
-            if rc is not None:
-                w.died = time.time()
-                w.how = f"exit {rc}"
-                w.out.close()
-                with self._lock:
-                    self.problems.append(
-                        ("died on its own", f"worker pid {w.pid} died (exit {rc})\n" + w.tail())
-                    )
+            if rc is None:
+                continue
+            w.died = now
+            w.how = f"exit {rc}"
+            w.out.close()
+            self._hold_until = now + 0.5  # no burst of doomed starts while the database is away
+            text = f"worker pid {w.pid} died (exit {rc})\n" + w.tail()
+            with self._lock:
+                if not w.ready() and self.in_outage(w.started, now):
+                    # Refusing to start while the database is down is fair; counted only.
+                    self.failed_starts.append(text)
+                else:
+                    self.problems.append(("died on its own", text))
         started = []
-        while len(self.up()) < self.args.workers:
+        while len(self.up()) < self.args.workers and now >= self._hold_until:
             started.append(self.start())
         return started
+
+    def in_outage(self, begin: float, end: float) -> bool:
+        """Whether a database restart overlapped [begin, end] (give or take 1 s)."""
+        return any(b - 1 < end and (e is None or e + 1 > begin) for b, e in self.outages)
 
     def stop_all(self) -> None:
         self.resume_due(force=True)
@@ -598,11 +620,14 @@ def run_chaos(
 
     def restart() -> None:
         began = time.time()
+        fleet.outages.append((began, None))
         try:
             db.restart()
         except Exception as exc:
             tl.restart_errors.append(f"{type(exc).__name__}: {exc}")
-        tl.restarts.append((began, time.time()))
+        ended = time.time()
+        fleet.outages[-1] = (began, ended)
+        tl.restarts.append((began, ended))
 
     while True:
         now = time.time()
@@ -983,7 +1008,8 @@ def check(
         for r in task_runs:
             if r.end is None and r.abort is None and r.cut_by.startswith("SIGKILL"):
                 assert r.stopped is not None
-                later = [x.start for x in task_runs if x.start >= r.stopped]
+                after = max(r.stopped, r.start)
+                later = [x.start for x in task_runs if x is not r and x.start >= after]
                 if later:
                     recovery.append(min(later) - r.stopped)
                 else:
@@ -1052,6 +1078,7 @@ def report(
         "pg_restarts": len(tl.restarts),
         "pg_restart_errors": tl.restart_errors,
         "workers_started": len(fleet.workers),
+        "workers_failed_to_start_in_outage": len(fleet.failed_starts),
         "chaos_s": tl.chaos_end - tl.chaos_start,
         "drain_s": drain,
         "drained": tl.drained,
@@ -1078,7 +1105,12 @@ def report(
         f"signals                SIGKILL {summary['sigkill']} "
         f"({summary['sigkill_after_sigterm']} after a SIGTERM timed out), "
         f"SIGTERM {summary['sigterm']}, SIGSTOP {summary['sigstop']} ({pauses}); "
-        f"{summary['workers_started']} worker processes in all",
+        f"{summary['workers_started']} worker processes in all"
+        + (
+            f" ({len(fleet.failed_starts)} exited at start while the database restarted)"
+            if fleet.failed_starts
+            else ""
+        ),
         f"PostgreSQL restarts    {restarts}",
         f"recovery after SIGKILL {fmt_pct(s['recovery_after_sigkill_s'])}"
         + (
