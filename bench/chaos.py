@@ -166,7 +166,7 @@ class Database:
 
             name = f"chaos_{os.getpid()}_{uuid.uuid4().hex[:8]}"
             with psycopg.connect(self.pg_server_url, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+                conn.execute(f'CREATE DATABASE "{name}"')
             self.dropped = name
             u = make_url(self.pg_server_url).set(database=name)
             self.url = u.render_as_string(hide_password=False)
@@ -198,7 +198,7 @@ class Database:
             import psycopg
 
             with psycopg.connect(self.pg_server_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{self.dropped}" WITH (FORCE)')  # type: ignore[arg-type]
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.dropped}" WITH (FORCE)')
             self.dropped = None
 
 
@@ -704,6 +704,8 @@ class Run:
 class Findings:
     violations: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in CHECKS})
     stats: dict[str, Any] = field(default_factory=dict)
+    #: Overlapping runs that a pause explains.
+    allowed: list[str] = field(default_factory=list)
 
     kinds: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
@@ -812,6 +814,7 @@ def count_jobs(app: Errands) -> int:
 
 
 def consecutive(values: list[int]) -> bool:
+    """Unique and without gaps, in this order."""
     return all(b == a + 1 for a, b in itertools.pairwise(values))
 
 
@@ -825,30 +828,42 @@ def check(
     tl: Timeline,
 ) -> Findings:
     f = Findings()
-    for problem in fleet.problems:
-        f.add("workers", *problem)
+    for kind, text in fleet.problems:
+        f.add("workers", kind, text)
     for line in torn:
         f.add("6", "bad run log", f"unreadable run log line: {line!r}")
     runs = build_runs(events, fleet, f)
     records = all_records(app)
     raw = raw_outputs(app)
+    check_statuses(f, app, tasks, records)
+    for t in tasks:
+        rec = records.get(t.id)
+        if rec is not None:
+            check_task(f, app, t, rec, runs.get(t.id, []), raw.get(t.id, []))
+    check_changes(f, tasks, records, monitor)
+    allowed, forbidden = check_overlaps(f, runs, fleet, tl)
+    f.stats = run_stats(tasks, records, runs, raw)
+    f.stats |= {
+        "overlaps_allowed": allowed,
+        "overlaps_allowed_detail": f.allowed[:SHOWN],
+        "overlaps_forbidden": forbidden,
+    }
+    return f
 
-    # 1. no task lost or stuck
-    statuses: Counter[str] = Counter()
+
+def check_statuses(
+    f: Findings, app: Errands, tasks: list[Submitted], records: dict[str, TaskRecord]
+) -> None:
+    """1. No task lost or stuck: every record succeeded, no job row left."""
     for t in tasks:
         rec = records.get(t.id)
         if rec is None:
             f.add("1", "missing", f"task {t.id} ({t.owner}) is missing")
-            continue
-        statuses[rec.status.value] += 1
-        if rec.status is not Status.SUCCEEDED:
+        elif rec.status is not Status.SUCCEEDED:
             err = f": {rec.error.type}: {rec.error.message}" if rec.error else ""
             kind = rec.status.value + (f" {rec.error.type}" if rec.error else "")
-            f.add(
-                "1",
-                kind,
-                f"task {t.id} ({t.owner}) {rec.status.value}{err} (attempts {rec.attempts})",
-            )
+            text = f"task {t.id} ({t.owner}) {rec.status.value}{err} (attempts {rec.attempts})"
+            f.add("1", kind, text)
     extra = set(records) - {t.id for t in tasks}
     if extra:
         f.add("1", "unknown records", f"{len(extra)} records nobody submitted: {sorted(extra)[:5]}")
@@ -856,97 +871,104 @@ def check(
     if jobs:
         f.add("1", "job rows left", f"{jobs} job rows left in errands_job")
 
-    for t in tasks:
-        rec = records.get(t.id)
-        task_runs = {r.run: r for r in runs.get(t.id, [])}
-        result = rec.result if rec is not None else None
-        token = result.get("run") if isinstance(result, dict) else None
-        # 2. every result right
-        if rec is not None and rec.status is Status.SUCCEEDED:
-            if not isinstance(result, dict) or not isinstance(token, str):
-                f.add("2", "malformed result", f"task {t.id}: malformed result {result!r}")
-                token = None
-            else:
-                r = task_runs.get(token)
-                if r is None:
-                    f.add(
-                        "2",
-                        "run never started",
-                        f"task {t.id}: the result's run {token} never started",
-                    )
-                elif r.end is None:
-                    f.add(
-                        "2",
-                        "run never completed",
-                        f"task {t.id}: the result's run {token} never completed",
-                    )
-                if result.get("items") != t.items:
-                    f.add(
-                        "2",
-                        "wrong item count",
-                        f"task {t.id}: result has {result.get('items')} items, not {t.items}",
-                    )
-        # 3. outputs() holds the result's run alone, complete and in order
-        if rec is None:
-            continue
-        got = all_outputs(app, t.id, t.owner)
-        if token is not None:
-            foreign = Counter(
-                item.get("run") if isinstance(item, dict) else repr(item)
-                for _, item in got
-                if not (isinstance(item, dict) and item.get("run") == token)
-            )
-            if foreign:
-                f.add(
-                    "3",
-                    "items of earlier runs",
-                    f"task {t.id}: outputs() has {sum(foreign.values())} items of "
-                    f"{len(foreign)} other run(s) (earlier attempts) besides the result's",
-                )
-            mine = [item for _, item in got if isinstance(item, dict) and item.get("run") == token]
-            if [item.get("i") for item in mine] != list(range(t.items)):
-                f.add(
-                    "3",
-                    "result's items missing or out of order",
-                    f"task {t.id}: outputs() has {len(mine)} items of the result's run "
-                    f"(i = {[item.get('i') for item in mine][:12]}), expected i = 0..{t.items - 1}",
-                )
-        # 4. sequence numbers: outputs() consecutive; each run's rows in errands_output
-        seqs = [seq for seq, _ in got]
-        if not consecutive(seqs) or len(set(seqs)) != len(seqs):
-            f.add(
-                "4", "outputs() seqs", f"task {t.id}: outputs() seqs not consecutive: {seqs[:20]}"
-            )
-        per_run: dict[str, list[tuple[int, Any]]] = defaultdict(list)
-        for seq, data in raw.get(t.id, []):
-            key = data.get("run") if isinstance(data, dict) else None
-            per_run[str(key)].append((seq, data))
-        for key, rows in per_run.items():
-            if key not in task_runs:
-                f.add(
-                    "4",
-                    "items of an unknown run",
-                    f"task {t.id}: {len(rows)} stored items of an unknown run {key}",
-                )
-                continue
-            run_seqs = [seq for seq, _ in rows]
-            if not consecutive(run_seqs) or len(set(run_seqs)) != len(run_seqs):
-                f.add(
-                    "4",
-                    "a run's seqs",
-                    f"task {t.id}, run {key}: seqs not consecutive: {run_seqs[:20]}",
-                )
-            idx = [data.get("i") for _, data in rows]
-            if idx != list(range(len(rows))):
-                f.add(
-                    "4",
-                    "a run's items",
-                    f"task {t.id}, run {key}: items i = {idx[:20]}, not 0..{len(rows) - 1}",
-                )
 
-    # 5. no record changed after it finished
+def check_task(
+    f: Findings,
+    app: Errands,
+    t: Submitted,
+    rec: TaskRecord,
+    task_runs: list[Run],
+    stored: list[tuple[int, Any]],
+) -> None:
+    """2–4 for one task: its result, its outputs(), its stored items."""
+    by_token = {r.run: r for r in task_runs}
+    result = rec.result
+    token = result.get("run") if isinstance(result, dict) else None
+    # 2. every result right
+    if rec.status is Status.SUCCEEDED:
+        if not isinstance(result, dict) or not isinstance(token, str):
+            f.add("2", "malformed result", f"task {t.id}: malformed result {result!r}")
+            token = None
+        else:
+            winner = by_token.get(token)
+            if winner is None:
+                f.add(
+                    "2", "run never started", f"task {t.id}: the result's run {token} never started"
+                )
+            elif winner.end is None:
+                f.add(
+                    "2",
+                    "run never completed",
+                    f"task {t.id}: the result's run {token} never completed",
+                )
+            if result.get("items") != t.items:
+                f.add(
+                    "2",
+                    "wrong item count",
+                    f"task {t.id}: result has {result.get('items')} items, not {t.items}",
+                )
+    # 3. outputs() holds the result's run alone, complete and in order
+    got = all_outputs(app, t.id, t.owner)
+    if token is not None:
+        foreign = Counter(
+            str(item.get("run")) if isinstance(item, dict) else repr(item)
+            for _, item in got
+            if not (isinstance(item, dict) and item.get("run") == token)
+        )
+        if foreign:
+            f.add(
+                "3",
+                "items of earlier runs",
+                f"task {t.id}: outputs() has {sum(foreign.values())} items of "
+                f"{len(foreign)} other run(s) (earlier attempts) besides the result's",
+            )
+        mine = [
+            item.get("i") for _, item in got if isinstance(item, dict) and item.get("run") == token
+        ]
+        if mine != list(range(t.items)):
+            f.add(
+                "3",
+                "result's items missing or out of order",
+                f"task {t.id}: outputs() has {len(mine)} items of the result's run "
+                f"(i = {mine[:12]}), expected i = 0..{t.items - 1}",
+            )
+    # 4. sequence numbers: outputs() consecutive; each run's rows in errands_output
+    seqs = [seq for seq, _ in got]
+    if not consecutive(seqs):
+        f.add("4", "outputs() seqs", f"task {t.id}: outputs() seqs not consecutive: {seqs[:20]}")
+    per_run: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+    for seq, data in stored:
+        per_run[str(data.get("run") if isinstance(data, dict) else None)].append((seq, data))
+    for key, rows in per_run.items():
+        if key not in by_token:
+            f.add(
+                "4",
+                "items of an unknown run",
+                f"task {t.id}: {len(rows)} stored items of an unknown run {key}",
+            )
+            continue
+        run_seqs = [seq for seq, _ in rows]
+        if not consecutive(run_seqs):
+            f.add(
+                "4",
+                "a run's seqs",
+                f"task {t.id}, run {key}: seqs not consecutive: {run_seqs[:20]}",
+            )
+        idx = [data.get("i") for _, data in rows]
+        if idx != list(range(len(rows))):
+            f.add(
+                "4",
+                "a run's items",
+                f"task {t.id}, run {key}: stored items i = {idx[:20]}, not 0..{len(rows) - 1}",
+            )
+
+
+def check_changes(
+    f: Findings, tasks: list[Submitted], records: dict[str, TaskRecord], monitor: Monitor
+) -> None:
+    """5. No record changed after it finished."""
     for task_id, (first, later) in sorted(monitor.changes.items()):
-        now = (
+        then = (
             "is no longer finished"
             if later is None
             else f"became v{later.version} {later.status} {later.result!r}"
@@ -955,93 +977,104 @@ def check(
             "5",
             "changed",
             f"task {task_id}: finished as v{first.version} {first.status} {first.result!r}, "
-            f"then {now}",
+            f"then {then}",
         )
     for t in tasks:
         rec = records.get(t.id)
         if rec is not None and rec.done and t.id not in monitor.first:
             f.add("5", "unseen", f"task {t.id}: finished, but the monitor never saw it finished")
 
-    # 6. overlapping runs
-    allowed: list[str] = []
+
+def check_overlaps(
+    f: Findings, runs: dict[str, list[Run]], fleet: Fleet, tl: Timeline
+) -> tuple[int, int]:
+    """6. No two runs of a task overlap, unless the earlier one's worker was paused
+    during it. (allowed, forbidden)."""
+    allowed = forbidden = 0
     for task_id, task_runs in runs.items():
-        for i, a in enumerate(task_runs):
-            for b in task_runs[i + 1 :]:
-                a_stop = a.stopped if a.stopped is not None else float("inf")
-                if b.start >= a_stop:
+        for i, first in enumerate(task_runs):
+            first_stop = first.stopped if first.stopped is not None else float("inf")
+            for second in task_runs[i + 1 :]:
+                if second.start >= first_stop:
                     continue
                 text = (
-                    f"task {task_id}: run {b.run} (attempt {b.attempt}, pid {b.pid}) started "
-                    f"{b.start - a.start:.2f} s after run {a.run} (attempt {a.attempt}, pid "
-                    f"{a.pid}), which "
+                    f"task {task_id}: run {second.run} (attempt {second.attempt}, pid "
+                    f"{second.pid}) started {second.start - first.start:.2f} s after run "
+                    f"{first.run} (attempt {first.attempt}, pid {first.pid}), which "
                     + (
-                        f"stopped {a_stop - b.start:.2f} s later"
-                        if a_stop != float("inf")
+                        f"stopped {first_stop - second.start:.2f} s later"
+                        if first_stop != float("inf")
                         else "never stopped"
                     )
                 )
                 paused = [
                     p
                     for p in fleet.pauses
-                    if p.pid == a.pid and p.stopped < a_stop and p.resumed > a.start
+                    if p.pid == first.pid and p.stopped < first_stop and p.resumed > first.start
                 ]
-                if paused and b.start > paused[0].stopped:
-                    allowed.append(text + " (its worker was paused)")
-                else:
-                    cut = [
-                        f"PostgreSQL restart {s - tl.chaos_start:.1f}–{e - tl.chaos_start:.1f} s"
-                        for s, e in tl.restarts
-                        if s < a_stop and e > a.start
-                    ]
-                    f.add(
-                        "6",
-                        "forbidden overlap" + (" (PostgreSQL restart)" if cut else ""),
-                        text + (f" (during the {cut[0]})" if cut else ""),
-                    )
+                if paused and second.start > paused[0].stopped:
+                    allowed += 1
+                    f.allowed.append(text + " (its worker was paused)")
+                    continue
+                forbidden += 1
+                cut = [
+                    f"PostgreSQL restart {b - tl.chaos_start:.1f}–{e - tl.chaos_start:.1f} s"
+                    for b, e in tl.restarts
+                    if b < first_stop and e > first.start
+                ]
+                f.add(
+                    "6",
+                    "forbidden overlap" + (" (PostgreSQL restart)" if cut else ""),
+                    text + (f" (during the {cut[0]})" if cut else ""),
+                )
+    return allowed, forbidden
 
-    # -- statistics
-    all_runs = [r for task_runs in runs.values() for r in task_runs]
-    completions = Counter(r.task_id for r in all_runs if r.end is not None)
+
+def cut_by_sigkill(r: Run) -> bool:
+    return r.end is None and r.abort is None and r.cut_by.startswith("SIGKILL")
+
+
+def run_stats(
+    tasks: list[Submitted],
+    records: dict[str, TaskRecord],
+    runs: dict[str, list[Run]],
+    raw: dict[str, list[tuple[int, Any]]],
+) -> dict[str, Any]:
+    every = [r for task_runs in runs.values() for r in task_runs]
+    completions = Counter(r.task_id for r in every if r.end is not None)
+    # Recovery: from the SIGKILL that cut a run to the next start of its task.
     recovery = []
     never = 0
     for task_runs in runs.values():
         for r in task_runs:
-            if r.end is None and r.abort is None and r.cut_by.startswith("SIGKILL"):
-                assert r.stopped is not None
-                after = max(r.stopped, r.start)
-                later = [x.start for x in task_runs if x is not r and x.start >= after]
-                if later:
-                    recovery.append(min(later) - r.stopped)
-                else:
-                    never += 1
-    attempts = Counter(rec.attempts for rec in records.values())
-    f.stats = {
+            if not cut_by_sigkill(r):
+                continue
+            assert r.stopped is not None
+            after = max(r.stopped, r.start)
+            starts = [x.start for x in task_runs if x is not r and x.start >= after]
+            if starts:
+                recovery.append(min(starts) - r.stopped)
+            else:
+                never += 1
+    return {
         "tasks": len(tasks),
         "records": len(records),
-        "statuses": dict(statuses),
-        "runs_started": len(all_runs),
-        "runs_completed": sum(1 for r in all_runs if r.end is not None),
-        "runs_aborted": sum(1 for r in all_runs if r.abort is not None),
-        "runs_cut_by_sigkill": sum(
-            1
-            for r in all_runs
-            if r.end is None and r.abort is None and r.cut_by.startswith("SIGKILL")
-        ),
+        "statuses": dict(Counter(rec.status.value for rec in records.values())),
+        "runs_started": len(every),
+        "runs_completed": sum(1 for r in every if r.end is not None),
+        "runs_aborted": sum(1 for r in every if r.abort is not None),
+        "runs_cut_by_sigkill": sum(1 for r in every if cut_by_sigkill(r)),
         "runs_cut_otherwise": sum(
-            1
-            for r in all_runs
-            if r.end is None and r.abort is None and not r.cut_by.startswith("SIGKILL")
+            1 for r in every if r.end is None and r.abort is None and not cut_by_sigkill(r)
         ),
         "duplicate_completions": sum(1 for n in completions.values() if n > 1),
-        "attempts_histogram": dict(sorted(attempts.items())),
-        "overlaps_allowed": len(allowed),
-        "overlaps_allowed_detail": allowed[:SHOWN],
-        "overlaps_forbidden": len(f.violations["6"]),
+        "attempts_histogram": dict(
+            sorted(Counter(rec.attempts for rec in records.values()).items())
+        ),
         "stored_items": sum(len(v) for v in raw.values()),
         "recovery_after_sigkill_s": percentiles(recovery),
         "cut_runs_never_restarted": never,
     }
-    return f
 
 
 # -- reporting ------------------------------------------------------------------------
