@@ -141,6 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tasks, --workers and --concurrency must be at least 1")
     if args.pause and args.workers < 2:
         p.error("--pause needs at least 2 workers")
+    if args.pause and args.pause_seconds <= args.lease:
+        p.error("--pause-seconds must be longer than the lease")
     return args
 
 
@@ -1187,6 +1189,25 @@ def report(
     return summary
 
 
+def write_signals(path: Path, fleet: Fleet, tl: Timeline) -> None:
+    """Every signal and restart, in order: wall time, seconds into the chaos, what, pid;
+    then every worker process: pid, started, ended, how."""
+    lines = []
+    events = [(s.at, s.kind, s.pid, s.note) for s in fleet.signals]
+    for began, ended in tl.restarts:
+        events.append((began, "pg-restart", 0, f"until +{ended - tl.chaos_start:.3f} s"))
+    for at, kind, pid, note in sorted(events):
+        lines.append(f"{at:.6f} +{at - tl.chaos_start:8.3f} {kind:10} {pid:7} {note}".rstrip())
+    lines.append("")
+    for w in fleet.workers:
+        died = f"+{w.died - tl.chaos_start:.3f}" if w.died is not None else "-"
+        lines.append(
+            f"worker {w.n:3} pid {w.pid:7} started +{w.started - tl.chaos_start:.3f} "
+            f"ended {died} ({w.how or 'running'})"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
 # -- main -----------------------------------------------------------------------------
 @contextlib.contextmanager
 def workdir_for(args: argparse.Namespace) -> Iterator[Path]:
@@ -1227,6 +1248,7 @@ def main(argv: list[str] | None = None) -> int:
             fleet.stop_all()
             monitor.stop()
             events, torn = chaos_tasks.read_log(log)
+            write_signals(workdir / "signals.log", fleet, tl)
             findings = check(app, tasks, events, torn, fleet, monitor, tl)
             summary = report(args, findings, fleet, tl, monitor, workdir, time.time() - began)
         finally:
