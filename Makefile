@@ -1,12 +1,13 @@
 # `make test` sets up everything it needs (a virtual environment in .venv, Debian's
 # Chromium for the browser tests) and runs the linters, the type checker and the whole
 # test suite. `make demo` sets up and serves the demo application (`errands demo`);
-# `make cli-demo` runs the command-line example.
+# `make cli-demo` runs the command-line example; `make chaos` kills workers while they
+# work and checks every record (bench/README.md, "Chaos").
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck pytest demo cli-demo bench clean chromium postgres brokers screenshots
+.PHONY: test lint typecheck pytest demo cli-demo bench chaos clean chromium postgres brokers screenshots
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 
@@ -65,6 +66,17 @@ cli-demo: $(BIN)/.installed
 bench: $(BIN)/.installed postgres
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run.py
+
+# The chaos run (bench/chaos.py, see bench/README.md): 3,000 tasks while workers are
+# SIGKILLed every second, restarted by SIGTERM and one paused past its lease (on
+# PostgreSQL a private server, restarted half-way), then every record checked; on both
+# databases (both run; the target fails if either found a violation).
+CHAOS_ARGS ?= --tasks 3000 --chaos-seconds 60 --workers 4 --concurrency 10 --pause
+chaos: $(BIN)/.installed
+	@rc=0; \
+	$(BIN)/python bench/chaos.py --database sqlite $(CHAOS_ARGS) || rc=1; \
+	$(BIN)/python bench/chaos.py --database postgresql --pg-restart $(CHAOS_ARGS) || rc=1; \
+	exit $$rc
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
