@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -257,6 +258,69 @@ def test_sse_resumes_from_last_event_id(serve: Serve, spawn_worker: Spawn) -> No
         assert bad.status_code == 422
     with client(server, "bob") as bob:
         assert bob.get(url).status_code == 404  # someone else's task
+
+
+@pytest.mark.slow
+@pytest.mark.celery  # the live streams on the Celery engine too
+def test_a_new_attempt_starts_the_output_over(
+    serve: Serve, spawn_worker: Spawn, tmp_path: Path
+) -> None:
+    """A retried task: a client connected through the retry gets the first attempt's
+    items, then ``attempt``, then only the second attempt's; a client resuming from the
+    first attempt (SSE or WebSocket) gets ``attempt`` first; the output resource holds
+    only the second attempt's items, with the floor that tells a poller to drop its own."""
+    server = serve(keepalive=1.0)
+    spawn_worker(WORKER_APP, "--concurrency", "2", "--poll", "0.2")
+    gate = tmp_path / "gate"
+    second = [{"attempt": 2, "i": i} for i in range(4)]
+    with client(server) as http:
+        task_id = submit(http, "two_tries", {"first": 3, "second": 4, "gate": str(gate)})
+        url = f"/tasks/{task_id}/events"
+        live: list[Event] = []
+        with http.stream("GET", url) as response:
+            stream = events_of(response)
+            for event in stream:
+                live.append(event)
+                if sum(e.event == "output" for e in live) == 3:
+                    break
+            early = live[-1]
+            assert early.event == "output" and early.key[1] == 3
+            gate.touch()  # the first attempt fails now, and is retried
+            live += stream
+        keys = [e.key for e in live]
+        assert keys == sorted(set(keys)), keys  # ids strictly increase, across attempts
+        kinds = [e.event for e in live]
+        turn = kinds.index("attempt")
+        assert [e.data["data"] for e in live[:turn] if e.event == "output"] == [
+            {"attempt": 1, "i": i} for i in range(3)
+        ]
+        assert live[turn].data == {"attempt": 2, "output_floor": 4}
+        after = live[turn + 1 :]
+        assert [e.data["data"] for e in after if e.event == "output"] == second
+        assert [e.data["seq"] for e in after if e.event == "output"] == [5, 6, 7, 8]
+        assert kinds[-1] == "done" and live[-1].data["result"] == {"attempt": 2, "items": 4}
+        assert live[-1].data["output_floor"] == 4
+
+        # Resuming from the first attempt: told to start over, then the second's items.
+        with ws_connect(server, task_id, last_event_id=early.id) as ws:
+            over_ws = list(ws_events(ws))
+        for resumed in (list(events_of_url(http, url, {"Last-Event-ID": early.id})), over_ws):
+            assert resumed[0].event == "attempt", resumed
+            assert resumed[0].data == {"attempt": 2, "output_floor": 4}
+            assert [e.data["data"] for e in resumed if e.event == "output"] == second
+            assert resumed[-1].event == "done"
+
+        # Polling: the current attempt's items, and the floor past the poller's own.
+        page = http.get(f"/tasks/{task_id}/output", params={"after": 2}).json()
+        assert page["output_floor"] == 4 and page["last_seq"] == 8
+        assert [i["data"] for i in page["items"]] == second
+        assert http.get(f"/tasks/{task_id}").json()["output_floor"] == 4
+
+
+def events_of_url(http: httpx.Client, url: str, headers: dict[str, str]) -> Iterator[Event]:
+    with http.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200
+        yield from events_of(response)
 
 
 @pytest.mark.slow

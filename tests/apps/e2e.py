@@ -4,8 +4,8 @@ The app reads its database URL from ``$ERRANDS_DATABASE_URL``. Tests register th
 same definitions on their own app (see ``install``) to submit, read and cancel.
 
 Tasks that take a ``log`` path append one line per execution to it
-(``<event> <task id> <attempt> <pid>``) with a single ``O_APPEND`` write, so tests can
-count executions across worker processes.
+(``<event> <task id> <attempt> <pid> <unix time>``) with a single ``O_APPEND`` write, so
+tests can count executions across worker processes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -31,7 +33,7 @@ def install(target: Errands) -> Errands:
 def log_line(path: str | None, event: str, ctx: TaskContext) -> None:
     if not path:
         return
-    line = f"{event} {ctx.task_id} {ctx.attempt} {os.getpid()}\n".encode()
+    line = f"{event} {ctx.task_id} {ctx.attempt} {os.getpid()} {time.time():.6f}\n".encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line)
@@ -41,6 +43,11 @@ def log_line(path: str | None, event: str, ctx: TaskContext) -> None:
 
 def read_log(path: str | os.PathLike[str]) -> list[tuple[str, str, int, int]]:
     """The log's lines as (event, task id, attempt, pid)."""
+    return [row[:4] for row in read_timed_log(path)]  # type: ignore[misc]
+
+
+def read_timed_log(path: str | os.PathLike[str]) -> list[tuple[str, str, int, int, float]]:
+    """The log's lines as (event, task id, attempt, pid, unix time)."""
     try:
         with open(path) as fh:
             text = fh.read()
@@ -48,8 +55,8 @@ def read_log(path: str | os.PathLike[str]) -> list[tuple[str, str, int, int]]:
         return []
     rows = []
     for line in text.splitlines():
-        event, task_id, attempt, pid = line.split()
-        rows.append((event, task_id, int(attempt), int(pid)))
+        event, task_id, attempt, pid, at = line.split()
+        rows.append((event, task_id, int(attempt), int(pid), float(at)))
     return rows
 
 
@@ -126,6 +133,48 @@ def spin(ctx: TaskContext, payload: LoopIn) -> dict[str, int]:
         if n % 200_000 == 0:
             ctx.progress(n, None, "spinning")
     return {"iterations": n}
+
+
+class EmitIn(BaseModel):
+    steps: int = Field(40, ge=1, le=10_000)
+    delay: float = Field(0.1, ge=0, le=10)
+    log: str | None = None
+
+
+@app.task(max_attempts=5, backoff=0.1)
+async def emitter(ctx: TaskContext, payload: EmitIn) -> dict[str, Any]:
+    """Emits one item every ``delay`` seconds, ``steps`` in all. Every run has a token
+    of its own, carried by its items and its result: a run's output is exactly
+    ``{"run": token, "i": 0}`` … ``{"run": token, "i": steps - 1}``."""
+    run = uuid.uuid4().hex
+    log_line(payload.log, "start", ctx)
+    try:
+        for i in range(payload.steps):
+            ctx.emit({"run": run, "i": i})
+            ctx.progress(i + 1, payload.steps, f"item {i + 1}")
+            await asyncio.sleep(payload.delay)
+    except asyncio.CancelledError:
+        log_line(payload.log, "stopped", ctx)
+        raise
+    log_line(payload.log, "done", ctx)
+    return {"run": run, "items": payload.steps, "attempt": ctx.attempt}
+
+
+@app.task(max_attempts=5, backoff=0.1)
+def emitter_sync(ctx: TaskContext, payload: EmitIn) -> dict[str, Any]:
+    """``emitter`` as a plain function (a thread): it stops when it sees
+    ``ctx.cancelled``."""
+    run = uuid.uuid4().hex
+    log_line(payload.log, "start", ctx)
+    for i in range(payload.steps):
+        if ctx.cancelled:
+            log_line(payload.log, "stopped", ctx)
+            return {"run": run, "stopped": True}
+        ctx.emit({"run": run, "i": i})
+        ctx.progress(i + 1, payload.steps, f"item {i + 1}")
+        time.sleep(payload.delay)
+    log_line(payload.log, "done", ctx)
+    return {"run": run, "items": payload.steps, "attempt": ctx.attempt}
 
 
 class FailIn(BaseModel):

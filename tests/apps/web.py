@@ -7,6 +7,7 @@ URL comes from ``$ERRANDS_DATABASE_URL``.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -46,6 +47,33 @@ class FailIn(BaseModel):
 async def patient(ctx: TaskContext, payload: StepsIn) -> dict[str, Any]:
     """``steps`` with a second attempt: it survives the loss of its worker."""
     return await steps.fn(ctx, payload)  # type: ignore[no-any-return]
+
+
+def _wait_for_file(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.02)
+
+
+class TwoTriesIn(BaseModel):
+    first: int = Field(3, ge=0, le=1000)
+    second: int = Field(4, ge=0, le=1000)
+    #: The first attempt fails once this file exists (the test decides when).
+    gate: str
+
+
+@app.task(max_attempts=2, backoff=0.05)
+async def two_tries(ctx: TaskContext, payload: TwoTriesIn) -> dict[str, Any]:
+    """Emits ``first`` items, waits for the gate and fails; its second attempt emits
+    ``second`` other items and succeeds. Items say which attempt emitted them."""
+    if ctx.attempt == 1:
+        for i in range(payload.first):
+            ctx.emit({"attempt": 1, "i": i})
+        ctx.progress(1, 2, "first attempt")
+        await asyncio.to_thread(_wait_for_file, payload.gate)
+        raise RuntimeError("the first attempt fails")
+    for i in range(payload.second):
+        ctx.emit({"attempt": ctx.attempt, "i": i})
+    return {"attempt": ctx.attempt, "items": payload.second}
 
 
 @app.task(max_attempts=1)
