@@ -32,8 +32,13 @@ from tests.test_processes import finished, output_of, wait_ready
 pytestmark = [pytest.mark.databases("sqlite", "postgresql"), pytest.mark.slow]
 
 APP = "tests.apps.e2e:app"
-LEASE = 3.0
-ARGS = ("--lease", str(LEASE), "--heartbeat", "0.5", "--poll", "0.2")
+LEASE = 2.0
+ARGS = ("--lease", str(LEASE), "--heartbeat", "0.4", "--poll", "0.2")
+SQL = (("sqlite", "sql"), ("postgresql", "sql"))
+#: Each test that applies to the Celery engine runs on one broker/database pair of it
+#: (tests/test_celery.py runs the lifecycle on all four).
+ON_REDIS = pytest.mark.engine_runs(*SQL, ("sqlite", "celery-redis"))
+ON_RABBITMQ = pytest.mark.engine_runs(*SQL, ("postgresql", "celery-rabbitmq"))
 #: What a worker logs when two attempts' writes collide (the failures this module guards).
 WRITE_ERRORS = ("UNIQUE constraint", "duplicate key", "OutcomeNotStored", "Traceback")
 
@@ -109,7 +114,7 @@ def emitting(app: Errands, task_id: str, at_least: int) -> Callable[[], bool]:
 def _hand_back(app: Errands, start: Callable[..., WorkerProcess], log: Path, name: str) -> None:
     steps = 30
     first = start(*ARGS, "--shutdown-timeout", "0.5")
-    record = app.sync.submit(name, {"steps": steps, "delay": 0.1, "log": str(log)}, owner="dave")
+    record = app.sync.submit(name, {"steps": steps, "delay": 0.05, "log": str(log)}, owner="dave")
     wait_for(emitting(app, record.id, 8), timeout=30, what="the task to emit")
     first.proc.send_signal(signal.SIGTERM)
     assert first.proc.wait(30) == 0, output_of(first)
@@ -127,7 +132,7 @@ def _hand_back(app: Errands, start: Callable[..., WorkerProcess], log: Path, nam
     assert starts == [(1, first.proc.pid), (1, second.proc.pid)]
 
 
-@pytest.mark.celery
+@ON_REDIS
 def test_sigterm_hands_back_an_emitting_task(
     e2e_app: Errands, start_worker: Callable[..., WorkerProcess], log: Path
 ) -> None:
@@ -143,7 +148,7 @@ def test_sigterm_hands_back_an_emitting_thread(
 
 
 # -- a SIGKILL: another worker on the host takes the task at once ---------------------------
-@pytest.mark.celery
+@ON_RABBITMQ
 def test_sigkill_retry_output_is_the_final_attempts(
     e2e_app: Errands, start_worker: Callable[..., WorkerProcess], log: Path
 ) -> None:
@@ -155,7 +160,7 @@ def test_sigkill_retry_output_is_the_final_attempts(
         wait_ready(w)
     steps = 30
     record = e2e_app.sync.submit(
-        "emitter", {"steps": steps, "delay": 0.1, "log": str(log)}, owner="erin"
+        "emitter", {"steps": steps, "delay": 0.05, "log": str(log)}, owner="erin"
     )
     wait_for(emitting(e2e_app, record.id, 8), timeout=30, what="the task to emit")
     pid = holder_pid(e2e_app, record.id)
@@ -175,24 +180,23 @@ def test_sigkill_retry_output_is_the_final_attempts(
 
 
 # -- a worker paused past its lease ---------------------------------------------------------
-@pytest.mark.celery
+@ON_REDIS
 def test_a_worker_paused_past_its_lease_writes_nothing_more(
     e2e_app: Errands, start_worker: Callable[..., WorkerProcess], log: Path
 ) -> None:
     """Worker A is paused (SIGSTOP) past its lease; B takes A's task; A resumes. A's
     stale writes are refused and its run stops; B's run succeeds with only its own
     items, and a bystander task on B keeps reporting progress throughout."""
-    args = ("--lease", "2", "--heartbeat", "0.4", "--poll", "0.2")
-    a = start_worker(*args, "-c", "1")
+    a = start_worker(*ARGS, "-c", "1")
     wait_ready(a)
     steps = 60
-    payload = {"steps": steps, "delay": 0.1, "log": str(log)}
+    payload = {"steps": steps, "delay": 0.05, "log": str(log)}
     task = e2e_app.sync.submit("emitter", payload, owner="fay")
     wait_for(emitting(e2e_app, task.id, 5), timeout=30, what="A to run the task")
     assert holder_pid(e2e_app, task.id) == a.proc.pid
-    b = start_worker(*args, "-c", "2")
+    b = start_worker(*ARGS, "-c", "2")
     wait_ready(b)
-    bystander = e2e_app.sync.submit("emitter", payload | {"steps": 100}, owner="gus")
+    bystander = e2e_app.sync.submit("emitter", payload | {"steps": 150}, owner="gus")
     wait_for(emitting(e2e_app, bystander.id, 3), timeout=30, what="B to run the bystander")
 
     os.kill(a.proc.pid, signal.SIGSTOP)
@@ -218,7 +222,7 @@ def test_a_worker_paused_past_its_lease_writes_nothing_more(
     final = finished(e2e_app, task.id, b, timeout=40)
     assert final.attempts == 2
     check_output(e2e_app, final, steps)
-    check_output(e2e_app, finished(e2e_app, bystander.id, b, timeout=40), 100)
+    check_output(e2e_app, finished(e2e_app, bystander.id, b, timeout=40), 150)
     # A's run was stopped soon after A resumed, and never finished.
     a_events = [(ev, at) for ev, _, pid, at in runs(log, task.id) if pid == a.proc.pid]
     assert [ev for ev, _ in a_events] == ["start", "stopped"], a_events
@@ -240,7 +244,7 @@ def _outage(
     worker must stop the attempt before its lease can run out (another worker could
     then start the task), and the task must succeed afterwards with one run's output."""
     worker = spawn(*ARGS)
-    steps = 80
+    steps = 40
     record = app.sync.submit(name, {"steps": steps, "delay": 0.05, "log": str(log)}, owner="hal")
     wait_for(emitting(app, record.id, 5), timeout=30, what="the task to emit")
     block()
@@ -267,15 +271,11 @@ def _outage(
 
 
 @pytest.mark.databases("sqlite")
-@pytest.mark.parametrize("name", ["emitter", "emitter_sync"], ids=["async", "thread"])
-def test_worker_stops_its_attempts_when_sqlite_stays_locked(
-    e2e_app: Errands,
-    start_worker: Callable[..., WorkerProcess],
-    log: Path,
-    db_url: str,
-    name: str,
+def test_worker_stops_its_thread_when_sqlite_stays_locked(
+    e2e_app: Errands, start_worker: Callable[..., WorkerProcess], log: Path, db_url: str
 ) -> None:
-    """Another process holds SQLite's write lock for longer than the lease."""
+    """Another process holds SQLite's write lock for longer than the lease; the task is
+    a plain function (a thread): it sees ``ctx.cancelled``."""
     path = db_url.removeprefix("sqlite:///")
     holder = sqlite3.connect(path, isolation_level=None, timeout=30)
 
@@ -283,17 +283,19 @@ def test_worker_stops_its_attempts_when_sqlite_stays_locked(
         holder.execute("BEGIN IMMEDIATE")
 
     try:
-        _outage(e2e_app, start_worker, log, name, block, lambda: holder.execute("ROLLBACK"))
+        _outage(
+            e2e_app, start_worker, log, "emitter_sync", block, lambda: holder.execute("ROLLBACK")
+        )
     finally:
         holder.close()
 
 
-@pytest.mark.parametrize("name", ["emitter", "emitter_sync"], ids=["async", "thread"])
-def test_worker_stops_its_attempts_when_postgres_hangs(
-    private_postgres: PrivatePostgres, log: Path, name: str
+def test_worker_stops_its_coroutine_when_postgres_hangs(
+    private_postgres: PrivatePostgres, log: Path
 ) -> None:
     """The PostgreSQL server stops answering (SIGSTOP: the connections stay open and
-    every statement hangs) for longer than the lease."""
+    every statement hangs) for longer than the lease; the task is a coroutine: it is
+    cancelled."""
     url = errands_database(private_postgres)
     app = e2e.install(Errands(url))
     started: list[WorkerProcess] = []
@@ -304,7 +306,7 @@ def test_worker_stops_its_attempts_when_postgres_hangs(
         return worker
 
     try:
-        _outage(app, spawn, log, name, private_postgres.pause, private_postgres.resume)
+        _outage(app, spawn, log, "emitter", private_postgres.pause, private_postgres.resume)
     finally:
         private_postgres.resume()
         for w in started:
