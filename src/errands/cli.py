@@ -250,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app", metavar="MODULE:ATTR", help="the Errands app, e.g. myproject.tasks:app")
     p.add_argument("-c", "--concurrency", type=int, default=16)
     p.add_argument("--burst", action="store_true", help="exit once no job is due or running")
-    p.add_argument("--lease", type=float, default=30.0, help="lease seconds (default 30)")
-    p.add_argument("--heartbeat", type=float, default=None, help="heartbeat seconds")
+    p.add_argument("--lease", type=float, default=15.0, help="lease seconds (default 15)")
+    p.add_argument(
+        "--heartbeat", type=float, default=None, help="heartbeat seconds (default lease / 3)"
+    )
     p.add_argument("--poll", type=float, default=None, help="fallback poll seconds")
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
     p.add_argument(
