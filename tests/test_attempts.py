@@ -231,6 +231,30 @@ def test_a_worker_paused_past_its_lease_writes_nothing_more(
     assert "lost the lease" in text or "was not renewed" in text
 
 
+@pytest.mark.databases("sqlite")
+def test_a_lone_worker_paused_past_its_lease_runs_the_task_again(
+    e2e_app: Errands, start_worker: Callable[..., WorkerProcess], log: Path
+) -> None:
+    """No other worker: the paused one itself finds its lease expired when it resumes,
+    and runs the task again (its reaper, or a claim of its own beside the stale run);
+    the stale run stops, and the output is the new run's alone."""
+    worker = start_worker(*ARGS, "-c", "2")
+    steps = 40
+    task = e2e_app.sync.submit(
+        "emitter", {"steps": steps, "delay": 0.05, "log": str(log)}, owner="jo"
+    )
+    wait_for(emitting(e2e_app, task.id, 5), timeout=30, what="the task to emit")
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    time.sleep(LEASE + 1)
+    os.kill(worker.proc.pid, signal.SIGCONT)
+    final = finished(e2e_app, task.id, worker, timeout=40)
+    assert final.attempts == 2
+    check_output(e2e_app, final, steps)
+    events = [ev for ev, *_ in runs(log, task.id)]
+    assert events.count("start") == 2 and events.count("done") == 1, events
+    check_logs(worker)
+
+
 # -- a database that stops answering ---------------------------------------------------------
 def _outage(
     app: Errands,

@@ -586,15 +586,6 @@ class Worker:
 
     # -- running -----------------------------------------------------------------------
     def _start(self, job: Claimed, leased_at: float) -> None:
-        stale = self._running.get(job.task_id)
-        if stale is not None:
-            # This worker lost the lease of an attempt it still runs (it was paused past
-            # the lease, say) and has just claimed the task again: the old attempt's
-            # writes would be refused; stop it now.
-            log.warning("worker %s lost the lease of task %s", self.id, job.task_id)
-            self._stop_attempt(stale, Stop.LEASE_LOST)
-            if not stale.settled:
-                self._settle(stale, None)
         definition = self.app.registry.get(job.name)
         ctx = TaskContext(
             task_id=job.task_id,
@@ -604,7 +595,16 @@ class Worker:
             max_attempts=job.max_attempts,
         )
         exe = Execution(job, definition, ctx, next_seq=job.output_floor, lease_at=leased_at)
+        stale = self._running.get(job.task_id)
         self._running[job.task_id] = exe
+        if stale is not None:
+            # This worker lost the lease of an attempt it still runs (it was paused past
+            # the lease, say) and has just claimed the task again: the old attempt's
+            # writes would be refused; stop it before the new one starts.
+            log.warning("worker %s lost the lease of task %s", self.id, job.task_id)
+            self._stop_attempt(stale, Stop.LEASE_LOST)
+            if not stale.settled:
+                self._settle(stale, None)
         self.started += 1
         self.app.observers.emit("started", job.task_id, job.name, Status.RUNNING, None)
         if job.cancel_requested:
