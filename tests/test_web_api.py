@@ -826,7 +826,7 @@ def test_openapi_documents_payloads_resources_and_problems(
     schema = body["content"]["application/json"]["schema"]
     assert "$defs" not in json.dumps(schema)  # inlined: no dangling refs
     variants = {v["properties"]["name"]["const"]: v for v in schema["anyOf"]}
-    assert set(variants) == {"steps", "patient", "fail", "crash", "sleepy"}
+    assert set(variants) == {"steps", "patient", "two_tries", "fail", "crash", "sleepy"}
     for variant in variants.values():
         assert variant["additionalProperties"] is False
         assert variant["required"] == ["name"]

@@ -55,9 +55,10 @@ def forget_silent(conn: Connection, before: datetime) -> int:
 
 def alive(conn: Connection, since: datetime) -> list[dict[str, Any]]:
     """Workers seen since ``since``, each with the tasks it holds leases on."""
+    shown = [c for c in worker_table.c if c.name != "process_key"]  # internal to liveness
     workers = [
         dict(r._mapping)
-        for r in conn.execute(select(worker_table).where(W.seen_at >= since).order_by(W.id))
+        for r in conn.execute(select(*shown).where(W.seen_at >= since).order_by(W.id))
     ]
     if not workers:
         return []
