@@ -5,7 +5,9 @@
  * to polling ({api}/tasks/{id} with If-None-Match, {api}/tasks/{id}/output?after=N) when
  * the stream keeps failing. It renders into its own light DOM, so the page's CSS
  * applies, and tells the page what happens through bubbling DOM events:
- * errands:update (the task resource), errands:output ({seq, data}) and errands:done.
+ * errands:update (the task resource), errands:output ({seq, data}), errands:attempt
+ * ({attempt, output_floor}: a new attempt began, drop the items received so far) and
+ * errands:done.
  *
  * A classic script that also loads as a module; no dependencies. How to use it:
  * docs/errands-task.md.
@@ -81,6 +83,7 @@
     #version = -1;
     #etag = null;
     #lastSeq = 0;
+    #floor = 0; // the output floor of the attempt the items dispatched belong to
     #done = false;
     #notice = ""; // a failed cancel, a task that is gone
     #lost = false;
@@ -107,9 +110,14 @@
       return this.#resource;
     }
 
-    /** The highest output sequence number dispatched. */
+    /** The highest output sequence number dispatched (or the current attempt's floor). */
     get lastSeq() {
       return this.#lastSeq;
+    }
+
+    /** The current attempt's output floor: its items have a `seq` above it. */
+    get outputFloor() {
+      return this.#floor;
     }
 
     get taskId() {
@@ -173,6 +181,7 @@
       this.#version = -1;
       this.#etag = null;
       this.#lastSeq = 0;
+      this.#floor = 0;
       this.#done = false;
       this.#notice = "";
       this.#lost = false;
@@ -226,7 +235,8 @@
       const generation = this.#generation;
       let url = `${this.#base()}/events`;
       if (this.#version >= 0 || this.#lastSeq > 0) {
-        // Moved in the document, or back from polling: resume where we are.
+        // Moved in the document, or back from polling: resume where we are (from an
+        // earlier attempt, the stream starts with an `attempt` event).
         url += `?last_event_id=${Math.max(this.#version, 0)}-${this.#lastSeq}`;
       }
       let source;
@@ -253,6 +263,7 @@
           handle(data);
         });
       listen("output", (item) => this.#output(item));
+      listen("attempt", (doc) => this.#floorAt(doc.output_floor, doc.attempt));
       listen("status", (doc) => this.#take(doc));
       listen("progress", (doc) => this.#take(doc));
       listen("done", (doc) => this.#take(doc)); // after every output: nothing is left
@@ -307,7 +318,9 @@
           }
           throw new Error(`HTTP ${response.status}`);
         }
-        // Outputs before the resource: a finished task's come before its end.
+        // A new attempt before its outputs, and those before the resource (a finished
+        // task's come before its end).
+        if (doc !== null) this.#newer(doc);
         await this.#drain(generation);
         if (generation !== this.#generation) return;
         if (doc !== null) this.#take(doc, response.headers.get("ETag"));
@@ -330,6 +343,7 @@
         if (generation !== this.#generation || response.status !== 200) return;
         const doc = await response.json();
         if (generation !== this.#generation) return;
+        this.#newer(doc);
         await this.#drain(generation); // the stream's repeats of these are dropped by seq
         if (generation !== this.#generation) return;
         this.#take(doc, response.headers.get("ETag"));
@@ -347,6 +361,7 @@
         const page = await response.json();
         if (generation !== this.#generation) return;
         const items = page && Array.isArray(page.items) ? page.items : [];
+        if (page) this.#floorAt(page.output_floor, null);
         const before = this.#lastSeq;
         for (const item of items) this.#output(item);
         if (items.length < OUTPUT_PAGE || this.#lastSeq === before) return;
@@ -360,6 +375,34 @@
       this.#emit("errands:output", { seq: item.seq, data: item.data });
     }
 
+    /**
+     * The task's output floor is `floor`. Higher than the one known, and at or above
+     * every item dispatched, it means a new attempt began: the items dispatched so far
+     * belong to an earlier one. The element goes on from the floor and tells the page
+     * (errands:attempt) to drop them. An element that has received nothing yet starts
+     * at the floor without a word, as the stream does for a new client; one holding
+     * items above the floor learns the floor of their attempt.
+     */
+    #floorAt(floor, attempt) {
+      if (this.#done || typeof floor !== "number" || floor <= this.#floor) return;
+      this.#floor = floor;
+      if (floor < this.#lastSeq) return;
+      const fresh = this.#version < 0 && this.#lastSeq === 0;
+      this.#lastSeq = floor;
+      if (fresh) return;
+      this.#emit("errands:attempt", {
+        attempt: typeof attempt === "number" ? attempt : null,
+        output_floor: floor,
+      });
+    }
+
+    /** A new attempt that `doc` (a task resource) tells of, if it is news. */
+    #newer(doc) {
+      if (doc && typeof doc === "object" && !(doc.version <= this.#version)) {
+        this.#floorAt(doc.output_floor, doc.attempts);
+      }
+    }
+
     /** Show a task resource newer than the one shown; true if it was. */
     #take(doc, etag = null) {
       if (this.#done || !doc || typeof doc !== "object") return false;
@@ -368,6 +411,7 @@
           if (etag && doc.version === this.#version) this.#etag = etag;
           return false;
         }
+        this.#newer(doc);
         this.#version = doc.version;
         this.#etag = etag || `"${doc.version}"`; // the API's ETag is the version
       }
