@@ -285,6 +285,14 @@ class WorkerProcess:
         assert self.proc.stdout is not None
         return self.proc.stdout.read()
 
+    def close(self) -> None:
+        """Kill the process if it still runs, and close its output pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
 
 @pytest.fixture
 def spawn_worker(
@@ -308,11 +316,22 @@ def spawn_worker(
 
     yield spawn
     for w in started:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait(10)
-        if w.proc.stdout is not None:
-            w.proc.stdout.close()
+        w.close()
+
+
+@pytest.fixture
+def e2e_app(app: Errands) -> Errands:
+    """The test's app with the tasks of ``tests.apps.e2e`` registered (the tasks that
+    ``errands worker tests.apps.e2e:app`` processes run)."""
+    from tests.apps import e2e
+
+    return e2e.install(app)
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    """A file the e2e tasks append their executions to (``tests.apps.e2e.log_line``)."""
+    return tmp_path / "executions.log"
 
 
 class LiveServer:

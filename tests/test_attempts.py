@@ -44,16 +44,6 @@ WRITE_ERRORS = ("UNIQUE constraint", "duplicate key", "OutcomeNotStored", "Trace
 
 
 @pytest.fixture
-def e2e_app(app: Errands) -> Errands:
-    return e2e.install(app)
-
-
-@pytest.fixture
-def log(tmp_path: Path) -> Path:
-    return tmp_path / "executions.log"
-
-
-@pytest.fixture
 def start_worker(spawn_worker: Callable[..., WorkerProcess]) -> Callable[..., WorkerProcess]:
     return partial(spawn_worker, APP)
 
@@ -334,11 +324,7 @@ def test_worker_stops_its_coroutine_when_postgres_hangs(
     finally:
         private_postgres.resume()
         for w in started:
-            if w.proc.poll() is None:
-                w.proc.kill()
-                w.proc.wait(10)
-            if w.proc.stdout is not None:
-                w.proc.stdout.close()
+            w.close()
         app.close()
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from errands import ANY_OWNER, Errands, Status
-from tests.apps import e2e
 from tests.conftest import ROOT, WorkerProcess
 
 APP = "tests.apps.e2e:app"
@@ -30,11 +29,6 @@ pytestmark = pytest.mark.slow
 
 #: A progress line in non-TTY mode: ``[####......]  40% running  step 2 of 5``.
 PROGRESS = re.compile(r"^\[[#.]+\]\s+(--|\d+)% (queued|running|succeeded|failed|cancelled)\b")
-
-
-@pytest.fixture
-def e2e_app(app: Errands) -> Errands:
-    return e2e.install(app)
 
 
 Result = subprocess.CompletedProcess[str]

@@ -221,18 +221,6 @@ def db_url(database: str, private_postgres: PrivatePostgres) -> str:
     return errands_database(private_postgres)
 
 
-@pytest.fixture
-def log(tmp_path: Path) -> Path:
-    return tmp_path / "executions.log"
-
-
-@pytest.fixture
-def e2e_app(app: Errands) -> Errands:
-    """The test's own app (on the test's database) with the workers' tasks registered:
-    reads records straight from the database."""
-    return e2e.install(app)
-
-
 # -- clients ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Event:

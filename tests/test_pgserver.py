@@ -158,7 +158,8 @@ def test_a_crashed_runs_server_is_reaped() -> None:
             check=True,
         ).stdout
         pids = [int(p) for p in out.split()]
-        assert pids and still_running(pids) == pids  # left running by its dead owner
+        # Left running by its dead owner (a short-lived child of it may have ended).
+        assert pids and still_running(pids)
         assert reap_leftovers(parent) == [orphan]
         assert not still_running(pids)
         assert not orphan.exists()

@@ -39,17 +39,6 @@ CANCEL_SLACK = 1.0
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def e2e_app(app: Errands) -> Errands:
-    """The test's app with the tasks of ``tests.apps.e2e`` registered."""
-    return e2e.install(app)
-
-
-@pytest.fixture
-def log(tmp_path: Path) -> Path:
-    return tmp_path / "executions.log"
-
-
 def wait_ready(worker: WorkerProcess, timeout: float = 30) -> None:
     """Wait until the worker process logged that it started (it is claiming)."""
     seen: list[str] = []
