@@ -212,25 +212,27 @@ _OUTCOME_COLUMNS = (
     ("progress_message", "text"),
 )
 _KEEP_UNLESS_REPORTED = ("progress_current", "progress_total", "progress_message")
-# The jobs are locked first (claims and the reaper lock the job, then the record), the
-# records of attempts that still hold their lease are written, and only their jobs go.
+# Deleting the job locks it first (claims and the reaper lock the job, then the record);
+# it goes only when its attempt still holds the lease: this worker holds the job and the
+# record is running with the attempt's floor. (The record's status and floor change only
+# under the job's lock, so reading them beside the job's delete is enough.) Then exactly
+# those records get their outcomes.
 _FINISH = (
     f"WITH u ({', '.join(c for c, _ in _OUTCOME_COLUMNS)}) AS (SELECT * FROM unnest("
     + ", ".join(f"%({c})s::{kind}[]" for c, kind in _OUTCOME_COLUMNS)
-    + ")), held AS (SELECT j.task_id FROM errands_job j JOIN u ON j.task_id = u.id "
-    "WHERE j.lease_owner = %(_worker)s FOR UPDATE OF j), "
-    "done AS (UPDATE errands_task t SET status = u.status, result = u.result, "
+    + ")), held AS (DELETE FROM errands_job j USING u, errands_task t "
+    "WHERE j.task_id = u.id AND j.lease_owner = %(_worker)s AND t.id = u.id "
+    "AND (t.status = 'running') IS TRUE AND t.output_floor = u.floor RETURNING j.task_id) "
+    "UPDATE errands_task t SET status = u.status, result = u.result, "
     "result_ref = u.result_ref, error_type = u.error_type, error_message = u.error_message, "
     "error_detail = u.error_detail, finished_at = %(_stamp)s, expires_at = u.expires_at, "
     + ", ".join(
         f"{c} = CASE WHEN u.has_progress THEN u.{c} ELSE t.{c} END" for c in _KEEP_UNLESS_REPORTED
     )
     + ", updated_at = %(_stamp)s, version = t.version + 1 "
-    "FROM u JOIN held ON held.task_id = u.id WHERE "
-    + _FENCE
-    + " RETURNING t.id, t.owner, t.version, t.status), "
-    "gone AS (DELETE FROM errands_job j USING done WHERE j.task_id = done.id) "
-    "SELECT id, owner, version, status FROM done"
+    "FROM u JOIN held ON held.task_id = u.id "
+    "WHERE t.id = u.id AND (t.status = 'running') IS TRUE "
+    "RETURNING t.id, t.owner, t.version, t.status"
 )
 
 
