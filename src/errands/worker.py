@@ -246,8 +246,9 @@ class Worker:
         self._processes: ProcessPool | None = None
         #: When the earliest waiting job is due (from the last claim that came up short).
         self._due: float | None = None
-        #: The progress flush in flight (its task ids and a future done when it is over):
-        #: an outcome of one of them waits for it, so the attempt's items stay in order.
+        #: The progress flush in flight: the tasks whose items it carries, and a future
+        #: done when it is over. An outcome of one of them waits for it: written first,
+        #: the outcome would make the flush's items be refused, and they would be lost.
         self._flushing: tuple[set[str], asyncio.Future[None]] | None = None
         #: Attempts started since the worker began (for tests and stats).
         self.started = 0
@@ -820,7 +821,7 @@ class Worker:
             if not reports:
                 continue
             done: asyncio.Future[None] = self._loop.create_future()
-            self._flushing = (set(attempts), done)
+            self._flushing = ({item["task_id"] for item in outputs}, done)
             try:
                 await self._store_blobs([], outputs)
                 changed = await self.app.db.awrite(
