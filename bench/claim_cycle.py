@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from errands import Errands, Status
-    from errands.store import queue
+    from errands.store.values import Outcome
 
     admin: Any = None
     name = f"errands_cycle_{os.getpid()}"
@@ -61,15 +61,15 @@ def main() -> None:
         while True:
             a = time.perf_counter()
             with app.db.transaction(durable=False, autocommit=True) as conn:
-                got = queue.claim(
+                got, _ = app.db.driver.job_claim(
                     conn, "w", names=["noop"], limit=16, now=time.time(), lease_seconds=30
                 )
             b = time.perf_counter()
             if not got:
                 break
-            outcomes = [queue.Outcome(c.task_id, Status.SUCCEEDED) for c in got]
+            outcomes = [Outcome(c.task_id, Status.SUCCEEDED) for c in got]
             with app.db.transaction() as conn:
-                queue.finish(conn, "w", outcomes, now=time.time())
+                app.db.driver.attempt_finish(conn, "w", outcomes, now=time.time())
             claiming += b - a
             finishing += time.perf_counter() - b
             done += len(got)

@@ -21,7 +21,6 @@ from sqlalchemy import select
 from errands import ANY_OWNER, Errands, Status, TaskNotFound
 from errands.engines.celery import CeleryEngine
 from errands.errors import ConfigurationError
-from errands.store import queue
 from errands.store.schema import job_table
 from tests.apps.web import install
 from tests.conftest import ROOT, WorkerProcess, wait_for
@@ -146,7 +145,7 @@ def test_outbox_publishes_what_a_dead_process_committed(
     # Committed, never published: the job waits, unsent.
     assert status_of(app, task_id) is Status.QUEUED
     with app.db.engine.connect() as conn:
-        unsent = queue.unsent(conn, before=time.time())
+        unsent = app.db.driver.job_unsent(conn, before=time.time())
     assert [t for t, _ in unsent] == [task_id]
     # A worker's relay publishes it; it runs once.
     worker = spawn_worker(WEB_APP, *WORKER_ARGS)

@@ -128,7 +128,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 worker_options={
                     "poll_interval": 0.2,
                     "heartbeat_interval": 0.25,
-                    "lease_seconds": 2,
+                    "lease_seconds": 4,
                     "progress_interval": 0.1,
                 },
             )

@@ -66,7 +66,7 @@ class Site(DemoClient):
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
-    app = build_demo(tmp_path, monkeypatch, poll_interval=0.1, lease_seconds=2)
+    app = build_demo(tmp_path, monkeypatch, poll_interval=0.1, lease_seconds=4)
     demo: Demo = app.state.demo
     demo.accounts.register(ALICE, PASSWORD)
     demo.accounts.register(BOB, PASSWORD)

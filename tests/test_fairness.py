@@ -14,7 +14,6 @@ from sqlalchemy import func, select
 
 from errands import ANY_OWNER, Errands, Status, TaskContext
 from errands.errors import ConfigurationError
-from errands.store import queue
 from errands.store.schema import task_table
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
@@ -74,7 +73,9 @@ def claim_one_by_one(app: Errands, count: int, **options: Any) -> list[str]:
     order: list[str] = []
     for _ in range(count):
         with app.db.transaction() as conn:
-            got = queue.claim(conn, "w", limit=1, now=now, lease_seconds=30, **options)
+            got = app.db.driver.job_claim(conn, "w", limit=1, now=now, lease_seconds=30, **options)[
+                0
+            ]
         order += [c.task_id for c in got]
     return order
 
@@ -196,7 +197,7 @@ async def test_the_app_default_cap_and_bad_caps(db_url: str) -> None:
         await app.submit_many("b", [{}, {}, {}, {}], owner="alice")
         now = time.time() + 1
         with app.db.transaction() as conn:
-            claimed = queue.claim(
+            claimed, _ = app.db.driver.job_claim(
                 conn,
                 "w",
                 names=["a", "b"],

@@ -14,9 +14,8 @@ import pytest
 from sqlalchemy import text
 
 from errands.events import Notifier, notifier_for
-from errands.records import Status
+from errands.records import Change, Status
 from errands.store.database import Database
-from errands.store.queue import Change
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")

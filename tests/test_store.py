@@ -9,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy
 
 from errands import Errands, Status, TaskContext
-from errands.store import queue, tasks
-from errands.store.queue import Outcome, Report
+from errands.records import Change
+from errands.store.driver import Driver
 from errands.store.schema import task_table
+from errands.store.values import Claimed, Outcome, OutputItem, Report
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
@@ -42,12 +44,21 @@ def claim(
     app: Errands, worker: str, limit: int = 10, lease: float = 30.0, now: float | None = None
 ):  # type: ignore[no-untyped-def]
     return app.db.write(
-        queue.claim, worker, names=NAMES, limit=limit, now=now or time.time(), lease_seconds=lease
-    )
+        app.db.driver.job_claim,
+        worker,
+        names=NAMES,
+        limit=limit,
+        now=now or time.time(),
+        lease_seconds=lease,
+    )[0]
 
 
-def finish(app: Errands, worker: str, *outcomes: Outcome) -> list[queue.Change]:
-    return app.db.write(queue.finish, worker, list(outcomes), now=time.time())
+def finish(app: Errands, worker: str, *outcomes: Outcome) -> list[Change]:
+    return app.db.write(app.db.driver.attempt_finish, worker, list(outcomes), now=time.time())
+
+
+def driver(app: Errands) -> Driver:
+    return app.db.driver
 
 
 def status(app: Errands, task_id: str) -> Status:
@@ -95,7 +106,7 @@ def test_retry_goes_back_to_queued_then_runs_again(store_app: Errands) -> None:
     rec = store_app.sync.get(tid, owner="alice")
     assert rec.status is Status.QUEUED and abs(rec.run_at.timestamp() - at) < 0.01
     assert claim(store_app, "w2") == []  # not due yet
-    assert abs(store_app.db.read(queue.next_run_at, NAMES) - at) < 0.01
+    assert abs(store_app.db.read(driver(store_app).job_next_due, NAMES) - at) < 0.01
     (job,) = claim(store_app, "w2", now=at + 0.01)
     assert job.attempt == 2 and status(store_app, tid) is Status.RUNNING
 
@@ -115,8 +126,13 @@ def test_illegal_transitions_are_refused(store_app: Errands) -> None:
     assert finish(store_app, "w1", Outcome(a, Status.FAILED)) == []
     assert finish(store_app, "w1", Outcome(a, Status.QUEUED, retry_at=time.time())) == []
     assert store_app.sync.cancel(a, owner="alice") == before
-    assert store_app.db.write(queue.release, "w1", [(a, 0)], now=time.time()) == []
-    assert store_app.db.write(queue.reap, now=time.time() + 999, expiry_for=expiry) == []
+    assert (
+        store_app.db.write(driver(store_app).attempt_release, "w1", [(a, 0)], now=time.time()) == []
+    )
+    assert (
+        store_app.db.write(driver(store_app).job_reap, now=time.time() + 999, expiry_for=expiry)
+        == []
+    )
     assert store_app.sync.get(a, owner="alice") == before
     # A cancelled task cannot be claimed or run.
     store_app.sync.cancel(b, owner="alice")
@@ -129,7 +145,9 @@ def test_cancel_running_sets_the_flag_and_the_worker_ends_it(store_app: Errands)
     claim(store_app, "w1")
     rec = store_app.sync.cancel(tid, owner="alice")
     assert rec.status is Status.RUNNING and rec.cancel_requested
-    held, cancel = store_app.db.write(queue.heartbeat, "w1", [tid], lease_until=time.time() + 30)
+    held, cancel = store_app.db.write(
+        driver(store_app).job_heartbeat, "w1", [tid], lease_until=time.time() + 30
+    )
     assert held == {tid} and cancel == {tid}
     finish(store_app, "w1", Outcome(tid, Status.CANCELLED))
     assert status(store_app, tid) is Status.CANCELLED
@@ -140,8 +158,10 @@ def test_reaper_requeues_fails_or_cancels_expired_leases(store_app: Errands) -> 
     now = time.time()
     claim(store_app, "dead", lease=1.0, now=now)
     store_app.sync.cancel(c, owner="alice")  # c: cancel requested while running
-    assert store_app.db.write(queue.reap, now=now + 0.5, expiry_for=expiry) == []  # not expired
-    changes = store_app.db.write(queue.reap, now=now + 2, expiry_for=expiry)
+    assert (
+        store_app.db.write(driver(store_app).job_reap, now=now + 0.5, expiry_for=expiry) == []
+    )  # not expired
+    changes = store_app.db.write(driver(store_app).job_reap, now=now + 2, expiry_for=expiry)
     assert {ch.task_id: ch.status for ch in changes} == {
         a: Status.QUEUED,
         b: Status.QUEUED,
@@ -151,7 +171,7 @@ def test_reaper_requeues_fails_or_cancels_expired_leases(store_app: Errands) -> 
     claim(store_app, "w2", lease=1.0, now=now + 3)
     assert finish(store_app, "dead", Outcome(a, Status.SUCCEEDED)) == []
     # second expiry: attempts (2) are spent -> failed
-    changes = store_app.db.write(queue.reap, now=now + 5, expiry_for=expiry)
+    changes = store_app.db.write(driver(store_app).job_reap, now=now + 5, expiry_for=expiry)
     assert {ch.status for ch in changes} == {Status.FAILED}
     rec = store_app.sync.get(a, owner="alice")
     assert rec.status is Status.FAILED and rec.error is not None
@@ -162,7 +182,7 @@ def test_reaper_requeues_fails_or_cancels_expired_leases(store_app: Errands) -> 
 def test_release_hands_back_without_spending_an_attempt(store_app: Errands) -> None:
     (tid,) = submit(store_app)
     claim(store_app, "w1")
-    store_app.db.write(queue.release, "w1", [(tid, 0)], now=time.time())
+    store_app.db.write(driver(store_app).attempt_release, "w1", [(tid, 0)], now=time.time())
     rec = store_app.sync.get(tid, owner="alice")
     assert rec.status is Status.QUEUED and rec.attempts == 0
     (job,) = claim(store_app, "w2")
@@ -180,7 +200,7 @@ def test_priority_then_age_order(store_app: Errands) -> None:
 def _complete(
     app: Errands,
     barrier: threading.Barrier,
-    results: dict[str, list[queue.Change]],
+    results: dict[str, list[Change]],
     worker: str,
     task_id: str,
     floor: int,
@@ -197,10 +217,10 @@ def test_two_workers_racing_to_complete_exactly_one_wins(store_app: Errands) -> 
         (tid,) = submit(store_app)
         now = time.time()
         (a,) = claim(store_app, "A", lease=0.01, now=now)
-        store_app.db.write(queue.reap, now=now + 1, expiry_for=expiry)
+        store_app.db.write(driver(store_app).job_reap, now=now + 1, expiry_for=expiry)
         (b,) = claim(store_app, "B", now=now + 1)
         assert (a.output_floor, b.output_floor) == (0, 1)  # B's attempt: a floor of its own
-        results: dict[str, list[queue.Change]] = {}
+        results: dict[str, list[Change]] = {}
         barrier = threading.Barrier(2)
         threads = [
             threading.Thread(
@@ -242,17 +262,27 @@ def test_flush_writes_progress_only_while_the_lease_is_held(store_app: Errands) 
     (tid,) = submit(store_app)
     claim(store_app, "w1")
     report = [Report(tid, 0, (5, 10, "half"))]
-    outputs = [{"task_id": tid, "seq": 1, "data": {"x": 1}}]
-    changes = store_app.db.write(queue.flush, "w1", report, outputs, now=time.time())
+    outputs = [OutputItem(tid, 1, {"x": 1})]
+    changes = store_app.db.write(
+        driver(store_app).attempt_report, "w1", report, outputs, now=time.time()
+    )
     assert changes[0].version == 3
     rec = store_app.sync.get(tid, owner="alice")
     assert rec.progress.current == 5 and rec.progress.percent == 50.0
     assert store_app.sync.outputs(tid, owner="alice") == [(1, {"x": 1})]
     other = [Report(tid, 0, (9, 10, "no"))]
-    items = [{"task_id": tid, "seq": 2, "data": "no"}]
-    assert store_app.db.write(queue.flush, "intruder", other, items, now=time.time()) == []
+    items = [OutputItem(tid, 2, "no")]
+    assert (
+        store_app.db.write(
+            driver(store_app).attempt_report, "intruder", other, items, now=time.time()
+        )
+        == []
+    )
     stale = [Report(tid, 7, (9, 10, "no"))]  # another attempt's floor
-    assert store_app.db.write(queue.flush, "w1", stale, items, now=time.time()) == []
+    assert (
+        store_app.db.write(driver(store_app).attempt_report, "w1", stale, items, now=time.time())
+        == []
+    )
     assert store_app.sync.get(tid, owner="alice").progress.current == 5
     assert store_app.sync.outputs(tid, owner="alice") == [(1, {"x": 1})]
 
@@ -269,7 +299,10 @@ def test_purge_deletes_only_expired_records(store_app: Errands) -> None:
 
     with store_app.db.engine.begin() as conn:
         conn.execute(update(task_table).where(task_table.c.id == a).values(expires_at=past))
-    assert store_app.db.write(tasks.purge_expired, datetime.now(UTC), 100) == (1, [])
+    assert store_app.db.write(driver(store_app).task_purge_expired, datetime.now(UTC), 100) == (
+        1,
+        [],
+    )
     assert {r.id for r in store_app.sync.list(owner="alice")} == {b, c}
 
 
@@ -278,13 +311,14 @@ def test_fast_paths_write_what_the_sqlalchemy_types_write(store_app: Errands) ->
     SQLAlchemy Core statements store identical values."""
     from sqlalchemy import text
 
-    from errands.store.tasks import _INSERT_TASK
+    from errands.store.driver import task_row
 
-    _record, row, job = store_app._prepare("job", {"i": 1, "s": "é"}, "alice", 3, None)
-    store_app.db.write(store_app._create, [row], [job])  # the fast path
+    _record, task = store_app._prepare("job", {"i": 1, "s": "é"}, "alice", 3, None)
+    store_app.db.write(store_app._create, [task])  # the driver's own statement
+    row = task_row(task)
     twin = dict(row, id=row["id"][:-4] + "ffff")
     with store_app.db.engine.begin() as conn:
-        conn.execute(_INSERT_TASK, twin)  # the SQLAlchemy Core path
+        conn.execute(task_table.insert(), twin)  # the SQLAlchemy Core path
     columns = "payload, status, run_at, created_at, updated_at, cancel_requested, version"
 
     def raw(task_id: str) -> Any:
@@ -347,9 +381,13 @@ def test_only_writes_marked_non_durable_skip_the_fsync(app: Errands) -> None:
 
 @pytest.mark.databases("sqlite")
 def test_sqlite_fast_read_returns_what_the_sqlalchemy_types_return(store_app: Errands) -> None:
-    """``tasks.get``/``version_of`` read on the DBAPI cursor on SQLite; the record must
-    equal the one the SQLAlchemy Core query and types build, in every state."""
-    from errands.store.tasks import _GET_ANY, to_record, version_of
+    """The driver's ``task_get`` and ``task_version`` read on the DBAPI cursor on SQLite;
+    the record must equal the one the SQLAlchemy Core query and types build, in every
+    state."""
+    from errands.store import codec
+
+    get_any = task_table.select().where(task_table.c.id == sqlalchemy.bindparam("_id"))
+    d = driver(store_app)
 
     running = store_app.sync.submit("job", {}, owner="alice").id
     done = store_app.sync.submit("job", {}, owner="bob").id
@@ -360,7 +398,11 @@ def test_sqlite_fast_read_returns_what_the_sqlalchemy_types_return(store_app: Er
     cancelled = store_app.sync.submit("job", {}, owner="bob").id
     store_app.sync.cancel(cancelled, owner="bob")
     store_app.db.write(
-        queue.flush, "w1", [Report(running, 0, (2.0, 7.0, "two"))], [], now=time.time()
+        driver(store_app).attempt_report,
+        "w1",
+        [Report(running, 0, (2.0, 7.0, "two"))],
+        [],
+        now=time.time(),
     )
     keep = datetime.now(UTC) + timedelta(days=1)
     finish(store_app, "w1", Outcome(done, Status.SUCCEEDED, result=42, expires_at=keep))
@@ -373,15 +415,15 @@ def test_sqlite_fast_read_returns_what_the_sqlalchemy_types_return(store_app: Er
     )
     for task_id in (queued, running, done, failed, cancelled, "missing"):
         with store_app.db.engine.connect() as conn:
-            row = conn.execute(_GET_ANY, {"_id": task_id}).first()
-            core = None if row is None else to_record(row)
-            fast = tasks.get(conn, task_id, None)
+            row = conn.execute(get_any, {"_id": task_id}).first()
+            core = None if row is None else codec.record(row._mapping)
+            fast = d.task_get(conn, task_id, None)
             assert fast == core
             if core is not None:
                 assert fast is not None and fast.error_detail == core.error_detail
-                assert version_of(conn, task_id, core.owner) == core.version
-                assert tasks.get(conn, task_id, "someone-else") is None
-                assert version_of(conn, task_id, "someone-else") is None
+                assert d.task_version(conn, task_id, core.owner) == core.version
+                assert d.task_get(conn, task_id, "someone-else") is None
+                assert d.task_version(conn, task_id, "someone-else") is None
 
 
 @pytest.mark.parametrize("autocommit", [False, True])
@@ -389,11 +431,9 @@ def test_claim_round_says_when_the_next_job_is_due(store_app: Errands, autocommi
     """The worker's claim: jobs up to the limit and, when fewer were due, when the next
     one waiting becomes due. On PostgreSQL one statement, also run in autocommit."""
 
-    def claim_round(
-        limit: int, at: float | None = None
-    ) -> tuple[list[queue.Claimed], float | None]:
+    def claim_round(limit: int, at: float | None = None) -> tuple[list[Claimed], float | None]:
         return store_app.db.write(
-            queue.claim_round,
+            store_app.db.driver.job_claim,
             "w1",
             names=NAMES,
             limit=limit,

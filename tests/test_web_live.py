@@ -30,7 +30,6 @@ from websockets.sync.client import ClientConnection, connect
 from errands import Errands
 from errands.engines.sql import SqlEngine
 from errands.events import LocalNotifier
-from errands.store import tasks as store_tasks
 from tests.conftest import LiveServer, WorkerProcess
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
@@ -547,13 +546,14 @@ def test_one_poll_per_interval_serves_every_client(
     interval = 0.1
     server = serve(poll_interval=interval, keepalive=1.0)
     queries: list[tuple[frozenset[str], frozenset[str]]] = []
-    real_changes_since = store_tasks.changes_since
+    driver = server.app.db.driver
+    real_changes_since = driver.task_changes_since
 
     def changes_since(conn: Any, since: Any, ids: list[str], owners: list[str]) -> Any:
         queries.append((frozenset(ids), frozenset(owners)))
         return real_changes_since(conn, since, ids, owners)
 
-    monkeypatch.setattr(store_tasks, "changes_since", changes_since)
+    monkeypatch.setattr(driver, "task_changes_since", changes_since)
 
     def polls_over(rounds: int) -> tuple[list[tuple[frozenset[str], frozenset[str]]], float]:
         """At least ``rounds`` queries of the poll, and the time they all ran within.

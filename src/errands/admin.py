@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidTransition
 from .records import Status, TaskRecord
-from .store import workers
 
 if TYPE_CHECKING:
     from .app import Errands
@@ -78,19 +77,19 @@ class Admin:
         """Workers seen in the last ``within`` seconds (default: three heartbeats of
         the default settings, 30 s), with what they run."""
         since = datetime.now(UTC) - timedelta(seconds=within or 30.0)
-        rows = await self._app.db.aread(workers.alive, since)
+        rows = await self._app.db.aread(self._app.db.driver.worker_alive, since)
         return [WorkerInfo(**row) for row in rows]
 
     async def status_counts(self) -> dict[str, int]:
-        return await self._app.db.aread(workers.status_counts)
+        return await self._app.db.aread(self._app.db.driver.stats_status_counts)
 
     async def name_status_counts(self) -> list[tuple[str, str, int, int]]:
         """(name, status, records, records that started) — for metrics."""
-        return await self._app.db.aread(workers.name_status_counts)
+        return await self._app.db.aread(self._app.db.driver.stats_name_status_counts)
 
     async def queue(self) -> QueueState:
         now = time.time()
-        waiting, due, oldest = await self._app.db.aread(workers.queue_state, now)
+        waiting, due, oldest = await self._app.db.aread(self._app.db.driver.stats_queue_state, now)
         return QueueState(waiting, due, None if oldest is None else max(0.0, now - oldest))
 
     async def activity(
@@ -103,7 +102,7 @@ class Admin:
         first = datetime.fromtimestamp(
             (now - span).timestamp() // bucket_seconds * bucket_seconds, UTC
         )
-        rows = await self._app.db.aread(workers.finished_since, first)
+        rows = await self._app.db.aread(self._app.db.driver.stats_finished_since, first)
         count = int((now - first).total_seconds() // bucket_seconds) + 1
         tallies: list[dict[str, Any]] = [
             {"succeeded": 0, "failed": 0, "cancelled": 0, "run": [], "wait": []}

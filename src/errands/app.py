@@ -41,7 +41,7 @@ from .errors import (
 from .events import notifier_for
 from .ids import is_task_id, new_task_id
 from .observers import Observers
-from .records import OutputPage, Page, Progress, Status, TaskRecord
+from .records import BlobRef, Change, OutputPage, Page, Progress, Status, TaskRecord
 from .registry import (
     Backoff,
     Executor,
@@ -50,9 +50,8 @@ from .registry import (
     check_running_cap,
     make_definition,
 )
-from .store import tasks
 from .store.database import Database, database_errors
-from .store.queue import Change
+from .store.values import NewTask
 
 if TYPE_CHECKING:
     from .events.hub import ChangeHub
@@ -81,6 +80,15 @@ def owner_filter(owner: object) -> str | None:
     if "\x00" in owner:
         raise ValueError("owner must not contain NUL characters")
     return owner
+
+
+def task_scope(task_id: object, owner: object) -> str | None:
+    """The owner filter of an owner-scoped call on ``task_id``; ``TaskNotFound`` for an id
+    no task can have (of any type), as for a task that does not exist."""
+    who = owner_filter(owner)
+    if not isinstance(task_id, str) or not is_task_id(task_id):
+        raise TaskNotFound()
+    return who
 
 
 def _now() -> float:
@@ -270,7 +278,8 @@ class Errands:
         priority: int | None,
         run_at: datetime | timedelta | None,
         idempotency_key: str | None = None,
-    ) -> tuple[TaskRecord, dict[str, Any], dict[str, Any]]:
+    ) -> tuple[TaskRecord, NewTask]:
+        """Check a submit and build the record it creates, and what the store inserts."""
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str)
             or not 1 <= len(idempotency_key) <= 255
@@ -298,34 +307,27 @@ class Errands:
         else:
             raise TypeError("run_at must be a datetime or a timedelta")
         prio = definition.priority if priority is None else int(priority)
-        stamp = _as_datetime(now)
-        task_id = new_task_id(now)
-        row = {
-            "id": task_id,
-            "owner": owner,
-            "name": name,
-            "payload": stored,
-            "status": Status.QUEUED.value,
-            "attempts": 0,
-            "max_attempts": definition.max_attempts,
-            "priority": prio,
-            "run_at": _as_datetime(start),
-            "cancel_requested": False,
-            "version": 1,
-            "created_at": stamp,
-            "updated_at": stamp,
-        }
+        digest = None
         if idempotency_key is not None or definition.unique:
             digest = hashlib.sha256(
                 json.dumps([name, stored], sort_keys=True, separators=(",", ":")).encode()
             ).hexdigest()
-            if idempotency_key is not None:
-                row["idempotency_key"], row["request_hash"] = idempotency_key, digest
-            if definition.unique:
-                row["unique_key"] = digest
-        job = {"task_id": task_id, "name": name, "owner": owner, "priority": prio, "run_at": start}
+        task = NewTask(
+            id=new_task_id(now),
+            owner=owner,
+            name=name,
+            payload=stored,
+            max_attempts=definition.max_attempts,
+            priority=prio,
+            run_at=start,
+            created_at=now,
+            idempotency_key=idempotency_key,
+            request_hash=digest if idempotency_key is not None else None,
+            unique_key=digest if definition.unique else None,
+        )
+        stamp = _as_datetime(now)
         record = TaskRecord(
-            id=task_id,
+            id=task.id,
             owner=owner,
             name=name,
             payload=stored,
@@ -336,7 +338,7 @@ class Errands:
             attempts=0,
             max_attempts=definition.max_attempts,
             priority=prio,
-            run_at=row["run_at"],
+            run_at=_as_datetime(start),
             cancel_requested=False,
             version=1,
             created_at=stamp,
@@ -345,7 +347,7 @@ class Errands:
             finished_at=None,
             expires_at=None,
         )
-        return record, row, job
+        return record, task
 
     def _prepare_many(
         self,
@@ -354,34 +356,22 @@ class Errands:
         owner: str,
         priority: int | None,
         run_at: datetime | timedelta | None,
-    ) -> tuple[builtins.list[TaskRecord], builtins.list[dict[str, Any]], builtins.list[Any]]:
+    ) -> tuple[builtins.list[TaskRecord], builtins.list[NewTask]]:
         """Every payload checked before anything is written: one bad one, none is."""
         if isinstance(payloads, (str, bytes, dict)):
             raise TypeError("payloads must be a list (or another iterable) of payloads")
         prepared = [self._prepare(name, p, owner, priority, run_at) for p in payloads]
-        return [p[0] for p in prepared], [p[1] for p in prepared], [p[2] for p in prepared]
+        return [p[0] for p in prepared], [p[1] for p in prepared]
 
     @database_errors()  # also on a caller's connection (``connection=``)
     def _create(
-        self,
-        conn: Connection,
-        rows: Sequence[dict[str, Any]],
-        jobs: Sequence[dict[str, Any]],
+        self, conn: Connection, tasks: Sequence[NewTask]
     ) -> builtins.list[TaskRecord | None]:
-        """Insert the records and queue their work. Per row: None if it was inserted, or
+        """Insert the records and queue their work. Per task: None if it was inserted, or
         the record that already holds its idempotency or unique key."""
-        if not any(_keyed(row) for row in rows):
-            if rows:
-                tasks.insert_tasks(conn, rows, self.engine.queue_rows(jobs))
-            return [None] * len(rows)
         found: builtins.list[TaskRecord | None] = []
-        for row, job in zip(rows, jobs, strict=True):
-            if not _keyed(row):
-                tasks.insert_tasks(conn, [row], self.engine.queue_rows([job]))
-                found.append(None)
-                continue
-            held = tasks.insert_keyed(conn, row, self.engine.queue_rows([job]))
-            if held is not None and "idempotency_key" in row and held[1] != row["request_hash"]:
+        for task, held in zip(tasks, self.db.driver.task_create(conn, tasks), strict=True):
+            if held is not None and task.idempotency_key and held[1] != task.request_hash:
                 raise IdempotencyConflict()
             found.append(None if held is None else held[0])
         return found
@@ -393,9 +383,7 @@ class Errands:
             self.observers.emit("submitted", record.id, record.name, record.status, None)
         with self.notifier.batch():  # both hints in one round trip
             self.engine.queued([(r.id, r.run_at.timestamp()) for r in records])
-            self.notifier.publish_changes(
-                [Change(r.id, r.owner, r.version, r.status) for r in records]
-            )
+            self.notifier.publish_changes([Change.of(r) for r in records])
 
     async def submit(
         self,
@@ -423,8 +411,8 @@ class Errands:
         :class:`DatabaseUnavailable` or :class:`StorageFull` too (roll back); the
         caller's own statements and its commit raise the driver's errors.
         """
-        record, row, job = self._prepare(name, payload, owner, priority, run_at, idempotency_key)
-        return (await self._write_new([record], [row], [job], connection))[0]
+        record, task = self._prepare(name, payload, owner, priority, run_at, idempotency_key)
+        return (await self._write_new([record], [task], connection))[0]
 
     async def submit_many(
         self,
@@ -439,24 +427,22 @@ class Errands:
         """Create one task of ``name`` per payload, all in one transaction; returns the
         records in the payloads' order. Every payload is validated first: if one is
         refused, nothing is written. ``connection=`` as for :meth:`submit`."""
-        records, rows, jobs = self._prepare_many(name, payloads, owner, priority, run_at)
-        return await self._write_new(records, rows, jobs, connection)
+        records, tasks = self._prepare_many(name, payloads, owner, priority, run_at)
+        return await self._write_new(records, tasks, connection)
 
     async def _write_new(
         self,
         records: Sequence[TaskRecord],
-        rows: Sequence[dict[str, Any]],
-        jobs: Sequence[dict[str, Any]],
+        tasks: Sequence[NewTask],
         connection: Any,
     ) -> builtins.list[TaskRecord]:
         """Write new records (or find the ones holding their keys); the records."""
         if connection is None:
             found = await self.db.awrite(
                 self._create,
-                rows,
-                jobs,
+                tasks,
                 # One record is one statement on PostgreSQL: no BEGIN/COMMIT round trips.
-                autocommit=len(rows) == 1 and not _keyed(rows[0]),
+                autocommit=_single(tasks),
                 # Notifies from the write thread, without blocking the event loop.
                 then=lambda found: self._submitted(_created(records, found)),
             )
@@ -464,7 +450,7 @@ class Errands:
         self.db.ensure_schema()
         results: builtins.list[TaskRecord | None] = []
         sync_obj = await _run_in_caller(
-            connection, lambda conn: results.extend(self._create(conn, rows, jobs))
+            connection, lambda conn: results.extend(self._create(conn, tasks))
         )
         _on_commit(sync_obj, partial(self._submitted, _created(records, results)))
         return _chosen(records, results)
@@ -472,20 +458,23 @@ class Errands:
     # -- reading -----------------------------------------------------------------------
     async def get(self, task_id: str, *, owner: str) -> TaskRecord:
         """The task's record; :class:`TaskNotFound` if there is none for this owner."""
-        who = owner_filter(owner)
-        if not isinstance(task_id, str) or not is_task_id(task_id):
-            raise TaskNotFound()
-        record = await self.db.aread(self.blobs.get, task_id, who)
+        who = task_scope(task_id, owner)
+        record = await self.db.aread(self.db.driver.task_get, task_id, who)
         if record is None:
             raise TaskNotFound()
+        return await self._loaded(record)
+
+    async def _loaded(self, record: TaskRecord) -> TaskRecord:
+        """The record with its result loaded from the blob store if it is kept there
+        (outside the database's transaction, in a thread: it may be megabytes)."""
+        if isinstance(record.result, BlobRef):
+            return await asyncio.to_thread(self.blobs.record, record)
         return record
 
     async def get_version(self, task_id: str, *, owner: str) -> int:
         """The task's version alone (cheap: for conditional reads and polling)."""
-        who = owner_filter(owner)
-        if not isinstance(task_id, str) or not is_task_id(task_id):
-            raise TaskNotFound()
-        version = await self.db.aread(tasks.version_of, task_id, who)
+        who = task_scope(task_id, owner)
+        version = await self.db.aread(self.db.driver.task_version, task_id, who)
         if version is None:
             raise TaskNotFound()
         return version
@@ -494,7 +483,10 @@ class Errands:
         """The records among ``task_ids`` that exist for this owner (others are left out)."""
         who = owner_filter(owner)
         ids = [t for t in task_ids if isinstance(t, str) and is_task_id(t)]
-        return await self.db.aread(self.blobs.get_many, ids, who) if ids else []
+        if not ids:
+            return []
+        records = await self.db.aread(self.db.driver.task_get_many, ids, who)
+        return [await self._loaded(r) for r in records]
 
     async def list(
         self,
@@ -507,8 +499,8 @@ class Errands:
     ) -> Page:
         """The owner's tasks, newest first, ``limit`` (1–500) at a time."""
         args = _list_args(owner, status, name, limit, cursor)
-        items, next_cursor = await self.db.aread(self.blobs.list_page, **args)
-        return Page(items, next_cursor)
+        items, next_cursor = await self.db.aread(self.db.driver.task_list, **args)
+        return Page([await self._loaded(r) for r in items], next_cursor)
 
     async def outputs(
         self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
@@ -521,20 +513,25 @@ class Errands:
         self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
     ) -> OutputPage:
         """``outputs`` with the current attempt's output floor (see ``OutputPage``)."""
-        who = owner_filter(owner)
-        if not is_task_id(task_id):
-            raise TaskNotFound()
-        found = await self.db.aread(self.blobs.outputs, task_id, who, after=after, limit=limit)
+        who = task_scope(task_id, owner)
+        found = await self.db.aread(
+            self.db.driver.output_page, task_id, who, after=after, limit=limit
+        )
         if found is None:
             raise TaskNotFound()
-        return OutputPage(*found)
+        floor, items = found
+        if any(isinstance(data, BlobRef) for _, data in items):
+            items = await asyncio.to_thread(self.blobs.items, items)
+        return OutputPage(floor, items)
 
     # -- changing --------------------------------------------------------------------
     def _cancel_op(
         self, conn: Connection, task_id: str, who: str | None
     ) -> tuple[TaskRecord | None, bool, bool]:
         now = _now()
-        return tasks.cancel(conn, task_id, who, _as_datetime(now), partial(self.expiry, now=now))
+        return self.db.driver.task_cancel(
+            conn, task_id, who, _as_datetime(now), partial(self.expiry, now=now)
+        )
 
     def _cancelled(self, record: TaskRecord | None, ask_worker: bool, ended: bool) -> TaskRecord:
         if record is None:
@@ -543,25 +540,19 @@ class Errands:
             self.observers.emit("finished", record.id, record.name, record.status, None)
         if ask_worker:
             self.engine.request_cancel([record.id])
-        self.notifier.publish_changes(
-            [Change(record.id, record.owner, record.version, record.status)]
-        )
+        self.notifier.publish_changes([Change.of(record)])
         return record
 
     async def cancel(self, task_id: str, *, owner: str) -> TaskRecord:
         """Cancel a task: a queued one at once, a running one as soon as its worker
         hears of it. A finished task is returned unchanged."""
-        who = owner_filter(owner)
-        if not is_task_id(task_id):
-            raise TaskNotFound()
+        who = task_scope(task_id, owner)
         return self._cancelled(*await self.db.awrite(self._cancel_op, task_id, who))
 
     async def delete(self, task_id: str, *, owner: str) -> None:
         """Delete a finished task and its output (cancel it first if it is active)."""
-        who = owner_filter(owner)
-        if not is_task_id(task_id):
-            raise TaskNotFound()
-        if not await self.db.awrite(tasks.delete_finished, task_id, who):
+        who = task_scope(task_id, owner)
+        if not await self.db.awrite(self.db.driver.task_delete_finished, task_id, who):
             record = await self.get(task_id, owner=owner)
             raise _not_finished(record)
         await asyncio.to_thread(self.blobs.store.delete_tasks, [task_id])
@@ -629,7 +620,7 @@ class Errands:
 def _list_args(
     owner: object, status: Status | str | None, name: str | None, limit: int, cursor: str | None
 ) -> dict[str, Any]:
-    """Checked keyword arguments of ``tasks.list_page``."""
+    """Checked keyword arguments of the driver's ``task_list``."""
     if not 1 <= limit <= 500:
         raise ValueError("limit must be between 1 and 500")
     if cursor is not None and not is_task_id(cursor):
@@ -659,9 +650,9 @@ class _suppress_closed_loop:
         return exc_type is RuntimeError  # the waiting loop has closed
 
 
-def _keyed(row: dict[str, Any]) -> bool:
-    """Does this new record carry an idempotency key or a unique key?"""
-    return "idempotency_key" in row or "unique_key" in row
+def _single(tasks: Sequence[NewTask]) -> bool:
+    """One record without keys: one statement on PostgreSQL (run in autocommit)."""
+    return len(tasks) == 1 and not tasks[0].keyed
 
 
 def _created(
@@ -778,8 +769,8 @@ class SyncErrands:
         idempotency_key: str | None = None,
     ) -> TaskRecord:
         app = self._app
-        record, row, job = app._prepare(name, payload, owner, priority, run_at, idempotency_key)
-        return self._write_new([record], [row], [job], connection)[0]
+        record, task = app._prepare(name, payload, owner, priority, run_at, idempotency_key)
+        return self._write_new([record], [task], connection)[0]
 
     def submit_many(
         self,
@@ -791,38 +782,34 @@ class SyncErrands:
         run_at: datetime | timedelta | None = None,
         connection: Any = None,
     ) -> builtins.list[TaskRecord]:
-        records, rows, jobs = self._app._prepare_many(name, payloads, owner, priority, run_at)
-        return self._write_new(records, rows, jobs, connection)
+        records, tasks = self._app._prepare_many(name, payloads, owner, priority, run_at)
+        return self._write_new(records, tasks, connection)
 
     def _write_new(
         self,
         records: Sequence[TaskRecord],
-        rows: Sequence[dict[str, Any]],
-        jobs: Sequence[dict[str, Any]],
+        tasks: Sequence[NewTask],
         connection: Any,
     ) -> builtins.list[TaskRecord]:
         app = self._app
         if connection is None:
-            single = len(rows) == 1 and not _keyed(rows[0])  # see Errands._write_new
-            found = app.db.write(app._create, rows, jobs, autocommit=single)
+            found = app.db.write(app._create, tasks, autocommit=_single(tasks))
             app._submitted(_created(records, found))
             return _chosen(records, found)
         app.db.ensure_schema()
         results: builtins.list[TaskRecord | None] = []
         sync_obj = run_in_caller_sync(
-            connection, lambda conn: results.extend(app._create(conn, rows, jobs))
+            connection, lambda conn: results.extend(app._create(conn, tasks))
         )
         _on_commit(sync_obj, partial(app._submitted, _created(records, results)))
         return _chosen(records, results)
 
     def get(self, task_id: str, *, owner: str) -> TaskRecord:
-        who = owner_filter(owner)
-        if not isinstance(task_id, str) or not is_task_id(task_id):
-            raise TaskNotFound()
-        record = self._app.db.read(self._app.blobs.get, task_id, who)
+        who = task_scope(task_id, owner)
+        record = self._app.db.read(self._app.db.driver.task_get, task_id, who)
         if record is None:
             raise TaskNotFound()
-        return record
+        return self._app.blobs.record(record)
 
     def list(
         self,
@@ -834,8 +821,8 @@ class SyncErrands:
         cursor: str | None = None,
     ) -> Page:
         args = _list_args(owner, status, name, limit, cursor)
-        items, next_cursor = self._app.db.read(self._app.blobs.list_page, **args)
-        return Page(items, next_cursor)
+        items, next_cursor = self._app.db.read(self._app.db.driver.task_list, **args)
+        return Page([self._app.blobs.record(r) for r in items], next_cursor)
 
     def outputs(
         self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
@@ -845,26 +832,22 @@ class SyncErrands:
     def output_page(
         self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
     ) -> OutputPage:
-        who = owner_filter(owner)
-        if not is_task_id(task_id):
-            raise TaskNotFound()
-        found = self._app.db.read(self._app.blobs.outputs, task_id, who, after=after, limit=limit)
+        who = task_scope(task_id, owner)
+        found = self._app.db.read(
+            self._app.db.driver.output_page, task_id, who, after=after, limit=limit
+        )
         if found is None:
             raise TaskNotFound()
-        return OutputPage(*found)
+        return OutputPage(found[0], self._app.blobs.items(found[1]))
 
     def cancel(self, task_id: str, *, owner: str) -> TaskRecord:
         app = self._app
-        who = owner_filter(owner)
-        if not is_task_id(task_id):
-            raise TaskNotFound()
+        who = task_scope(task_id, owner)
         return app._cancelled(*app.db.write(app._cancel_op, task_id, who))
 
     def delete(self, task_id: str, *, owner: str) -> None:
-        who = owner_filter(owner)
-        if not is_task_id(task_id):
-            raise TaskNotFound()
-        if not self._app.db.write(tasks.delete_finished, task_id, who):
+        who = task_scope(task_id, owner)
+        if not self._app.db.write(self._app.db.driver.task_delete_finished, task_id, who):
             raise _not_finished(self.get(task_id, owner=owner))
         self._app.blobs.store.delete_tasks([task_id])
 
@@ -891,7 +874,9 @@ class SyncErrands:
         total = 0
         while limit is None or total < limit:
             size = batch if limit is None else min(batch, limit - total)
-            n, with_blobs = self._app.db.write(tasks.purge_expired, _as_datetime(_now()), size)
+            n, with_blobs = self._app.db.write(
+                self._app.db.driver.task_purge_expired, _as_datetime(_now()), size
+            )
             if with_blobs:  # after the records are gone: no reader is left pointing here
                 self._app.blobs.store.delete_tasks(with_blobs)
             total += n

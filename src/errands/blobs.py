@@ -26,11 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Connection
-
 from .errors import ErrandsError, StorageFull
 from .records import BlobRef, TaskRecord
-from .store import tasks
 
 DEFAULT_THRESHOLD = 64 * 1024
 
@@ -136,43 +133,12 @@ class Blobs:
         except KeyError:
             raise BlobMissing() from None
 
-    def _record(self, record: TaskRecord) -> TaskRecord:
+    def record(self, record: TaskRecord) -> TaskRecord:
+        """``record`` with its result loaded, if it is kept in the blob store."""
         if isinstance(record.result, BlobRef):
             return replace(record, result=self.load(record.result))
         return record
 
-    def _items(self, items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    def items(self, items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        """Output items with those kept in the blob store loaded."""
         return [(seq, self.load(data)) for seq, data in items]
-
-    # -- the store's reads, with large values loaded (run in the database threads) -------
-    def get(self, conn: Connection, task_id: str, owner: str | None) -> TaskRecord | None:
-        record = tasks.get(conn, task_id, owner)
-        return None if record is None else self._record(record)
-
-    def get_many(
-        self, conn: Connection, task_ids: list[str], owner: str | None
-    ) -> list[TaskRecord]:
-        return [self._record(r) for r in tasks.get_many(conn, task_ids, owner)]
-
-    def list_page(self, conn: Connection, **args: Any) -> tuple[list[TaskRecord], str | None]:
-        records, cursor = tasks.list_page(conn, **args)
-        return [self._record(r) for r in records], cursor
-
-    def outputs(
-        self, conn: Connection, task_id: str, owner: str | None, *, after: int, limit: int
-    ) -> tuple[int, list[tuple[int, Any]]] | None:
-        found = tasks.outputs(conn, task_id, owner, after=after, limit=limit)
-        return None if found is None else (found[0], self._items(found[1]))
-
-    def attempt_items(
-        self, conn: Connection, task_id: str, after: int, limit: int, floor: int
-    ) -> list[tuple[int, Any]]:
-        return self._items(tasks.attempt_items(conn, task_id, after, limit, floor))
-
-    def snapshot(
-        self, conn: Connection, wants: dict[str, int], limit: int
-    ) -> dict[str, tuple[TaskRecord, list[tuple[int, Any]]]]:
-        return {
-            task_id: (self._record(record), self._items(items))
-            for task_id, (record, items) in tasks.snapshot(conn, wants, limit).items()
-        }

@@ -146,6 +146,20 @@ class TaskRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """A record that changed: enough to tell subscribers which version to read."""
+
+    task_id: str
+    owner: str
+    version: int
+    status: Status
+
+    @classmethod
+    def of(cls, record: TaskRecord) -> Change:
+        return cls(record.id, record.owner, record.version, record.status)
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """One page of a listing, newest first. Pass ``next_cursor`` to get the next page."""
 

@@ -12,7 +12,7 @@ per ``progress_interval`` per task, plus once with the outcome.
 Lifecycle of an attempt: claim (record ``running``, lease held) → heartbeat renews the
 lease and picks up cancel requests → outcome (``succeeded`` / ``failed`` /
 ``cancelled``, or ``queued`` again for a retry) written only while the lease is held.
-Every write of an attempt is fenced by its lease (see ``store/queue.py``): a refused
+Every write of an attempt is fenced by its lease (see ``store/driver.py``): a refused
 write changes nothing, and the worker stops that attempt at once (a coroutine is
 cancelled, a thread sees ``ctx.cancelled``, a process is killed). An attempt whose
 lease could not be renewed for most of a lease period (the database is away, or this
@@ -50,11 +50,10 @@ from sqlalchemy import Connection
 from . import liveness
 from .context import TaskContext
 from .errors import ErrandsError, Retry, TaskCancelled, TaskFailed, TaskTimeout
-from .records import CANCELLED_ERROR, Status, storable_json, storable_text
+from .records import CANCELLED_ERROR, Change, Status, storable_json, storable_text
 from .registry import TaskDefinition, compute_backoff
-from .store import queue, workers
 from .store.database import is_unavailable, log_failure
-from .store.queue import Change, Claimed, Outcome, Report
+from .store.values import Claimed, Outcome, OutputItem, Report
 
 if TYPE_CHECKING:
     from .app import Errands
@@ -142,6 +141,10 @@ class Stop(enum.Enum):
 _STOP_RANK = {Stop.CANCEL: 0, Stop.SHUTDOWN: 0, Stop.TIMEOUT: 1, Stop.FENCED: 2, Stop.LEASE_LOST: 3}
 
 
+#: An output item not written yet, with its bytes for the blob store (see ``Execution``).
+Unwritten = tuple[OutputItem, bytes | None]
+
+
 @dataclass(eq=False)
 class Execution:
     """One attempt in progress in this worker."""
@@ -155,7 +158,9 @@ class Execution:
     settled: bool = False
     timer: asyncio.TimerHandle | None = None
     next_seq: int = 0
-    unflushed: list[dict[str, Any]] = field(default_factory=list)
+    #: Items taken from the context and not written yet, each with its JSON bytes when
+    #: it goes to the blob store (None once stored there, or for an item in the row).
+    unflushed: list[Unwritten] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     #: When (monotonic) the statement that last granted or renewed the lease was sent:
     #: the lease runs at least ``lease_seconds`` from then.
@@ -163,32 +168,24 @@ class Execution:
 
     @property
     def floor(self) -> int:
-        """The attempt's output floor: its fencing token (see ``store/queue.py``)."""
+        """The attempt's output floor: its fencing token (see ``store/driver.py``)."""
         return self.job.output_floor
 
-    def take_outputs(self, blobs: Blobs) -> list[dict[str, Any]]:
+    def take_outputs(self, blobs: Blobs) -> list[Unwritten]:
         """The items emitted since the last call (and any not written yet); an item too
-        large for a row carries its blob key (``ref``) and bytes (``blob``)."""
+        large for a row carries its blob key (``ref``) and bytes."""
         task_id = self.job.task_id
-        for item in self.ctx._take_outputs():
+        for data in self.ctx._take_outputs():
             self.next_seq += 1
-            big = blobs.encode(item)
+            big = blobs.encode(data)
             if big is None:
-                self.unflushed.append({"task_id": task_id, "seq": self.next_seq, "data": item})
+                self.unflushed.append((OutputItem(task_id, self.next_seq, data), None))
             else:
                 # Named by the attempt too: a stale attempt's blob never replaces one of
                 # the attempt that holds the lease (the rows would be refused; the files
                 # are written first).
                 ref = f"{task_id}/output-{self.next_seq}-{self.floor}"
-                self.unflushed.append(
-                    {
-                        "task_id": task_id,
-                        "seq": self.next_seq,
-                        "data": None,
-                        "ref": ref,
-                        "blob": big,
-                    }
-                )
+                self.unflushed.append((OutputItem(task_id, self.next_seq, None, ref), big))
         out, self.unflushed = self.unflushed, []
         return out
 
@@ -270,7 +267,7 @@ class Worker:
         self._hinted = False
         await self._loop.run_in_executor(None, self.app.db.ensure_schema)
         await self.app.db.awrite(
-            workers.register,
+            self.app.db.driver.worker_register,
             {
                 "id": self.id,
                 "hostname": self.hostname,
@@ -308,7 +305,9 @@ class Worker:
             if self._processes is not None:
                 self._processes.close()
             try:
-                await self.app.db.awrite(workers.unregister, self.id, durable=False)
+                await self.app.db.awrite(
+                    self.app.db.driver.worker_unregister, self.id, durable=False
+                )
             except Exception:
                 log.exception("worker %s: could not remove itself from the registry", self.id)
             log.info("worker %s stopped", self.id)
@@ -375,8 +374,8 @@ class Worker:
         self, conn: Connection, limit: int, now: float
     ) -> tuple[list[Claimed], float | None]:
         """Claim up to ``limit`` jobs (in the round's transaction): the jobs, and when
-        the next waiting job is due if fewer were found (see ``queue.claim_round``)."""
-        return queue.claim_round(
+        the next waiting job is due if fewer were found (see the driver's ``job_claim``)."""
+        return self.app.db.driver.job_claim(
             conn,
             self.id,
             names=self.names,
@@ -444,7 +443,7 @@ class Worker:
                 return [], any(o.status is Status.QUEUED for _, o in batch), sent
             log_failure(log, exc, "worker %s: a write failed; retrying", self.id)
             for exe, _ in batch:
-                exe.unflushed[:0] = [o for o in outputs if o["task_id"] == exe.job.task_id]
+                exe.unflushed[:0] = [o for o in outputs if o[0].task_id == exe.job.task_id]
             self._outcomes[:0] = batch
             self._releases[:0] = releases
             self._claims_lost()
@@ -461,13 +460,13 @@ class Worker:
         return claimed, requeued, sent
 
     async def _write_alone(
-        self, exe: Execution, outcome: Outcome, outputs: list[dict[str, Any]]
+        self, exe: Execution, outcome: Outcome, outputs: list[Unwritten]
     ) -> tuple[Execution, Outcome]:
         """Write one attempt's outcome (and its outputs) in its own transaction. If the
         database refuses it, the task fails with ``OutcomeNotStored`` instead; if even
         that cannot be written, its lease runs out and the reaper takes over."""
         task_id = exe.job.task_id
-        mine = [o for o in outputs if o["task_id"] == task_id]
+        mine = [o for o in outputs if o[0].task_id == task_id]
         try:
             await self._store_blobs([outcome], mine)
             changed, _, _ = await self.app.db.awrite(self._round_txn, [(exe, outcome)], mine, [], 0)
@@ -497,20 +496,17 @@ class Worker:
         self._publish(changed)
         return exe, outcome
 
-    async def _store_blobs(
-        self, outcomes: Sequence[Outcome], outputs: list[dict[str, Any]]
-    ) -> None:
+    async def _store_blobs(self, outcomes: Sequence[Outcome], outputs: list[Unwritten]) -> None:
         """Write the large results and items among these to the blob store, before the
         rows that refer to them (in a thread: they may be megabytes)."""
         pending = [(o.result_ref, o.blob) for o in outcomes if o.blob is not None and o.result_ref]
-        pending += [(i["ref"], i["blob"]) for i in outputs if i.get("blob") is not None]
+        pending += [(item.ref, big) for item, big in outputs if big is not None and item.ref]
         if not pending:
             return
         await asyncio.to_thread(self.app.blobs.put_all, pending)
         for o in outcomes:
             o.blob = None
-        for item in outputs:
-            item.pop("blob", None)
+        outputs[:] = [(item, None) for item, _ in outputs]
 
     def _finished(self, batch: list[tuple[Execution, Outcome]]) -> None:
         for exe, outcome in batch:
@@ -534,14 +530,17 @@ class Worker:
         self,
         conn: Connection,
         batch: list[tuple[Execution, Outcome]],
-        outputs: list[dict[str, Any]],
+        outputs: list[Unwritten],
         releases: list[Execution],
         limit: int,
     ) -> tuple[list[Change], list[Claimed], float | None]:
         now = time.time()
+        driver = self.app.db.driver
         changed: list[Change] = []
         if batch:
-            changed += queue.finish(conn, self.id, [o for _, o in batch], now=now, outputs=outputs)
+            outcomes = [o for _, o in batch]
+            items = [item for item, _ in outputs]
+            changed += driver.attempt_finish(conn, self.id, outcomes, now=now, outputs=items)
             if len(changed) < len(batch):
                 written = {c.task_id for c in changed}
                 for exe, _ in batch:
@@ -552,7 +551,7 @@ class Worker:
                             exe.job.task_id,
                         )
         if releases:
-            changed += queue.release(
+            changed += driver.attempt_release(
                 conn, self.id, [(exe.job.task_id, exe.floor) for exe in releases], now=now
             )
         claimed, due = self._claim(conn, limit, now) if limit else ([], None)
@@ -808,7 +807,7 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             reports: list[Report] = []
-            outputs: list[dict[str, Any]] = []
+            outputs: list[Unwritten] = []
             attempts: dict[str, Execution] = {}
             for exe in list(self._running.values()):
                 p = exe.ctx._take_progress()
@@ -821,21 +820,21 @@ class Worker:
             if not reports:
                 continue
             done: asyncio.Future[None] = self._loop.create_future()
-            self._flushing = ({item["task_id"] for item in outputs}, done)
+            self._flushing = ({item.task_id for item, _ in outputs}, done)
             try:
                 await self._store_blobs([], outputs)
                 changed = await self.app.db.awrite(
-                    queue.flush,
+                    self.app.db.driver.attempt_report,
                     self.id,
                     reports,
-                    outputs,
+                    [item for item, _ in outputs],
                     now=time.time(),
                     durable=False,  # synced by the outcome's commit, which follows in order
                 )
             except Exception as exc:
                 log_failure(log, exc, "worker %s: writing progress failed", self.id)
-                for item in outputs:  # again with the next flush, or with the outcome
-                    attempts[item["task_id"]].unflushed.append(item)
+                for unwritten in outputs:  # again with the next flush, or with the outcome
+                    attempts[unwritten[0].task_id].unflushed.append(unwritten)
                 for report in reports:
                     if report.progress is not None:
                         attempts[report.task_id].ctx._progress_unwritten()
@@ -870,7 +869,9 @@ class Worker:
     async def _heartbeat(self) -> None:
         ids = list(self._running) + [i for i in self._writing if i not in self._running]
         if not ids:
-            await self.app.db.awrite(workers.beat, self.id, _utc(time.time()), durable=False)
+            await self.app.db.awrite(
+                self.app.db.driver.worker_beat, self.id, _utc(time.time()), durable=False
+            )
             return
         asked = {task_id: self._running.get(task_id) for task_id in ids}
         sent = time.monotonic()
@@ -893,8 +894,9 @@ class Worker:
     def _beat_txn(
         self, conn: Connection, ids: list[str], lease_until: float
     ) -> tuple[set[str], set[str]]:
-        workers.beat(conn, self.id, _utc(time.time()))
-        return queue.heartbeat(conn, self.id, ids, lease_until=lease_until)
+        driver = self.app.db.driver
+        driver.worker_beat(conn, self.id, _utc(time.time()))
+        return driver.job_heartbeat(conn, self.id, ids, lease_until=lease_until)
 
     async def _fence_loop(self) -> None:
         """Stop attempts whose lease this worker could not renew for ``fence_after``
@@ -966,16 +968,17 @@ class Worker:
     ) -> tuple[list[Change], list[str]]:
         """Release the leases of dead workers on this host (their process is gone), then
         recover every job whose lease expired."""
+        driver = self.app.db.driver
         dead = [
             worker_id
-            for worker_id, pid, key in workers.on_host(conn, self.hostname, self.id)
+            for worker_id, pid, key in driver.worker_on_host(conn, self.hostname, self.id)
             if liveness.is_dead(pid, key)
         ]
         if dead:
-            queue.expire_leases(conn, dead)
-            workers.forget(conn, dead)
-        workers.forget_silent(conn, silent)
-        return queue.reap(conn, now=now, expiry_for=expiry_for), dead
+            driver.job_expire_leases(conn, dead)
+            driver.worker_forget(conn, dead)
+        driver.worker_forget_silent(conn, silent)
+        return driver.job_reap(conn, now=now, expiry_for=expiry_for), dead
 
     # -- stopping ----------------------------------------------------------------------
     def _install_signals(self) -> list[int]:

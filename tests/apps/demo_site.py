@@ -27,7 +27,7 @@ def build_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **worker: Any) -
     (corpus / "two.py").write_text("# a needle in a haystack\nprint('hay')\n")
     (corpus / "pkg" / "three.py").write_text("def needle():\n    return 'needle'\n")
     (corpus / "notes.txt").write_text("no needle here: not a .py file\n")
-    options = {"poll_interval": 0.2, "heartbeat_interval": 0.25, "lease_seconds": 1.5} | worker
+    options = {"poll_interval": 0.2, "heartbeat_interval": 0.25, "lease_seconds": 4} | worker
     return create_app(
         DemoSettings(
             database_url=f"sqlite:///{tmp_path}/d.db",

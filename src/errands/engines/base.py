@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
-
-from sqlalchemy import Table
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..app import Errands
@@ -15,16 +13,6 @@ if TYPE_CHECKING:
 class Engine(Protocol):
     #: The name users select it by (``Errands(url, engine="sql")``).
     name: str
-
-    def queue_rows(self, jobs: Sequence[dict[str, Any]]) -> tuple[Table, Sequence[dict[str, Any]]]:
-        """The rows that queue the work for new records — the engine's queue table, or an
-        outbox a publisher drains — as ``(table, rows)``: one row per job, or none. The
-        store inserts them with the records, in the same statement where the database
-        allows it (PostgreSQL), else in the same transaction; so a record exists exactly
-        when its work is queued.
-
-        Each job holds ``task_id``, ``name``, ``owner``, ``priority`` and ``run_at``
-        (Unix seconds)."""
 
     def attach(self, app: Errands) -> None:
         """Called once by the ``Errands`` app the engine serves."""

@@ -48,13 +48,11 @@ from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection
 
 from ..errors import ConfigurationError
-from ..store import queue
 from ..store.database import log_failure
-from ..store.queue import Claimed
-from ..store.schema import job_table
+from ..store.values import Claimed
 from ..worker import Worker, WorkerSettings
 
 if TYPE_CHECKING:
@@ -134,9 +132,6 @@ class CeleryEngine:
             raise ConfigurationError("a CeleryEngine serves one Errands app")
         self._app = app
 
-    def queue_rows(self, jobs: Sequence[dict[str, Any]]) -> tuple[Table, Sequence[dict[str, Any]]]:
-        return job_table, jobs  # the outbox and the lease
-
     def queued(self, jobs: Sequence[tuple[str, float]]) -> None:
         if jobs:
             self._post(("publish", list(jobs)))
@@ -208,7 +203,7 @@ class CeleryEngine:
             sent.append((task_id, max(now, due)))
         if sent and self._app is not None:
             try:
-                self._app.db.write(queue.mark_sent, sent, durable=False)
+                self._app.db.write(self._app.db.driver.job_mark_sent, sent, durable=False)
             except Exception as exc:
                 log_failure(log, exc, "errands: marking %d job(s) sent failed", len(sent))
 
@@ -266,7 +261,8 @@ class CeleryWorker(Worker):
         self, conn: Connection, limit: int, now: float
     ) -> tuple[list[Claimed], float | None]:
         ids = list(dict.fromkeys(task_id for task_id, _ in self._asked))
-        claimed = queue.claim_ids(
+        driver = self.app.db.driver
+        claimed = driver.job_claim_ids(
             conn,
             self.id,
             ids,
@@ -276,7 +272,7 @@ class CeleryWorker(Worker):
         )
         if len(claimed) < len(ids):  # the others run elsewhere, ended, or wait oddly:
             got = {job.task_id for job in claimed}  # a job left waiting is relayed again
-            queue.unmark_sent(conn, [i for i in ids if i not in got])
+            driver.job_unmark_sent(conn, [i for i in ids if i not in got])
         return claimed, None
 
     async def _round(self, limit: int) -> tuple[list[Claimed], bool, float]:
@@ -377,7 +373,7 @@ class CeleryWorker(Worker):
             await asyncio.sleep(every)
             try:
                 jobs = await self.app.db.aread(
-                    queue.unsent, before=time.time() - self.engine.relay_after
+                    self.app.db.driver.job_unsent, before=time.time() - self.engine.relay_after
                 )
             except Exception as exc:
                 log_failure(log, exc, "worker %s: reading unsent jobs failed", self.id)

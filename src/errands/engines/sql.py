@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import Table
+from typing import TYPE_CHECKING
 
 from ..events import Notifier
-from ..store.schema import job_table
 
 if TYPE_CHECKING:
     from ..app import Errands
@@ -23,9 +20,6 @@ class SqlEngine:
 
     def attach(self, app: Errands) -> None:
         self._notifier = app.notifier
-
-    def queue_rows(self, jobs: Sequence[dict[str, Any]]) -> tuple[Table, Sequence[dict[str, Any]]]:
-        return job_table, jobs
 
     def queued(self, jobs: Sequence[tuple[str, float]]) -> None:
         assert self._notifier is not None

@@ -26,10 +26,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ..records import TaskRecord
-from ..store import tasks
+from ..records import BlobRef, Change, TaskRecord
 from ..store.database import log_failure
-from ..store.queue import Change
 
 if TYPE_CHECKING:
     from ..app import Errands
@@ -41,6 +39,14 @@ log = logging.getLogger("errands.events")
 FEED_WINDOW = 2000
 READ_LIMIT = 1000
 _ID_CHUNK = 500
+
+
+#: Task id → (record, items of its current attempt), as the driver's ``task_snapshot``.
+Snapshots = dict[str, tuple[TaskRecord, list[tuple[int, Any]]]]
+
+
+def _holds_blobs(record: TaskRecord, items: list[tuple[int, Any]]) -> bool:
+    return isinstance(record.result, BlobRef) or any(isinstance(d, BlobRef) for _, d in items)
 
 
 class TaskFeed:
@@ -193,7 +199,7 @@ class ChangeHub:
             self.feeds[record.id] = feed
             feed.refs += 1
             try:
-                top = await self.app.db.aread(tasks.last_seq, record.id)
+                top = await self.app.db.aread(self.app.db.driver.output_top, record.id)
             except BaseException:
                 self._release(feed)
                 raise
@@ -238,9 +244,12 @@ class ChangeHub:
         """Read outputs straight from the database (for a client behind the window):
         items after ``after`` of the attempt whose floor is ``floor`` (none if another
         attempt began since; the feed learns of it with the next change)."""
-        return await self.app.db.aread(
-            self.app.blobs.attempt_items, task_id, after, READ_LIMIT, floor
+        items = await self.app.db.aread(
+            self.app.db.driver.output_items, task_id, after, READ_LIMIT, floor
         )
+        if any(isinstance(data, BlobRef) for _, data in items):
+            items = await asyncio.to_thread(self.app.blobs.items, items)
+        return items
 
     # -- hearing of changes ------------------------------------------------------------
     def _on_changes(self, changes: Sequence[Change]) -> None:
@@ -270,7 +279,9 @@ class ChangeHub:
             if not wants:
                 continue
             try:
-                snaps = await self.app.db.aread(self.app.blobs.snapshot, wants, READ_LIMIT)
+                snaps = await self.app.db.aread(self.app.db.driver.task_snapshot, wants, READ_LIMIT)
+                if any(_holds_blobs(*snap) for snap in snaps.values()):
+                    snaps = await asyncio.to_thread(self._load_blobs, snaps)
             except Exception as exc:
                 log_failure(log, exc, "errands: reading changed tasks failed")
                 self._pending |= set(wants)
@@ -295,6 +306,12 @@ class ChangeHub:
                 if not complete:
                     self._pending.add(task_id)
 
+    def _load_blobs(self, snaps: Snapshots) -> Snapshots:
+        """The values of the snapshots kept in the blob store, loaded (read after the
+        database transaction: they may be megabytes)."""
+        blobs = self.app.blobs
+        return {i: (blobs.record(r), blobs.items(items)) for i, (r, items) in snaps.items()}
+
     async def _poll_loop(self) -> None:
         lookback = timedelta(seconds=2.0 + self.poll_interval)
         while self.feeds or self.owners:
@@ -304,7 +321,7 @@ class ChangeHub:
             try:
                 for i in range(0, max(len(ids), len(owners)), _ID_CHUNK):
                     changes = await self.app.db.aread(
-                        tasks.changes_since,
+                        self.app.db.driver.task_changes_since,
                         since,
                         ids[i : i + _ID_CHUNK],
                         owners[i : i + _ID_CHUNK],

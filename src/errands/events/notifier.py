@@ -13,8 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-from ..records import Status
-from ..store.queue import Change
+from ..records import Change, Status
 
 JobsCallback = Callable[[], None]
 CancelCallback = Callable[[Sequence[str]], None]

@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..store import postgres_fast
-from ..store.queue import Change
+from ..records import Change
+from ..store import postgres
 from .notifier import (
     CancelCallback,
     ChangesCallback,
@@ -148,7 +148,7 @@ class PostgresNotifier:
                 return True
             if self._direct is None:
                 self._direct = _connect(self._conninfo)
-            postgres_fast.notify(self._direct, [(c, p) for c, p, _ in messages])
+            postgres.notify(self._direct, [(c, p) for c, p, _ in messages])
             return True
         except Exception:  # the server is away: the sender thread retries, with backoff
             if self._direct is not None:
@@ -271,7 +271,7 @@ class _Sender:
     def _notify(self, batch: list[tuple[str, str]]) -> None:
         if self._conn is None:
             self._conn = _connect(self._conninfo)
-        postgres_fast.notify(self._conn, batch)
+        postgres.notify(self._conn, batch)
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -313,7 +313,7 @@ class _Listener:
         while not self._stopping.is_set():
             try:
                 self._conn = _connect(self._conninfo)
-                postgres_fast.listen(self._conn, self.channel)
+                postgres.listen(self._conn, self.channel)
                 self._ready.set()
                 if not first:
                     _log.info("errands: listening on %s again", self.channel)

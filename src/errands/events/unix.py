@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..store.queue import Change
+from ..records import Change
 from .notifier import (
     CancelCallback,
     ChangesCallback,

@@ -41,6 +41,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError, DatabaseUnavailable, StorageFull
+from .driver import Driver
+from .postgres import PostgresDriver
+from .sqlite import SQLiteDriver
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -238,6 +241,8 @@ class Database:
             raise ConfigurationError(
                 f"unsupported database {self.dialect!r} (sqlite or postgresql)"
             )
+        #: The store operations on this database (``store/driver.py``).
+        self.driver: Driver = SQLiteDriver() if self.dialect == "sqlite" else PostgresDriver()
         self.engine = self._create_engine(pool_size)
         self._pool_size = pool_size
         # PostgreSQL: a second, smaller pool for writes whose loss only repeats work

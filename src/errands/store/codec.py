@@ -1,0 +1,79 @@
+"""Conversions between Python values and what the drivers store, in one place.
+
+``errands_task`` keeps timezone-aware UTC datetimes (the ``UTCDateTime`` type) and JSON;
+``errands_job`` keeps Unix seconds. The SQLAlchemy types convert when statements go
+through SQLAlchemy; the drivers' raw statements (SQLite's cursor, PostgreSQL's arrays)
+convert here, exactly as those types would — ``tests/test_store.py`` reads every value
+back through them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from ..records import BlobRef, Progress, Status, TaskError, TaskRecord
+
+
+def utc(ts: float) -> datetime:
+    """Unix seconds as an aware UTC datetime."""
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def to_json(value: Any) -> str | None:
+    """A JSON column's text (SQL NULL for None)."""
+    return None if value is None else json.dumps(value)
+
+
+def sqlite_time(value: datetime | None) -> str | None:
+    """A timezone-aware datetime as ``UTCDateTime`` stores it on SQLite."""
+    if value is None:
+        return None
+    v = value.astimezone(UTC)
+    return (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+    )
+
+
+def from_sqlite_time(text: str | None) -> datetime | None:
+    """What ``UTCDateTime`` returns for the text it stored on SQLite."""
+    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def from_sqlite_json(raw: Any) -> Any:
+    """A JSON column's value read with the raw cursor (the column has numeric affinity:
+    a number comes back as a number)."""
+    return json.loads(raw) if isinstance(raw, str | bytes) else raw
+
+
+def record(m: Mapping[Any, Any]) -> TaskRecord:
+    """A record from a row's columns (converted as the SQLAlchemy types convert)."""
+    error = None
+    if m["error_type"] is not None or m["error_message"] is not None:
+        error = TaskError(type=m["error_type"] or "Error", message=m["error_message"] or "")
+    return TaskRecord(
+        id=m["id"],
+        owner=m["owner"],
+        name=m["name"],
+        payload=m["payload"],
+        status=Status(m["status"]),
+        progress=Progress(m["progress_current"], m["progress_total"], m["progress_message"]),
+        result=BlobRef(m["result_ref"]) if m["result_ref"] else m["result"],
+        error=error,
+        attempts=m["attempts"],
+        max_attempts=m["max_attempts"],
+        priority=m["priority"],
+        run_at=m["run_at"],
+        cancel_requested=bool(m["cancel_requested"]),
+        version=m["version"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        expires_at=m["expires_at"],
+        error_detail=m["error_detail"],
+        output_floor=m["output_floor"],
+    )

@@ -1,0 +1,937 @@
+"""The store driver: every statement errands runs, as noun-first operations.
+
+One driver per database (``SQLiteDriver`` in ``store/sqlite.py``, ``PostgresDriver`` in
+``store/postgres.py``) implements the operations below. Each operation is a method that
+takes a SQLAlchemy ``Connection`` already inside a transaction (``Database.read`` and
+``Database.write`` open it) and typed values (``store/values.py``). What both databases
+do the same way is written once here, with SQLAlchemy Core; the hot paths and whatever
+differs are the drivers' own (the methods left abstract). A third database is one new
+driver: ``tests/test_store.py``, the conformance suite, runs on every driver and says
+when it is done.
+
+**Ownership.** Every operation an end user's request can reach takes ``owner`` and puts
+it in the WHERE clause: someone else's task is never read, changed or even counted, and
+answers exactly like one that does not exist. ``owner=None`` means "any owner"; only
+administrative entry points (the CLI, the admin views) pass it.
+
+**Guarded transitions.** Status changes are guarded updates (``WHERE id = :id AND status =
+:expected``): no race resurrects a finished task or finishes it twice.
+
+**Jobs.** A job row exists exactly while its task is ``queued`` (``lease_owner IS NULL``) or
+``running`` (``lease_owner`` = the worker holding it, until ``lease_expires_at``). Claims,
+completions and retries change the job and the record in one transaction.
+
+**Claim order (fair claims).** Each job has a *turn*, given when it is queued: one after
+the owner's last waiting job of the same task name, and no earlier than that name's
+frontier, its lowest waiting turn (0 when none waits). Claims take due jobs by priority
+(highest first), then turn, then due time. So owners with waiting work of a name take
+turns: an owner who queues 500 jobs holds turns far ahead, and another owner's next job
+gets a turn at the frontier, next in line. A retried job keeps its turn. With ``caps``
+(``max_running_per_owner``) a claim also passes over an owner's jobs of a name while that
+many of them run.
+
+**Attempts and fencing.** A claim starts an attempt. When the task ran before (a retry,
+an expired lease, a hand-back), the claim raises the record's ``output_floor`` past
+every item stored so far and clears its progress: the task's output is the current
+attempt's items (``seq > output_floor``); earlier attempts' items stay in
+``errands_output``, hidden, until the record is deleted. The floor is also the attempt's
+fencing token: every write of an attempt — progress, items, outcome, hand-back — names
+the task, the worker and the floor it was claimed with, and is applied only while the
+record is ``running`` with that floor and the worker still holds the job. A refused
+write changes nothing and fails nothing: it is left out, and the writer learns which
+were refused. The attempt's items are inserted only after its record's guarded write in
+the same transaction (on PostgreSQL that row lock keeps a reaper, and so a new claim,
+from slipping in between). Statements that touch both tables lock the job row first, as
+claims and the reaper do.
+
+Times given as floats are Unix seconds; times written to the record are datetimes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ..records import CANCELLED_ERROR, BlobRef, Change, Status, TaskRecord
+from . import codec
+from .codec import utc
+from .schema import job_table, output_table, task_table, worker_table
+from .values import Claimed, NewTask, Outcome, OutputItem, Report
+
+T = task_table.c
+J = job_table.c
+OUT = output_table.c
+W = worker_table.c
+
+#: Claims take due jobs in this order (see "Claim order" above).
+CLAIM_ORDER = (J.priority.desc(), J.turn, J.run_at)
+#: The error of a task whose worker stopped answering and whose attempts are spent.
+WORKER_LOST = ("WorkerLost", "the worker running this task stopped responding")
+_CANDIDATES = 4  # jobs read per job wanted, when caps may skip some
+
+
+def _ids(name: str) -> Any:
+    return bindparam(name, expanding=True)
+
+
+def _owned(task_id: str, owner: str | None) -> Any:
+    cond = T.id == task_id
+    return cond if owner is None else and_(cond, T.owner == owner)
+
+
+def _change(row: Any) -> Change:
+    return Change(row[0], row[1], row[2], Status(row[3]))
+
+
+def _item(row: Any) -> tuple[int, Any]:
+    """An output item as (seq, data); data in the blob store as its ``BlobRef``."""
+    return row.seq, (BlobRef(row.ref) if row.ref else row.data)
+
+
+def task_row(task: NewTask) -> dict[str, Any]:
+    """The ``errands_task`` columns of a new record (as the SQLAlchemy types take them)."""
+    stamp = utc(task.created_at)
+    row: dict[str, Any] = {
+        "id": task.id,
+        "owner": task.owner,
+        "name": task.name,
+        "payload": task.payload,
+        "status": Status.QUEUED.value,
+        "attempts": 0,
+        "max_attempts": task.max_attempts,
+        "priority": task.priority,
+        "run_at": utc(task.run_at),
+        "cancel_requested": False,
+        "version": 1,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+    for key in ("idempotency_key", "request_hash", "unique_key"):
+        value = getattr(task, key)
+        if value is not None:
+            row[key] = value
+    return row
+
+
+# Statements built once; executing them costs no construction.
+_CHANGES = select(T.id, T.owner, T.version, T.status).where(T.id.in_(_ids("_ids")))
+_GET_OWNED = select(task_table).where(T.id == bindparam("_id"), T.owner == bindparam("_owner"))
+_GET_ANY = select(task_table).where(T.id == bindparam("_id"))
+_RENEW = (
+    update(job_table)
+    .where(J.lease_owner == bindparam("_worker"), J.task_id.in_(_ids("_ids")))
+    .values(lease_expires_at=bindparam("_until"))
+    .returning(J.task_id)
+)
+_CANCEL_ASKED = select(T.id).where(T.id.in_(_ids("_ids")), T.cancel_requested.is_(True))
+_UNSENT = (
+    select(J.task_id, J.run_at)
+    .where(
+        J.lease_owner.is_(None),
+        J.run_at <= bindparam("_before"),
+        (J.sent_at.is_(None)) | (J.sent_at < J.run_at),
+    )
+    .order_by(J.run_at)
+    .limit(bindparam("_limit"))
+)
+_MARK_SENT = (
+    update(job_table)
+    .where(J.task_id == bindparam("_id"), J.lease_owner.is_(None))
+    .values(sent_at=bindparam("_at"))
+)
+
+
+class Driver(abc.ABC):
+    """The store operations on one database; see the module docstring."""
+
+    #: The SQLAlchemy dialect name this driver serves.
+    dialect: str
+
+    # == task records ====================================================================
+    def task_create(
+        self, conn: Connection, tasks: Sequence[NewTask]
+    ) -> list[tuple[TaskRecord, str | None] | None]:
+        """Insert new records and their jobs. Per task: None if it was inserted, or the
+        record that already holds its idempotency or unique key, with that record's
+        ``request_hash`` (see ``task_insert_keyed``)."""
+        if not any(t.keyed for t in tasks):
+            self.task_insert(conn, tasks)
+            return [None] * len(tasks)
+        found: list[tuple[TaskRecord, str | None] | None] = []
+        for task in tasks:
+            if task.keyed:
+                found.append(self.task_insert_keyed(conn, task))
+            else:
+                self.task_insert(conn, [task])
+                found.append(None)
+        return found
+
+    @abc.abstractmethod
+    def task_insert(self, conn: Connection, tasks: Sequence[NewTask]) -> None:
+        """Insert new records (without keys) and their jobs (each job gets its turn)."""
+
+    def task_insert_keyed(
+        self, conn: Connection, task: NewTask
+    ) -> tuple[TaskRecord, str | None] | None:
+        """Insert a record that carries an idempotency key or a unique key, with its job
+        — unless the owner already has a record under that key (an active one, for a
+        unique key). Then nothing is inserted and that record is returned, with its
+        ``request_hash``. None: inserted. The database's unique indexes decide, so
+        concurrent submits of one key create one record."""
+        dialect_insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        row = task_row(task)
+        for _ in range(3):  # the holder may finish (unique key) between our two statements
+            inserted = conn.execute(
+                dialect_insert(task_table).values(row).on_conflict_do_nothing().returning(T.id)
+            ).first()
+            if inserted is not None:
+                self._jobs_insert(conn, [task])
+                return None
+            holder = None
+            if task.idempotency_key is not None:
+                holder = conn.execute(
+                    select(task_table).where(
+                        T.owner == task.owner, T.idempotency_key == task.idempotency_key
+                    )
+                ).first()
+            if holder is None and task.unique_key is not None:
+                holder = conn.execute(
+                    select(task_table).where(
+                        T.owner == task.owner,
+                        T.unique_key == task.unique_key,
+                        T.status.in_([Status.QUEUED.value, Status.RUNNING.value]),
+                    )
+                ).first()
+            if holder is not None:
+                return codec.record(holder._mapping), holder.request_hash
+        raise RuntimeError("a keyed record kept conflicting without a holder")
+
+    @abc.abstractmethod
+    def _jobs_insert(self, conn: Connection, tasks: Sequence[NewTask]) -> None:
+        """The jobs of records inserted separately, with their turns."""
+
+    def task_get(self, conn: Connection, task_id: str, owner: str | None) -> TaskRecord | None:
+        if owner is None:
+            row = conn.execute(_GET_ANY, {"_id": task_id}).first()
+        else:
+            row = conn.execute(_GET_OWNED, {"_id": task_id, "_owner": owner}).first()
+        return None if row is None else codec.record(row._mapping)
+
+    def task_version(self, conn: Connection, task_id: str, owner: str | None) -> int | None:
+        """The record's version alone (for conditional reads); None when no such task."""
+        query = select(T.version).where(_owned(task_id, owner))
+        return conn.execute(query).scalar()
+
+    def task_get_many(
+        self, conn: Connection, task_ids: Sequence[str], owner: str | None
+    ) -> list[TaskRecord]:
+        """The records among ``task_ids`` that exist (and belong to ``owner``)."""
+        if not task_ids:
+            return []
+        q = select(task_table).where(T.id.in_(list(task_ids)))
+        if owner is not None:
+            q = q.where(T.owner == owner)
+        return [codec.record(r._mapping) for r in conn.execute(q)]
+
+    def task_list(
+        self,
+        conn: Connection,
+        *,
+        owner: str | None,
+        status: Status | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[TaskRecord], str | None]:
+        """One page, newest first. The cursor is the last id of the previous page."""
+        q = select(task_table)
+        if owner is not None:
+            q = q.where(T.owner == owner)
+        if status is not None:
+            q = q.where(T.status == status.value)
+        if name is not None:
+            q = q.where(T.name == name)
+        if cursor is not None:
+            q = q.where(T.id < cursor)
+        rows = conn.execute(q.order_by(T.id.desc()).limit(limit + 1)).all()
+        records = [codec.record(r._mapping) for r in rows[:limit]]
+        next_cursor = records[-1].id if len(rows) > limit and records else None
+        return records, next_cursor
+
+    def task_changes(self, conn: Connection, task_ids: Iterable[str]) -> list[Change]:
+        """(id, owner, version, status) of these records."""
+        ids = list(task_ids)
+        if not ids:
+            return []
+        return [_change(r) for r in conn.execute(_CHANGES, {"_ids": ids})]
+
+    def task_changes_since(
+        self, conn: Connection, since: datetime, task_ids: list[str], owners: list[str]
+    ) -> list[Change]:
+        """Records among ``task_ids`` or of ``owners`` changed at or after ``since``: one
+        indexed query (``updated_at``), whatever the number of watchers."""
+        if not task_ids and not owners:
+            return []
+        rows = conn.execute(
+            select(T.id, T.owner, T.version, T.status).where(
+                T.updated_at >= since, or_(T.id.in_(task_ids), T.owner.in_(owners))
+            )
+        )
+        return [_change(r) for r in rows]
+
+    def task_cancel(
+        self,
+        conn: Connection,
+        task_id: str,
+        owner: str | None,
+        now: datetime,
+        expiry_for: Callable[[str], datetime | None],
+    ) -> tuple[TaskRecord | None, bool, bool]:
+        """Cancel a queued task at once, or ask a running one to stop.
+
+        Returns the record after the change (None when there is no such task for this
+        owner), whether a running task was asked to stop (the worker must be told), and
+        whether a queued task ended now. A finished task is left as it is.
+        ``expiry_for(name)`` gives the purge time of a record that ends now.
+        """
+        current = conn.execute(
+            select(T.status, T.cancel_requested, T.name)
+            .where(_owned(task_id, owner))
+            .with_for_update()
+        ).first()
+        if current is None:
+            return None, False, False
+        status, requested = Status(current.status), bool(current.cancel_requested)
+        ask_worker = ended = False
+        if status is Status.QUEUED:
+            gone = conn.execute(
+                delete(job_table).where(J.task_id == task_id, J.lease_owner.is_(None))
+            ).rowcount
+            if gone:
+                conn.execute(
+                    update(task_table)
+                    .where(T.id == task_id, T.status == Status.QUEUED.value)
+                    .values(
+                        status=Status.CANCELLED.value,
+                        cancel_requested=True,
+                        error_type=CANCELLED_ERROR.type,
+                        error_message=CANCELLED_ERROR.message,
+                        finished_at=now,
+                        expires_at=expiry_for(current.name),
+                        updated_at=now,
+                        version=T.version + 1,
+                    )
+                )
+                ended = True
+            else:  # claimed between our read and the delete: treat it as running
+                status = Status.RUNNING
+        if status is Status.RUNNING and not requested:
+            conn.execute(
+                update(task_table)
+                .where(T.id == task_id, T.status == Status.RUNNING.value)
+                .values(cancel_requested=True, updated_at=now, version=T.version + 1)
+            )
+            ask_worker = True
+        return self.task_get(conn, task_id, owner), ask_worker, ended
+
+    def task_delete_finished(self, conn: Connection, task_id: str, owner: str | None) -> bool:
+        """Delete a finished task and its outputs. Active tasks are not deleted."""
+        terminal = [Status.SUCCEEDED.value, Status.FAILED.value, Status.CANCELLED.value]
+        deleted = conn.execute(
+            delete(task_table).where(_owned(task_id, owner), T.status.in_(terminal))
+        ).rowcount
+        if deleted:
+            conn.execute(delete(output_table).where(OUT.task_id == task_id))
+        return bool(deleted)
+
+    def task_purge_expired(
+        self, conn: Connection, now: datetime, batch: int
+    ) -> tuple[int, list[str]]:
+        """Delete up to ``batch`` expired finished records and their outputs. Returns how
+        many, and the ids of those with values in the blob store (to delete after
+        commit)."""
+        rows = conn.execute(
+            select(T.id, T.result_ref)
+            .where(T.expires_at.is_not(None), T.expires_at < now)
+            .limit(batch)
+        ).all()
+        if not rows:
+            return 0, []
+        ids = [r.id for r in rows]
+        with_blobs = {r.id for r in rows if r.result_ref}
+        with_blobs.update(
+            conn.execute(
+                select(OUT.task_id).where(OUT.task_id.in_(ids), OUT.ref.is_not(None)).distinct()
+            ).scalars()
+        )
+        conn.execute(delete(output_table).where(OUT.task_id.in_(ids)))
+        conn.execute(delete(task_table).where(T.id.in_(ids)))
+        return len(ids), sorted(with_blobs)
+
+    # == outputs =========================================================================
+    def output_page(
+        self, conn: Connection, task_id: str, owner: str | None, *, after: int, limit: int
+    ) -> tuple[int, list[tuple[int, Any]]] | None:
+        """The task's output floor and the items of its current attempt with sequence >
+        ``after``; None when no such task."""
+        floor = conn.execute(select(T.output_floor).where(_owned(task_id, owner))).scalar()
+        if floor is None:
+            return None
+        return floor, self.output_items(conn, task_id, after, limit, floor)
+
+    def output_items(
+        self, conn: Connection, task_id: str, after: int, limit: int, floor: int
+    ) -> list[tuple[int, Any]]:
+        """Items after ``after`` of the attempt whose floor is ``floor`` — none if another
+        attempt has begun since that floor was read (checked in the same statement)."""
+        rows = conn.execute(
+            select(OUT.seq, OUT.data, OUT.ref)
+            .join(task_table, T.id == OUT.task_id)
+            .where(
+                OUT.task_id == task_id,
+                OUT.seq > max(after, floor),
+                T.id == task_id,
+                T.output_floor == floor,
+            )
+            .order_by(OUT.seq)
+            .limit(limit)
+        )
+        return [_item(r) for r in rows]
+
+    def output_top(self, conn: Connection, task_id: str) -> int:
+        """The sequence number a reader of the task's current output is at once it has
+        read everything: its newest item's, or the attempt's floor when it has none."""
+        floor = select(T.output_floor).where(T.id == task_id).scalar_subquery()
+        top = select(func.max(OUT.seq)).where(OUT.task_id == task_id).scalar_subquery()
+        newest, floor_now = conn.execute(
+            select(func.coalesce(top, 0), func.coalesce(floor, 0))
+        ).one()
+        return max(int(newest), int(floor_now))
+
+    def task_snapshot(
+        self, conn: Connection, wants: Mapping[str, int], limit: int = 1000
+    ) -> dict[str, tuple[TaskRecord, list[tuple[int, Any]]]]:
+        """For each task id, its record and up to ``limit`` items of its current attempt
+        after the given sequence number, read in that order (so a finished record comes
+        with all its outputs). Items are read only while the attempt is still the
+        record's (a new attempt that began between the two reads gives no items: a
+        reader learns of it with the next change). Tasks that no longer exist are left
+        out. Internal: no owner check."""
+        records = {r.id: r for r in self.task_get_many(conn, list(wants), None)}
+        return {
+            task_id: (
+                record,
+                self.output_items(conn, task_id, wants[task_id], limit, record.output_floor),
+            )
+            for task_id, record in records.items()
+        }
+
+    @abc.abstractmethod
+    def output_insert(self, conn: Connection, items: Sequence[OutputItem], now: float) -> None:
+        """Insert items of attempts whose guarded record write in this transaction
+        succeeded (it holds their rows until commit)."""
+
+    # == claiming ========================================================================
+    def job_claim(
+        self,
+        conn: Connection,
+        worker_id: str,
+        *,
+        names: Sequence[str],
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        caps: Mapping[str, int] | None = None,
+    ) -> tuple[list[Claimed], float | None]:
+        """A worker's claim: up to ``limit`` jobs in claim order within ``caps`` (task
+        name → how many of one owner's tasks of that name may run), and — when fewer
+        were available — when the earliest job left waiting becomes due (None: none is
+        waiting). With ``caps`` for some of ``names`` the claim must run in a
+        transaction (see ``_serialize_capped_claims``)."""
+        if limit <= 0 or not names:
+            return [], None
+        capped = {n: c for n, c in (caps or {}).items() if n in names}
+        chosen: list[str] | None = None
+        more = False
+        if capped:
+            chosen, more = self._within_caps(conn, names, capped, limit, now)
+            if not chosen:
+                return [], (now if more else self.job_next_due(conn, names))
+        claimed, due = self._lease(conn, worker_id, names, limit, now, lease_seconds, chosen)
+        if len(claimed) >= limit:
+            return claimed, None
+        return claimed, (now if more else due)
+
+    def job_claim_ids(
+        self,
+        conn: Connection,
+        worker_id: str,
+        task_ids: Sequence[str],
+        *,
+        names: Sequence[str],
+        now: float,
+        lease_seconds: float,
+    ) -> list[Claimed]:
+        """Lease these jobs, those still waiting (an engine whose broker says which job
+        to run: a job already leased, finished or cancelled is not taken, so a message
+        delivered twice runs the job once)."""
+        if not task_ids or not names:
+            return []
+        ids = list(task_ids)
+        return self._lease(conn, worker_id, names, len(ids), now, lease_seconds, ids)[0]
+
+    @abc.abstractmethod
+    def _lease(
+        self,
+        conn: Connection,
+        worker_id: str,
+        names: Sequence[str],
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        chosen: Sequence[str] | None,
+    ) -> tuple[list[Claimed], float | None]:
+        """Lease up to ``limit`` due jobs in claim order (or the ``chosen`` ones, if still
+        waiting), start their records — a new attempt: progress cleared, and for a task
+        that ran before the output floor raised past every stored item — and drop jobs
+        whose record is no longer queued. The jobs, and when the next waiting job is due
+        if fewer than ``limit`` were leased."""
+
+    def _serialize_capped_claims(self, conn: Connection) -> None:
+        """Make claims under caps take turns until this transaction ends (so two workers
+        cannot both start an owner's last allowed task). SQLite's writers take turns
+        already."""
+        return None
+
+    def _within_caps(
+        self,
+        conn: Connection,
+        names: Sequence[str],
+        caps: Mapping[str, int],
+        limit: int,
+        now: float,
+    ) -> tuple[list[str], bool]:
+        """The jobs a capped claim takes, in claim order, and whether jobs were passed
+        over that a claim right after this one could take (the claim came up short for
+        caps alone)."""
+        self._serialize_capped_claims(conn)
+        running: dict[tuple[str, str], int] = {
+            (owner, name): n
+            for owner, name, n in conn.execute(
+                select(J.owner, J.name, func.count())
+                .where(J.lease_owner.is_not(None), J.name.in_(list(caps)))
+                .group_by(J.owner, J.name)
+            )
+        }
+        full = [pair for pair, n in running.items() if n >= caps[pair[1]]]
+        wanted = limit * _CANDIDATES
+        query = (
+            select(J.task_id, J.owner, J.name)
+            .where(J.lease_owner.is_(None), J.run_at <= now, J.name.in_(list(names)))
+            .order_by(*CLAIM_ORDER)
+            .limit(wanted)
+        )
+        if full:
+            query = query.where(tuple_(J.owner, J.name).not_in(full))
+        rows = conn.execute(query).all()
+        chosen: list[str] = []
+        skipped = False
+        for task_id, owner, name in rows:
+            cap = caps.get(name)
+            if cap is not None:
+                if running.get((owner, name), 0) >= cap:
+                    skipped = True
+                    continue
+                running[(owner, name)] = running.get((owner, name), 0) + 1
+            chosen.append(task_id)
+            if len(chosen) == limit:
+                break
+        return chosen, skipped and len(chosen) < limit and len(rows) == wanted
+
+    def job_next_due(self, conn: Connection, names: Sequence[str]) -> float | None:
+        """When the earliest waiting job becomes due (None: no job is waiting)."""
+        return conn.execute(
+            select(func.min(J.run_at)).where(J.lease_owner.is_(None), J.name.in_(list(names)))
+        ).scalar()
+
+    # == engines that hand jobs to a broker =================================================
+    def job_unsent(
+        self, conn: Connection, *, before: float, limit: int = 500
+    ) -> list[tuple[str, float]]:
+        """(task id, run_at) of waiting jobs due before ``before`` that were not published
+        since they became due: their hand-off to the broker may have been lost."""
+        rows = conn.execute(_UNSENT, {"_before": before, "_limit": limit})
+        return [(r.task_id, r.run_at) for r in rows]
+
+    def job_mark_sent(self, conn: Connection, sent: Sequence[tuple[str, float]]) -> None:
+        """Record that messages for these waiting jobs went to the broker: (task id, the
+        time from which the message stands for the job — when it was sent, or the job's
+        later due time)."""
+        if sent:
+            conn.execute(_MARK_SENT, [{"_id": t, "_at": at} for t, at in sent])
+
+    def job_unmark_sent(self, conn: Connection, task_ids: Sequence[str]) -> None:
+        """Forget the publication of these jobs if they still wait: a message for them was
+        consumed without running them, so the relay publishes them again."""
+        if task_ids:
+            conn.execute(
+                update(job_table)
+                .where(J.task_id.in_(list(task_ids)), J.lease_owner.is_(None))
+                .values(sent_at=None)
+            )
+
+    # == while running ===================================================================
+    def job_heartbeat(
+        self, conn: Connection, worker_id: str, task_ids: Sequence[str], *, lease_until: float
+    ) -> tuple[set[str], set[str]]:
+        """Extend the leases this worker still holds.
+
+        Returns the ids still leased (a missing id was reaped: its result will be
+        refused) and, among them, those whose owner asked to cancel.
+        """
+        if not task_ids:
+            return set(), set()
+        renew = {"_worker": worker_id, "_ids": list(task_ids), "_until": lease_until}
+        held = set(conn.execute(_RENEW, renew).scalars())
+        if not held:
+            return held, set()
+        cancel = set(conn.execute(_CANCEL_ASKED, {"_ids": list(held)}).scalars())
+        return held, cancel
+
+    def attempt_report(
+        self,
+        conn: Connection,
+        worker_id: str,
+        reports: Sequence[Report],
+        outputs: Sequence[OutputItem],
+        *,
+        now: float,
+    ) -> list[Change]:
+        """Write running attempts' progress and emitted items.
+
+        Every reported record gets a new version; a task with items must be reported.
+        Only attempts that still hold their lease are written: the changes returned name
+        them, and a reported task missing from them lost its lease.
+        """
+        if not reports:
+            return []
+        changed = self._report(conn, worker_id, reports, now)
+        self._insert_accepted(conn, outputs, changed, now)
+        return changed
+
+    @abc.abstractmethod
+    def _report(
+        self, conn: Connection, worker_id: str, reports: Sequence[Report], now: float
+    ) -> list[Change]:
+        """The fenced record writes of ``attempt_report``: the records changed."""
+
+    def _insert_accepted(
+        self, conn: Connection, outputs: Sequence[OutputItem], changed: Sequence[Change], now: float
+    ) -> None:
+        accepted = {c.task_id for c in changed}
+        items = [o for o in outputs if o.task_id in accepted]
+        if items:
+            self.output_insert(conn, items, now)
+
+    # == ending an attempt ===============================================================
+    def attempt_finish(
+        self,
+        conn: Connection,
+        worker_id: str,
+        outcomes: Sequence[Outcome],
+        *,
+        now: float,
+        outputs: Sequence[OutputItem] = (),
+    ) -> list[Change]:
+        """Record how attempts ended, for the attempts that still hold their lease, with
+        the items they emitted last.
+
+        Terminal outcomes delete the job; retries hand it back for ``retry_at``. An
+        outcome of an attempt that lost its lease is left out, and so are its items.
+        Returns the records changed.
+        """
+        terminal = [o for o in outcomes if o.status is not Status.QUEUED]
+        changed = self._finish_terminal(conn, worker_id, terminal, now) if terminal else []
+        for o in outcomes:
+            if o.status is Status.QUEUED:
+                change = self._retry(conn, worker_id, o, now)
+                if change is not None:
+                    changed.append(change)
+        self._insert_accepted(conn, outputs, changed, now)
+        return changed
+
+    @abc.abstractmethod
+    def _finish_terminal(
+        self, conn: Connection, worker_id: str, outcomes: Sequence[Outcome], now: float
+    ) -> list[Change]:
+        """Terminal outcomes of attempts that still hold their lease: the records
+        written, their jobs deleted."""
+
+    def _fenced(self, worker_id: str, floor: Any) -> Any:
+        """The guard of an attempt's record writes: still running, with the attempt's
+        floor, and the worker still holds the job."""
+        return (
+            (T.status == Status.RUNNING.value)
+            & (T.output_floor == floor)
+            & exists().where(J.task_id == T.id, J.lease_owner == worker_id)
+        )
+
+    def _lock_held(self, conn: Connection, worker_id: str, task_ids: Sequence[str]) -> list[str]:
+        """Lock the jobs among ``task_ids`` this worker holds (the job row first, as
+        claims and the reaper lock); their ids."""
+        query = select(J.task_id).where(J.task_id.in_(list(task_ids)), J.lease_owner == worker_id)
+        return list(conn.execute(self._locking(query)).scalars())
+
+    def _locking(self, query: Any) -> Any:
+        """``query`` taking row locks, where the database has them."""
+        return query
+
+    def _retry(self, conn: Connection, worker_id: str, o: Outcome, now: float) -> Change | None:
+        """A failed attempt that will be retried: the record back to ``queued`` for
+        ``retry_at``, the job waiting again (with its turn)."""
+        retry_at = o.retry_at if o.retry_at is not None else now
+        if not self._lock_held(conn, worker_id, [o.task_id]):
+            return None
+        values: dict[str, Any] = {
+            "status": Status.QUEUED.value,
+            "error_type": o.error_type,
+            "error_message": o.error_message,
+            "error_detail": o.error_detail,
+            "run_at": utc(retry_at),
+            "updated_at": utc(now),
+            "version": T.version + 1,
+        }
+        if o.progress is not None:
+            values["progress_current"], values["progress_total"], values["progress_message"] = (
+                o.progress
+            )
+        row = conn.execute(
+            update(task_table)
+            .where(T.id == o.task_id, self._fenced(worker_id, o.floor))
+            .values(values)
+            .returning(T.id, T.owner, T.version, T.status)
+        ).first()
+        if row is None:
+            return None
+        conn.execute(
+            update(job_table)
+            .where(J.task_id == o.task_id)
+            .values(lease_owner=None, lease_expires_at=None, run_at=retry_at)
+        )
+        return _change(row)
+
+    def attempt_release(
+        self, conn: Connection, worker_id: str, attempts: Sequence[tuple[str, int]], *, now: float
+    ) -> list[Change]:
+        """Hand back attempts a stopping worker did not finish — (task id, floor) —
+        without spending an attempt: their tasks are queued again, to run as if from the
+        start."""
+        held = set(self._lock_held(conn, worker_id, [task_id for task_id, _ in attempts]))
+        changed: list[Change] = []
+        for task_id, floor in attempts:
+            if task_id not in held:
+                continue
+            row = conn.execute(
+                update(task_table)
+                .where(T.id == task_id, self._fenced(worker_id, floor))
+                .values(
+                    status=Status.QUEUED.value,
+                    attempts=T.attempts - 1,
+                    updated_at=utc(now),
+                    version=T.version + 1,
+                )
+                .returning(T.id, T.owner, T.version, T.status)
+            ).first()
+            if row is None:
+                continue
+            conn.execute(
+                update(job_table)
+                .where(J.task_id == task_id)
+                .values(lease_owner=None, lease_expires_at=None, run_at=now, attempt=J.attempt - 1)
+            )
+            changed.append(_change(row))
+        return changed
+
+    # == the reaper ======================================================================
+    def job_expire_leases(self, conn: Connection, worker_ids: Sequence[str]) -> int:
+        """End the leases of these workers now (they are known to be dead): the reaper
+        takes their jobs at its next pass. How many leases ended."""
+        if not worker_ids:
+            return 0
+        ended = conn.execute(
+            update(job_table)
+            .where(J.lease_owner.in_(list(worker_ids)))
+            .values(lease_expires_at=0.0)
+        ).rowcount
+        return ended or 0
+
+    def job_reap(
+        self,
+        conn: Connection,
+        *,
+        now: float,
+        expiry_for: Callable[[str], datetime | None],
+        limit: int = 100,
+    ) -> list[Change]:
+        """Recover jobs whose lease expired (their worker died or hung).
+
+        A task whose owner asked to cancel ends ``cancelled``; one with attempts left
+        goes back to ``queued`` at once; one whose attempts are spent ends ``failed``.
+        """
+        query = (
+            select(J.task_id, J.name, J.lease_owner, J.attempt, T.max_attempts, T.cancel_requested)
+            .join(task_table, T.id == J.task_id)
+            .where(J.lease_owner.is_not(None), J.lease_expires_at < now)
+            .limit(limit)
+        )
+        expired = conn.execute(self._locking_skip(query)).all()
+        stamp = utc(now)
+        touched: list[str] = []
+        for row in expired:
+            still_expired = (
+                (J.task_id == row.task_id)
+                & (J.lease_owner == row.lease_owner)
+                & (J.lease_expires_at < now)
+            )
+            if row.cancel_requested or row.attempt >= row.max_attempts:
+                if not conn.execute(delete(job_table).where(still_expired)).rowcount:
+                    continue
+                values: dict[str, Any] = {"finished_at": stamp, "expires_at": expiry_for(row.name)}
+                if row.cancel_requested:
+                    values.update(
+                        status=Status.CANCELLED.value,
+                        error_type=CANCELLED_ERROR.type,
+                        error_message=CANCELLED_ERROR.message,
+                    )
+                else:
+                    values.update(
+                        status=Status.FAILED.value,
+                        error_type=WORKER_LOST[0],
+                        error_message=WORKER_LOST[1],
+                    )
+            else:
+                if not conn.execute(
+                    update(job_table)
+                    .where(still_expired)
+                    .values(lease_owner=None, lease_expires_at=None, run_at=now)
+                ).rowcount:
+                    continue
+                values = {"status": Status.QUEUED.value, "run_at": stamp}
+            conn.execute(
+                update(task_table)
+                .where(T.id == row.task_id, T.status == Status.RUNNING.value)
+                .values(values | {"updated_at": stamp, "version": T.version + 1})
+            )
+            touched.append(row.task_id)
+        return self.task_changes(conn, touched)
+
+    def _locking_skip(self, query: Any) -> Any:
+        """``query`` locking the job rows it reads, passing over rows others hold."""
+        return query
+
+    # == the worker registry and the admin figures =========================================
+    def worker_register(self, conn: Connection, row: Mapping[str, Any]) -> None:
+        conn.execute(delete(worker_table).where(W.id == row["id"]))
+        conn.execute(insert(worker_table).values(dict(row)))
+
+    def worker_beat(self, conn: Connection, worker_id: str, now: datetime) -> None:
+        conn.execute(update(worker_table).where(W.id == worker_id).values(seen_at=now))
+
+    def worker_unregister(self, conn: Connection, worker_id: str) -> None:
+        conn.execute(delete(worker_table).where(W.id == worker_id))
+
+    def worker_on_host(
+        self, conn: Connection, hostname: str, exclude: str
+    ) -> list[tuple[str, int, str | None]]:
+        """(id, pid, process_key) of the other workers registered under ``hostname``."""
+        rows = conn.execute(
+            select(W.id, W.pid, W.process_key).where(W.hostname == hostname, W.id != exclude)
+        )
+        return [(r.id, r.pid, r.process_key) for r in rows]
+
+    def worker_forget(self, conn: Connection, worker_ids: Sequence[str]) -> None:
+        """Delete these workers' rows (workers known to be dead)."""
+        if worker_ids:
+            conn.execute(delete(worker_table).where(W.id.in_(list(worker_ids))))
+
+    def worker_forget_silent(self, conn: Connection, before: datetime) -> int:
+        """Delete the rows of workers not seen since ``before``."""
+        return conn.execute(delete(worker_table).where(W.seen_at < before)).rowcount or 0
+
+    def worker_alive(self, conn: Connection, since: datetime) -> list[dict[str, Any]]:
+        """Workers seen since ``since``, each with the tasks it holds leases on."""
+        shown = [c for c in worker_table.c if c.name != "process_key"]  # internal to liveness
+        workers = [
+            dict(r._mapping)
+            for r in conn.execute(select(*shown).where(W.seen_at >= since).order_by(W.id))
+        ]
+        if not workers:
+            return []
+        running: dict[str, list[dict[str, Any]]] = {w["id"]: [] for w in workers}
+        rows = conn.execute(
+            select(J.lease_owner, J.task_id, J.name, J.owner).where(
+                J.lease_owner.in_(list(running))
+            )
+        )
+        for r in rows:
+            running[r.lease_owner].append({"task_id": r.task_id, "name": r.name, "owner": r.owner})
+        for w in workers:
+            w["running"] = running[w["id"]]
+        return workers
+
+    def stats_status_counts(self, conn: Connection) -> dict[str, int]:
+        """Records by status (every owner)."""
+        counts = {s.value: 0 for s in Status}
+        for status, n in conn.execute(select(T.status, func.count()).group_by(T.status)):
+            counts[status] = n
+        return counts
+
+    def stats_name_status_counts(self, conn: Connection) -> list[tuple[str, str, int, int]]:
+        """(name, status, records, records that started) for every name and status."""
+        rows = conn.execute(
+            select(T.name, T.status, func.count(), func.count(T.started_at)).group_by(
+                T.name, T.status
+            )
+        )
+        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
+    def stats_finished_since(
+        self, conn: Connection, since: datetime, limit: int = 200_000
+    ) -> list[tuple[str, str, datetime, datetime | None, datetime]]:
+        """(name, status, created_at, started_at, finished_at) of records finished since
+        ``since`` (found through the ``updated_at`` index: a finished record's last
+        change is its finish)."""
+        rows = conn.execute(
+            select(T.name, T.status, T.created_at, T.started_at, T.finished_at)
+            .where(T.updated_at >= since, T.finished_at >= since)
+            .limit(limit)
+        )
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    def stats_queue_state(self, conn: Connection, now: float) -> tuple[int, int, float | None]:
+        """(jobs waiting, of them due now, run_at of the oldest due one)."""
+        waiting = conn.execute(
+            select(func.count()).select_from(job_table).where(J.lease_owner.is_(None))
+        ).scalar_one()
+        due, oldest = conn.execute(
+            select(func.count(), func.min(J.run_at)).where(J.lease_owner.is_(None), J.run_at <= now)
+        ).one()
+        return int(waiting), int(due), oldest

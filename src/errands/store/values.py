@@ -1,0 +1,106 @@
+"""The typed values the store's drivers take and return (see ``store/driver.py``).
+
+Times are Unix seconds (floats) unless a field says otherwise; JSON values are what
+``json.dumps`` accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..records import Status
+
+#: (current, total, message) of a task's progress.
+ProgressValue = tuple[float | None, float | None, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A record to insert, with the job that queues its work."""
+
+    id: str
+    owner: str
+    name: str
+    payload: Any
+    max_attempts: int
+    priority: int
+    #: When it may start, and when it was submitted.
+    run_at: float
+    created_at: float
+    #: Idempotent submit: the caller's key and a hash of (name, payload).
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    #: Unique tasks: a hash of (name, payload).
+    unique_key: str | None = None
+
+    @property
+    def keyed(self) -> bool:
+        """Does it carry an idempotency key or a unique key?"""
+        return self.idempotency_key is not None or self.unique_key is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job handed to a worker, with what it needs to run it."""
+
+    task_id: str
+    name: str
+    owner: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    version: int
+    cancel_requested: bool
+    #: The attempt's output floor: its items are numbered from ``output_floor + 1``, and
+    #: its writes are fenced by it (see ``store/driver.py``).
+    output_floor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputItem:
+    """One item a running attempt emitted; ``ref`` names it in the blob store when it
+    is too large for the row (``data`` is then None)."""
+
+    task_id: str
+    seq: int
+    data: Any
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a running attempt reports between outcomes: its newest progress, or None
+    when it only emitted items (its record then just gets a new version, so live views
+    learn of the items)."""
+
+    task_id: str
+    #: The attempt's output floor (its fencing token).
+    floor: int
+    progress: ProgressValue | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one attempt ended, as the worker reports it.
+
+    ``status`` is terminal, or ``queued`` for a retry at ``retry_at`` (Unix seconds).
+    ``progress`` is the final (current, total, message), or None to leave it as it is.
+    """
+
+    task_id: str
+    status: Status
+    result: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_detail: str | None = None
+    progress: ProgressValue | None = None
+    expires_at: datetime | None = None
+    retry_at: float | None = None
+    #: The key of a result kept in the blob store (``result`` is then None), and its
+    #: bytes until they are stored there.
+    result_ref: str | None = None
+    blob: bytes | None = None
+    #: The attempt's output floor (its fencing token; 0 for a task's first run).
+    floor: int = 0
