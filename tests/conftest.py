@@ -346,6 +346,7 @@ class LiveServer:
 
         import uvicorn
 
+        from errands.web.hub import hub_for
         from tests.apps.web import install, make_api
 
         if "steps" not in target.registry:
@@ -353,7 +354,7 @@ class LiveServer:
         self.app = target
         self.api = make_api(target, **options)
         self.router = self.api.state.router
-        self.hub = target.hub
+        self.hub = hub_for(target.runtime)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))

@@ -32,6 +32,7 @@ from starlette.testclient import TestClient  # its httpx2 warning is ignored in 
 from errands import Status
 from errands.demo import accounts, store
 from errands.demo.web import PAGE_SIZE, Demo
+from errands.web.hub import hub_for
 from tests.apps.demo_site import PASSWORD, DemoClient, build_demo
 from tests.conftest import wait_for
 
@@ -285,7 +286,7 @@ def test_page_has_what_its_live_script_needs_and_the_stream_sends_changes(site: 
     stranger = TestClient(site.client.app)  # no cookies (not started: no second worker)
     assert stranger.get("/api/events").status_code == 401
 
-    hub = site.demo.errands.hub
+    hub = hub_for(site.demo.errands.runtime)
     alice = site.owner(ALICE)
     with site.client.stream("GET", "/api/events") as response:
         assert response.status_code == 200

@@ -516,9 +516,9 @@ def test_poll_delivers_changes_without_notifications(
     # SQLite, NOTIFY on PostgreSQL) reach nobody here, so the server learns of progress
     # from its poll.
     cross_process = app.notifier
-    app.notifier = LocalNotifier()
-    app.engine = SqlEngine()
-    app.engine.attach(app)
+    app.runtime.notifier = LocalNotifier()
+    app.engine = app.runtime.publisher = SqlEngine()
+    app.engine.attach(app.runtime)
     cross_process.close()
     server = serve(poll_interval=0.2, keepalive=1.0)
     steps = 5

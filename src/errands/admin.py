@@ -1,4 +1,4 @@
-"""Administrative views of an errands app: ``app.admin``.
+"""Administrative views of an errands app: ``app.admin`` (figures across every owner).
 
 Everything here spans every owner; call it only from code that has checked the caller
 is an administrator.
@@ -12,11 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidTransition
-from .records import Status, TaskRecord
-
 if TYPE_CHECKING:
-    from .app import Errands
+    from .runtime import Runtime
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,26 +67,26 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 class Admin:
-    def __init__(self, app: Errands) -> None:
-        self._app = app
+    def __init__(self, runtime: Runtime) -> None:
+        self._db = runtime.db
 
     async def workers(self, *, within: float | None = None) -> list[WorkerInfo]:
         """Workers seen in the last ``within`` seconds (default: three heartbeats of
         the default settings, 30 s), with what they run."""
         since = datetime.now(UTC) - timedelta(seconds=within or 30.0)
-        rows = await self._app.db.aread(self._app.db.driver.worker_alive, since)
+        rows = await self._db.aread(self._db.driver.worker_alive, since)
         return [WorkerInfo(**row) for row in rows]
 
     async def status_counts(self) -> dict[str, int]:
-        return await self._app.db.aread(self._app.db.driver.stats_status_counts)
+        return await self._db.aread(self._db.driver.stats_status_counts)
 
     async def name_status_counts(self) -> list[tuple[str, str, int, int]]:
         """(name, status, records, records that started) — for metrics."""
-        return await self._app.db.aread(self._app.db.driver.stats_name_status_counts)
+        return await self._db.aread(self._db.driver.stats_name_status_counts)
 
     async def queue(self) -> QueueState:
         now = time.time()
-        waiting, due, oldest = await self._app.db.aread(self._app.db.driver.stats_queue_state, now)
+        waiting, due, oldest = await self._db.aread(self._db.driver.stats_queue_state, now)
         return QueueState(waiting, due, None if oldest is None else max(0.0, now - oldest))
 
     async def activity(
@@ -102,7 +99,7 @@ class Admin:
         first = datetime.fromtimestamp(
             (now - span).timestamp() // bucket_seconds * bucket_seconds, UTC
         )
-        rows = await self._app.db.aread(self._app.db.driver.stats_finished_since, first)
+        rows = await self._db.aread(self._db.driver.stats_finished_since, first)
         count = int((now - first).total_seconds() // bucket_seconds) + 1
         tallies: list[dict[str, Any]] = [
             {"succeeded": 0, "failed": 0, "cancelled": 0, "run": [], "wait": []}
@@ -131,15 +128,3 @@ class Admin:
             )
             for i, t in enumerate(tallies)
         ]
-
-    async def retry(self, task_id: str) -> TaskRecord:
-        """Submit a failed or cancelled task again, as a new task of the same owner,
-        name, payload and priority. Returns the new record."""
-        from .app import ANY_OWNER
-
-        old = await self._app.get(task_id, owner=ANY_OWNER)
-        if old.status not in (Status.FAILED, Status.CANCELLED):
-            raise InvalidTransition(
-                f"only a failed or cancelled task can be retried; this one is {old.status.value}"
-            )
-        return await self._app.submit(old.name, old.payload, owner=old.owner, priority=old.priority)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 from sqlalchemy import Connection, event
@@ -34,11 +34,12 @@ from .engines import Engine, SqlEngine
 from .errors import (
     ConfigurationError,
     IdempotencyConflict,
+    InvalidTransition,
     PayloadTooLarge,
     TaskNotFound,
     WaitTimeout,
 )
-from .events import notifier_for
+from .events import Notifier, notifier_for
 from .ids import is_task_id, new_task_id
 from .observers import Observers
 from .records import BlobRef, Change, OutputPage, Page, Progress, Status, TaskRecord
@@ -50,12 +51,10 @@ from .registry import (
     check_running_cap,
     make_definition,
 )
+from .runtime import Runtime
 from .store.database import Database, database_errors
 from .store.values import NewTask
-
-if TYPE_CHECKING:
-    from .events.hub import ChangeHub
-    from .worker import Worker
+from .worker import Worker, WorkerSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -121,8 +120,7 @@ class Errands:
         check_running_cap(max_running_per_owner)
         if isinstance(blob_threshold, bool) or not isinstance(blob_threshold, int):
             raise ConfigurationError("blob_threshold must be a number of bytes")
-        self.db = Database(database_url, pool_size=pool_size)
-        self.notifier = notifier_for(self.db)
+        db = Database(database_url, pool_size=pool_size)
         if engine == "sql":
             engine = SqlEngine()
         elif isinstance(engine, str):
@@ -130,39 +128,64 @@ class Errands:
                 f"unknown engine {engine!r}: 'sql', or an engine object "
                 "(errands.engines.celery.CeleryEngine)"
             )
-        self.engine: Engine = engine
-        engine.attach(self)
-        self.registry = Registry()
-        self.max_payload_bytes = max_payload_bytes
-        self.default_retention = default_retention
-        #: How many of one owner's tasks of one name may run at once, for tasks that
-        #: set no ``max_running_per_owner`` of their own (None: no limit).
-        self.max_running_per_owner = max_running_per_owner
         if blob_store is None:
-            store: BlobStore = default_store(self.db.sqlite_path)
+            store: BlobStore = default_store(db.sqlite_path)
         elif isinstance(blob_store, str | os.PathLike):
             store = LocalBlobStore(blob_store)
         else:
             store = blob_store
-        #: Results and output items larger than ``blob_threshold`` bytes of JSON are kept
-        #: in ``blob_store`` (a ``BlobStore``, or a directory), not in the rows.
-        self.blobs = Blobs(store, blob_threshold)
+        #: What the worker, the live views, the admin views and the engine share.
+        self.runtime = Runtime(
+            db=db,
+            registry=Registry(),
+            notifier=notifier_for(db),
+            # Results and output items larger than ``blob_threshold`` bytes of JSON are
+            # kept in ``blob_store`` (a ``BlobStore``, or a directory), not in the rows.
+            blobs=Blobs(store, blob_threshold),
+            observers=Observers(),
+            publisher=engine,
+            default_retention=default_retention,
+            max_running_per_owner=max_running_per_owner,
+        )
+        self.engine: Engine = engine
+        engine.attach(self.runtime)
+        self.max_payload_bytes = max_payload_bytes
         self.watchers = Watchers(self)
         self.sync = SyncErrands(self)
-        self._hub: ChangeHub | None = None
-        #: Callbacks on lifecycle events in this process (see ``errands.observers``).
-        self.observers = Observers()
         #: Views across every owner, for administrators (see ``errands.admin``).
-        self.admin = Admin(self)
+        self.admin = Admin(self.runtime)
+
+    # The runtime's parts, under the names the app has always had.
+    @property
+    def db(self) -> Database:
+        return self.runtime.db
 
     @property
-    def hub(self) -> ChangeHub:
-        """Fans record changes out to this process's live views (SSE, WebSocket)."""
-        if self._hub is None:
-            from .events.hub import ChangeHub
+    def registry(self) -> Registry:
+        return self.runtime.registry
 
-            self._hub = ChangeHub(self)
-        return self._hub
+    @property
+    def notifier(self) -> Notifier:
+        return self.runtime.notifier
+
+    @property
+    def blobs(self) -> Blobs:
+        return self.runtime.blobs
+
+    @property
+    def observers(self) -> Observers:
+        """Callbacks on lifecycle events in this process (see ``errands.observers``)."""
+        return self.runtime.observers
+
+    @property
+    def default_retention(self) -> timedelta | None:
+        return self.runtime.default_retention
+
+    @property
+    def max_running_per_owner(self) -> int | None:
+        """How many of one owner's tasks of one name may run at once, for tasks that set
+        no ``max_running_per_owner`` of their own (None: no limit)."""
+        return self.runtime.max_running_per_owner
 
     # -- registering tasks -----------------------------------------------------------
     @overload
@@ -248,26 +271,12 @@ class Errands:
 
     def expiry(self, name: str, now: float) -> datetime | None:
         """When a record of task ``name`` finished at ``now`` may be purged (None: never)."""
-        keep = self.default_retention
-        definition = self.registry.find(name)
-        if definition is not None and not definition.default_retention:
-            keep = definition.retention
-        if keep is None or keep == timedelta.max:
-            return None
-        return _as_datetime(now) + keep
+        return self.runtime.expiry(name, now)
 
     def running_caps(self, names: Sequence[str]) -> dict[str, int]:
         """Task name → how many of one owner's tasks of that name may run at once, for
         those of ``names`` that are limited."""
-        caps: dict[str, int] = {}
-        for name in names:
-            definition = self.registry.find(name)
-            cap = self.max_running_per_owner
-            if definition is not None and definition.max_running_per_owner is not None:
-                cap = definition.max_running_per_owner
-            if cap is not None:
-                caps[name] = cap
-        return caps
+        return self.runtime.running_caps(names)
 
     # -- submit ----------------------------------------------------------------------
     def _prepare(
@@ -591,15 +600,19 @@ class Errands:
     async def purge(self, *, batch: int = 500, limit: int | None = None) -> int:
         """Delete expired finished records, their outputs and blobs, ``batch`` rows per
         transaction (so no long lock stalls the workers). Returns how many went."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, partial(self.sync.purge, batch=batch, limit=limit))
+        return await asyncio.to_thread(self.sync.purge, batch=batch, limit=limit)
+
+    async def retry(self, task_id: str, *, owner: str) -> TaskRecord:
+        """Submit a failed or cancelled task again, as a new task of the same owner,
+        name, payload and priority; the new record."""
+        old = await self.get(task_id, owner=owner)
+        _check_retryable(old)
+        return await self.submit(old.name, old.payload, owner=old.owner, priority=old.priority)
 
     # -- workers -----------------------------------------------------------------------
     def worker(self, **settings: Any) -> Worker:
         """A worker for this app; ``await worker.run()``. See :class:`WorkerSettings`."""
-        from .worker import WorkerSettings
-
-        return self.engine.worker(self, WorkerSettings(**settings))
+        return self.engine.worker(self.runtime, WorkerSettings(**settings))
 
     def run_worker(self, **settings: Any) -> None:
         """Run a worker in this thread until it is stopped (or drained, with burst)."""
@@ -610,8 +623,7 @@ class Errands:
         self.db.migrate()
 
     def close(self) -> None:
-        if self._hub is not None:
-            self._hub.close()
+        self.runtime.close()
         self.engine.close()
         self.notifier.close()
         self.db.close()
@@ -636,9 +648,14 @@ def _list_args(
     }
 
 
-def _not_finished(record: TaskRecord) -> Exception:
-    from .errors import InvalidTransition
+def _check_retryable(record: TaskRecord) -> None:
+    if record.status not in (Status.FAILED, Status.CANCELLED):
+        raise InvalidTransition(
+            f"only a failed or cancelled task can be retried; this one is {record.status.value}"
+        )
 
+
+def _not_finished(record: TaskRecord) -> Exception:
     return InvalidTransition(f"the task is {record.status.value}; cancel it before deleting it")
 
 
@@ -871,15 +888,9 @@ class SyncErrands:
                 changed.wait(wait_for)
 
     def purge(self, *, batch: int = 500, limit: int | None = None) -> int:
-        total = 0
-        while limit is None or total < limit:
-            size = batch if limit is None else min(batch, limit - total)
-            n, with_blobs = self._app.db.write(
-                self._app.db.driver.task_purge_expired, _as_datetime(_now()), size
-            )
-            if with_blobs:  # after the records are gone: no reader is left pointing here
-                self._app.blobs.store.delete_tasks(with_blobs)
-            total += n
-            if n < size:
-                break
-        return total
+        return self._app.runtime.purge(now=_now(), batch=batch, limit=limit)
+
+    def retry(self, task_id: str, *, owner: str) -> TaskRecord:
+        old = self.get(task_id, owner=owner)
+        _check_retryable(old)
+        return self.submit(old.name, old.payload, owner=old.owner, priority=old.priority)

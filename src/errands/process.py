@@ -16,16 +16,14 @@ import importlib
 import multiprocessing
 import threading
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic_core import to_jsonable_python
 
 from .context import TaskContext
 from .errors import ErrandsError, Retry, TaskFailed
-
-if TYPE_CHECKING:
-    from .worker import Execution
 
 _FLUSH_SECONDS = 0.05
 
@@ -57,7 +55,9 @@ class _Child:
         self.process = ctx.Process(target=_child_main, args=(child_conn,), daemon=True)
         self.process.start()
         child_conn.close()
-        self.execution: Execution | None = None
+        #: The attempt it runs: its key (the task id) and its context.
+        self.key: str | None = None
+        self.ctx: TaskContext | None = None
         self.future: asyncio.Future[Any] | None = None
 
 
@@ -69,13 +69,15 @@ class ProcessPool:
         self._idle: list[_Child] = []
         self._busy: dict[str, _Child] = {}
 
-    def run(self, exe: Execution, stored_payload: Any) -> asyncio.Future[Any]:
+    def run(
+        self, fn: Callable[..., Any], ctx: TaskContext, stored_payload: Any
+    ) -> asyncio.Future[Any]:
+        """Run ``fn`` (importable at module level) for the attempt of ``ctx`` in a child;
+        its progress and items reach ``ctx``, its result or error the future."""
         child = self._idle.pop() if self._idle else _Child(self._mp)
         future: asyncio.Future[Any] = self._loop.create_future()
-        child.execution, child.future = exe, future
-        self._busy[exe.job.task_id] = child
-        fn = exe.definition.fn
-        job = exe.job
+        child.key, child.ctx, child.future = ctx.task_id, ctx, future
+        self._busy[ctx.task_id] = child
         child.conn.send(
             (
                 "run",
@@ -83,11 +85,11 @@ class ProcessPool:
                 fn.__qualname__,
                 stored_payload,
                 {
-                    "task_id": job.task_id,
-                    "owner": job.owner,
-                    "name": job.name,
-                    "attempt": job.attempt,
-                    "max_attempts": job.max_attempts,
+                    "task_id": ctx.task_id,
+                    "owner": ctx.owner,
+                    "name": ctx.name,
+                    "attempt": ctx.attempt,
+                    "max_attempts": ctx.max_attempts,
                 },
             )
         )
@@ -98,24 +100,24 @@ class ProcessPool:
         try:
             while child.conn.poll():
                 self._handle(child, child.conn.recv())
-                if child.execution is None:
+                if child.key is None:
                     return
         except (EOFError, OSError):
             self._discard(child, ChildDied())
 
     def _handle(self, child: _Child, message: tuple[Any, ...]) -> None:
-        exe, future = child.execution, child.future
-        assert exe is not None and future is not None
+        ctx, future = child.ctx, child.future
+        assert child.key is not None and ctx is not None and future is not None
         kind = message[0]
         if kind == "progress":
-            exe.ctx.progress(*message[1])
+            ctx.progress(*message[1])
         elif kind == "emit":
             for item in message[1]:
-                exe.ctx.emit(item)
+                ctx.emit(item)
         elif kind in ("ok", "error"):
             self._loop.remove_reader(child.conn.fileno())
-            self._busy.pop(exe.job.task_id, None)
-            child.execution = child.future = None
+            self._busy.pop(child.key, None)
+            child.key = child.ctx = child.future = None
             if len(self._idle) < self._size:
                 self._idle.append(child)
             else:
@@ -127,18 +129,19 @@ class ProcessPool:
             else:
                 future.set_exception(RemoteError(*message[1:]))
 
-    def kill(self, exe: Execution) -> None:
-        child = self._busy.get(exe.job.task_id)
+    def kill(self, key: str) -> None:
+        """Kill the child running the attempt of task ``key``."""
+        child = self._busy.get(key)
         if child is not None:
             self._discard(child, None)
 
     def _discard(self, child: _Child, error: BaseException | None) -> None:
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(child.conn.fileno())
-        if child.execution is not None:
-            self._busy.pop(child.execution.job.task_id, None)
+        if child.key is not None:
+            self._busy.pop(child.key, None)
         future = child.future
-        child.execution = child.future = None
+        child.key = child.ctx = child.future = None
         self._terminate(child)
         if future is not None and not future.done():
             if error is None:

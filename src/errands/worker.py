@@ -56,9 +56,9 @@ from .store.database import is_unavailable, log_failure
 from .store.values import Claimed, Outcome, OutputItem, Report
 
 if TYPE_CHECKING:
-    from .app import Errands
     from .blobs import Blobs
     from .process import ProcessPool
+    from .runtime import Runtime
 
 log = logging.getLogger("errands.worker")
 
@@ -222,18 +222,18 @@ def _retry_delay(exc: BaseException) -> float | None:
 
 
 class Worker:
-    def __init__(self, app: Errands, settings: WorkerSettings) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, settings: WorkerSettings) -> None:
+        self.runtime = runtime
         self.settings = settings
         self.hostname = socket.gethostname()[:255]
         self.id = settings.worker_id or (
             f"{self.hostname[:30]}:{os.getpid()}:{os.urandom(3).hex()}"
         )
-        self.names = list(settings.names or app.registry.names())
+        self.names = list(settings.names or runtime.registry.names())
         #: Task name → how many of one owner's tasks of it may run at once.
-        self.caps = app.running_caps(self.names)
+        self.caps = runtime.running_caps(self.names)
         for name in self.names:
-            app.registry.get(name)  # UnknownTask early
+            runtime.registry.get(name)  # UnknownTask early
         self._running: dict[str, Execution] = {}
         self._outcomes: list[tuple[Execution, Outcome]] = []
         self._releases: list[Execution] = []
@@ -265,9 +265,9 @@ class Worker:
         self._beat_now = asyncio.Event()
         self._maybe_work = True  # a claim could find something
         self._hinted = False
-        await self._loop.run_in_executor(None, self.app.db.ensure_schema)
-        await self.app.db.awrite(
-            self.app.db.driver.worker_register,
+        await self._loop.run_in_executor(None, self.runtime.db.ensure_schema)
+        await self.runtime.db.awrite(
+            self.runtime.db.driver.worker_register,
             {
                 "id": self.id,
                 "hostname": self.hostname,
@@ -280,7 +280,7 @@ class Worker:
             },
             durable=False,
         )
-        subscription = self.app.notifier.listen_worker(self._on_jobs_hint, self._on_cancel_hint)
+        subscription = self.runtime.notifier.listen_worker(self._on_jobs_hint, self._on_cancel_hint)
         handled = self._install_signals()
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="errands-heartbeat"),
@@ -305,8 +305,8 @@ class Worker:
             if self._processes is not None:
                 self._processes.close()
             try:
-                await self.app.db.awrite(
-                    self.app.db.driver.worker_unregister, self.id, durable=False
+                await self.runtime.db.awrite(
+                    self.runtime.db.driver.worker_unregister, self.id, durable=False
                 )
             except Exception:
                 log.exception("worker %s: could not remove itself from the registry", self.id)
@@ -375,7 +375,7 @@ class Worker:
     ) -> tuple[list[Claimed], float | None]:
         """Claim up to ``limit`` jobs (in the round's transaction): the jobs, and when
         the next waiting job is due if fewer were found (see the driver's ``job_claim``)."""
-        return self.app.db.driver.job_claim(
+        return self.runtime.db.driver.job_claim(
             conn,
             self.id,
             names=self.names,
@@ -413,13 +413,13 @@ class Worker:
         flushing = self._flushing
         if flushing is not None and any(exe.job.task_id in flushing[0] for exe, _ in batch):
             await asyncio.shield(flushing[1])  # its items come before the outcome's
-        outputs = [item for exe, _ in batch for item in exe.take_outputs(self.app.blobs)]
+        outputs = [item for exe, _ in batch for item in exe.take_outputs(self.runtime.blobs)]
         release_ids = [exe.job.task_id for exe in releases]
         sent = time.monotonic()
         try:
             await self._store_blobs([o for _, o in batch], outputs)
             sent = time.monotonic()
-            _, claimed, due = await self.app.db.awrite(
+            _, claimed, due = await self.runtime.db.awrite(
                 self._round_txn,
                 batch,
                 outputs,
@@ -455,7 +455,7 @@ class Worker:
         again = [(task_id, time.time()) for task_id in release_ids]
         again += [(o.task_id, o.retry_at or 0.0) for _, o in batch if o.status is Status.QUEUED]
         if again:
-            self.app.engine.queued(again)
+            self.runtime.publisher.queued(again)
         requeued = bool(again)
         return claimed, requeued, sent
 
@@ -469,7 +469,9 @@ class Worker:
         mine = [o for o in outputs if o[0].task_id == task_id]
         try:
             await self._store_blobs([outcome], mine)
-            changed, _, _ = await self.app.db.awrite(self._round_txn, [(exe, outcome)], mine, [], 0)
+            changed, _, _ = await self.runtime.db.awrite(
+                self._round_txn, [(exe, outcome)], mine, [], 0
+            )
         except Exception as exc:
             log.error(
                 "worker %s: the outcome of task %s was refused", self.id, task_id, exc_info=exc
@@ -484,7 +486,7 @@ class Worker:
                 floor=exe.floor,
             )
             try:
-                changed, _, _ = await self.app.db.awrite(
+                changed, _, _ = await self.runtime.db.awrite(
                     self._round_txn, [(exe, outcome)], [], [], 0
                 )
             except Exception as again:
@@ -503,7 +505,7 @@ class Worker:
         pending += [(item.ref, big) for item, big in outputs if big is not None and item.ref]
         if not pending:
             return
-        await asyncio.to_thread(self.app.blobs.put_all, pending)
+        await asyncio.to_thread(self.runtime.blobs.put_all, pending)
         for o in outcomes:
             o.blob = None
         outputs[:] = [(item, None) for item, _ in outputs]
@@ -512,7 +514,7 @@ class Worker:
         for exe, outcome in batch:
             self._writing.discard(exe.job.task_id)
             self._over(exe)
-            self.app.observers.emit(
+            self.runtime.observers.emit(
                 "finished",
                 exe.job.task_id,
                 exe.job.name,
@@ -535,7 +537,7 @@ class Worker:
         limit: int,
     ) -> tuple[list[Change], list[Claimed], float | None]:
         now = time.time()
-        driver = self.app.db.driver
+        driver = self.runtime.db.driver
         changed: list[Change] = []
         if batch:
             outcomes = [o for _, o in batch]
@@ -586,7 +588,7 @@ class Worker:
 
     # -- running -----------------------------------------------------------------------
     def _start(self, job: Claimed, leased_at: float) -> None:
-        definition = self.app.registry.get(job.name)
+        definition = self.runtime.registry.get(job.name)
         ctx = TaskContext(
             task_id=job.task_id,
             owner=job.owner,
@@ -606,7 +608,7 @@ class Worker:
             if not stale.settled:
                 self._settle(stale, None)
         self.started += 1
-        self.app.observers.emit("started", job.task_id, job.name, Status.RUNNING, None)
+        self.runtime.observers.emit("started", job.task_id, job.name, Status.RUNNING, None)
         if job.cancel_requested:
             exe.stop_reason = Stop.CANCEL
             self._settle(exe, self._cancelled(exe))
@@ -627,7 +629,7 @@ class Worker:
         elif definition.executor == "thread":
             exe.future = self._run_thread(definition, ctx, payload)
         else:
-            exe.future = self._process_pool().run(exe, job.payload)
+            exe.future = self._process_pool().run(definition.fn, ctx, job.payload)
         exe.future.add_done_callback(partial(self._on_done, exe))
         if definition.timeout is not None:
             exe.timer = loop.call_later(definition.timeout, self._stop_attempt, exe, Stop.TIMEOUT)
@@ -686,7 +688,7 @@ class Worker:
                 self._loop.call_later(self.settings.cancel_grace, self._force_settle, exe)
         else:
             assert self._processes is not None
-            self._processes.kill(exe)
+            self._processes.kill(exe.job.task_id)
 
     def _force_settle(self, exe: Execution) -> None:
         if not exe.settled:
@@ -715,7 +717,7 @@ class Worker:
                 self._settle(exe, self._failure(exe, failed, retry=False))
                 return
             outcome = Outcome(exe.job.task_id, Status.SUCCEEDED, result=result, floor=exe.floor)
-            big = self.app.blobs.encode(result)
+            big = self.runtime.blobs.encode(result)
             if big is not None:  # kept in the blob store; the row holds its key
                 outcome.result = None
                 outcome.result_ref = f"{exe.job.task_id}/result-{exe.job.attempt}-{exe.floor}"
@@ -790,7 +792,7 @@ class Worker:
         if outcome is not None:
             outcome.progress = exe.ctx._final_progress()
             if outcome.status.done:
-                outcome.expires_at = self.app.expiry(exe.job.name, time.time())
+                outcome.expires_at = self.runtime.expiry(exe.job.name, time.time())
             self._writing.add(exe.job.task_id)
             self._outcomes.append((exe, outcome))
         elif exe.stop_reason is Stop.LEASE_LOST:
@@ -800,7 +802,7 @@ class Worker:
     # -- writing -----------------------------------------------------------------------
     def _publish(self, changed: Sequence[Change]) -> None:
         if changed:
-            self.app.notifier.publish_changes(changed)
+            self.runtime.notifier.publish_changes(changed)
 
     async def _flush_loop(self) -> None:
         interval = self.settings.progress_interval
@@ -811,7 +813,7 @@ class Worker:
             attempts: dict[str, Execution] = {}
             for exe in list(self._running.values()):
                 p = exe.ctx._take_progress()
-                items = exe.take_outputs(self.app.blobs)
+                items = exe.take_outputs(self.runtime.blobs)
                 if p is None and not items:
                     continue
                 reports.append(Report(exe.job.task_id, exe.floor, p))
@@ -823,8 +825,8 @@ class Worker:
             self._flushing = ({item.task_id for item, _ in outputs}, done)
             try:
                 await self._store_blobs([], outputs)
-                changed = await self.app.db.awrite(
-                    self.app.db.driver.attempt_report,
+                changed = await self.runtime.db.awrite(
+                    self.runtime.db.driver.attempt_report,
                     self.id,
                     reports,
                     [item for item, _ in outputs],
@@ -869,13 +871,13 @@ class Worker:
     async def _heartbeat(self) -> None:
         ids = list(self._running) + [i for i in self._writing if i not in self._running]
         if not ids:
-            await self.app.db.awrite(
-                self.app.db.driver.worker_beat, self.id, _utc(time.time()), durable=False
+            await self.runtime.db.awrite(
+                self.runtime.db.driver.worker_beat, self.id, _utc(time.time()), durable=False
             )
             return
         asked = {task_id: self._running.get(task_id) for task_id in ids}
         sent = time.monotonic()
-        held, cancel = await self.app.db.awrite(
+        held, cancel = await self.runtime.db.awrite(
             self._beat_txn, ids, time.time() + self.settings.lease_seconds, durable=False
         )
         for task_id, exe in list(self._running.items()):
@@ -894,7 +896,7 @@ class Worker:
     def _beat_txn(
         self, conn: Connection, ids: list[str], lease_until: float
     ) -> tuple[set[str], set[str]]:
-        driver = self.app.db.driver
+        driver = self.runtime.db.driver
         driver.worker_beat(conn, self.id, _utc(time.time()))
         return driver.job_heartbeat(conn, self.id, ids, lease_until=lease_until)
 
@@ -938,7 +940,8 @@ class Worker:
             if s.purge_interval and time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + s.purge_interval
                 try:
-                    await self.app.purge(batch=500, limit=10_000)
+                    purge = partial(self.runtime.purge, batch=500, limit=10_000)
+                    await asyncio.to_thread(purge, now=time.time())
                 except Exception as exc:
                     log_failure(log, exc, "worker %s: purging failed", self.id)
             await asyncio.sleep(s.reap_interval)
@@ -947,8 +950,8 @@ class Worker:
         now = time.time()
         # A worker's row outlives it only if it was killed; forget it after a while.
         silent = _utc(now - max(60.0, 10 * self.settings.lease_seconds))
-        changed, dead = await self.app.db.awrite(
-            self._reap_txn, now, partial(self.app.expiry, now=now), silent
+        changed, dead = await self.runtime.db.awrite(
+            self._reap_txn, now, partial(self.runtime.expiry, now=now), silent
         )
         if dead:
             log.warning("worker %s: worker(s) %s on this host died", self.id, ", ".join(dead))
@@ -957,7 +960,7 @@ class Worker:
             self._publish(changed)
             back = [(c.task_id, now) for c in changed if c.status is Status.QUEUED]
             if back:
-                self.app.engine.queued(back)
+                self.runtime.publisher.queued(back)
 
     def _reap_txn(
         self,
@@ -968,7 +971,7 @@ class Worker:
     ) -> tuple[list[Change], list[str]]:
         """Release the leases of dead workers on this host (their process is gone), then
         recover every job whose lease expired."""
-        driver = self.app.db.driver
+        driver = self.runtime.db.driver
         dead = [
             worker_id
             for worker_id, pid, key in driver.worker_on_host(conn, self.hostname, self.id)

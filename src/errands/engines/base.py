@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from ..runtime import Publisher
+
 if TYPE_CHECKING:
-    from ..app import Errands
+    from ..runtime import Runtime
     from ..worker import Worker, WorkerSettings
 
 
-class Engine(Protocol):
+class Engine(Publisher, Protocol):
+    """Jobs are rows of ``errands_job``, inserted with their records (the store's
+    driver does it); an engine hears of them after commit (``queued``), reaches the
+    workers of tasks asked to cancel, and provides the workers."""
+
     #: The name users select it by (``Errands(url, engine="sql")``).
     name: str
 
-    def attach(self, app: Errands) -> None:
+    def attach(self, runtime: Runtime) -> None:
         """Called once by the ``Errands`` app the engine serves."""
 
-    def queued(self, jobs: Sequence[tuple[str, float]]) -> None:
-        """A committed transaction queued these jobs, or queued them again (a retry, a
-        job handed back or recovered): ``(task id, due time in Unix seconds)``. Must not
-        block for long: it runs right after the caller's commit."""
-
-    def request_cancel(self, task_ids: Sequence[str]) -> None:
-        """The owners asked to cancel these running tasks; reach their workers."""
-
-    def worker(self, app: Errands, settings: WorkerSettings) -> Worker:
+    def worker(self, runtime: Runtime, settings: WorkerSettings) -> Worker:
         """A worker that runs this engine's work for ``app``."""
 
     def close(self) -> None:

@@ -58,7 +58,7 @@ from ..worker import Worker, WorkerSettings
 if TYPE_CHECKING:
     from celery import Celery
 
-    from ..app import Errands
+    from ..runtime import Runtime
 
 log = logging.getLogger("errands.celery")
 
@@ -119,7 +119,7 @@ class CeleryEngine:
             reject_on_worker_lost=True,
             ignore_result=True,
         )(run)
-        self._app: Errands | None = None
+        self._runtime: Runtime | None = None
         #: The errands worker of this process that runs the messages (one at most).
         self.current: CeleryWorker | None = None
         self._outbox: SimpleQueue[Any] = SimpleQueue()
@@ -127,26 +127,26 @@ class CeleryEngine:
         self._lock = threading.Lock()
 
     # -- the record layer's calls ----------------------------------------------------
-    def attach(self, app: Errands) -> None:
-        if self._app is not None and self._app is not app:
+    def attach(self, runtime: Runtime) -> None:
+        if self._runtime is not None and self._runtime is not runtime:
             raise ConfigurationError("a CeleryEngine serves one Errands app")
-        self._app = app
+        self._runtime = runtime
 
     def queued(self, jobs: Sequence[tuple[str, float]]) -> None:
         if jobs:
             self._post(("publish", list(jobs)))
 
     def request_cancel(self, task_ids: Sequence[str]) -> None:
-        assert self._app is not None
-        self._app.notifier.publish_cancel(task_ids)  # the cooperative flag, at once
+        assert self._runtime is not None
+        self._runtime.notifier.publish_cancel(task_ids)  # the cooperative flag, at once
         self._post(("revoke", list(task_ids)))
 
-    def worker(self, app: Errands, settings: WorkerSettings) -> Worker:
+    def worker(self, runtime: Runtime, settings: WorkerSettings) -> Worker:
         if settings.burst:
             raise ConfigurationError(
                 "burst mode drains the SQL queue; a Celery worker runs until it is stopped"
             )
-        return CeleryWorker(app, settings, self)
+        return CeleryWorker(runtime, settings, self)
 
     def close(self) -> None:
         """Publish what is pending (for up to 5 s), then stop the publisher."""
@@ -201,9 +201,10 @@ class CeleryEngine:
                 )
                 continue
             sent.append((task_id, max(now, due)))
-        if sent and self._app is not None:
+        if sent and self._runtime is not None:
+            db = self._runtime.db
             try:
-                self._app.db.write(self._app.db.driver.job_mark_sent, sent, durable=False)
+                db.write(db.driver.job_mark_sent, sent, durable=False)
             except Exception as exc:
                 log_failure(log, exc, "errands: marking %d job(s) sent failed", len(sent))
 
@@ -224,8 +225,8 @@ class CeleryWorker(Worker):
     """An errands worker fed by a Celery worker in the same process: it claims exactly
     the jobs Celery delivers (see the module docstring) instead of polling the queue."""
 
-    def __init__(self, app: Errands, settings: WorkerSettings, engine: CeleryEngine) -> None:
-        super().__init__(app, settings)
+    def __init__(self, runtime: Runtime, settings: WorkerSettings, engine: CeleryEngine) -> None:
+        super().__init__(runtime, settings)
         self.engine = engine
         self._inbox: list[tuple[str, Future[str]]] = []
         self._asked: list[tuple[str, Future[str]]] = []
@@ -261,7 +262,7 @@ class CeleryWorker(Worker):
         self, conn: Connection, limit: int, now: float
     ) -> tuple[list[Claimed], float | None]:
         ids = list(dict.fromkeys(task_id for task_id, _ in self._asked))
-        driver = self.app.db.driver
+        driver = self.runtime.db.driver
         claimed = driver.job_claim_ids(
             conn,
             self.id,
@@ -372,8 +373,8 @@ class CeleryWorker(Worker):
         while True:
             await asyncio.sleep(every)
             try:
-                jobs = await self.app.db.aread(
-                    self.app.db.driver.job_unsent, before=time.time() - self.engine.relay_after
+                jobs = await self.runtime.db.aread(
+                    self.runtime.db.driver.job_unsent, before=time.time() - self.engine.relay_after
                 )
             except Exception as exc:
                 log_failure(log, exc, "worker %s: reading unsent jobs failed", self.id)

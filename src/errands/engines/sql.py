@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ..events import Notifier
 
 if TYPE_CHECKING:
-    from ..app import Errands
+    from ..runtime import Runtime
     from ..worker import Worker, WorkerSettings
 
 
@@ -18,8 +18,8 @@ class SqlEngine:
     def __init__(self) -> None:
         self._notifier: Notifier | None = None
 
-    def attach(self, app: Errands) -> None:
-        self._notifier = app.notifier
+    def attach(self, runtime: Runtime) -> None:
+        self._notifier = runtime.notifier
 
     def queued(self, jobs: Sequence[tuple[str, float]]) -> None:
         assert self._notifier is not None
@@ -29,10 +29,10 @@ class SqlEngine:
         assert self._notifier is not None
         self._notifier.publish_cancel(task_ids)
 
-    def worker(self, app: Errands, settings: WorkerSettings) -> Worker:
+    def worker(self, runtime: Runtime, settings: WorkerSettings) -> Worker:
         from ..worker import Worker
 
-        return Worker(app, settings)
+        return Worker(runtime, settings)
 
     def close(self) -> None:
         pass

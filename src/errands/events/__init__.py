@@ -6,6 +6,23 @@ hints: every subscriber also polls at a slow interval, so a lost message delays
 something, never loses it.
 """
 
-from .notifier import LocalNotifier, Notifier, Subscription, notifier_for
+from __future__ import annotations
+
+from ..store.database import Database
+from .notifier import LocalNotifier, Notifier, Subscription
+from .postgres import PostgresNotifier
+from .unix import UnixSocketNotifier
+
+
+def notifier_for(database: Database) -> Notifier:
+    """The best notifier for a database: LISTEN/NOTIFY on PostgreSQL, Unix datagram
+    sockets beside a SQLite file, else in-process delivery (an in-memory database)."""
+    if database.dialect == "postgresql":
+        return PostgresNotifier(database.libpq_conninfo())
+    path = database.sqlite_path
+    if path is not None and UnixSocketNotifier.supported():
+        return UnixSocketNotifier(path)
+    return LocalNotifier()
+
 
 __all__ = ["LocalNotifier", "Notifier", "Subscription", "notifier_for"]

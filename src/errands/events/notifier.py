@@ -111,22 +111,3 @@ def encode_changes(changes: Sequence[Change], size: int) -> Iterator[str]:
 def decode_changes(body: str | bytes) -> list[Change]:
     """The changes of one message made by :func:`encode_changes`."""
     return [Change(t, o, v, Status(s)) for t, o, v, s in json.loads(body)]
-
-
-def notifier_for(database: object) -> Notifier:
-    """The best notifier for a database: LISTEN/NOTIFY on PostgreSQL, Unix datagram
-    sockets beside a SQLite file, else in-process delivery (an in-memory database)."""
-    from ..store.database import Database
-
-    assert isinstance(database, Database)
-    if database.dialect == "postgresql":
-        from .postgres import PostgresNotifier
-
-        return PostgresNotifier(database.libpq_conninfo())
-    path = database.sqlite_path
-    if path is not None:
-        from .unix import UnixSocketNotifier
-
-        if UnixSocketNotifier.supported():
-            return UnixSocketNotifier(path)
-    return LocalNotifier()

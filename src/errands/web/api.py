@@ -42,6 +42,7 @@ from ..errors import (
     WaitTimeout,
 )
 from ..records import Status, TaskRecord
+from .hub import hub_for
 from .problems import (
     MEDIA_TYPE as PROBLEM,
 )
@@ -255,7 +256,7 @@ def task_api(
     """
     body_limit = max_body_bytes if max_body_bytes is not None else app.max_payload_bytes + 16384
     limiter = SubmitLimiter(submit_rate, submit_burst) if submit_rate else None
-    hub = app.hub
+    hub = hub_for(app.runtime)
     hub.poll_interval = poll_interval
     router = APIRouter(route_class=ProblemRoute, tags=["tasks"])
 

@@ -28,8 +28,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ..events.hub import ChangeHub, TaskFeed
 from ..records import Progress, Status, TaskRecord
+from .hub import ChangeHub, TaskFeed
 from .problems import Problem
 from .resources import dumps, resource
 

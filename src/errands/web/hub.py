@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -30,8 +31,8 @@ from ..records import BlobRef, Change, TaskRecord
 from ..store.database import log_failure
 
 if TYPE_CHECKING:
-    from ..app import Errands
-    from .notifier import Subscription
+    from ..events.notifier import Subscription
+    from ..runtime import Runtime
 
 log = logging.getLogger("errands.events")
 
@@ -140,10 +141,10 @@ class OwnerWatch:
 
 
 class ChangeHub:
-    """One per :class:`~errands.Errands` app and event loop: ``app.hub``."""
+    """One per app and event loop: ``hub_for(app.runtime)``."""
 
-    def __init__(self, app: Errands, *, poll_interval: float = 1.0) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, *, poll_interval: float = 1.0) -> None:
+        self.runtime = runtime
         self.poll_interval = poll_interval
         self.feeds: dict[str, TaskFeed] = {}
         self.owners: dict[str, set[OwnerWatch]] = {}
@@ -167,7 +168,7 @@ class ChangeHub:
             self._refresher = self._poller = None
         self._loop = loop
         if self._subscription is None:
-            self._subscription = self.app.notifier.subscribe_changes(self._on_changes)
+            self._subscription = self.runtime.notifier.subscribe_changes(self._on_changes)
 
     def _ensure_poller(self) -> None:
         if self._poller is None or self._poller.done():
@@ -199,7 +200,7 @@ class ChangeHub:
             self.feeds[record.id] = feed
             feed.refs += 1
             try:
-                top = await self.app.db.aread(self.app.db.driver.output_top, record.id)
+                top = await self.runtime.db.aread(self.runtime.db.driver.output_top, record.id)
             except BaseException:
                 self._release(feed)
                 raise
@@ -244,11 +245,11 @@ class ChangeHub:
         """Read outputs straight from the database (for a client behind the window):
         items after ``after`` of the attempt whose floor is ``floor`` (none if another
         attempt began since; the feed learns of it with the next change)."""
-        items = await self.app.db.aread(
-            self.app.db.driver.output_items, task_id, after, READ_LIMIT, floor
+        items = await self.runtime.db.aread(
+            self.runtime.db.driver.output_items, task_id, after, READ_LIMIT, floor
         )
         if any(isinstance(data, BlobRef) for _, data in items):
-            items = await asyncio.to_thread(self.app.blobs.items, items)
+            items = await asyncio.to_thread(self.runtime.blobs.items, items)
         return items
 
     # -- hearing of changes ------------------------------------------------------------
@@ -279,7 +280,9 @@ class ChangeHub:
             if not wants:
                 continue
             try:
-                snaps = await self.app.db.aread(self.app.db.driver.task_snapshot, wants, READ_LIMIT)
+                snaps = await self.runtime.db.aread(
+                    self.runtime.db.driver.task_snapshot, wants, READ_LIMIT
+                )
                 if any(_holds_blobs(*snap) for snap in snaps.values()):
                     snaps = await asyncio.to_thread(self._load_blobs, snaps)
             except Exception as exc:
@@ -309,7 +312,7 @@ class ChangeHub:
     def _load_blobs(self, snaps: Snapshots) -> Snapshots:
         """The values of the snapshots kept in the blob store, loaded (read after the
         database transaction: they may be megabytes)."""
-        blobs = self.app.blobs
+        blobs = self.runtime.blobs
         return {i: (blobs.record(r), blobs.items(items)) for i, (r, items) in snaps.items()}
 
     async def _poll_loop(self) -> None:
@@ -320,8 +323,8 @@ class ChangeHub:
             ids, owners = list(self.feeds), list(self.owners)
             try:
                 for i in range(0, max(len(ids), len(owners)), _ID_CHUNK):
-                    changes = await self.app.db.aread(
-                        self.app.db.driver.task_changes_since,
+                    changes = await self.runtime.db.aread(
+                        self.runtime.db.driver.task_changes_since,
                         since,
                         ids[i : i + _ID_CHUNK],
                         owners[i : i + _ID_CHUNK],
@@ -330,3 +333,15 @@ class ChangeHub:
                     self._dispatch(changes)
             except Exception as exc:
                 log_failure(log, exc, "errands: polling for changes failed")
+
+
+_HUBS: weakref.WeakKeyDictionary[Runtime, ChangeHub] = weakref.WeakKeyDictionary()
+
+
+def hub_for(runtime: Runtime) -> ChangeHub:
+    """The hub of an app's runtime (made on first use, closed with the app)."""
+    hub = _HUBS.get(runtime)
+    if hub is None:
+        hub = _HUBS[runtime] = ChangeHub(runtime)
+        runtime.on_close(hub.close)
+    return hub
