@@ -21,6 +21,7 @@ $(BIN)/.installed: pyproject.toml
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests examples bench
 	$(BIN)/ruff format --check src tests examples bench
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy

@@ -1,4 +1,4 @@
-"""The demo's Prometheus endpoint (``errands.demo.metrics``), on a real SQLite file with
+"""The demo's Prometheus endpoint (``errands.metrics``), on a real SQLite file with
 an in-process worker, read through ``httpx.ASGITransport`` and prometheus_client's
 parser."""
 
@@ -18,7 +18,7 @@ pytest.importorskip("prometheus_client")
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from errands.demo.metrics import metrics_app
+from errands.metrics import metrics_app
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.databases("sqlite", "postgresql")

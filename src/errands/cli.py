@@ -273,21 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="give up waiting after S s")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("demo", help="serve the demo application (web and worker in one process)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--corpus", default=None, help="directory to search (default: the stdlib)")
-    p.add_argument("--data", default=".errands-demo", help="exports and session secret")
-    p.add_argument("--concurrency", type=int, default=4)
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("createadmin", help="make a demo account an administrator")
-    p.add_argument("email")
-    p.add_argument(
-        "--password", default=None, help="create the account with this password if it is new"
-    )
-    p.add_argument("--data", default=".errands-demo")
-    p.set_defaults(func=cmd_createadmin)
+    # The demo is an application of its own (``python -m errands.demo``); these two
+    # hand over to it, with the rest of the command line.
+    for name, text in (
+        ("demo", "serve the demo application (web and worker in one process)"),
+        ("createadmin", "make a demo account an administrator"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_demo)
 
     for name, func, text in (
         ("ls", cmd_ls, "list tasks, newest first"),
@@ -316,63 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _demo_settings(args: argparse.Namespace, **extra: Any) -> Any:
-    try:
-        from .demo.web import DemoSettings
-    except ImportError as exc:
-        raise SystemExit(
-            f"errands: the demo needs the 'demo' extra (pip install 'errands[demo]'): {exc}"
-        ) from exc
-    from pathlib import Path
-
-    corpus = getattr(args, "corpus", None)
-    return DemoSettings(
-        database_url=os.environ.get("ERRANDS_DATABASE_URL") or "sqlite:///errands-demo.db",
-        corpus=Path(corpus) if corpus else None,
-        data_dir=Path(args.data),
-        **extra,
-    )
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .demo.web import create_app
-
-    settings = _demo_settings(args, worker_options={"concurrency": args.concurrency})
-    site = create_app(settings)
-    print(f"errands demo: http://{args.host}:{args.port}/  (Ctrl-C stops it)", flush=True)
-    # h11 refuses an incomplete header block over 16 KiB itself (a plain 400); let the
-    # API answer its 431 problem document instead.
-    uvicorn.run(
-        site,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        h11_max_incomplete_event_size=64 * 1024,
-    )
-    return 0
-
-
-def cmd_createadmin(args: argparse.Namespace) -> int:
-    from .demo.accounts import AccountError
-    from .demo.web import Demo
-
-    demo = Demo(_demo_settings(args, worker=False))
-    demo.setup()
-    try:
-        user = demo.accounts.make_admin(args.email, args.password)
-    except AccountError as exc:
-        print(f"errands: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        demo.errands.close()
-    print(f"{user.email} is an administrator")
-    return 0
+    """``errands demo …`` and ``errands createadmin …``: run ``python -m errands.demo``
+    in this process's place (the library itself never imports the demo)."""
+    env = dict(os.environ)
+    env.setdefault("ERRANDS_DATABASE_URL", "sqlite:///errands-demo.db")
+    command = [] if args.command == "demo" else [args.command]
+    argv = [sys.executable, "-m", "errands.demo", *command, *args.rest]
+    os.execve(sys.executable, argv, env)
+    return 0  # not reached
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command in ("demo", "createadmin"):
+        args.rest = [*unknown, *args.rest]  # the demo's own options, for its own parser
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.INFO if args.verbose or args.command == "worker" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -13,7 +13,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from markupsafe import Markup
@@ -24,6 +24,7 @@ from starlette.routing import Router
 from .. import (
     ANY_OWNER,
     DatabaseUnavailable,
+    Errands,
     ErrandsError,
     Page,
     Status,
@@ -35,9 +36,26 @@ from ..admin import Bucket
 from ..records import ACTIVE
 from . import store
 from .store import User
+from .tasks import task_title
 
-if TYPE_CHECKING:
-    from .web import Demo
+
+class Site(Protocol):
+    """What the admin pages use of the demo site (``demo.web.Demo``)."""
+
+    errands: Errands
+
+    def render(
+        self, request: Request, template: str, status_code: int = 200, **context: Any
+    ) -> Response: ...
+
+    def not_found(self, request: Request) -> Response: ...
+
+    def csrf_refused(self, request: Request) -> Response: ...
+
+    async def signed_in(self, request: Request) -> User | None: ...
+
+    async def form(self, request: Request) -> dict[str, str] | None: ...
+
 
 PAGE_SIZE = 20
 OUTPUTS_SHOWN = 20
@@ -47,11 +65,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 # -- the pages ----------------------------------------------------------------------------
-def add_admin_routes(pages: Router, demo: Demo) -> None:
+def add_admin_routes(pages: Router, demo: Site) -> None:
     """``/admin`` and ``/admin/tasks/{task_id}`` (with ``…/retry`` and ``…/cancel``)."""
     app = demo.errands
-    # web.py imports this module from create_app, once it is fully loaded.
-    from .web import task_title
 
     async def admin_user(request: Request) -> User | None:
         user = await demo.signed_in(request)

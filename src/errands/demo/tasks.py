@@ -25,7 +25,7 @@ from typing import Any
 import regex
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from .. import Errands, TaskContext, TaskFailed
+from .. import Errands, TaskContext, TaskFailed, TaskRecord
 
 #: Hits a search keeps (its output and its CSV); the summary says when it stopped early.
 MAX_HITS = 5000
@@ -175,3 +175,12 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
 
 def export_path(exports: Path, task_id: str) -> Path:
     return exports / f"{task_id}.csv"
+
+
+def task_title(record: TaskRecord) -> str:
+    """A one-line description of a task for lists."""
+    if record.name == "search":
+        return f"search “{record.payload.get('query', '')}” in {record.payload.get('glob', '')}"
+    if record.name == "export":
+        return f"export of search {str(record.payload.get('search_id', ''))[:8]}"
+    return record.name

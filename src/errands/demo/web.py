@@ -40,10 +40,12 @@ from .. import (
     TaskNotFound,
     TaskRecord,
 )
+from ..metrics import metrics_app
 from ..store.database import log_failure
 from ..web import task_api
 from . import accounts, tasks
 from .accounts import AccountError, Accounts
+from .admin import add_admin_routes
 from .store import User
 
 log = logging.getLogger("errands.demo")
@@ -87,7 +89,7 @@ class Demo:
         self.accounts = Accounts(self.errands)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals["status_names"] = [s.value for s in Status]
-        self.templates.env.filters["title"] = task_title
+        self.templates.env.filters["title"] = tasks.task_title
         self.templates.env.filters["when"] = _when
         self.templates.env.filters["eta"] = _eta
 
@@ -249,11 +251,7 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
 
     pages = Router(default=page_not_found)
     _add_pages(pages, demo)
-    from .admin import add_admin_routes
-
     add_admin_routes(pages, demo)
-    from .metrics import metrics_app
-
     metrics = metrics_app(demo.errands)
     site.router.routes.append(Route("/metrics", metrics))  # Mount alone misses a bare /metrics
     site.mount("/metrics", metrics)
@@ -436,15 +434,6 @@ def _add_pages(pages: Router, demo: Demo) -> None:
     pages.add_route("/exports/{task_id}.csv", demo.members(download), methods=["GET"])
     pages.add_route("/tokens", demo.members(tokens_page), methods=["GET", "POST"])
     pages.add_route("/tokens/{token_id:int}/revoke", demo.members(revoke_token), methods=["POST"])
-
-
-def task_title(record: TaskRecord) -> str:
-    """A one-line description of a task for lists."""
-    if record.name == "search":
-        return f"search “{record.payload.get('query', '')}” in {record.payload.get('glob', '')}"
-    if record.name == "export":
-        return f"export of search {str(record.payload.get('search_id', ''))[:8]}"
-    return record.name
 
 
 def _when(value: datetime | None) -> str:

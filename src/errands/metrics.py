@@ -1,5 +1,7 @@
 """Prometheus metrics for an errands app: ``metrics_app(app)`` is an ASGI app that serves
-the Prometheus text format on any path (the demo mounts it at ``/metrics``).
+the Prometheus text format on any path; mount it where your scraper looks (the demo
+mounts it at ``/metrics``). It needs the ``metrics`` extra (``pip install
+'errands[metrics]'``: ``prometheus-client``) and Starlette (the ``web`` extra).
 
 Two sources feed it:
 
@@ -47,10 +49,11 @@ from prometheus_client.registry import Collector
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import Errands, Status, TaskEvent
-from ..admin import QueueState
+from .admin import QueueState
+from .app import Errands
+from .records import Status, TaskEvent
 
-log = logging.getLogger("errands.demo")
+log = logging.getLogger("errands.metrics")
 
 #: Run-time buckets, seconds: 1 ms to 10 min.
 RUN_SECONDS_BUCKETS = (
