@@ -18,12 +18,12 @@ import threading
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Literal
 
 from pydantic_core import to_jsonable_python
 
 from .context import TaskContext
-from .errors import ErrandsError, Retry, TaskFailed
+from .errors import ErrandsError, Retry, TaskCancelled, TaskFailed
 
 _FLUSH_SECONDS = 0.05
 
@@ -37,16 +37,45 @@ class RemoteError(Exception):
 
     def __init__(
         self,
+        kind: RemoteKind,
         type_name: str,
         message: str,
         detail: str,
-        retry_delay: float | None,
-        safe: bool,
+        *,
+        retry_delay: float | None = None,
+        safe: bool = False,
         retry: bool = True,
     ) -> None:
         super().__init__(message)
+        #: "cancelled" (``TaskCancelled``), "retry" (``Retry``) or "error" (the rest).
+        self.kind = kind
         self.type_name, self.message, self.detail = type_name, message, detail
+        #: The delay ``Retry`` asked for; whether the message is fit for the task's owner
+        #: (an errands error); False when another attempt cannot help
+        #: (``TaskFailed(retry=False)``).
         self.retry_delay, self.safe, self.retry = retry_delay, safe, retry
+
+
+RemoteKind = Literal["cancelled", "retry", "error"]
+
+
+def _remote(exc: BaseException) -> dict[str, Any]:
+    """What the worker needs to rebuild ``exc`` as a ``RemoteError``."""
+    kind: RemoteKind = "error"
+    if isinstance(exc, TaskCancelled):
+        kind = "cancelled"
+    elif isinstance(exc, Retry):
+        kind = "retry"
+    safe = isinstance(exc, ErrandsError)
+    return {
+        "kind": kind,
+        "type_name": type(exc).__name__,
+        "message": exc.message if safe else str(exc),  # type: ignore[attr-defined]
+        "detail": "".join(traceback.format_exception(exc)),
+        "retry_delay": exc.delay if isinstance(exc, Retry) else None,
+        "safe": safe,
+        "retry": not (isinstance(exc, TaskFailed) and not exc.retry),
+    }
 
 
 class _Child:
@@ -127,7 +156,7 @@ class ProcessPool:
             if kind == "ok":
                 future.set_result(message[1])
             else:
-                future.set_exception(RemoteError(*message[1:]))
+                future.set_exception(RemoteError(**message[1]))
 
     def kill(self, key: str) -> None:
         """Kill the child running the attempt of task ``key``."""
@@ -193,16 +222,7 @@ def _child_main(conn: Connection) -> None:
             value = to_jsonable_python(result)
             reply: tuple[Any, ...] = ("ok", value)
         except BaseException as exc:
-            safe = isinstance(exc, ErrandsError)
-            reply = (
-                "error",
-                type(exc).__name__,
-                exc.message if safe else str(exc),  # type: ignore[attr-defined]
-                "".join(traceback.format_exception(exc)),
-                exc.delay if isinstance(exc, Retry) else None,
-                safe,
-                not (isinstance(exc, TaskFailed) and not exc.retry),
-            )
+            reply = ("error", _remote(exc))
         stop.set()
         pump.join()
         _send_pending(ctx, send)

@@ -1,8 +1,10 @@
 """The worker: claims jobs with a lease, runs them, and records how they ended.
 
-One asyncio loop per worker process. Coroutine tasks run on the loop, plain functions
-in threads (one per attempt, so an abandoned thread never blocks a slot), and
-``executor="process"`` tasks in child processes (see ``errands.process``).
+One asyncio loop per worker process. What it claims comes from a ``JobSource``: the SQL
+engine's ``QueueSource`` claims due jobs from ``errands_job`` (fair claims, caps, due
+times); another engine plugs in its own (the Celery engine claims exactly the jobs its
+messages name). Each attempt runs under an ``attempt.Runner``; ``maintenance`` is the
+reaper and the purge.
 
 Writes are batched without waiting: outcomes that finish while a write is in flight
 go together in the next transaction (group commit), so a burst of short tasks costs a
@@ -22,43 +24,34 @@ past its lease, and then the stale run's writes are refused.
 
 If the worker dies, any worker's reaper requeues the task (or fails it when its
 attempts are spent): at once when the dead worker ran on the same host (its process is
-gone, see ``errands.liveness``), else when its lease expires. The reaper runs when a
-worker starts and every ``reap_interval`` seconds.
+gone, see ``errands.liveness``), else when its lease expires.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
-from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from . import liveness
+from .attempt import Attempt, Runner, StopReason, Unwritten
 from .context import TaskContext
-from .errors import ErrandsError, Retry, TaskCancelled, TaskFailed, TaskTimeout
-from .records import CANCELLED_ERROR, Change, Status, storable_json, storable_text
-from .registry import TaskDefinition, compute_backoff
+from .maintenance import Maintenance
+from .records import Change, Status, storable_text
+from .runtime import Runtime
 from .store.database import is_unavailable, log_failure
-from .store.values import Claimed, Outcome, OutputItem, Report
-
-if TYPE_CHECKING:
-    from .blobs import Blobs
-    from .process import ProcessPool
-    from .runtime import Runtime
+from .store.values import Claimed, Outcome, Report
 
 log = logging.getLogger("errands.worker")
 
@@ -121,108 +114,93 @@ class WorkerSettings:
         return self.lease_seconds - max(self.heartbeat_interval, self.lease_seconds / 3)
 
 
-class Stop(enum.Enum):
-    """Why an attempt is being stopped before it returned."""
+class JobSource(Protocol):
+    """Where a worker's jobs come from: what each round claims, and what it is told of
+    them. ``bind`` comes first; the rest run on the worker's event loop."""
 
-    #: Its owner asked: it ends ``cancelled``.
-    CANCEL = "cancel"
-    #: It ran past its timeout: it fails (and is retried while attempts remain).
-    TIMEOUT = "timeout"
-    #: The worker is stopping: it is handed back, to run again from the start.
-    SHUTDOWN = "shutdown"
-    #: Its lease could not be renewed for most of a lease period: handed back too (if
-    #: the lease is still this worker's when the database answers).
-    FENCED = "fenced"
-    #: Its lease is gone (another attempt may run): nothing more is written for it.
-    LEASE_LOST = "lease lost"
+    def bind(self, worker: Worker) -> None:
+        """The worker this source feeds."""
 
+    def wanted(self, free: int) -> int:
+        """How many jobs the next round should claim, ``free`` slots being free (0:
+        claim nothing; the worker then sleeps until ``wake()``, a poll or a due time)."""
 
-#: A later reason replaces an earlier one only if it ranks higher here.
-_STOP_RANK = {Stop.CANCEL: 0, Stop.SHUTDOWN: 0, Stop.TIMEOUT: 1, Stop.FENCED: 2, Stop.LEASE_LOST: 3}
+    def claim(self, conn: Connection, limit: int, now: float) -> tuple[list[Claimed], float | None]:
+        """Claim up to ``limit`` jobs in the round's transaction: the jobs, and when the
+        next waiting job is due if fewer were found (None: none waits, or unknown)."""
 
+    def claimed(self, jobs: Sequence[Claimed]) -> None:
+        """The round committed: these jobs were claimed (and will start now)."""
 
-#: An output item not written yet, with its bytes for the blob store (see ``Execution``).
-Unwritten = tuple[OutputItem, bytes | None]
+    def claims_lost(self) -> None:
+        """The round's transaction failed: nothing it claimed was claimed."""
 
+    def attempt_over(self, task_id: str) -> None:
+        """An attempt ended: its outcome is written, or there is none to write (its
+        lease was lost, or it was handed back)."""
 
-@dataclass(eq=False)
-class Execution:
-    """One attempt in progress in this worker."""
+    async def start(self) -> None:
+        """The worker is running (its loop is ``worker.loop``)."""
 
-    job: Claimed
-    definition: TaskDefinition
-    ctx: TaskContext
-    future: asyncio.Future[Any] | None = None
-    #: Why the attempt is being stopped, once it is.
-    stop_reason: Stop | None = None
-    settled: bool = False
-    timer: asyncio.TimerHandle | None = None
-    next_seq: int = 0
-    #: Items taken from the context and not written yet, each with its JSON bytes when
-    #: it goes to the blob store (None once stored there, or for an item in the row).
-    unflushed: list[Unwritten] = field(default_factory=list)
-    started_at: float = field(default_factory=time.monotonic)
-    #: When (monotonic) the statement that last granted or renewed the lease was sent:
-    #: the lease runs at least ``lease_seconds`` from then.
-    lease_at: float = field(default_factory=time.monotonic)
+    def stopping(self) -> None:
+        """The worker was asked to stop (from any thread)."""
 
-    @property
-    def floor(self) -> int:
-        """The attempt's output floor: its fencing token (see ``store/driver.py``)."""
-        return self.job.output_floor
-
-    def take_outputs(self, blobs: Blobs) -> list[Unwritten]:
-        """The items emitted since the last call (and any not written yet); an item too
-        large for a row carries its blob key (``ref``) and bytes."""
-        task_id = self.job.task_id
-        for data in self.ctx._take_outputs():
-            self.next_seq += 1
-            big = blobs.encode(data)
-            if big is None:
-                self.unflushed.append((OutputItem(task_id, self.next_seq, data), None))
-            else:
-                # Named by the attempt too: a stale attempt's blob never replaces one of
-                # the attempt that holds the lease (the rows would be refused; the files
-                # are written first).
-                ref = f"{task_id}/output-{self.next_seq}-{self.floor}"
-                self.unflushed.append((OutputItem(task_id, self.next_seq, None, ref), big))
-        out, self.unflushed = self.unflushed, []
-        return out
+    async def close(self) -> None:
+        """The worker stopped: release what the source holds."""
 
 
-def _safe_error(exc: BaseException) -> tuple[str, str, str]:
-    """(type, message, detail): the message is fit for the task's owner (only errands'
-    own errors and ``TaskFailed`` carry their text; anything else is reported by type
-    alone), the detail is the traceback, for administrators."""
-    from .process import RemoteError
+class QueueSource:
+    """The SQL engine's source: due jobs from ``errands_job``, in claim order and within
+    the owners' caps. A claim runs when a notification, a poll interval or a due time
+    says there may be work, or when the last claim filled every slot."""
 
-    if isinstance(exc, RemoteError):
-        message = exc.message if exc.safe else "the task failed unexpectedly"
-        etype, detail = exc.type_name, exc.detail
-    else:
-        detail = "".join(traceback.format_exception(exc))
-        etype = type(exc).__name__
-        message = exc.message if isinstance(exc, ErrandsError) else "the task failed unexpectedly"
-    return storable_text(etype), storable_text(message), storable_text(detail)
+    def __init__(self) -> None:
+        self._worker: Worker | None = None
+        #: A claim could find something.
+        self.maybe_work = True
 
+    def bind(self, worker: Worker) -> None:
+        self._worker = worker
 
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
+    def wanted(self, free: int) -> int:
+        return free if self.maybe_work else 0
 
+    def claim(self, conn: Connection, limit: int, now: float) -> tuple[list[Claimed], float | None]:
+        worker = self._worker
+        assert worker is not None
+        return worker.runtime.db.driver.job_claim(
+            conn,
+            worker.id,
+            names=worker.names,
+            limit=limit,
+            now=now,
+            lease_seconds=worker.settings.lease_seconds,
+            caps=worker.caps,
+        )
 
-def _retry_delay(exc: BaseException) -> float | None:
-    """The delay a task asked for with ``raise Retry(delay=...)``, if any."""
-    from .process import RemoteError
+    def claimed(self, jobs: Sequence[Claimed]) -> None:
+        pass
 
-    if isinstance(exc, Retry):
-        return exc.delay
-    if isinstance(exc, RemoteError) and exc.type_name == "Retry":
-        return exc.retry_delay
-    return None
+    def claims_lost(self) -> None:
+        pass
+
+    def attempt_over(self, task_id: str) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    def stopping(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
 
 class Worker:
-    def __init__(self, runtime: Runtime, settings: WorkerSettings) -> None:
+    def __init__(
+        self, runtime: Runtime, settings: WorkerSettings, source: JobSource | None = None
+    ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.hostname = socket.gethostname()[:255]
@@ -234,13 +212,18 @@ class Worker:
         self.caps = runtime.running_caps(self.names)
         for name in self.names:
             runtime.registry.get(name)  # UnknownTask early
-        self._running: dict[str, Execution] = {}
-        self._outcomes: list[tuple[Execution, Outcome]] = []
-        self._releases: list[Execution] = []
+        self.source: JobSource = source if source is not None else QueueSource()
+        self.source.bind(self)
+        self._running: dict[str, Attempt] = {}
+        self._outcomes: list[tuple[Attempt, Outcome]] = []
+        self._releases: list[Attempt] = []
         self._writing: set[str] = set()
         self._stopping = False
         self._forced = False
-        self._processes: ProcessPool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._beat_now = asyncio.Event()
+        self._hinted = False
         #: When the earliest waiting job is due (from the last claim that came up short).
         self._due: float | None = None
         #: The progress flush in flight: the tasks whose items it carries, and a future
@@ -251,23 +234,39 @@ class Worker:
         self.started = 0
 
     # -- public ------------------------------------------------------------------------
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's event loop (once it runs)."""
+        assert self._loop is not None, "the worker is not running"
+        return self._loop
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def wake(self) -> None:
+        """Run a round soon (from any thread): a job source has something to claim."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._wake.set)
+
     def stop(self) -> None:
         """Stop gracefully; a second call stops at once (attempts are handed back)."""
         if self._stopping:
             self._forced = True
         self._stopping = True
-        with contextlib.suppress(AttributeError, RuntimeError):
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self.source.stopping()
+        self.wake()
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._beat_now = asyncio.Event()
-        self._maybe_work = True  # a claim could find something
-        self._hinted = False
-        await self._loop.run_in_executor(None, self.runtime.db.ensure_schema)
-        await self.runtime.db.awrite(
-            self.runtime.db.driver.worker_register,
+        runtime = self.runtime
+        await loop.run_in_executor(None, runtime.db.ensure_schema)
+        await runtime.db.awrite(
+            runtime.db.driver.worker_register,
             {
                 "id": self.id,
                 "hostname": self.hostname,
@@ -280,34 +279,50 @@ class Worker:
             },
             durable=False,
         )
-        subscription = self.runtime.notifier.listen_worker(self._on_jobs_hint, self._on_cancel_hint)
+        s = self.settings
+        assert s.reap_interval is not None
+        self._runner = Runner(
+            loop,
+            runtime.blobs,
+            self._settle,
+            cancel_grace=s.cancel_grace,
+            processes=s.concurrency,
+        )
+        maintenance = Maintenance(
+            runtime,
+            self.id,
+            self.hostname,
+            lease_seconds=s.lease_seconds,
+            reap_interval=s.reap_interval,
+            purge_interval=s.purge_interval,
+        )
+        subscription = runtime.notifier.listen_worker(self._on_jobs_hint, self._on_cancel_hint)
         handled = self._install_signals()
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="errands-heartbeat"),
             asyncio.create_task(self._fence_loop(), name="errands-fence"),
-            asyncio.create_task(self._maintenance_loop(), name="errands-maintenance"),
+            asyncio.create_task(maintenance.run(), name="errands-maintenance"),
             asyncio.create_task(self._flush_loop(), name="errands-flush"),
         ]
         log.info("worker %s started: %s", self.id, ", ".join(self.names))
         try:
+            await self.source.start()
             await self._pump()
         finally:
             self._stopping = True
-            for exe in list(self._running.values()):  # only after an error in the pump
-                self._stop_attempt(exe, Stop.SHUTDOWN)
-                self._force_settle(exe)
+            for attempt in list(self._running.values()):  # only after an error in the pump
+                self._runner.stop(attempt, StopReason.SHUTDOWN)
+                self._runner.abandon(attempt)
             for t in background:
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             subscription.close()
             for sig in handled:
-                self._loop.remove_signal_handler(sig)
-            if self._processes is not None:
-                self._processes.close()
+                loop.remove_signal_handler(sig)
+            self._runner.close()
+            await self.source.close()
             try:
-                await self.runtime.db.awrite(
-                    self.runtime.db.driver.worker_unregister, self.id, durable=False
-                )
+                await runtime.db.awrite(runtime.db.driver.worker_unregister, self.id, durable=False)
             except Exception:
                 log.exception("worker %s: could not remove itself from the registry", self.id)
             log.info("worker %s stopped", self.id)
@@ -316,14 +331,14 @@ class Worker:
     async def _pump(self) -> None:
         """Write what ended and claim what fits, in one transaction per round.
 
-        A round runs when outcomes wait to be written or slots are free and a claim
-        could find work (after a notification, a poll interval, a due time, or a claim
-        that filled every slot). Whatever ends while a round is in flight goes in the
-        next one (group commit). On stop, claiming ends, running attempts get
+        A round runs when outcomes wait to be written or slots are free and the source
+        wants a claim. Whatever ends while a round is in flight goes in the next one
+        (group commit). On stop, claiming ends, running attempts get
         ``shutdown_timeout`` to finish (then are stopped and handed back), and the pump
         returns once everything is written.
         """
         s = self.settings
+        queue = self.source if isinstance(self.source, QueueSource) else None
         shutdown_at: float | None = None
         recheck = False
         while True:
@@ -336,9 +351,10 @@ class Worker:
             ):
                 self._stop_running()
             free = 0 if self._stopping else s.concurrency - len(self._running)
-            limit = self._wanted(free)
+            limit = self.source.wanted(free) if free > 0 else 0
             if not (self._outcomes or self._releases or limit):
-                if not self._running and (self._stopping or (s.burst and not self._maybe_work)):
+                idle = queue is None or not queue.maybe_work
+                if not self._running and (self._stopping or (s.burst and idle)):
                     return
                 self._wake.clear()
                 timeout = s.poll_interval
@@ -347,61 +363,36 @@ class Worker:
                         timeout = min(timeout, shutdown_at - time.monotonic())
                 elif self._due is not None:
                     timeout = max(0.0, min(timeout, self._due - time.time()))
-                if not await self._sleep_or_wake(timeout) and not self._stopping:
-                    self._maybe_work = True  # poll interval or due time reached
+                woken = await self._sleep_or_wake(timeout)
+                if queue is not None and not woken and not self._stopping:
+                    queue.maybe_work = True  # poll interval or due time reached
                 continue
             hinted, self._hinted = self._hinted, False
             claimed, requeued, sent = await self._round(limit)
-            if limit:
+            if limit and queue is not None:
                 if not claimed and hinted and not recheck:
                     # The hint may have come just before its transaction committed.
                     recheck = True
-                    self._loop.call_later(0.02, self._poke)
+                    self.loop.call_later(0.02, self._poke)
                 else:
                     recheck = False
-                self._maybe_work = len(claimed) == limit
-            if requeued:
-                self._maybe_work = True  # a retry or a handed-back job may be due now
+                queue.maybe_work = len(claimed) == limit
+            if requeued and queue is not None:
+                queue.maybe_work = True  # a retry or a handed-back job may be due now
             for job in claimed:
                 self._start(job, sent)
 
-    # -- what a round claims (an engine's worker may override these three) --------------
-    def _wanted(self, free: int) -> int:
-        """How many jobs the next round should claim (0: claim nothing)."""
-        return free if self._maybe_work else 0
-
-    def _claim(
-        self, conn: Connection, limit: int, now: float
-    ) -> tuple[list[Claimed], float | None]:
-        """Claim up to ``limit`` jobs (in the round's transaction): the jobs, and when
-        the next waiting job is due if fewer were found (see the driver's ``job_claim``)."""
-        return self.runtime.db.driver.job_claim(
-            conn,
-            self.id,
-            names=self.names,
-            limit=limit,
-            now=now,
-            lease_seconds=self.settings.lease_seconds,
-            caps=self.caps,
-        )
-
-    def _attempt_over(self, task_id: str) -> None:
-        """An attempt ended: its outcome is written, or there is none to write (its lease
-        was lost, or it is being handed back)."""
-
-    def _claims_lost(self) -> None:
-        """The round's transaction failed: nothing it claimed was claimed."""
-
     def _poke(self) -> None:
-        self._maybe_work = True
+        if isinstance(self.source, QueueSource):
+            self.source.maybe_work = True
         self._wake.set()
 
     def _stop_running(self) -> None:
-        for exe in list(self._running.values()):
-            if exe.stop_reason is not Stop.SHUTDOWN:
-                self._stop_attempt(exe, Stop.SHUTDOWN)
-                if exe.definition.executor != "async":
-                    self._force_settle(exe)
+        for attempt in list(self._running.values()):
+            if attempt.stop_reason is not StopReason.SHUTDOWN:
+                self._runner.stop(attempt, StopReason.SHUTDOWN)
+                if attempt.definition.executor != "async":
+                    self._runner.abandon(attempt)
 
     async def _round(self, limit: int) -> tuple[list[Claimed], bool, float]:
         """One round: the outcomes and hand-backs that wait, and a claim of up to
@@ -411,10 +402,11 @@ class Worker:
         batch, self._outcomes = self._outcomes, []
         releases, self._releases = self._releases, []
         flushing = self._flushing
-        if flushing is not None and any(exe.job.task_id in flushing[0] for exe, _ in batch):
+        if flushing is not None and any(a.task_id in flushing[0] for a, _ in batch):
             await asyncio.shield(flushing[1])  # its items come before the outcome's
-        outputs = [item for exe, _ in batch for item in exe.take_outputs(self.runtime.blobs)]
-        release_ids = [exe.job.task_id for exe in releases]
+        blobs = self.runtime.blobs
+        outputs = [item for attempt, _ in batch for item in attempt.take_outputs(blobs)]
+        release_ids = [attempt.task_id for attempt in releases]
         sent = time.monotonic()
         try:
             await self._store_blobs([o for _, o in batch], outputs)
@@ -437,16 +429,16 @@ class Worker:
                 # the database refuses). Write each outcome alone, so one bad outcome
                 # cannot hold the others (and their workers' leases) hostage.
                 log.error("worker %s: writing outcomes failed", self.id, exc_info=exc)
-                batch = [await self._write_alone(exe, outcome, outputs) for exe, outcome in batch]
+                batch = [await self._write_alone(a, outcome, outputs) for a, outcome in batch]
                 self._releases[:0] = releases
-                self._claims_lost()
+                self.source.claims_lost()
                 return [], any(o.status is Status.QUEUED for _, o in batch), sent
             log_failure(log, exc, "worker %s: a write failed; retrying", self.id)
-            for exe, _ in batch:
-                exe.unflushed[:0] = [o for o in outputs if o[0].task_id == exe.job.task_id]
+            for attempt, _ in batch:
+                attempt.unflushed[:0] = [o for o in outputs if o[0].task_id == attempt.task_id]
             self._outcomes[:0] = batch
             self._releases[:0] = releases
-            self._claims_lost()
+            self.source.claims_lost()
             await asyncio.sleep(0.5)
             return [], False, sent
         self._finished(batch)
@@ -456,22 +448,21 @@ class Worker:
         again += [(o.task_id, o.retry_at or 0.0) for _, o in batch if o.status is Status.QUEUED]
         if again:
             self.runtime.publisher.queued(again)
-        requeued = bool(again)
-        return claimed, requeued, sent
+        self.source.claimed(claimed)
+        return claimed, bool(again), sent
 
     async def _write_alone(
-        self, exe: Execution, outcome: Outcome, outputs: list[Unwritten]
-    ) -> tuple[Execution, Outcome]:
+        self, attempt: Attempt, outcome: Outcome, outputs: list[Unwritten]
+    ) -> tuple[Attempt, Outcome]:
         """Write one attempt's outcome (and its outputs) in its own transaction. If the
         database refuses it, the task fails with ``OutcomeNotStored`` instead; if even
         that cannot be written, its lease runs out and the reaper takes over."""
-        task_id = exe.job.task_id
+        task_id = attempt.task_id
         mine = [o for o in outputs if o[0].task_id == task_id]
+        db = self.runtime.db
         try:
             await self._store_blobs([outcome], mine)
-            changed, _, _ = await self.runtime.db.awrite(
-                self._round_txn, [(exe, outcome)], mine, [], 0
-            )
+            changed, _, _ = await db.awrite(self._round_txn, [(attempt, outcome)], mine, [], 0)
         except Exception as exc:
             log.error(
                 "worker %s: the outcome of task %s was refused", self.id, task_id, exc_info=exc
@@ -483,20 +474,18 @@ class Worker:
                 error_message="the task's outcome could not be stored",
                 error_detail=storable_text(f"{type(exc).__name__}: {exc}"),
                 expires_at=outcome.expires_at,
-                floor=exe.floor,
+                floor=attempt.floor,
             )
             try:
-                changed, _, _ = await self.runtime.db.awrite(
-                    self._round_txn, [(exe, outcome)], [], [], 0
-                )
+                changed, _, _ = await db.awrite(self._round_txn, [(attempt, outcome)], [], [], 0)
             except Exception as again:
                 log_failure(log, again, "worker %s: failing task %s failed too", self.id, task_id)
                 self._writing.discard(task_id)
-                self._over(exe)
-                return exe, outcome
-        self._finished([(exe, outcome)])
+                self._over(attempt)
+                return attempt, outcome
+        self._finished([(attempt, outcome)])
         self._publish(changed)
-        return exe, outcome
+        return attempt, outcome
 
     async def _store_blobs(self, outcomes: Sequence[Outcome], outputs: list[Unwritten]) -> None:
         """Write the large results and items among these to the blob store, before the
@@ -510,30 +499,30 @@ class Worker:
             o.blob = None
         outputs[:] = [(item, None) for item, _ in outputs]
 
-    def _finished(self, batch: list[tuple[Execution, Outcome]]) -> None:
-        for exe, outcome in batch:
-            self._writing.discard(exe.job.task_id)
-            self._over(exe)
+    def _finished(self, batch: list[tuple[Attempt, Outcome]]) -> None:
+        for attempt, outcome in batch:
+            self._writing.discard(attempt.task_id)
+            self._over(attempt)
             self.runtime.observers.emit(
                 "finished",
-                exe.job.task_id,
-                exe.job.name,
+                attempt.task_id,
+                attempt.job.name,
                 outcome.status,
-                time.monotonic() - exe.started_at,
+                time.monotonic() - attempt.started_at,
             )
 
-    def _over(self, exe: Execution) -> None:
-        """``_attempt_over`` — unless a newer attempt of the task runs here now."""
-        current = self._running.get(exe.job.task_id)
-        if current is None or current is exe:
-            self._attempt_over(exe.job.task_id)
+    def _over(self, attempt: Attempt) -> None:
+        """The source's ``attempt_over`` — unless a newer attempt of the task runs here."""
+        current = self._running.get(attempt.task_id)
+        if current is None or current is attempt:
+            self.source.attempt_over(attempt.task_id)
 
     def _round_txn(
         self,
         conn: Connection,
-        batch: list[tuple[Execution, Outcome]],
+        batch: list[tuple[Attempt, Outcome]],
         outputs: list[Unwritten],
-        releases: list[Execution],
+        releases: list[Attempt],
         limit: int,
     ) -> tuple[list[Change], list[Claimed], float | None]:
         now = time.time()
@@ -545,18 +534,17 @@ class Worker:
             changed += driver.attempt_finish(conn, self.id, outcomes, now=now, outputs=items)
             if len(changed) < len(batch):
                 written = {c.task_id for c in changed}
-                for exe, _ in batch:
-                    if exe.job.task_id not in written:
+                for attempt, _ in batch:
+                    if attempt.task_id not in written:
                         log.warning(
                             "worker %s: the outcome of task %s was refused: its lease was lost",
                             self.id,
-                            exe.job.task_id,
+                            attempt.task_id,
                         )
         if releases:
-            changed += driver.attempt_release(
-                conn, self.id, [(exe.job.task_id, exe.floor) for exe in releases], now=now
-            )
-        claimed, due = self._claim(conn, limit, now) if limit else ([], None)
+            handed = [(attempt.task_id, attempt.floor) for attempt in releases]
+            changed += driver.attempt_release(conn, self.id, handed, now=now)
+        claimed, due = self.source.claim(conn, limit, now) if limit else ([], None)
         return changed, claimed, due
 
     async def _sleep_or_wake(self, timeout: float) -> bool:
@@ -575,16 +563,15 @@ class Worker:
     def _on_jobs_hint(self) -> None:  # listener thread
         def hint() -> None:
             self._hinted = True
-            self._maybe_work = True
-            self._wake.set()
+            self._poke()
 
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(hint)
+            self.loop.call_soon_threadsafe(hint)
 
     def _on_cancel_hint(self, task_ids: Sequence[str]) -> None:  # listener thread
         # A hint only triggers a heartbeat, which reads the cancel flags from the database.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._beat_now.set)
+            self.loop.call_soon_threadsafe(self._beat_now.set)
 
     # -- running -----------------------------------------------------------------------
     def _start(self, job: Claimed, leased_at: float) -> None:
@@ -596,207 +583,36 @@ class Worker:
             attempt=job.attempt,
             max_attempts=job.max_attempts,
         )
-        exe = Execution(job, definition, ctx, next_seq=job.output_floor, lease_at=leased_at)
+        attempt = Attempt(job, definition, ctx, next_seq=job.output_floor, lease_at=leased_at)
         stale = self._running.get(job.task_id)
-        self._running[job.task_id] = exe
+        self._running[job.task_id] = attempt
         if stale is not None:
             # This worker lost the lease of an attempt it still runs (it was paused past
             # the lease, say) and has just claimed the task again: the old attempt's
             # writes would be refused; stop it before the new one starts.
             log.warning("worker %s lost the lease of task %s", self.id, job.task_id)
-            self._stop_attempt(stale, Stop.LEASE_LOST)
-            if not stale.settled:
-                self._settle(stale, None)
+            self._runner.stop(stale, StopReason.LEASE_LOST)
+            self._runner.abandon(stale)
         self.started += 1
         self.runtime.observers.emit("started", job.task_id, job.name, Status.RUNNING, None)
-        if job.cancel_requested:
-            exe.stop_reason = Stop.CANCEL
-            self._settle(exe, self._cancelled(exe))
-            return
-        try:
-            payload = definition.load(job.payload)
-        except ValidationError:
-            self._settle(
-                exe,
-                self._failure(
-                    exe, TaskFailed("the stored payload is no longer valid"), retry=False
-                ),
-            )
-            return
-        loop = self._loop
-        if definition.executor == "async":
-            exe.future = loop.create_task(definition.fn(ctx, payload))
-        elif definition.executor == "thread":
-            exe.future = self._run_thread(definition, ctx, payload)
-        else:
-            exe.future = self._process_pool().run(definition.fn, ctx, job.payload)
-        exe.future.add_done_callback(partial(self._on_done, exe))
-        if definition.timeout is not None:
-            exe.timer = loop.call_later(definition.timeout, self._stop_attempt, exe, Stop.TIMEOUT)
+        self._runner.start(attempt)
 
-    def _run_thread(
-        self, definition: TaskDefinition, ctx: TaskContext, payload: Any
-    ) -> asyncio.Future[Any]:
-        loop = self._loop
-        future: asyncio.Future[Any] = loop.create_future()
-
-        def deliver(ok: bool, value: Any) -> None:
-            if future.done():
-                return
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-        def target() -> None:
-            try:
-                result = definition.fn(ctx, payload)
-            except BaseException as exc:
-                ok, value = False, exc
-            else:
-                ok, value = True, result
-            with contextlib.suppress(RuntimeError):  # the loop is gone: result ignored
-                loop.call_soon_threadsafe(deliver, ok, value)
-
-        threading.Thread(target=target, name=f"errands-task-{ctx.task_id[:8]}", daemon=True).start()
-        return future
-
-    def _process_pool(self) -> ProcessPool:
-        if self._processes is None:
-            from .process import ProcessPool
-
-            self._processes = ProcessPool(self._loop, self.settings.concurrency)
-        return self._processes
-
-    def _stop_attempt(self, exe: Execution, reason: Stop) -> None:
-        """Stop an attempt: cancel a coroutine, flag (then abandon) a thread, kill a process."""
-        if exe.settled or exe.future is None:
-            return
-        if exe.stop_reason is None or _STOP_RANK[reason] > _STOP_RANK[exe.stop_reason]:
-            exe.stop_reason = reason
-        exe.ctx._request_cancel()
-        kind = exe.definition.executor
-        if kind == "async":
-            exe.future.cancel()
-            self._loop.call_later(self.settings.cancel_grace, self._force_settle, exe)
-        elif kind == "thread":
-            if reason in (Stop.TIMEOUT, Stop.LEASE_LOST, Stop.FENCED):
-                # The thread runs on until it looks at ctx.cancelled (a thread cannot be
-                # stopped from outside); whatever it does now is not written.
-                self._force_settle(exe)
-            else:
-                self._loop.call_later(self.settings.cancel_grace, self._force_settle, exe)
-        else:
-            assert self._processes is not None
-            self._processes.kill(exe.job.task_id)
-
-    def _force_settle(self, exe: Execution) -> None:
-        if not exe.settled:
-            self._settle(exe, self._stopped_outcome(exe))
-
-    def _on_done(self, exe: Execution, future: asyncio.Future[Any]) -> None:
-        if exe.settled:
-            return
-        if exe.stop_reason is not None:
-            # Once an attempt was told to stop, it ends as stopped however it returns
-            # (its exception, if any, is read so asyncio does not report it as lost).
-            if not future.cancelled():
-                future.exception()
-            self._settle(exe, self._stopped_outcome(exe))
-            return
-        if future.cancelled():
-            exe.stop_reason = Stop.CANCEL
-            self._settle(exe, self._cancelled(exe))
-            return
-        exc = future.exception()
-        if exc is None:
-            try:
-                result = storable_json(future.result())
-            except Exception:
-                failed = TaskFailed("the task's result is not JSON-serializable")
-                self._settle(exe, self._failure(exe, failed, retry=False))
-                return
-            outcome = Outcome(exe.job.task_id, Status.SUCCEEDED, result=result, floor=exe.floor)
-            big = self.runtime.blobs.encode(result)
-            if big is not None:  # kept in the blob store; the row holds its key
-                outcome.result = None
-                outcome.result_ref = f"{exe.job.task_id}/result-{exe.job.attempt}-{exe.floor}"
-                outcome.blob = big
-            self._settle(exe, outcome)
-        elif isinstance(exc, TaskCancelled | asyncio.CancelledError) or (
-            getattr(exc, "type_name", None) == "TaskCancelled"
-        ):
-            exe.stop_reason = Stop.CANCEL
-            self._settle(exe, self._cancelled(exe))
-        else:
-            self._settle(exe, self._failure(exe, exc))
-
-    def _stopped_outcome(self, exe: Execution) -> Outcome | None:
-        reason = exe.stop_reason
-        if reason is Stop.LEASE_LOST:
-            return None  # the task belongs to another attempt now
-        if reason in (Stop.SHUTDOWN, Stop.FENCED):
-            self._releases.append(exe)
-            return None
-        if reason is Stop.TIMEOUT:
-            timeout = exe.definition.timeout
-            return self._failure(
-                exe, TaskTimeout(f"the task ran longer than its timeout of {timeout:g} s")
-            )
-        return self._cancelled(exe)
-
-    def _cancelled(self, exe: Execution) -> Outcome:
-        return Outcome(
-            exe.job.task_id,
-            Status.CANCELLED,
-            error_type=CANCELLED_ERROR.type,
-            error_message=CANCELLED_ERROR.message,
-            floor=exe.floor,
-        )
-
-    def _failure(self, exe: Execution, exc: BaseException, *, retry: bool = True) -> Outcome:
-        job, definition = exe.job, exe.definition
-        etype, message, detail = _safe_error(exc)
-        retry = retry and getattr(exc, "retry", True)  # TaskFailed(retry=False), or remote
-        if retry and job.attempt < job.max_attempts:
-            delay = _retry_delay(exc)
-            if delay is None:
-                delay = compute_backoff(definition.backoff, job.attempt, definition.backoff_max)
-            return Outcome(
-                job.task_id,
-                Status.QUEUED,
-                error_type=etype,
-                error_message=message,
-                error_detail=detail,
-                retry_at=time.time() + delay,
-                floor=exe.floor,
-            )
-        if etype == "Retry":
-            message = "the task asked to be retried, but its attempts are spent"
-        log.warning("task %s (%s) failed: %s", job.task_id, job.name, etype)
-        return Outcome(
-            job.task_id,
-            Status.FAILED,
-            error_type=etype,
-            error_message=message,
-            error_detail=detail,
-            floor=exe.floor,
-        )
-
-    def _settle(self, exe: Execution, outcome: Outcome | None) -> None:
-        exe.settled = True
-        if exe.timer is not None:
-            exe.timer.cancel()
-        if self._running.get(exe.job.task_id) is exe:
-            del self._running[exe.job.task_id]
+    def _settle(self, attempt: Attempt, outcome: Outcome | None) -> None:
+        """The runner's report that an attempt is over (see ``attempt.Settle``)."""
+        attempt.settled = True
+        if self._running.get(attempt.task_id) is attempt:
+            del self._running[attempt.task_id]
+        reason = attempt.stop_reason
         if outcome is not None:
-            outcome.progress = exe.ctx._final_progress()
+            outcome.progress = attempt.ctx._final_progress()
             if outcome.status.done:
-                outcome.expires_at = self.runtime.expiry(exe.job.name, time.time())
-            self._writing.add(exe.job.task_id)
-            self._outcomes.append((exe, outcome))
-        elif exe.stop_reason is Stop.LEASE_LOST:
-            self._over(exe)
+                outcome.expires_at = self.runtime.expiry(attempt.job.name, time.time())
+            self._writing.add(attempt.task_id)
+            self._outcomes.append((attempt, outcome))
+        elif reason is not None and reason.hands_back:
+            self._releases.append(attempt)
+        else:  # its lease is gone: nothing to write
+            self._over(attempt)
         self._wake.set()
 
     # -- writing -----------------------------------------------------------------------
@@ -806,22 +622,23 @@ class Worker:
 
     async def _flush_loop(self) -> None:
         interval = self.settings.progress_interval
+        blobs = self.runtime.blobs
         while True:
             await asyncio.sleep(interval)
             reports: list[Report] = []
             outputs: list[Unwritten] = []
-            attempts: dict[str, Execution] = {}
-            for exe in list(self._running.values()):
-                p = exe.ctx._take_progress()
-                items = exe.take_outputs(self.runtime.blobs)
+            attempts: dict[str, Attempt] = {}
+            for attempt in list(self._running.values()):
+                p = attempt.ctx._take_progress()
+                items = attempt.take_outputs(blobs)
                 if p is None and not items:
                     continue
-                reports.append(Report(exe.job.task_id, exe.floor, p))
+                reports.append(Report(attempt.task_id, attempt.floor, p))
                 outputs.extend(items)
-                attempts[exe.job.task_id] = exe
+                attempts[attempt.task_id] = attempt
             if not reports:
                 continue
-            done: asyncio.Future[None] = self._loop.create_future()
+            done: asyncio.Future[None] = self.loop.create_future()
             self._flushing = ({item.task_id for item, _ in outputs}, done)
             try:
                 await self._store_blobs([], outputs)
@@ -847,10 +664,10 @@ class Worker:
             self._publish(changed)
             if len(changed) < len(reports):
                 written = {c.task_id for c in changed}
-                for task_id, exe in attempts.items():
-                    if task_id not in written and not exe.settled:
+                for task_id, attempt in attempts.items():
+                    if task_id not in written and not attempt.settled:
                         log.warning("worker %s lost the lease of task %s", self.id, task_id)
-                        self._stop_attempt(exe, Stop.LEASE_LOST)
+                        self._runner.stop(attempt, StopReason.LEASE_LOST)
 
     async def _heartbeat_loop(self) -> None:
         s = self.settings
@@ -870,28 +687,27 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         ids = list(self._running) + [i for i in self._writing if i not in self._running]
+        db = self.runtime.db
         if not ids:
-            await self.runtime.db.awrite(
-                self.runtime.db.driver.worker_beat, self.id, _utc(time.time()), durable=False
-            )
+            await db.awrite(db.driver.worker_beat, self.id, _utc(time.time()), durable=False)
             return
         asked = {task_id: self._running.get(task_id) for task_id in ids}
         sent = time.monotonic()
-        held, cancel = await self.runtime.db.awrite(
+        held, cancel = await db.awrite(
             self._beat_txn, ids, time.time() + self.settings.lease_seconds, durable=False
         )
-        for task_id, exe in list(self._running.items()):
-            if asked.get(task_id) is not exe:
+        for task_id, attempt in list(self._running.items()):
+            if asked.get(task_id) is not attempt:
                 # Claimed (or claimed again, for a retry) while this heartbeat was in
                 # flight: that attempt's lease is fresh, whatever the heartbeat saw.
                 continue
             if task_id not in held:
                 log.warning("worker %s lost the lease of task %s", self.id, task_id)
-                self._stop_attempt(exe, Stop.LEASE_LOST)
+                self._runner.stop(attempt, StopReason.LEASE_LOST)
                 continue
-            exe.lease_at = sent
+            attempt.lease_at = sent
             if task_id in cancel:
-                self._stop_attempt(exe, Stop.CANCEL)
+                self._runner.stop(attempt, StopReason.CANCEL)
 
     def _beat_txn(
         self, conn: Connection, ids: list[str], lease_until: float
@@ -912,76 +728,19 @@ class Worker:
         while True:
             await asyncio.sleep(min(s.heartbeat_interval / 2, 1.0))
             now = time.monotonic()
-            for exe in list(self._running.values()):
-                if now - exe.lease_at > fence_after and exe.stop_reason not in (
-                    Stop.FENCED,
-                    Stop.LEASE_LOST,
+            for attempt in list(self._running.values()):
+                if now - attempt.lease_at > fence_after and attempt.stop_reason not in (
+                    StopReason.FENCED,
+                    StopReason.LEASE_LOST,
                 ):
                     log.warning(
                         "worker %s: the lease of task %s was not renewed for %.1f s; "
                         "stopping the attempt before it runs out",
                         self.id,
-                        exe.job.task_id,
-                        now - exe.lease_at,
+                        attempt.task_id,
+                        now - attempt.lease_at,
                     )
-                    self._stop_attempt(exe, Stop.FENCED)
-
-    async def _maintenance_loop(self) -> None:
-        """The reaper (at start, then every ``reap_interval``) and the purge of expired
-        records (every ``purge_interval``)."""
-        s = self.settings
-        assert s.reap_interval is not None
-        next_purge = time.monotonic() + s.purge_interval
-        while True:
-            try:
-                await self._reap()
-            except Exception as exc:
-                log_failure(log, exc, "worker %s: the reaper failed", self.id)
-            if s.purge_interval and time.monotonic() >= next_purge:
-                next_purge = time.monotonic() + s.purge_interval
-                try:
-                    purge = partial(self.runtime.purge, batch=500, limit=10_000)
-                    await asyncio.to_thread(purge, now=time.time())
-                except Exception as exc:
-                    log_failure(log, exc, "worker %s: purging failed", self.id)
-            await asyncio.sleep(s.reap_interval)
-
-    async def _reap(self) -> None:
-        now = time.time()
-        # A worker's row outlives it only if it was killed; forget it after a while.
-        silent = _utc(now - max(60.0, 10 * self.settings.lease_seconds))
-        changed, dead = await self.runtime.db.awrite(
-            self._reap_txn, now, partial(self.runtime.expiry, now=now), silent
-        )
-        if dead:
-            log.warning("worker %s: worker(s) %s on this host died", self.id, ", ".join(dead))
-        if changed:
-            log.warning("reaper recovered %d task(s) whose worker stopped", len(changed))
-            self._publish(changed)
-            back = [(c.task_id, now) for c in changed if c.status is Status.QUEUED]
-            if back:
-                self.runtime.publisher.queued(back)
-
-    def _reap_txn(
-        self,
-        conn: Connection,
-        now: float,
-        expiry_for: Callable[[str], datetime | None],
-        silent: datetime,
-    ) -> tuple[list[Change], list[str]]:
-        """Release the leases of dead workers on this host (their process is gone), then
-        recover every job whose lease expired."""
-        driver = self.runtime.db.driver
-        dead = [
-            worker_id
-            for worker_id, pid, key in driver.worker_on_host(conn, self.hostname, self.id)
-            if liveness.is_dead(pid, key)
-        ]
-        if dead:
-            driver.job_expire_leases(conn, dead)
-            driver.worker_forget(conn, dead)
-        driver.worker_forget_silent(conn, silent)
-        return driver.job_reap(conn, now=now, expiry_for=expiry_for), dead
+                    self._runner.stop(attempt, StopReason.FENCED)
 
     # -- stopping ----------------------------------------------------------------------
     def _install_signals(self) -> list[int]:
@@ -993,8 +752,16 @@ class Worker:
         handled: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                self._loop.add_signal_handler(sig, self.stop)
+                self.loop.add_signal_handler(sig, self.stop)
                 handled.append(sig)
             except (NotImplementedError, RuntimeError):
                 pass
         return handled
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+#: Kept for callers that build outcomes for a worker's hooks.
+__all__ = ["JobSource", "QueueSource", "Worker", "WorkerSettings"]

@@ -120,8 +120,9 @@ class CeleryEngine:
             ignore_result=True,
         )(run)
         self._runtime: Runtime | None = None
-        #: The errands worker of this process that runs the messages (one at most).
-        self.current: CeleryWorker | None = None
+        #: The source of the errands worker of this process that runs the messages (one
+        #: at most).
+        self.current: CelerySource | None = None
         self._outbox: SimpleQueue[Any] = SimpleQueue()
         self._publisher: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -146,7 +147,7 @@ class CeleryEngine:
             raise ConfigurationError(
                 "burst mode drains the SQL queue; a Celery worker runs until it is stopped"
             )
-        return CeleryWorker(runtime, settings, self)
+        return Worker(runtime, settings, source=CelerySource(self))
 
     def close(self) -> None:
         """Publish what is pending (for up to 5 s), then stop the publisher."""
@@ -214,24 +215,33 @@ class CeleryEngine:
         process's errands worker and wait until its attempt is over."""
         from celery.exceptions import Reject
 
-        worker = self.current
-        if worker is None:
+        source = self.current
+        if source is None:
             raise Reject("no errands worker runs in this process", requeue=True)
-        if worker.hand(task_id).result() == _REQUEUE:
+        if source.hand(task_id).result() == _REQUEUE:
             raise Reject("the errands worker is stopping", requeue=True)
 
 
-class CeleryWorker(Worker):
-    """An errands worker fed by a Celery worker in the same process: it claims exactly
-    the jobs Celery delivers (see the module docstring) instead of polling the queue."""
+class CelerySource:
+    """The job source of an errands worker fed by a Celery worker in the same process
+    (``errands.worker.JobSource``): each round claims exactly the jobs Celery delivered
+    (see the module docstring) instead of polling the queue."""
 
-    def __init__(self, runtime: Runtime, settings: WorkerSettings, engine: CeleryEngine) -> None:
-        super().__init__(runtime, settings)
+    def __init__(self, engine: CeleryEngine) -> None:
         self.engine = engine
+        self._worker: Worker | None = None
         self._inbox: list[tuple[str, Future[str]]] = []
         self._asked: list[tuple[str, Future[str]]] = []
         self._holding: dict[str, list[Future[str]]] = {}
         self._controller: Any = None
+        self._consumer: threading.Thread | None = None
+        self._relay: asyncio.Task[None] | None = None
+        self._previous_default: Any = None
+
+    @property
+    def worker(self) -> Worker:
+        assert self._worker is not None
+        return self._worker
 
     # -- from Celery's pool threads -----------------------------------------------------
     def hand(self, task_id: str) -> Future[str]:
@@ -240,66 +250,62 @@ class CeleryWorker(Worker):
         when the worker is stopping (the message goes back to the broker)."""
         future: Future[str] = Future()
         try:
-            self._loop.call_soon_threadsafe(self._take, task_id, future)
-        except (AttributeError, RuntimeError):  # not running (yet, or any more)
+            self.worker.loop.call_soon_threadsafe(self._take, task_id, future)
+        except (AssertionError, RuntimeError):  # not running (yet, or any more)
             future.set_result(_REQUEUE)
         return future
 
     def _take(self, task_id: str, future: Future[str]) -> None:
-        if self._stopping:
+        if self.worker.stopping:
             future.set_result(_REQUEUE)
             return
         self._inbox.append((task_id, future))
-        self._wake.set()
+        self.worker.wake()
 
-    # -- the worker's hooks --------------------------------------------------------------
-    def _wanted(self, free: int) -> int:
+    # -- the job source ------------------------------------------------------------------
+    def bind(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def wanted(self, free: int) -> int:
         if free > 0 and self._inbox and not self._asked:
             self._asked, self._inbox = self._inbox[:free], self._inbox[free:]
         return len(self._asked)
 
-    def _claim(
-        self, conn: Connection, limit: int, now: float
-    ) -> tuple[list[Claimed], float | None]:
+    def claim(self, conn: Connection, limit: int, now: float) -> tuple[list[Claimed], float | None]:
+        worker = self.worker
+        driver = worker.runtime.db.driver
         ids = list(dict.fromkeys(task_id for task_id, _ in self._asked))
-        driver = self.runtime.db.driver
         claimed = driver.job_claim_ids(
             conn,
-            self.id,
+            worker.id,
             ids,
-            names=self.names,
+            names=worker.names,
             now=now,
-            lease_seconds=self.settings.lease_seconds,
+            lease_seconds=worker.settings.lease_seconds,
         )
         if len(claimed) < len(ids):  # the others run elsewhere, ended, or wait oddly:
             got = {job.task_id for job in claimed}  # a job left waiting is relayed again
             driver.job_unmark_sent(conn, [i for i in ids if i not in got])
         return claimed, None
 
-    async def _round(self, limit: int) -> tuple[list[Claimed], bool, float]:
-        claimed, requeued, sent = await super()._round(limit)
+    def claimed(self, jobs: Sequence[Claimed]) -> None:
         asked, self._asked = self._asked, []
-        got = {job.task_id for job in claimed}
+        got = {job.task_id for job in jobs}
         for task_id, future in asked:
             if task_id in got:
                 self._holding.setdefault(task_id, []).append(future)
             else:  # leased elsewhere, finished, cancelled: this message has nothing to run
                 future.set_result(_DONE)
-        return claimed, requeued, sent
 
-    def _claims_lost(self) -> None:
+    def claims_lost(self) -> None:
         self._inbox[:0], self._asked = self._asked, []
 
-    def _attempt_over(self, task_id: str) -> None:
+    def attempt_over(self, task_id: str) -> None:
         for future in self._holding.pop(task_id, ()):
             future.set_result(_DONE)
 
     # -- running and stopping -------------------------------------------------------------
-    def stop(self) -> None:
-        super().stop()
-        self._stop_celery()
-
-    def _stop_celery(self) -> None:
+    def stopping(self) -> None:
         """Ask the Celery worker to stop consuming (a warm shutdown: its pool threads
         still wait for their attempts). Celery's consumer loop checks this flag of its
         own, in its own thread; calling its ``stop()`` from another thread would share
@@ -309,8 +315,8 @@ class CeleryWorker(Worker):
         if self._controller is not None:
             state.should_stop = 0
 
-    async def run(self) -> None:
-        engine = self.engine
+    async def start(self) -> None:
+        engine, settings = self.engine, self.worker.settings
         if engine.current is not None:
             raise ConfigurationError("one errands worker per process runs Celery messages")
         engine.current = self
@@ -321,11 +327,11 @@ class CeleryWorker(Worker):
 
         # Celery's thread pool finds the task's app as the default app (its threads have
         # no current app of their own): make it this engine's while the worker runs.
-        previous_default = _state.default_app
+        self._previous_default = _state.default_app
         engine.celery.set_default()
         self._controller = engine.celery.WorkController(
             pool_cls="threads",
-            concurrency=self.settings.concurrency,
+            concurrency=settings.concurrency,
             queues=[engine.queue],
             prefetch_multiplier=1,
             without_heartbeat=True,
@@ -339,50 +345,51 @@ class CeleryWorker(Worker):
             # Celery's consumer loop sees a stop request only between two polls, and
             # with no timer due a poll may wait 10 s: keep one due every 0.1 s.
             hub.call_repeatedly(0.1, _tick)
-        consumer = threading.Thread(
+        self._consumer = threading.Thread(
             target=self._controller.start, name="errands-celery-worker", daemon=True
         )
-        work = asyncio.ensure_future(super().run())
-        await asyncio.sleep(0)  # the worker's loop state exists from here on
-        consumer.start()
-        relay = asyncio.ensure_future(self._relay_loop())
-        try:
-            await work
-        finally:
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
-            for _, future in [*self._asked, *self._inbox]:
-                future.set_result(_REQUEUE)
-            self._asked, self._inbox = [], []
-            for futures in self._holding.values():
-                for future in futures:
-                    future.set_result(_DONE)
-            self._holding.clear()
-            self._stop_celery()
-            await asyncio.get_running_loop().run_in_executor(None, consumer.join, 30)
-            from celery.worker import state
+        self._consumer.start()
+        self._relay = asyncio.ensure_future(self._relay_loop())
 
-            state.should_stop = None  # another worker may run in this process later
-            _state.set_default_app(previous_default)
-            engine.current = None
+    async def close(self) -> None:
+        if self._relay is not None:
+            self._relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay
+        for _, future in [*self._asked, *self._inbox]:
+            future.set_result(_REQUEUE)
+        self._asked, self._inbox = [], []
+        for futures in self._holding.values():
+            for future in futures:
+                future.set_result(_DONE)
+        self._holding.clear()
+        if self._consumer is None:
+            return
+        self.stopping()
+        await asyncio.get_running_loop().run_in_executor(None, self._consumer.join, 30)
+        from celery import _state
+        from celery.worker import state
+
+        state.should_stop = None  # another worker may run in this process later
+        _state.set_default_app(self._previous_default)
+        self.engine.current = None
 
     async def _relay_loop(self) -> None:
         """Publish the jobs whose publication was lost (the outbox relay)."""
-        every = max(0.2, self.engine.relay_after / 2)
+        engine, worker = self.engine, self.worker
+        db = worker.runtime.db
+        every = max(0.2, engine.relay_after / 2)
         while True:
             await asyncio.sleep(every)
             try:
-                jobs = await self.runtime.db.aread(
-                    self.runtime.db.driver.job_unsent, before=time.time() - self.engine.relay_after
-                )
+                jobs = await db.aread(db.driver.job_unsent, before=time.time() - engine.relay_after)
             except Exception as exc:
-                log_failure(log, exc, "worker %s: reading unsent jobs failed", self.id)
+                log_failure(log, exc, "worker %s: reading unsent jobs failed", worker.id)
                 continue
             if jobs:
-                log.info("worker %s: relaying %d unsent job(s)", self.id, len(jobs))
-                self.engine.queued(jobs)
+                log.info("worker %s: relaying %d unsent job(s)", worker.id, len(jobs))
+                engine.queued(jobs)
 
 
 def _tick() -> None:
-    """A timer that keeps Celery's consumer loop turning (see ``CeleryWorker.run``)."""
+    """A timer that keeps Celery's consumer loop turning (see ``CelerySource.start``)."""
