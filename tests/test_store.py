@@ -313,8 +313,8 @@ def test_fast_paths_write_what_the_sqlalchemy_types_write(store_app: Errands) ->
 
     from errands.store.driver import task_row
 
-    _record, task = store_app._prepare("job", {"i": 1, "s": "é"}, "alice", 3, None)
-    store_app.db.write(store_app._create, [task])  # the driver's own statement
+    task = store_app._prepare("job", {"i": 1, "s": "é"}, "alice", 3, None)
+    store_app.db.write(store_app.db.driver.task_create, [task])  # the driver's own statement
     row = task_row(task)
     twin = dict(row, id=row["id"][:-4] + "ffff")
     with store_app.db.engine.begin() as conn:

@@ -457,6 +457,17 @@ class Database:
 
         return await asyncio.get_running_loop().run_in_executor(self._write_executor, run)
 
+    async def arun(
+        self, fn: Callable[..., T], /, *args: Any, write: bool = False, **kwargs: Any
+    ) -> T:
+        """Run ``fn`` — a plain function that calls ``read``/``write`` itself — on the
+        database's threads: the write thread(s) when it writes (on SQLite, writes of this
+        process go through one thread, in order), else the readers' pool."""
+        executor = self._write_executor if write else self._executor
+        return await asyncio.get_running_loop().run_in_executor(
+            executor, lambda: fn(*args, **kwargs)
+        )
+
     def close(self) -> None:
         self._write_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)

@@ -1,0 +1,219 @@
+"""The operations behind ``Errands`` and ``app.sync``, each written once.
+
+Every operation is a plain synchronous method: ``app.sync`` calls it in the caller's
+thread, and the async facade runs the very same method on the database's threads
+(``Database.arun``: the write thread for writes, so SQLite's single writer is never
+contended), one thread hop per call.
+
+Every operation an end user's request can reach takes ``owner`` (or ``ANY_OWNER`` from
+administrative code) and checks its arguments the same way (``task_scope``): a task of
+another owner, or an id no task can have, raises ``TaskNotFound`` exactly as a missing
+task does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Connection
+
+from .blobs import Blobs
+from .errors import IdempotencyConflict, InvalidTransition, TaskNotFound
+from .ids import is_task_id
+from .records import BlobRef, Change, OutputPage, Page, Status, TaskRecord
+from .runtime import Publisher, Runtime
+from .store.callers import on_commit, run_in_caller_sync
+from .store.codec import utc
+from .store.database import database_errors
+from .store.values import NewTask
+from .submission import record_of
+
+
+class _AnyOwner:
+    def __repr__(self) -> str:
+        return "ANY_OWNER"
+
+
+#: Pass as ``owner=`` from administrative code to act on every owner's tasks.
+ANY_OWNER: Any = _AnyOwner()
+
+
+def owner_filter(owner: object) -> str | None:
+    """The owner to put in a query: a user's id, or None for :data:`ANY_OWNER`."""
+    if owner is ANY_OWNER:
+        return None
+    if not isinstance(owner, str) or not owner:
+        raise ValueError("owner must be a non-empty string (or ANY_OWNER for admin code)")
+    if "\x00" in owner:
+        raise ValueError("owner must not contain NUL characters")
+    return owner
+
+
+def task_scope(task_id: object, owner: object) -> str | None:
+    """The owner filter of an owner-scoped call on ``task_id``; ``TaskNotFound`` for an id
+    no task can have (of any type), as for a task that does not exist."""
+    who = owner_filter(owner)
+    if not isinstance(task_id, str) or not is_task_id(task_id):
+        raise TaskNotFound()
+    return who
+
+
+def list_args(
+    owner: object, status: Status | str | None, name: str | None, limit: int, cursor: str | None
+) -> dict[str, Any]:
+    """Checked keyword arguments of the driver's ``task_list``."""
+    if not 1 <= limit <= 500:
+        raise ValueError("limit must be between 1 and 500")
+    if cursor is not None and not is_task_id(cursor):
+        raise ValueError("invalid cursor")
+    if name is not None and "\x00" in name:
+        raise ValueError("name must not contain NUL characters")
+    return {
+        "owner": owner_filter(owner),
+        "status": Status(status) if status is not None else None,
+        "name": name,
+        "limit": limit,
+        "cursor": cursor,
+    }
+
+
+class Operations:
+    def __init__(self, runtime: Runtime, engine: Publisher, now: Callable[[], float]) -> None:
+        self.runtime = runtime
+        self.engine = engine
+        self._now = now
+
+    @property
+    def _blobs(self) -> Blobs:
+        return self.runtime.blobs
+
+    # -- submit ----------------------------------------------------------------------
+    @database_errors()  # also on a caller's connection (``connection=``)
+    def create(self, conn: Connection, tasks: Sequence[NewTask]) -> list[TaskRecord | None]:
+        """Insert the records and queue their work. Per task: None if it was inserted, or
+        the record that already holds its idempotency or unique key."""
+        found: list[TaskRecord | None] = []
+        for task, held in zip(tasks, self.runtime.db.driver.task_create(conn, tasks), strict=True):
+            if held is not None and task.idempotency_key and held[1] != task.request_hash:
+                raise IdempotencyConflict()
+            found.append(None if held is None else held[0])
+        return found
+
+    def submitted(self, tasks: Sequence[NewTask], found: Sequence[TaskRecord | None]) -> None:
+        """Tell the engine and the live views of the records a commit created."""
+        records = [record_of(t) for t, f in zip(tasks, found, strict=True) if f is None]
+        if not records:
+            return
+        observers, notifier = self.runtime.observers, self.runtime.notifier
+        for record in records:
+            observers.emit("submitted", record.id, record.name, record.status, None)
+        with notifier.batch():  # both hints in one round trip
+            self.engine.queued([(r.id, r.run_at.timestamp()) for r in records])
+            notifier.publish_changes([Change.of(r) for r in records])
+
+    def submit(self, tasks: Sequence[NewTask], connection: Any = None) -> list[TaskRecord]:
+        """Write new records (or find the ones holding their keys): per task, its record
+        or the one that holds its key. With ``connection``, in the caller's transaction
+        (the notifications go when it commits)."""
+        db = self.runtime.db
+        if connection is None:
+            # One record is one statement on PostgreSQL: no BEGIN/COMMIT round trips.
+            single = len(tasks) == 1 and not tasks[0].keyed
+            found = db.write(self.create, tasks, autocommit=single)
+            self.submitted(tasks, found)
+            return chosen(tasks, found)
+        db.ensure_schema()
+        results: list[TaskRecord | None] = []
+        sync_obj = run_in_caller_sync(connection, lambda c: results.extend(self.create(c, tasks)))
+        on_commit(sync_obj, partial(self.submitted, tasks, results))
+        return chosen(tasks, results)
+
+    # -- reading -----------------------------------------------------------------------
+    def get(self, task_id: str, owner: object) -> TaskRecord:
+        who = task_scope(task_id, owner)
+        db = self.runtime.db
+        record = db.read(db.driver.task_get, task_id, who)
+        if record is None:
+            raise TaskNotFound()
+        return self._loaded(record)
+
+    def _loaded(self, record: TaskRecord) -> TaskRecord:
+        """The record with its result loaded from the blob store, if it is kept there
+        (after the read transaction: it may be megabytes)."""
+        return self._blobs.record(record) if isinstance(record.result, BlobRef) else record
+
+    def get_version(self, task_id: str, owner: object) -> int:
+        who = task_scope(task_id, owner)
+        db = self.runtime.db
+        version = db.read(db.driver.task_version, task_id, who)
+        if version is None:
+            raise TaskNotFound()
+        return version
+
+    def get_many(self, task_ids: Sequence[str], owner: object) -> list[TaskRecord]:
+        who = owner_filter(owner)
+        ids = [t for t in task_ids if isinstance(t, str) and is_task_id(t)]
+        if not ids:
+            return []
+        db = self.runtime.db
+        return [self._loaded(r) for r in db.read(db.driver.task_get_many, ids, who)]
+
+    def list(self, args: dict[str, Any]) -> Page:
+        db = self.runtime.db
+        items, next_cursor = db.read(db.driver.task_list, **args)
+        return Page([self._loaded(r) for r in items], next_cursor)
+
+    def output_page(self, task_id: str, owner: object, after: int, limit: int) -> OutputPage:
+        who = task_scope(task_id, owner)
+        db = self.runtime.db
+        found = db.read(db.driver.output_page, task_id, who, after=after, limit=limit)
+        if found is None:
+            raise TaskNotFound()
+        floor, items = found
+        if any(isinstance(data, BlobRef) for _, data in items):
+            items = self._blobs.items(items)
+        return OutputPage(floor, items)
+
+    # -- changing --------------------------------------------------------------------
+    def cancel(self, task_id: str, owner: object) -> TaskRecord:
+        who = task_scope(task_id, owner)
+        db, now = self.runtime.db, self._now()
+        expiry = partial(self.runtime.expiry, now=now)
+        record, ask_worker, ended = db.write(db.driver.task_cancel, task_id, who, utc(now), expiry)
+        if record is None:
+            raise TaskNotFound()
+        if ended:  # a queued task: no worker will report it
+            self.runtime.observers.emit("finished", record.id, record.name, record.status, None)
+        if ask_worker:
+            self.engine.request_cancel([record.id])
+        self.runtime.notifier.publish_changes([Change.of(record)])
+        return record
+
+    def delete(self, task_id: str, owner: object) -> None:
+        who = task_scope(task_id, owner)
+        db = self.runtime.db
+        if not db.write(db.driver.task_delete_finished, task_id, who):
+            record = self.get(task_id, owner)
+            raise InvalidTransition(
+                f"the task is {record.status.value}; cancel it before deleting it"
+            )
+        self._blobs.store.delete_tasks([task_id])
+
+    def retryable(self, task_id: str, owner: object) -> TaskRecord:
+        """The record of a task to submit again: failed or cancelled."""
+        record = self.get(task_id, owner)
+        if record.status not in (Status.FAILED, Status.CANCELLED):
+            raise InvalidTransition(
+                f"only a failed or cancelled task can be retried; this one is {record.status.value}"
+            )
+        return record
+
+    def purge(self, batch: int, limit: int | None) -> int:
+        return self.runtime.purge(now=self._now(), batch=batch, limit=limit)
+
+
+def chosen(tasks: Sequence[NewTask], found: Sequence[TaskRecord | None]) -> list[TaskRecord]:
+    """Per submitted task, the record the caller gets: the one holding its key, if any."""
+    return [f or record_of(t) for t, f in zip(tasks, found, strict=True)]
