@@ -81,6 +81,8 @@ J = job_table.c
 OUT = output_table.c
 W = worker_table.c
 
+#: The largest output sequence number (``errands_output.seq`` is a 32-bit integer).
+MAX_SEQ = 2**31 - 1
 #: Claims take due jobs in this order (see "Claim order" above).
 CLAIM_ORDER = (J.priority.desc(), J.turn, J.run_at)
 #: The error of a task whose worker stopped answering and whose attempts are spent.
@@ -402,6 +404,8 @@ class Driver(abc.ABC):
     ) -> list[tuple[int, Any]]:
         """Items after ``after`` of the attempt whose floor is ``floor`` — none if another
         attempt has begun since that floor was read (checked in the same statement)."""
+        if after >= MAX_SEQ:  # past any sequence number the column holds
+            return []
         rows = conn.execute(
             select(OUT.seq, OUT.data, OUT.ref)
             .join(task_table, T.id == OUT.task_id)

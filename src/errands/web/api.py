@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -31,16 +31,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..app import ANY_OWNER, Errands
 from ..errors import (
-    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidPayload,
     InvalidTransition,
     PayloadTooLarge,
-    StorageFull,
     TaskNotFound,
     UnknownTask,
     WaitTimeout,
 )
+from ..ids import is_task_id
 from ..records import Status, TaskRecord
 from .hub import hub_for
 from .problems import (
@@ -50,7 +49,6 @@ from .problems import (
     NOT_FOUND_DETAIL,
     Problem,
     ProblemRoute,
-    database_problem,
     not_found,
     problem_responses,
     validation_problem,
@@ -254,14 +252,48 @@ def task_api(
     Tasks registered before this call appear in ``/openapi.json`` with their payload
     schemas; tasks registered later are accepted but not documented.
     """
-    body_limit = max_body_bytes if max_body_bytes is not None else app.max_payload_bytes + 16384
-    limiter = SubmitLimiter(submit_rate, submit_burst) if submit_rate else None
-    hub = hub_for(app.runtime)
-    hub.poll_interval = poll_interval
-    router = APIRouter(route_class=ProblemRoute, tags=["tasks"])
+    api = TaskAPI(
+        app,
+        current_owner=current_owner,
+        is_admin=is_admin,
+        limiter=SubmitLimiter(submit_rate, submit_burst) if submit_rate else None,
+        body_limit=max_body_bytes if max_body_bytes is not None else app.max_payload_bytes + 16384,
+        poll_interval=poll_interval,
+        keepalive=keepalive,
+        delete_wait=delete_wait,
+    )
+    return api.router()
 
-    async def identify(conn: HTTPConnection) -> tuple[str, bool]:
-        owner = await _call(current_owner, conn)
+
+class TaskAPI:
+    """The handlers of :func:`task_api`, one method per route."""
+
+    def __init__(
+        self,
+        app: Errands,
+        *,
+        current_owner: OwnerFn,
+        is_admin: AdminFn | None,
+        limiter: SubmitLimiter | None,
+        body_limit: int,
+        poll_interval: float,
+        keepalive: float,
+        delete_wait: float,
+    ) -> None:
+        self.app = app
+        self.current_owner = current_owner
+        self.is_admin = is_admin
+        self.limiter = limiter
+        self.body_limit = body_limit
+        self.poll_interval = poll_interval
+        self.keepalive = keepalive
+        self.delete_wait = delete_wait
+        self.hub = hub_for(app.runtime)
+        self.hub.poll_interval = poll_interval
+
+    # -- who is asking -------------------------------------------------------------------
+    async def identify(self, conn: HTTPConnection) -> tuple[str, bool]:
+        owner = await _call(self.current_owner, conn)
         if not owner:
             raise Problem(401, "Sign in to use this API.")
         if not isinstance(owner, str):
@@ -269,51 +301,22 @@ def task_api(
         if len(owner) > 255 or "\x00" in owner:  # the store refuses these: say so now
             log.error("errands: current_owner returned an owner id errands cannot store")
             raise Problem(401, "Sign in to use this API.")
-        admin = bool(await _call(is_admin, conn)) if is_admin is not None else False
+        admin = bool(await _call(self.is_admin, conn)) if self.is_admin is not None else False
         return owner, admin
 
-    async def load(task_id: str, owner: str, admin: bool) -> TaskRecord:
+    async def load(self, task_id: str, owner: str, admin: bool) -> TaskRecord:
         try:
-            return await app.get(task_id, owner=ANY_OWNER if admin else owner)
+            return await self.app.get(task_id, owner=_who(owner, admin))
         except TaskNotFound:
             raise Problem(404, NOT_FOUND_DETAIL) from None
 
-    def who(owner: str, admin: bool) -> Any:
-        return ANY_OWNER if admin else owner
-
     # -- submit --------------------------------------------------------------------
-    @router.post(
-        "/tasks",
-        status_code=202,
-        response_model=None,
-        summary="Submit a task",
-        responses={
-            202: {"model": TaskResource, "description": "Queued; `Location` names it"},
-            **problem_responses(401, 409, 413, 415, 422, 429, 431),
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": _submit_schema(app)}},
-            },
-            "parameters": [
-                {
-                    "name": "Idempotency-Key",
-                    "in": "header",
-                    "required": False,
-                    "description": "The same key (per caller) returns the task it first "
-                    "created instead of creating another; with a different request, 409.",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-                }
-            ],
-        },
-    )
-    async def submit(request: Request) -> Response:
-        owner, admin = await identify(request)
+    async def submit(self, request: Request) -> Response:
+        owner, admin = await self.identify(request)
         ctype = request.headers.get("content-type", "")
         if not _JSON_TYPE.match(ctype):
             raise Problem(415, "Send the task as JSON (Content-Type: application/json).")
-        raw = await _read_body(request, body_limit)
+        raw = await _read_body(request, self.body_limit)
         try:
             doc = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
         except RecursionError:
@@ -339,8 +342,8 @@ def task_api(
             raise validation_problem(
                 [{"loc": ["Idempotency-Key"], "msg": "must be 1 to 255 characters"}]
             )
-        if limiter is not None:
-            wait = limiter.take(owner)
+        if self.limiter is not None:
+            wait = self.limiter.take(owner)
             if wait:
                 raise Problem(
                     429,
@@ -348,7 +351,7 @@ def task_api(
                     headers={"Retry-After": SubmitLimiter.retry_after(wait)},
                 )
         try:
-            record = await app.submit(
+            record = await self.app.submit(
                 envelope.name,
                 envelope.payload,
                 owner=owner,
@@ -370,91 +373,65 @@ def task_api(
             raise validation_problem(exc.errors or [{"msg": exc.message}], ["payload"]) from None
         base = _base(request, "/tasks")
         doc = resource(record, base, datetime.now(UTC), admin)
-        return _json(
-            doc,
-            202,
-            {
-                "Location": doc["links"]["self"],
-                "ETag": _etag(record.version),
-                "Cache-Control": _NO_STORE,
-            },
-        )
+        headers = {
+            "Location": doc["links"]["self"],
+            "ETag": _etag(record.version),
+            "Cache-Control": _NO_STORE,
+        }
+        return _json(doc, 202, headers)
 
     # -- reading -------------------------------------------------------------------
-    @router.get(
-        "/tasks/{task_id}",
-        response_model=None,
-        summary="Read a task",
-        responses={
-            200: {"model": TaskResource, "description": "The task; `ETag` is its version"},
-            304: {"description": "Unchanged since the `If-None-Match` version"},
-            **problem_responses(401, 404, 431),
-        },
-    )
-    async def get_task(request: Request, task_id: str) -> Response:
-        owner, admin = await identify(request)
+    async def get_task(self, request: Request, task_id: str) -> Response:
+        owner, admin = await self.identify(request)
         conditional = request.headers.get("if-none-match")
         if conditional:
             try:
-                version = await app.get_version(task_id, owner=who(owner, admin))
+                version = await self.app.get_version(task_id, owner=_who(owner, admin))
             except TaskNotFound:
                 return not_found()
             etag = _etag(version)
             if _matches(conditional, etag):
                 return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _NO_STORE})
-        record = await load(task_id, owner, admin)
+        record = await self.load(task_id, owner, admin)
         headers = {"ETag": _etag(record.version), "Cache-Control": _NO_STORE}
         if not record.done:
-            headers["Retry-After"] = _retry_after(record, poll_interval)
+            headers["Retry-After"] = _retry_after(record, self.poll_interval)
         base = _base(request, "/tasks/{task_id}")
         return _json(resource(record, base, datetime.now(UTC), admin), 200, headers)
 
-    @router.get(
-        "/tasks",
-        response_model=None,
-        summary="List the caller's tasks, newest first",
-        responses={200: {"model": TaskPage}, **problem_responses(401, 422, 431)},
-    )
     async def list_tasks(
+        self,
         request: Request,
-        status: str | None = Query(
-            None, description="queued, running, succeeded, failed or cancelled"
-        ),
-        name: str | None = Query(None, description="Only tasks of this name"),
-        limit: str | None = Query(None, description="1–500 (default 50)"),
-        cursor: str | None = Query(None, description="`next_cursor` of the previous page"),
-        owner_param: str | None = Query(
-            None, alias="owner", description="Administrators: an owner's id, or `*` for all"
-        ),
+        status: Annotated[Status | None, Query(description="Only tasks in this status")] = None,
+        name: Annotated[str | None, Query(description="Only tasks of this name")] = None,
+        limit: Annotated[int, Query(ge=1, le=500, description="Tasks per page")] = 50,
+        cursor: Annotated[
+            str | None, Query(description="`next_cursor` of the previous page")
+        ] = None,
+        owner_param: Annotated[
+            str | None,
+            Query(alias="owner", description="Administrators: an owner's id, or `*` for all"),
+        ] = None,
     ) -> Response:
-        owner, admin = await identify(request)
+        owner, admin = await self.identify(request)
         errors = []
-        if status is not None and status not in {s.value for s in Status}:
-            errors.append({"field": "status", "message": f"unknown status {status!r}"})
-        size = 50
-        if limit is not None:
-            try:
-                size = int(limit)
-            except ValueError:
-                size = 0
-            if not 1 <= size <= 500:
-                errors.append({"field": "limit", "message": "must be an integer from 1 to 500"})
         if owner_param is not None and not admin and owner_param != owner:
-            errors.append({"field": "owner", "message": "only administrators list other owners"})
+            errors.append({"loc": ["owner"], "msg": "only administrators list other owners"})
+        elif owner_param == "":
+            errors.append({"loc": ["owner"], "msg": "an owner's id, or * for all"})
         for field, value in (("name", name), ("owner", owner_param)):
             if value is not None and "\x00" in value:
-                errors.append({"field": field, "message": "must not contain NUL characters"})
+                errors.append({"loc": [field], "msg": "must not contain NUL characters"})
+        if cursor and not is_task_id(cursor):
+            errors.append({"loc": ["cursor"], "msg": "not a cursor of this list"})
         if errors:
-            raise validation_problem([{"loc": [e["field"]], "msg": e["message"]} for e in errors])
+            raise validation_problem(errors)
         target: Any = owner
         if admin and owner_param is not None:
             target = ANY_OWNER if owner_param == "*" else owner_param
-        try:
-            page = await app.list(
-                owner=target, status=status, name=name, limit=size, cursor=cursor or None
-            )
-        except ValueError as exc:
-            raise validation_problem([{"loc": ["cursor"], "msg": str(exc)}]) from None
+        page = await self.app.list(
+            owner=target, status=status, name=name, limit=limit, cursor=cursor or None
+        )
         base = _base(request, "/tasks")
         now = datetime.now(UTC)
         return _json(
@@ -466,44 +443,25 @@ def task_api(
             {"Cache-Control": _NO_STORE},
         )
 
-    @router.get(
-        "/tasks/{task_id}/output",
-        response_model=None,
-        summary="Items the task emitted after sequence number `after`",
-        responses={200: {"model": OutputPage}, **problem_responses(401, 404, 422, 431)},
-    )
     async def task_output(
+        self,
         request: Request,
         task_id: str,
-        after: str | None = Query(None, description="A sequence number (default 0)"),
-        limit: str | None = Query(None, description="1–1000 (default 1000)"),
+        after: Annotated[int, Query(ge=0, le=_MAX_INT, description="A sequence number")] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 1000,
     ) -> Response:
-        owner, admin = await identify(request)
-        errors = []
-        start, size = 0, 1000
+        owner, admin = await self.identify(request)
         try:
-            start = int(after) if after is not None else 0
-        except ValueError:
-            start = -1
-        if not 0 <= start <= _MAX_INT:
-            errors.append({"loc": ["after"], "msg": "must be a non-negative integer"})
-        try:
-            size = int(limit) if limit is not None else 1000
-        except ValueError:
-            size = 0
-        if not 1 <= size <= 1000:
-            errors.append({"loc": ["limit"], "msg": "must be an integer from 1 to 1000"})
-        if errors:
-            raise validation_problem(errors)
-        try:
-            page = await app.output_page(task_id, owner=who(owner, admin), after=start, limit=size)
+            page = await self.app.output_page(
+                task_id, owner=_who(owner, admin), after=after, limit=limit
+            )
         except TaskNotFound:
             return not_found()
         items = page.items
         return _json(
             {
                 "items": [{"seq": s, "data": d} for s, d in items],
-                "last_seq": items[-1][0] if items else max(start, page.floor),
+                "last_seq": items[-1][0] if items else max(after, page.floor),
                 "output_floor": page.floor,
             },
             200,
@@ -511,48 +469,24 @@ def task_api(
         )
 
     # -- changing ------------------------------------------------------------------
-    @router.post(
-        "/tasks/{task_id}/cancel",
-        response_model=None,
-        summary="Cancel a task",
-        description=(
-            "A queued task is cancelled at once (200). A running one is asked to stop "
-            "(202); watch it until `done`. A finished task is returned unchanged (200)."
-        ),
-        responses={
-            200: {"model": TaskResource},
-            202: {"model": TaskResource, "description": "Asked to stop"},
-            **problem_responses(401, 404, 431),
-        },
-    )
-    async def cancel_task(request: Request, task_id: str) -> Response:
-        owner, admin = await identify(request)
+    async def cancel_task(self, request: Request, task_id: str) -> Response:
+        owner, admin = await self.identify(request)
         try:
-            record = await app.cancel(task_id, owner=who(owner, admin))
+            record = await self.app.cancel(task_id, owner=_who(owner, admin))
         except TaskNotFound:
             return not_found()
         base = _base(request, "/tasks/{task_id}/cancel")
         doc = resource(record, base, datetime.now(UTC), admin)
         return _json(doc, 200 if record.done else 202, {"ETag": _etag(record.version)})
 
-    @router.delete(
-        "/tasks/{task_id}",
-        status_code=204,
-        response_model=None,
-        summary="Delete a task (cancelling it first if it is not finished)",
-        responses={
-            204: {"description": "Deleted"},
-            **problem_responses(401, 404, 409, 431),
-        },
-    )
-    async def delete_task(request: Request, task_id: str) -> Response:
-        owner, admin = await identify(request)
-        target = who(owner, admin)
+    async def delete_task(self, request: Request, task_id: str) -> Response:
+        owner, admin = await self.identify(request)
+        target = _who(owner, admin)
         try:
-            record = await app.cancel(task_id, owner=target)
+            record = await self.app.cancel(task_id, owner=target)
             if not record.done:
-                await app.wait(task_id, owner=target, timeout=delete_wait, poll=0.25)
-            await app.delete(task_id, owner=target)
+                await self.app.wait(task_id, owner=target, timeout=self.delete_wait, poll=0.25)
+            await self.app.delete(task_id, owner=target)
         except TaskNotFound:
             return not_found()
         except (WaitTimeout, InvalidTransition):
@@ -564,36 +498,21 @@ def task_api(
         return Response(status_code=204)
 
     # -- live events -----------------------------------------------------------------
-    @router.get(
-        "/tasks/{task_id}/events",
-        response_model=None,
-        summary="The task's live events (Server-Sent Events)",
-        description=(
-            "Events `output`, `status`, `progress`, `attempt` (a new attempt began: "
-            "drop the items held, the new attempt's follow) and a final `done`; each "
-            "`id` is `<version>-<seq>`. Reconnect with `Last-Event-ID` (or "
-            "`?last_event_id=`) to resume. 204 when the client already has the "
-            "finished task."
-        ),
-        responses={
-            200: _event_stream(["output", "status", "progress", "attempt", "done", "deleted"]),
-            204: {"description": "Nothing left to send: the task finished"},
-            **problem_responses(401, 404, 422, 431),
-        },
-    )
     async def task_events_sse(
+        self,
         request: Request,
         task_id: str,
-        last_event_id: str | None = Query(None, description="Resume after this event id"),
+        last_event_id: Annotated[
+            str | None, Query(description="Resume after this event id")
+        ] = None,
     ) -> Response:
-        owner, admin = await identify(request)
+        owner, admin = await self.identify(request)
         cursor = _cursor(request.headers.get("last-event-id") or last_event_id)
-        record = await load(task_id, owner, admin)
-        if record.done and cursor.version >= record.version:
-            top = await app.outputs(task_id, owner=who(owner, admin), after=cursor.seq, limit=1)
-            if not top:
-                return Response(status_code=204)
+        record = await self.load(task_id, owner, admin)
+        if await self._nothing_left(record, cursor, owner, admin):
+            return Response(status_code=204)
         base = _base(request, "/tasks/{task_id}/events")
+        hub, keepalive = self.hub, self.keepalive
 
         async def frames() -> AsyncIterator[bytes]:
             yield b"retry: 2000\n\n"
@@ -605,19 +524,21 @@ def task_api(
 
         return EventStream(frames())
 
-    @router.get(
-        "/events",
-        response_model=None,
-        summary="Live changes to all of the caller's tasks (Server-Sent Events)",
-        description="One `task` event (the task resource) per change.",
-        responses={
-            200: _event_stream(["task"]),
-            **problem_responses(401, 431),
-        },
-    )
-    async def owner_events(request: Request) -> Response:
-        owner, admin = await identify(request)
+    async def _nothing_left(
+        self, record: TaskRecord, cursor: Cursor, owner: str, admin: bool
+    ) -> bool:
+        """Does a client at ``cursor`` already have everything of this task?"""
+        if not (record.done and cursor.version >= record.version):
+            return False
+        rest = await self.app.outputs(
+            record.id, owner=_who(owner, admin), after=cursor.seq, limit=1
+        )
+        return not rest
+
+    async def owner_events(self, request: Request) -> Response:
+        owner, admin = await self.identify(request)
         base = _base(request, "/events")
+        app, hub, keepalive = self.app, self.hub, self.keepalive
 
         async def frames() -> AsyncIterator[bytes]:
             yield b"retry: 2000\n\n"
@@ -639,26 +560,23 @@ def task_api(
 
         return EventStream(frames())
 
-    @router.websocket("/tasks/{task_id}/ws")
-    async def task_ws(websocket: WebSocket, task_id: str) -> None:
+    async def task_ws(self, websocket: WebSocket, task_id: str) -> None:
         """The same events as ``/events`` of the task, as JSON text messages
         ``{"event", "id", "data"}``; resume with ``?last_event_id=``."""
         await websocket.accept()
         try:
-            owner, admin = await identify(websocket)
+            owner, admin = await self.identify(websocket)
             cursor = _cursor(websocket.query_params.get("last_event_id"))
-            record = await load(task_id, owner, admin)
-        except (Problem, DatabaseUnavailable, StorageFull) as exc:
-            problem = exc if isinstance(exc, Problem) else database_problem(exc, "WebSocket")
+            record = await self.load(task_id, owner, admin)
+        except Problem as problem:
             await websocket.send_text(f'{{"event":"error","data":{problem.body().decode()}}}')
             await websocket.close(4000 + problem.status)
             return
-        if record.done and cursor.version >= record.version:
-            rest = await app.outputs(task_id, owner=who(owner, admin), after=cursor.seq, limit=1)
-            if not rest:
-                await websocket.close(1000)
-                return
+        if await self._nothing_left(record, cursor, owner, admin):
+            await websocket.close(1000)
+            return
         base = _base(websocket, "/tasks/{task_id}/ws")
+        hub, keepalive = self.hub, self.keepalive
 
         async def pump() -> None:
             async with hub.task(record) as feed:
@@ -674,8 +592,127 @@ def task_api(
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await race(work, watcher)
 
-    router.hub = hub  # type: ignore[attr-defined]
-    return router
+    # -- the router ----------------------------------------------------------------------
+    def router(self) -> APIRouter:
+        router = APIRouter(route_class=ProblemRoute, tags=["tasks"])
+        router.add_api_route(
+            "/tasks",
+            self.submit,
+            methods=["POST"],
+            status_code=202,
+            response_model=None,
+            summary="Submit a task",
+            responses={
+                202: {"model": TaskResource, "description": "Queued; `Location` names it"},
+                **problem_responses(401, 409, 413, 415, 422, 429, 431),
+            },
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _submit_schema(self.app)}},
+                },
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "The same key (per caller) returns the task it first "
+                        "created instead of creating another; with a different request, 409.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    }
+                ],
+            },
+        )
+        router.add_api_route(
+            "/tasks/{task_id}",
+            self.get_task,
+            methods=["GET"],
+            response_model=None,
+            summary="Read a task",
+            responses={
+                200: {"model": TaskResource, "description": "The task; `ETag` is its version"},
+                304: {"description": "Unchanged since the `If-None-Match` version"},
+                **problem_responses(401, 404, 431),
+            },
+        )
+        router.add_api_route(
+            "/tasks",
+            self.list_tasks,
+            methods=["GET"],
+            response_model=None,
+            summary="List the caller's tasks, newest first",
+            responses={200: {"model": TaskPage}, **problem_responses(401, 422, 431)},
+        )
+        router.add_api_route(
+            "/tasks/{task_id}/output",
+            self.task_output,
+            methods=["GET"],
+            response_model=None,
+            summary="Items the task's current attempt emitted after sequence number `after`",
+            responses={200: {"model": OutputPage}, **problem_responses(401, 404, 422, 431)},
+        )
+        router.add_api_route(
+            "/tasks/{task_id}/cancel",
+            self.cancel_task,
+            methods=["POST"],
+            response_model=None,
+            summary="Cancel a task",
+            description=(
+                "A queued task is cancelled at once (200). A running one is asked to stop "
+                "(202); watch it until `done`. A finished task is returned unchanged (200)."
+            ),
+            responses={
+                200: {"model": TaskResource},
+                202: {"model": TaskResource, "description": "Asked to stop"},
+                **problem_responses(401, 404, 431),
+            },
+        )
+        router.add_api_route(
+            "/tasks/{task_id}",
+            self.delete_task,
+            methods=["DELETE"],
+            status_code=204,
+            response_model=None,
+            summary="Delete a task (cancelling it first if it is not finished)",
+            responses={
+                204: {"description": "Deleted"},
+                **problem_responses(401, 404, 409, 431),
+            },
+        )
+        router.add_api_route(
+            "/tasks/{task_id}/events",
+            self.task_events_sse,
+            methods=["GET"],
+            response_model=None,
+            summary="The task's live events (Server-Sent Events)",
+            description=(
+                "Events `output`, `status`, `progress`, `attempt` (a new attempt began: "
+                "drop the items held, the new attempt's follow) and a final `done`; each "
+                "`id` is `<version>-<seq>`. Reconnect with `Last-Event-ID` (or "
+                "`?last_event_id=`) to resume. 204 when the client already has the "
+                "finished task."
+            ),
+            responses={
+                200: _event_stream(["output", "status", "progress", "attempt", "done", "deleted"]),
+                204: {"description": "Nothing left to send: the task finished"},
+                **problem_responses(401, 404, 422, 431),
+            },
+        )
+        router.add_api_route(
+            "/events",
+            self.owner_events,
+            methods=["GET"],
+            response_model=None,
+            summary="Live changes to all of the caller's tasks (Server-Sent Events)",
+            description="One `task` event (the task resource) per change.",
+            responses={200: _event_stream(["task"]), **problem_responses(401, 431)},
+        )
+        router.add_api_websocket_route("/tasks/{task_id}/ws", self.task_ws)
+        return router
+
+
+def _who(owner: str, admin: bool) -> Any:
+    return ANY_OWNER if admin else owner
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
