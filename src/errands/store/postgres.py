@@ -67,7 +67,7 @@ def _unnest(columns: tuple[tuple[str, str], ...]) -> str:
     return ", ".join(f"%s::{kind}[]" for _, kind in columns)
 
 
-# Jobs get their turns (see ``queue.py``): each (owner, name) group of the batch
+# Jobs get their turns (see ``store/driver.py``): each (owner, name) group of the batch
 # continues after the owner's last waiting turn of that name, no earlier than the
 # name's frontier (its lowest waiting turn), one turn per job.
 _JOB_NAMES = ", ".join(c for c, _ in _JOB_COLUMNS)
@@ -218,7 +218,7 @@ _DROP_JOBS = delete(job_table).where(J.task_id.in_(_ids("_ids")))
 _CAPS_LOCK = text("SELECT pg_advisory_xact_lock(7245106329)")
 
 
-# -- an attempt's writes, fenced (see ``queue.py``) -----------------------------------
+# -- an attempt's writes, fenced (see ``store/driver.py``) --------------------------------
 # Guarded by the attempt's floor and the worker's lease; "IS TRUE" keeps the planner on
 # the primary key (with statistics from a queue full of queued tasks it would otherwise
 # walk the status index, "running" looking rare).
