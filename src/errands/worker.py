@@ -40,7 +40,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
 from sqlalchemy import Connection
 
@@ -114,20 +113,31 @@ class WorkerSettings:
         return self.lease_seconds - max(self.heartbeat_interval, self.lease_seconds / 3)
 
 
-class JobSource(Protocol):
+class JobSource:
     """Where a worker's jobs come from: what each round claims, and what it is told of
-    them. ``bind`` comes first; the rest run on the worker's event loop."""
+    them. Subclasses implement ``wanted`` and ``claim``; the rest are hooks. ``bind``
+    comes first; the rest run on the worker's event loop."""
+
+    _worker: Worker | None = None
+
+    @property
+    def worker(self) -> Worker:
+        assert self._worker is not None, "the source is not bound to a worker"
+        return self._worker
 
     def bind(self, worker: Worker) -> None:
         """The worker this source feeds."""
+        self._worker = worker
 
     def wanted(self, free: int) -> int:
         """How many jobs the next round should claim, ``free`` slots being free (0:
         claim nothing; the worker then sleeps until ``wake()``, a poll or a due time)."""
+        raise NotImplementedError
 
     def claim(self, conn: Connection, limit: int, now: float) -> tuple[list[Claimed], float | None]:
         """Claim up to ``limit`` jobs in the round's transaction: the jobs, and when the
         next waiting job is due if fewer were found (None: none waits, or unknown)."""
+        raise NotImplementedError
 
     def claimed(self, jobs: Sequence[Claimed]) -> None:
         """The round committed: these jobs were claimed (and will start now)."""
@@ -149,25 +159,19 @@ class JobSource(Protocol):
         """The worker stopped: release what the source holds."""
 
 
-class QueueSource:
+class QueueSource(JobSource):
     """The SQL engine's source: due jobs from ``errands_job``, in claim order and within
     the owners' caps. A claim runs when a notification, a poll interval or a due time
     says there may be work, or when the last claim filled every slot."""
 
-    def __init__(self) -> None:
-        self._worker: Worker | None = None
-        #: A claim could find something.
-        self.maybe_work = True
-
-    def bind(self, worker: Worker) -> None:
-        self._worker = worker
+    #: A claim could find something.
+    maybe_work = True
 
     def wanted(self, free: int) -> int:
         return free if self.maybe_work else 0
 
     def claim(self, conn: Connection, limit: int, now: float) -> tuple[list[Claimed], float | None]:
-        worker = self._worker
-        assert worker is not None
+        worker = self.worker
         return worker.runtime.db.driver.job_claim(
             conn,
             worker.id,
@@ -177,24 +181,6 @@ class QueueSource:
             lease_seconds=worker.settings.lease_seconds,
             caps=worker.caps,
         )
-
-    def claimed(self, jobs: Sequence[Claimed]) -> None:
-        pass
-
-    def claims_lost(self) -> None:
-        pass
-
-    def attempt_over(self, task_id: str) -> None:
-        pass
-
-    async def start(self) -> None:
-        pass
-
-    def stopping(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
 
 class Worker:

@@ -53,7 +53,7 @@ from sqlalchemy import Connection
 from ..errors import ConfigurationError
 from ..store.database import log_failure
 from ..store.values import Claimed
-from ..worker import Worker, WorkerSettings
+from ..worker import JobSource, Worker, WorkerSettings
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -222,14 +222,13 @@ class CeleryEngine:
             raise Reject("the errands worker is stopping", requeue=True)
 
 
-class CelerySource:
+class CelerySource(JobSource):
     """The job source of an errands worker fed by a Celery worker in the same process
     (``errands.worker.JobSource``): each round claims exactly the jobs Celery delivered
     (see the module docstring) instead of polling the queue."""
 
     def __init__(self, engine: CeleryEngine) -> None:
         self.engine = engine
-        self._worker: Worker | None = None
         self._inbox: list[tuple[str, Future[str]]] = []
         self._asked: list[tuple[str, Future[str]]] = []
         self._holding: dict[str, list[Future[str]]] = {}
@@ -237,11 +236,6 @@ class CelerySource:
         self._consumer: threading.Thread | None = None
         self._relay: asyncio.Task[None] | None = None
         self._previous_default: Any = None
-
-    @property
-    def worker(self) -> Worker:
-        assert self._worker is not None
-        return self._worker
 
     # -- from Celery's pool threads -----------------------------------------------------
     def hand(self, task_id: str) -> Future[str]:
@@ -263,9 +257,6 @@ class CelerySource:
         self.worker.wake()
 
     # -- the job source ------------------------------------------------------------------
-    def bind(self, worker: Worker) -> None:
-        self._worker = worker
-
     def wanted(self, free: int) -> int:
         if free > 0 and self._inbox and not self._asked:
             self._asked, self._inbox = self._inbox[:free], self._inbox[free:]

@@ -26,7 +26,6 @@ from pydantic import create_model as _create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..app import ANY_OWNER, Errands
@@ -522,7 +521,7 @@ class TaskAPI:
                 ):
                     yield b": keep-alive\n\n" if event is None else event.sse()
 
-        return EventStream(frames())
+        return sse_response(frames())
 
     async def _nothing_left(
         self, record: TaskRecord, cursor: Cursor, owner: str, admin: bool
@@ -558,7 +557,7 @@ class TaskAPI:
                             data = dumps(resource(r, base, now, admin)).decode()
                             yield f"event: task\ndata: {data}\n\n".encode()
 
-        return EventStream(frames())
+        return sse_response(frames())
 
     async def task_ws(self, websocket: WebSocket, task_id: str) -> None:
         """The same events as ``/events`` of the task, as JSON text messages
@@ -729,37 +728,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-class EventStream(StreamingResponse):
-    """A ``text/event-stream`` response that ends as soon as the client disconnects
-    (the generator is cancelled and closed, so whatever it watched is released)."""
-
-    def __init__(self, frames: AsyncIterator[bytes]) -> None:
-        super().__init__(
-            frames,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            media_type="text/event-stream",
-        )
-        self._frames = frames
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def stream() -> None:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for chunk in self._frames:
-                if watcher.done():  # the client left, and the cancel got lost (Python 3.11's
-                    return  # asyncio.wait_for swallows one that meets a result)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        work = asyncio.ensure_future(stream())
-        watcher = asyncio.ensure_future(until_disconnected(receive))
-        try:
-            await race(work, watcher)
-        except OSError:
-            pass
-        finally:
-            aclose = getattr(self._frames, "aclose", None)
-            if aclose is not None:
-                await aclose()
+def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
+    """A ``text/event-stream`` response. Starlette's streaming response watches for the
+    client's disconnect and cancels the stream; the generator is then closed, releasing
+    what it watched."""
+    return StreamingResponse(
+        frames,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        media_type="text/event-stream",
+    )
 
 
 __all__ = ["PROBLEM", "task_api"]
