@@ -309,10 +309,10 @@ def test_the_task_page_shows_everything_about_a_task(app: Errands) -> None:
         assert "&#34;greeting&#34;: &#34;hello &lt;b&gt;&#34;" in html  # the result, escaped
         assert "<dt>Attempts</dt><dd>2 of 2</dd>" in html
         assert f"<dt>Output floor</dt><dd>{done.output_floor}</dd>" in html
-        items = re.findall(r'<li value="(\d+)"><pre class="json">(.*?)</pre>', html, re.S)
+        items = re.findall(r'<li value="(\d+)"><code class="json">(.*?)</code>', html)
         assert len(items) == 20 and "there are more" in html  # the current attempt's first
         assert all(int(seq) > done.output_floor for seq, _ in items)
-        assert "&#34;item&#34;: 0" in items[0][1] and "lost" not in html
+        assert items[0][1] == "{&#34;item&#34;: 0}" and "lost" not in html
         assert "/retry" not in html and "/cancel" not in html and 'id="traceback"' not in html
         # Pages are not to be kept or framed.
         r = client.get(f"/admin/tasks/{ok.id}", headers={"X-User": ROOT})

@@ -17,8 +17,9 @@ from ...admin import Bucket
 
 
 # -- formatting ---------------------------------------------------------------------------
-def to_json(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+def to_json(value: Any, *, indent: int | None = 2) -> str:
+    """JSON for people: indented (or on one line with ``indent=None``), keys sorted."""
+    return json.dumps(value, indent=indent, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def fmt_time(value: datetime | None) -> str:

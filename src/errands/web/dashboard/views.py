@@ -265,7 +265,9 @@ class Dashboard:
             owner_label=labels.get(record.owner),
             payload_json=to_json(record.payload),
             result_json=None if record.result is None else to_json(record.result),
-            outputs=[(seq, to_json(item)) for seq, item in outputs.items[:OUTPUTS_SHOWN]],
+            outputs=[
+                (seq, to_json(item, indent=None)) for seq, item in outputs.items[:OUTPUTS_SHOWN]
+            ],
             more_outputs=len(outputs.items) > OUTPUTS_SHOWN,
             can_retry=record.status in RETRYABLE,
             can_cancel=record.status in ACTIVE,
