@@ -47,6 +47,7 @@ OwnerFilter = Callable[[str], str | Awaitable[str]]
 NotFound = Callable[[Request], Response | Awaitable[Response]]
 #: ``task_title(record)``: a task's title in the lists (default: its name).
 TaskTitle = Callable[[TaskRecord], str]
+Handler = Callable[[Request], Awaitable[Response]]
 
 log = logging.getLogger("errands.web.dashboard")
 HERE = Path(__file__).parent
@@ -327,7 +328,7 @@ class Dashboard:
     async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in STATIC_TYPES:
-            return await self.no_page(request)
+            return self.no_page(request)
         return Response(
             self._static.files[name],
             media_type=STATIC_TYPES[name],
@@ -370,12 +371,11 @@ class Dashboard:
     def no_task(self, request: Request) -> Response:
         return self.message(request, 404, "No such task", "There is no task with this id.")
 
-    async def no_page(self, request: Request) -> Response:
+    def no_page(self, request: Request) -> Response:
         return self.message(request, 404, "Not found", "The dashboard has no such page.")
 
     async def _no_page(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await self.no_page(Request(scope, receive))
-        await response(scope, receive, send)
+        await self.no_page(Request(scope, receive))(scope, receive, send)
 
     def refused(self, request: Request) -> Response:
         return self.message(
@@ -386,7 +386,7 @@ class Dashboard:
             "page and try again.",
         )
 
-    def _guarded(self, handler: Callable[[Request], Awaitable[Response]]) -> Any:
+    def _guarded(self, handler: Handler) -> Handler:
         """``handler``, answering a page of its own when the database cannot serve
         (503, to retry in a moment) or is out of space (507)."""
 
