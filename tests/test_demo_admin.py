@@ -1,6 +1,6 @@
-"""The demo's admin pages (``errands.demo.admin``): the whole demo app on a real SQLite
-file, with its in-process worker running (``TestClient`` as a context manager runs the
-lifespan)."""
+"""The demo's admin pages (the library's dashboard as ``errands.demo.admin`` mounts it
+at ``/admin``): the whole demo app on a real SQLite file, with its in-process worker
+running (``TestClient`` as a context manager runs the lifespan)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ import pytest
 from starlette.testclient import TestClient  # its httpx2 warning is ignored in pyproject
 
 from errands import ANY_OWNER, Status, TaskContext, TaskRecord
-from errands.admin import Bucket
-from errands.demo.admin import fmt_seconds, latency_svg, throughput_svg
 from errands.demo.web import Demo
 from errands.worker import WorkerSettings
 from tests.apps.demo_site import PASSWORD, DemoClient, build_demo, csrf_in
@@ -339,39 +337,3 @@ def test_workers_table_lists_the_tasks_a_live_worker_runs(site: Site) -> None:
     cells = worker_cells()
     assert cells[4] == f"0 / {concurrency}"
     assert cells[7] == '<span class="muted">idle</span>'
-
-
-# -- the charts alone ---------------------------------------------------------------------
-def _buckets(**at: dict[str, Any]) -> list[Bucket]:
-    from datetime import UTC, datetime, timedelta
-
-    start = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-    return [Bucket(start=start + timedelta(minutes=i), **at.get(f"m{i}", {})) for i in range(61)]
-
-
-def test_charts_are_well_formed_svg_with_titles() -> None:
-    buckets = _buckets(
-        m3={"succeeded": 4, "failed": 1, "run_p50": 0.2, "run_p95": 1.5, "wait_p50": 0.05},
-        m4={"cancelled": 2, "run_p50": 0.3, "run_p95": 0.9, "wait_p50": 0.1},
-        m40={"succeeded": 9, "run_p50": 12.0, "run_p95": 30.0, "wait_p50": None},
-    )
-    bars = ET.fromstring(throughput_svg(buckets))
-    assert bars.get("viewBox") == "0 0 720 220"
-    rects = [el for el in bars.iter(f"{SVG}rect") if _class(el, "bar")]
-    assert len(rects) == 4  # 2 + 1 + 1 stacked segments
-    titles = [el.findtext(f"{SVG}title") for el in rects]
-    assert "12:03–12:04 UTC: 4 succeeded" in titles and "12:04–12:05 UTC: 2 cancelled" in titles
-    labels = [el.text for el in bars.iter(f"{SVG}text")]
-    assert "12:00" in labels and "12:10" in labels and "tasks finished" in labels
-    assert "10" in labels  # the y axis reaches past the peak of 9
-
-    lines = ET.fromstring(latency_svg(buckets))
-    paths = {el.get("class"): el.get("d") for el in lines.iter(f"{SVG}path")}
-    assert set(paths) == {"line-p50", "line-p95", "line-wait"}
-    assert paths["line-p50"] and paths["line-p50"].count("M") == 2  # broken over the gap
-    assert len(list(lines.iter(f"{SVG}circle"))) == 8
-    assert fmt_seconds(0.25) == "250 ms" and fmt_seconds(90) == "90 s"
-
-    empty = ET.fromstring(throughput_svg(_buckets()))
-    assert "No task finished in the last hour" in [el.text for el in empty.iter(f"{SVG}text")]
-    assert ET.fromstring(latency_svg([])) is not None

@@ -402,6 +402,42 @@ def test_admin_sees_every_users_tasks(
     page.close()
 
 
+def test_admin_pages_follow_a_running_task_and_cancel_it(
+    server: Server, alice: BrowserContext, admin: BrowserContext
+) -> None:
+    """The dashboard's own script and CSRF cookie in a real browser: the overview's row
+    and the task's page follow a running search, and Cancel (a form POST with the
+    dashboard's token, and the browser's own Origin header) stops it."""
+    page = alice.new_page()
+    task_id = search(page, "long/*.py", slow=True)
+    page.close()
+    overview = admin.new_page()
+    overview.goto("/admin")
+    row = overview.locator(f"#tasks tr[data-task-id='{task_id}']")
+    expect(row).to_have_attribute("data-live", "")
+    mark_page(overview)
+
+    page = admin.new_page()
+    page.goto(f"/admin/tasks/{task_id}")
+    status = page.locator("#task-status")
+    expect(status).to_have_text("running")  # (a queued page reloads itself once it runs)
+    progress = page.locator("#progress")
+    before = progress.text_content() or ""
+    expect(progress).not_to_have_text(before)  # polled while it runs
+    page.click("form[action$='/cancel'] button[type=submit]")
+    page.wait_for_url(f"/admin/tasks/{task_id}")
+    expect(status).to_have_text("cancelled")
+    expect(page.locator("form[action$='/retry']")).to_be_visible()
+    assert server.record(task_id).status is Status.CANCELLED
+    page.close()
+
+    # The overview's row caught up without a reload.
+    expect(row.locator(".badge")).to_have_text("cancelled")
+    expect(row).not_to_have_attribute("data-live", "")
+    assert overview.evaluate("() => window.__notReloaded === true")
+    overview.close()
+
+
 # -- 5. export --------------------------------------------------------------------------
 def test_export_downloads_the_hits_as_csv(
     server: Server, alice: BrowserContext, alice_search: str, bob: BrowserContext

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from errands import TaskContext
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,3 +64,48 @@ def test_readme_fastapi_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     finally:
         module.tasks.close()
         sys.modules.pop("guide_main", None)
+
+
+def test_readme_dashboard_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard section's ``admin.py``, as written: hidden from a session that is
+    not an administrator's, the overview with e-mail labels and the owner filter for
+    one that is."""
+    from base64 import b64encode
+
+    from itsdangerous import TimestampSigner
+    from starlette.testclient import TestClient
+
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    example = next(b for b in blocks if b.startswith("# admin.py"))
+    (tmp_path / "readme_admin.py").write_text(example)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("readme_admin")
+
+    def session(data: dict[str, str]) -> dict[str, str]:
+        """The cookie of a session holding ``data``, as SessionMiddleware signs it."""
+        signer = TimestampSigner("the application's own secret")
+        value = signer.sign(b64encode(json.dumps(data).encode())).decode()
+        return {"Cookie": f"session={value}"}
+
+    @module.tasks.task()
+    def report(ctx: TaskContext, payload: dict[str, Any]) -> None:
+        pass
+
+    try:
+        task = module.tasks.sync.submit("report", {}, owner="u1")
+        with TestClient(module.site) as client:
+            for who in ({}, session({"role": "user"})):
+                assert client.get("/admin", headers=who).status_code == 404
+            admin = session({"role": "admin"})
+            page = client.get("/admin", headers=admin)
+            assert page.status_code == 200 and "Overview" in page.text
+            assert f'href="/admin/tasks/{task.id}"' in page.text and "ann@example.com" in page.text
+            page = client.get("/admin", params={"owner": "ann@example.com"}, headers=admin)
+            assert task.id in page.text
+            page = client.get("/admin", params={"owner": "carol@example.com"}, headers=admin)
+            assert "No user has the e-mail address carol@example.com." in page.text
+    finally:
+        module.tasks.close()
+        sys.modules.pop("readme_admin", None)

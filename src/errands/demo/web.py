@@ -1,5 +1,5 @@
 """The demo application: accounts, a search over files on disk, live task pages, my
-tasks, API tokens and (in ``admin.py``) the admin pages.
+tasks, API tokens and (in ``admin.py``) the library's admin dashboard.
 
 It is an ordinary user of errands: tasks are submitted and read through the
 :class:`~errands.Errands` API with the signed-in user's owner id, the browser talks to
@@ -45,7 +45,7 @@ from ..store.database import log_failure
 from ..web import task_api
 from . import accounts, tasks
 from .accounts import AccountError, Accounts
-from .admin import add_admin_routes
+from .admin import admin_dashboard
 from .store import User
 
 log = logging.getLogger("errands.demo")
@@ -251,11 +251,12 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
 
     pages = Router(default=page_not_found)
     _add_pages(pages, demo)
-    add_admin_routes(pages, demo)
     metrics = metrics_app(demo.errands)
     site.router.routes.append(Route("/metrics", metrics))  # Mount alone misses a bare /metrics
     site.mount("/metrics", metrics)
     site.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    # The admin dashboard at /admin (and /admin itself, not only /admin/…).
+    site.router.routes.extend(admin_dashboard(demo).routes("/admin"))
     site.mount("/", pages)
     site.add_middleware(
         SessionMiddleware,
