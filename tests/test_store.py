@@ -313,7 +313,7 @@ def test_fast_paths_write_what_the_sqlalchemy_types_write(store_app: Errands) ->
 
     from errands.store.driver import task_row
 
-    task = store_app._prepare("job", {"i": 1, "s": "é"}, "alice", 3, None)
+    [task] = store_app._tasks("job", [{"i": 1, "s": "é"}], owner="alice", priority=3)
     store_app.db.write(store_app.db.driver.task_create, [task])  # the driver's own statement
     row = task_row(task)
     twin = dict(row, id=row["id"][:-4] + "ffff")

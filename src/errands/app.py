@@ -45,7 +45,7 @@ from .runtime import Runtime
 from .store.callers import is_async_caller, on_commit, run_in_caller
 from .store.database import Database
 from .store.values import NewTask
-from .submission import prepare, prepare_many
+from .submission import prepare_many
 from .watchers import Watchers
 from .worker import Worker, WorkerSettings
 
@@ -57,8 +57,14 @@ __all__ = ["ANY_OWNER", "Errands", "SyncErrands", "owner_filter", "task_scope"]
 DEFAULT_MAX_PAYLOAD = 256 * 1024
 
 
-def _now() -> float:
-    return time.time()
+def _slice(record: TaskRecord, poll: float, deadline: float | None, now: float) -> float:
+    """How long a ``wait`` sleeps next: ``poll``, cut at the deadline; ``WaitTimeout``
+    once it has passed."""
+    if deadline is None:
+        return poll
+    if deadline <= now:
+        raise WaitTimeout(record)
+    return min(poll, deadline - now)
 
 
 class Errands:
@@ -112,44 +118,23 @@ class Errands:
         )
         self.engine: Engine = engine
         engine.attach(self.runtime)
+        # The runtime's parts, under the names the app has always had.
+        self.db: Database = self.runtime.db
+        self.registry: Registry = self.runtime.registry
+        self.notifier: Notifier = self.runtime.notifier
+        self.blobs: Blobs = self.runtime.blobs
+        #: Callbacks on lifecycle events in this process (see ``errands.observers``).
+        self.observers: Observers = self.runtime.observers
+        self.default_retention = default_retention
+        #: How many of one owner's tasks of one name may run at once, for tasks that
+        #: set no ``max_running_per_owner`` of their own (None: no limit).
+        self.max_running_per_owner = max_running_per_owner
         self.max_payload_bytes = max_payload_bytes
-        self._ops = Operations(self.runtime, engine, _now)
+        self._ops = Operations(self.runtime, engine)
         self.watchers = Watchers(self.runtime.notifier)
         self.sync = SyncErrands(self)
         #: Views across every owner, for administrators (see ``errands.admin``).
         self.admin = Admin(self.runtime)
-
-    # The runtime's parts, under the names the app has always had.
-    @property
-    def db(self) -> Database:
-        return self.runtime.db
-
-    @property
-    def registry(self) -> Registry:
-        return self.runtime.registry
-
-    @property
-    def notifier(self) -> Notifier:
-        return self.runtime.notifier
-
-    @property
-    def blobs(self) -> Blobs:
-        return self.runtime.blobs
-
-    @property
-    def observers(self) -> Observers:
-        """Callbacks on lifecycle events in this process (see ``errands.observers``)."""
-        return self.runtime.observers
-
-    @property
-    def default_retention(self) -> timedelta | None:
-        return self.runtime.default_retention
-
-    @property
-    def max_running_per_owner(self) -> int | None:
-        """How many of one owner's tasks of one name may run at once, for tasks that set
-        no ``max_running_per_owner`` of their own (None: no limit)."""
-        return self.runtime.max_running_per_owner
 
     # -- registering tasks -----------------------------------------------------------
     @overload
@@ -233,35 +218,15 @@ class Errands:
 
         return register(fn) if fn is not None else register
 
-    def expiry(self, name: str, now: float) -> datetime | None:
-        """When a record of task ``name`` finished at ``now`` may be purged (None: never)."""
-        return self.runtime.expiry(name, now)
-
     def running_caps(self, names: Sequence[str]) -> dict[str, int]:
         """Task name → how many of one owner's tasks of that name may run at once, for
         those of ``names`` that are limited."""
         return self.runtime.running_caps(names)
 
     # -- submit ----------------------------------------------------------------------
-    def _prepare(
-        self,
-        name: str,
-        payload: Any,
-        owner: str,
-        priority: int | None = None,
-        run_at: datetime | timedelta | None = None,
-        idempotency_key: str | None = None,
-    ) -> NewTask:
-        return prepare(
-            self.registry,
-            self.max_payload_bytes,
-            name,
-            payload,
-            owner=owner,
-            priority=priority,
-            run_at=run_at,
-            idempotency_key=idempotency_key,
-        )
+    def _tasks(self, name: str, payloads: Iterable[Any], **options: Any) -> builtins.list[NewTask]:
+        """The checked new tasks of a submit (nothing is written if one is refused)."""
+        return prepare_many(self.registry, self.max_payload_bytes, name, payloads, **options)
 
     async def submit(
         self,
@@ -289,8 +254,15 @@ class Errands:
         :class:`DatabaseUnavailable` or :class:`StorageFull` too (roll back); the
         caller's own statements and its commit raise the driver's errors.
         """
-        task = self._prepare(name, payload, owner, priority, run_at, idempotency_key)
-        return (await self._submit([task], connection))[0]
+        tasks = self._tasks(
+            name,
+            [payload],
+            owner=owner,
+            priority=priority,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+        )
+        return (await self._submit(tasks, connection))[0]
 
     async def submit_many(
         self,
@@ -305,15 +277,7 @@ class Errands:
         """Create one task of ``name`` per payload, all in one transaction; returns the
         records in the payloads' order. Every payload is validated first: if one is
         refused, nothing is written. ``connection=`` as for :meth:`submit`."""
-        tasks = prepare_many(
-            self.registry,
-            self.max_payload_bytes,
-            name,
-            payloads,
-            owner=owner,
-            priority=priority,
-            run_at=run_at,
-        )
+        tasks = self._tasks(name, payloads, owner=owner, priority=priority, run_at=run_at)
         return await self._submit(tasks, connection)
 
     async def _submit(self, tasks: Sequence[NewTask], connection: Any) -> builtins.list[TaskRecord]:
@@ -405,12 +369,7 @@ class Errands:
                 record = await self.get(task_id, owner=owner)
                 if record.done:
                     return record
-                wait_for = poll
-                if deadline is not None:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        raise WaitTimeout(record)
-                    wait_for = min(poll, remaining)
+                wait_for = _slice(record, poll, deadline, loop.time())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), wait_for)
 
@@ -457,8 +416,15 @@ class SyncErrands:
         connection: Any = None,
         idempotency_key: str | None = None,
     ) -> TaskRecord:
-        task = self._app._prepare(name, payload, owner, priority, run_at, idempotency_key)
-        return self._ops.submit([task], connection)[0]
+        tasks = self._app._tasks(
+            name,
+            [payload],
+            owner=owner,
+            priority=priority,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+        )
+        return self._ops.submit(tasks, connection)[0]
 
     def submit_many(
         self,
@@ -470,16 +436,7 @@ class SyncErrands:
         run_at: datetime | timedelta | None = None,
         connection: Any = None,
     ) -> builtins.list[TaskRecord]:
-        app = self._app
-        tasks = prepare_many(
-            app.registry,
-            app.max_payload_bytes,
-            name,
-            payloads,
-            owner=owner,
-            priority=priority,
-            run_at=run_at,
-        )
+        tasks = self._app._tasks(name, payloads, owner=owner, priority=priority, run_at=run_at)
         return self._ops.submit(tasks, connection)
 
     def get(self, task_id: str, *, owner: str) -> TaskRecord:
@@ -527,13 +484,7 @@ class SyncErrands:
                 record = self.get(task_id, owner=owner)
                 if record.done:
                     return record
-                wait_for = poll
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise WaitTimeout(record)
-                    wait_for = min(poll, remaining)
-                changed.wait(wait_for)
+                changed.wait(_slice(record, poll, deadline, time.monotonic()))
 
     def purge(self, *, batch: int = 500, limit: int | None = None) -> int:
         return self._ops.purge(batch, limit)

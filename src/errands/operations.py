@@ -13,7 +13,8 @@ task does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -80,10 +81,10 @@ def list_args(
 
 
 class Operations:
-    def __init__(self, runtime: Runtime, engine: Publisher, now: Callable[[], float]) -> None:
+    def __init__(self, runtime: Runtime, engine: Publisher) -> None:
         self.runtime = runtime
+        self.db = runtime.db
         self.engine = engine
-        self._now = now
 
     @property
     def _blobs(self) -> Blobs:
@@ -95,7 +96,7 @@ class Operations:
         """Insert the records and queue their work. Per task: None if it was inserted, or
         the record that already holds its idempotency or unique key."""
         found: list[TaskRecord | None] = []
-        for task, held in zip(tasks, self.runtime.db.driver.task_create(conn, tasks), strict=True):
+        for task, held in zip(tasks, self.db.driver.task_create(conn, tasks), strict=True):
             if held is not None and task.idempotency_key and held[1] != task.request_hash:
                 raise IdempotencyConflict()
             found.append(None if held is None else held[0])
@@ -117,14 +118,13 @@ class Operations:
         """Write new records (or find the ones holding their keys): per task, its record
         or the one that holds its key. With ``connection``, in the caller's transaction
         (the notifications go when it commits)."""
-        db = self.runtime.db
         if connection is None:
             # One record is one statement on PostgreSQL: no BEGIN/COMMIT round trips.
             single = len(tasks) == 1 and not tasks[0].keyed
-            found = db.write(self.create, tasks, autocommit=single)
+            found = self.db.write(self.create, tasks, autocommit=single)
             self.submitted(tasks, found)
             return chosen(tasks, found)
-        db.ensure_schema()
+        self.db.ensure_schema()
         results: list[TaskRecord | None] = []
         sync_obj = run_in_caller_sync(connection, lambda c: results.extend(self.create(c, tasks)))
         on_commit(sync_obj, partial(self.submitted, tasks, results))
@@ -133,8 +133,7 @@ class Operations:
     # -- reading -----------------------------------------------------------------------
     def get(self, task_id: str, owner: object) -> TaskRecord:
         who = task_scope(task_id, owner)
-        db = self.runtime.db
-        record = db.read(db.driver.task_get, task_id, who)
+        record = self.db.read(self.db.driver.task_get, task_id, who)
         if record is None:
             raise TaskNotFound()
         return self._loaded(record)
@@ -146,8 +145,7 @@ class Operations:
 
     def get_version(self, task_id: str, owner: object) -> int:
         who = task_scope(task_id, owner)
-        db = self.runtime.db
-        version = db.read(db.driver.task_version, task_id, who)
+        version = self.db.read(self.db.driver.task_version, task_id, who)
         if version is None:
             raise TaskNotFound()
         return version
@@ -157,18 +155,15 @@ class Operations:
         ids = [t for t in task_ids if isinstance(t, str) and is_task_id(t)]
         if not ids:
             return []
-        db = self.runtime.db
-        return [self._loaded(r) for r in db.read(db.driver.task_get_many, ids, who)]
+        return [self._loaded(r) for r in self.db.read(self.db.driver.task_get_many, ids, who)]
 
     def list(self, args: dict[str, Any]) -> Page:
-        db = self.runtime.db
-        items, next_cursor = db.read(db.driver.task_list, **args)
+        items, next_cursor = self.db.read(self.db.driver.task_list, **args)
         return Page([self._loaded(r) for r in items], next_cursor)
 
     def output_page(self, task_id: str, owner: object, after: int, limit: int) -> OutputPage:
         who = task_scope(task_id, owner)
-        db = self.runtime.db
-        found = db.read(db.driver.output_page, task_id, who, after=after, limit=limit)
+        found = self.db.read(self.db.driver.output_page, task_id, who, after=after, limit=limit)
         if found is None:
             raise TaskNotFound()
         floor, items = found
@@ -179,9 +174,11 @@ class Operations:
     # -- changing --------------------------------------------------------------------
     def cancel(self, task_id: str, owner: object) -> TaskRecord:
         who = task_scope(task_id, owner)
-        db, now = self.runtime.db, self._now()
+        now = time.time()
         expiry = partial(self.runtime.expiry, now=now)
-        record, ask_worker, ended = db.write(db.driver.task_cancel, task_id, who, utc(now), expiry)
+        record, ask_worker, ended = self.db.write(
+            self.db.driver.task_cancel, task_id, who, utc(now), expiry
+        )
         if record is None:
             raise TaskNotFound()
         if ended:  # a queued task: no worker will report it
@@ -193,8 +190,7 @@ class Operations:
 
     def delete(self, task_id: str, owner: object) -> None:
         who = task_scope(task_id, owner)
-        db = self.runtime.db
-        if not db.write(db.driver.task_delete_finished, task_id, who):
+        if not self.db.write(self.db.driver.task_delete_finished, task_id, who):
             record = self.get(task_id, owner)
             raise InvalidTransition(
                 f"the task is {record.status.value}; cancel it before deleting it"
@@ -211,7 +207,7 @@ class Operations:
         return record
 
     def purge(self, batch: int, limit: int | None) -> int:
-        return self.runtime.purge(now=self._now(), batch=batch, limit=limit)
+        return self.runtime.purge(now=time.time(), batch=batch, limit=limit)
 
 
 def chosen(tasks: Sequence[NewTask], found: Sequence[TaskRecord | None]) -> list[TaskRecord]:

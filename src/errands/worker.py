@@ -39,7 +39,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from sqlalchemy import Connection
 
@@ -49,6 +48,7 @@ from .context import TaskContext
 from .maintenance import Maintenance
 from .records import Change, Status, storable_text
 from .runtime import Runtime
+from .store.codec import utc
 from .store.database import is_unavailable, log_failure
 from .store.values import Claimed, Outcome, Report
 
@@ -260,8 +260,8 @@ class Worker:
                 "process_key": liveness.process_key(),
                 "names": self.names,
                 "concurrency": self.settings.concurrency,
-                "started_at": _utc(time.time()),
-                "seen_at": _utc(time.time()),
+                "started_at": utc(time.time()),
+                "seen_at": utc(time.time()),
             },
             durable=False,
         )
@@ -675,7 +675,7 @@ class Worker:
         ids = list(self._running) + [i for i in self._writing if i not in self._running]
         db = self.runtime.db
         if not ids:
-            await db.awrite(db.driver.worker_beat, self.id, _utc(time.time()), durable=False)
+            await db.awrite(db.driver.worker_beat, self.id, utc(time.time()), durable=False)
             return
         asked = {task_id: self._running.get(task_id) for task_id in ids}
         sent = time.monotonic()
@@ -699,7 +699,7 @@ class Worker:
         self, conn: Connection, ids: list[str], lease_until: float
     ) -> tuple[set[str], set[str]]:
         driver = self.runtime.db.driver
-        driver.worker_beat(conn, self.id, _utc(time.time()))
+        driver.worker_beat(conn, self.id, utc(time.time()))
         return driver.job_heartbeat(conn, self.id, ids, lease_until=lease_until)
 
     async def _fence_loop(self) -> None:
@@ -743,10 +743,6 @@ class Worker:
             except (NotImplementedError, RuntimeError):
                 pass
         return handled
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
 
 
 #: Kept for callers that build outcomes for a worker's hooks.

@@ -20,7 +20,6 @@ from sqlalchemy import (
     String,
     Table,
     delete,
-    func,
     insert,
     select,
     update,
@@ -143,10 +142,6 @@ def set_admin(conn: Connection, email: str, is_admin: bool) -> bool:
     return bool(
         conn.execute(update(user_table).where(U.email == email).values(is_admin=is_admin)).rowcount
     )
-
-
-def count_users(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(user_table)).scalar_one())
 
 
 def add_token(conn: Connection, user_id: int, name: str, digest: str, now: datetime) -> None:

@@ -173,10 +173,6 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
         return {"rows": rows, "search_id": source.id, "file": target.name}
 
 
-def export_path(exports: Path, task_id: str) -> Path:
-    return exports / f"{task_id}.csv"
-
-
 def task_title(record: TaskRecord) -> str:
     """A one-line description of a task for lists."""
     if record.name == "search":
