@@ -67,8 +67,6 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..records import CANCELLED_ERROR, BlobRef, Change, Status, TaskRecord
 from . import codec
@@ -166,6 +164,8 @@ class Driver(abc.ABC):
 
     #: The SQLAlchemy dialect name this driver serves.
     dialect: str
+    #: The dialect's ``insert`` (it has ``on_conflict_do_nothing``).
+    dialect_insert: Callable[..., Any]
 
     # == task records ====================================================================
     def task_create(
@@ -198,11 +198,10 @@ class Driver(abc.ABC):
         unique key). Then nothing is inserted and that record is returned, with its
         ``request_hash``. None: inserted. The database's unique indexes decide, so
         concurrent submits of one key create one record."""
-        dialect_insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
         row = task_row(task)
         for _ in range(3):  # the holder may finish (unique key) between our two statements
             inserted = conn.execute(
-                dialect_insert(task_table).values(row).on_conflict_do_nothing().returning(T.id)
+                self.dialect_insert(task_table).values(row).on_conflict_do_nothing().returning(T.id)
             ).first()
             if inserted is not None:
                 self._jobs_insert(conn, [task])

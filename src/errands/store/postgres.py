@@ -27,6 +27,7 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ..records import Change, Status
 from .codec import utc
@@ -290,6 +291,7 @@ _FINISH = (
 
 class PostgresDriver(Driver):
     dialect = "postgresql"
+    dialect_insert = staticmethod(pg_insert)
 
     # -- records ------------------------------------------------------------------------
     def task_insert(self, conn: Connection, tasks: Sequence[NewTask]) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..records import Change, Status, TaskRecord
 from . import codec
@@ -135,6 +136,7 @@ def _task_values(task: NewTask) -> tuple[Any, ...]:
 
 class SQLiteDriver(Driver):
     dialect = "sqlite"
+    dialect_insert = staticmethod(sqlite_insert)
 
     # -- records ------------------------------------------------------------------------
     def task_insert(self, conn: Connection, tasks: Sequence[NewTask]) -> None:
