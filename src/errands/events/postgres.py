@@ -21,32 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..records import Change
 from ..store import postgres
-from .notifier import (
-    CancelCallback,
-    ChangesCallback,
-    JobsCallback,
-    LocalNotifier,
-    Subscription,
-    decode_changes,
-    encode_changes,
-)
+from .notifier import CrossProcessNotifier
 
 _log = logging.getLogger("errands.events")
 
 WORKER_CHANNEL = "errands_w"
 CHANGES_CHANNEL = "errands_e"
-_CHUNK = 60  # changes per notification: ~80 bytes each, under PostgreSQL's 8000-byte cap
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
+Messages = list[tuple[str, str, bool]]  # (channel, payload, collapse)
 
 
 def _in_event_loop() -> bool:
@@ -63,17 +53,21 @@ def _connect(conninfo: str) -> Any:
     return psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
 
 
-class PostgresNotifier:
-    cross_process = True
+def _close_quietly(conn: Any) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+class PostgresNotifier(CrossProcessNotifier["_Listener", "_Sender"]):
+    workers_channel, changes_channel = WORKER_CHANNEL, CHANGES_CHANNEL
+    chunk = 60  # changes per notification: ~80 bytes each, under PostgreSQL's 8000-byte cap
 
     def __init__(self, conninfo: str) -> None:
+        super().__init__()
         self._conninfo = conninfo
         # Payloads carry this token so a process can skip its own notifications.
         self._token = f"{os.getpid():x}.{os.urandom(3).hex()}"
-        self._local = LocalNotifier()
-        self._lock = threading.Lock()
-        self._listeners: dict[str, _Listener] = {}
-        self._sender: _Sender | None = None
         # Threads that are not running an event loop (database threads, sync callers)
         # send on this connection themselves: a round trip they wait for anyway is
         # cheaper than waking the sender thread.
@@ -81,27 +75,8 @@ class PostgresNotifier:
         self._direct_lock = threading.Lock()
         self._direct_after = 0.0  # after a failure, not before this (time.monotonic())
         self._batching = threading.local()  # .held: this thread's messages inside batch()
-        self._closed = False
 
     # -- publishing ------------------------------------------------------------------
-    def publish_jobs(self) -> None:
-        self._local.publish_jobs()
-        self._send(WORKER_CHANNEL, "J", collapse=True)
-
-    def publish_cancel(self, task_ids: Sequence[str]) -> None:
-        if not task_ids:
-            return
-        self._local.publish_cancel(task_ids)
-        for i in range(0, len(task_ids), _CHUNK * 2):
-            self._send(WORKER_CHANNEL, "C" + json.dumps(list(task_ids[i : i + _CHUNK * 2])))
-
-    def publish_changes(self, changes: Sequence[Change]) -> None:
-        if not changes:
-            return
-        self._local.publish_changes(changes)
-        for message in encode_changes(changes, _CHUNK):
-            self._send(CHANGES_CHANNEL, "V" + message)
-
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         held = getattr(self._batching, "held", None)
@@ -116,29 +91,27 @@ class PostgresNotifier:
             if held:
                 self._deliver(held)
 
-    def _send(self, channel: str, message: str, *, collapse: bool = False) -> None:
-        payload = f"{self._token} {message}"
+    def _send(self, channel: str, message: str) -> None:
+        # Repeated "new jobs" hints collapse into one.
+        item = (channel, f"{self._token} {message}", message == "J")
         held = getattr(self._batching, "held", None)
         if held is not None:
-            held.append((channel, payload, collapse))
-            return
-        self._deliver([(channel, payload, collapse)])
+            held.append(item)
+        else:
+            self._deliver([item])
 
-    def _deliver(self, messages: list[tuple[str, str, bool]]) -> None:
+    def _open_sender(self) -> _Sender:
+        return _Sender(self._conninfo)
+
+    def _deliver(self, messages: Messages) -> None:
         if not _in_event_loop() and self._send_now(messages):
             return
-        sender = self._sender
-        if sender is None:
-            with self._lock:
-                if self._closed:
-                    return
-                if self._sender is None:
-                    self._sender = _Sender(self._conninfo)
-                sender = self._sender
-        for channel, payload, collapse in messages:
-            sender.put(channel, payload, collapse=collapse)
+        sender = self._opened_sender()
+        if sender is not None:  # else the notifier is closed
+            for channel, payload, collapse in messages:
+                sender.put(channel, payload, collapse=collapse)
 
-    def _send_now(self, messages: list[tuple[str, str, bool]]) -> bool:
+    def _send_now(self, messages: Messages) -> bool:
         """Send from the calling thread (one round trip, no hand-over to the sender
         thread) when no other thread is sending this way; False: queue it instead."""
         if time.monotonic() < self._direct_after or not self._direct_lock.acquire(blocking=False):
@@ -151,9 +124,7 @@ class PostgresNotifier:
             postgres.notify(self._direct, [(c, p) for c, p, _ in messages])
             return True
         except Exception:  # the server is away: the sender thread retries, with backoff
-            if self._direct is not None:
-                with contextlib.suppress(Exception):
-                    self._direct.close()
+            _close_quietly(self._direct)
             self._direct = None
             self._direct_after = time.monotonic() + _BACKOFF_MAX
             return False
@@ -161,55 +132,30 @@ class PostgresNotifier:
             self._direct_lock.release()
 
     # -- subscribing -----------------------------------------------------------------
-    def listen_worker(self, on_jobs: JobsCallback, on_cancel: CancelCallback) -> Subscription:
-        self._ensure_listener(WORKER_CHANNEL)
-        return self._local.listen_worker(on_jobs, on_cancel)
-
-    def subscribe_changes(self, callback: ChangesCallback) -> Subscription:
-        self._ensure_listener(CHANGES_CHANNEL)
-        return self._local.subscribe_changes(callback)
-
-    def _ensure_listener(self, channel: str) -> None:
-        with self._lock:
-            if channel not in self._listeners and not self._closed:
-                self._listeners[channel] = _Listener(
-                    self._conninfo, channel, self._dispatch, self._reconnected
-                )
+    def _listen(self, channel: str) -> _Listener:
+        # After a reconnection: jobs may have arrived while the connection was down.
+        again = self._local.publish_jobs if channel == WORKER_CHANNEL else None
+        return _Listener(self._conninfo, channel, self._dispatch, again)
 
     def _dispatch(self, payload: str) -> None:
         token, _, message = payload.partition(" ")
-        if token == self._token:
-            return  # published by this process, which delivered it already
-        tag, body = message[:1], message[1:]
-        if tag == "J":
-            self._local.publish_jobs()
-        elif tag == "C":
-            self._local.publish_cancel(json.loads(body))
-        elif tag == "V":
-            self._local.publish_changes(decode_changes(body))
-
-    def _reconnected(self, channel: str) -> None:
-        if channel == WORKER_CHANNEL:
-            self._local.publish_jobs()  # jobs may have arrived while the connection was down
+        if token != self._token:  # else published by this process, which delivered it
+            self._heard(message)
 
     def close(self) -> None:
+        listeners = self._stop_listening()
         with self._lock:
-            self._closed = True
-            listeners, self._listeners = list(self._listeners.values()), {}
             sender, self._sender = self._sender, None
-        if listeners and sender is None:
-            sender = _Sender(self._conninfo)
-        for listener in listeners:
-            listener.stop()
-            assert sender is not None
-            sender.put(listener.channel, "")  # wakes the listener's wait at once
+        if listeners:
+            sender = sender or _Sender(self._conninfo)
+            for listener in listeners:
+                listener.stop()
+                sender.put(listener.channel, "")  # wakes the listener's wait at once
         if sender is not None:
             sender.close()
         with self._direct_lock:
-            if self._direct is not None:
-                with contextlib.suppress(Exception):
-                    self._direct.close()
-                self._direct = None
+            _close_quietly(self._direct)
+            self._direct = None
         for listener in listeners:
             listener.join()
         self._local.close()
@@ -274,10 +220,8 @@ class _Sender:
         postgres.notify(self._conn, batch)
 
     def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+        _close_quietly(self._conn)
+        self._conn = None
 
     def close(self) -> None:
         with self._cond:
@@ -287,14 +231,15 @@ class _Sender:
 
 
 class _Listener:
-    """A connection that LISTENs on one channel, in a thread, reconnecting as needed."""
+    """A connection that LISTENs on one channel, in a thread, reconnecting as needed
+    (then calling ``reconnected``)."""
 
     def __init__(
         self,
         conninfo: str,
         channel: str,
         dispatch: Callable[[str], None],
-        reconnected: Callable[[str], None],
+        reconnected: Callable[[], None] | None,
     ) -> None:
         self._conninfo, self.channel = conninfo, channel
         self._dispatch, self._reconnected = dispatch, reconnected
@@ -317,7 +262,8 @@ class _Listener:
                 self._ready.set()
                 if not first:
                     _log.info("errands: listening on %s again", self.channel)
-                    self._reconnected(self.channel)
+                    if self._reconnected is not None:
+                        self._reconnected()
                 first, backoff = False, _BACKOFF_FIRST
                 while not self._stopping.is_set():
                     for note in self._conn.notifies(timeout=1.0):
@@ -341,9 +287,7 @@ class _Listener:
                 backoff = min(backoff * 2, _BACKOFF_MAX)
             finally:
                 conn, self._conn = self._conn, None
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
+                _close_quietly(conn)
 
     def stop(self) -> None:
         """Ask the thread to stop (it wakes on its next notification or within 1 s)."""
