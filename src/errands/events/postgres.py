@@ -47,16 +47,26 @@ def _in_event_loop() -> bool:
     return True
 
 
-def _connect(conninfo: str) -> Any:
-    import psycopg
+class _Connection:
+    """A connection of its own (outside the pool), opened on first use."""
 
-    return psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self.conn: Any = None
 
+    def get(self) -> Any:
+        if self.conn is None:
+            import psycopg
 
-def _close_quietly(conn: Any) -> None:
-    if conn is not None:
-        with contextlib.suppress(Exception):
-            conn.close()
+            self.conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+        return self.conn
+
+    def drop(self) -> None:
+        """Close it, quietly (it may be dead already); the next ``get`` opens another."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 class PostgresNotifier(CrossProcessNotifier["_Listener", "_Sender"]):
@@ -71,7 +81,7 @@ class PostgresNotifier(CrossProcessNotifier["_Listener", "_Sender"]):
         # Threads that are not running an event loop (database threads, sync callers)
         # send on this connection themselves: a round trip they wait for anyway is
         # cheaper than waking the sender thread.
-        self._direct: Any = None
+        self._direct = _Connection(conninfo)
         self._direct_lock = threading.Lock()
         self._direct_after = 0.0  # after a failure, not before this (time.monotonic())
         self._batching = threading.local()  # .held: this thread's messages inside batch()
@@ -119,13 +129,10 @@ class PostgresNotifier(CrossProcessNotifier["_Listener", "_Sender"]):
         try:
             if self._closed:
                 return True
-            if self._direct is None:
-                self._direct = _connect(self._conninfo)
-            postgres.notify(self._direct, [(c, p) for c, p, _ in messages])
+            postgres.notify(self._direct.get(), [(c, p) for c, p, _ in messages])
             return True
         except Exception:  # the server is away: the sender thread retries, with backoff
-            _close_quietly(self._direct)
-            self._direct = None
+            self._direct.drop()
             self._direct_after = time.monotonic() + _BACKOFF_MAX
             return False
         finally:
@@ -154,8 +161,7 @@ class PostgresNotifier(CrossProcessNotifier["_Listener", "_Sender"]):
         if sender is not None:
             sender.close()
         with self._direct_lock:
-            _close_quietly(self._direct)
-            self._direct = None
+            self._direct.drop()
         for listener in listeners:
             listener.join()
         self._local.close()
@@ -166,12 +172,11 @@ class _Sender:
     everything published since the last one."""
 
     def __init__(self, conninfo: str) -> None:
-        self._conninfo = conninfo
+        self._conn = _Connection(conninfo)
         self._cond = threading.Condition()
         self._queue: list[tuple[str, str]] = []
         self._collapsed: set[tuple[str, str]] = set()
         self._stopping = False
-        self._conn: Any = None
         self.thread = threading.Thread(target=self._run, name="errands-notify-send", daemon=True)
         self.thread.start()
 
@@ -196,32 +201,23 @@ class _Sender:
                 self._collapsed.clear()
             try:
                 try:
-                    self._notify(batch)
+                    postgres.notify(self._conn.get(), batch)
                 except Exception:
                     # A connection that sat idle may have died unseen (server restart):
                     # one more try on a fresh one before the batch is dropped.
-                    if self._conn is None:
+                    if self._conn.conn is None:
                         raise
-                    self._drop_connection()
-                    self._notify(batch)
+                    self._conn.drop()
+                    postgres.notify(self._conn.get(), batch)
                 backoff = _BACKOFF_FIRST
             except Exception as exc:  # the server is gone or restarting: hints are dropped
                 _log.warning("errands: sending notifications failed (%s); retrying", exc)
-                self._drop_connection()
+                self._conn.drop()
                 if self._stopping:
                     break
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
-        self._drop_connection()
-
-    def _notify(self, batch: list[tuple[str, str]]) -> None:
-        if self._conn is None:
-            self._conn = _connect(self._conninfo)
-        postgres.notify(self._conn, batch)
-
-    def _drop_connection(self) -> None:
-        _close_quietly(self._conn)
-        self._conn = None
+        self._conn.drop()
 
     def close(self) -> None:
         with self._cond:
@@ -241,11 +237,10 @@ class _Listener:
         dispatch: Callable[[str], None],
         reconnected: Callable[[], None] | None,
     ) -> None:
-        self._conninfo, self.channel = conninfo, channel
+        self._conn, self.channel = _Connection(conninfo), channel
         self._dispatch, self._reconnected = dispatch, reconnected
         self._stopping = threading.Event()
         self._ready = threading.Event()
-        self._conn: Any = None
         self.thread = threading.Thread(target=self._run, name="errands-notify", daemon=True)
         self.thread.start()
         # Subscribers expect to hear what is published after they subscribe: wait
@@ -257,8 +252,8 @@ class _Listener:
         first = True
         while not self._stopping.is_set():
             try:
-                self._conn = _connect(self._conninfo)
-                postgres.listen(self._conn, self.channel)
+                conn = self._conn.get()
+                postgres.listen(conn, self.channel)
                 self._ready.set()
                 if not first:
                     _log.info("errands: listening on %s again", self.channel)
@@ -266,7 +261,7 @@ class _Listener:
                         self._reconnected()
                 first, backoff = False, _BACKOFF_FIRST
                 while not self._stopping.is_set():
-                    for note in self._conn.notifies(timeout=1.0):
+                    for note in conn.notifies(timeout=1.0):
                         if self._stopping.is_set():
                             break
                         try:
@@ -286,8 +281,7 @@ class _Listener:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
             finally:
-                conn, self._conn = self._conn, None
-                _close_quietly(conn)
+                self._conn.drop()
 
     def stop(self) -> None:
         """Ask the thread to stop (it wakes on its next notification or within 1 s)."""
