@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import timedelta
@@ -78,16 +79,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "burst": args.burst,
         "lease_seconds": args.lease,
         "shutdown_timeout": args.shutdown_timeout,
+        "heartbeat_interval": args.heartbeat,
+        "poll_interval": args.poll,
+        "progress_interval": args.progress_interval,
     }
-    if args.heartbeat is not None:
-        settings["heartbeat_interval"] = args.heartbeat
-    if args.poll is not None:
-        settings["poll_interval"] = args.poll
-    if args.progress_interval is not None:
-        settings["progress_interval"] = args.progress_interval
     if args.names:
         settings["names"] = [n.strip() for n in args.names.split(",") if n.strip()]
-    app.run_worker(**settings)
+    app.run_worker(**{key: value for key, value in settings.items() if value is not None})
     return 0
 
 
@@ -121,19 +119,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def render_progress(record: TaskRecord, width: int) -> str:
-    p = record.progress
-    percent = p.percent
+    percent, message = record.progress.percent, record.progress.message
     bar_width = max(10, min(40, width - 40))
-    if percent is None:
-        bar = "?" * 0 + "." * bar_width
-        pct = "  --%"
-    else:
-        filled = int(bar_width * percent / 100)
-        bar = "#" * filled + "." * (bar_width - filled)
-        pct = f"{percent:4.0f}%"
-    text = f"[{bar}] {pct} {record.status.value}"
-    if p.message:
-        text += f"  {p.message}"
+    filled = 0 if percent is None else int(bar_width * percent / 100)
+    pct = "  --%" if percent is None else f"{percent:4.0f}%"
+    text = f"[{'#' * filled}{'.' * (bar_width - filled)}] {pct} {record.status.value}"
+    if message:
+        text += f"  {message}"
     return text[: max(20, width - 1)]
 
 
@@ -141,8 +133,6 @@ def follow(
     app: Errands, task_id: str, owner: str, *, timeout: float | None, out: TextIO
 ) -> TaskRecord:
     """Show the task's progress live until it finishes; return the final record."""
-    import time
-
     tty = out.isatty()
     changed = threading.Event()
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -157,18 +147,13 @@ def follow(
                 out.write(("\r\x1b[2K" + line) if tty else line + "\n")
                 out.flush()
                 last = line
-            if record.done:
+            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if record.done or wait <= 0:
                 if tty:
-                    out.write("\n")
-                return record
-            wait = 0.5
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if tty:
-                        out.write("\n")
+                    out.write("\n")  # below the progress line
+                if not record.done:
                     raise WaitTimeout(record)
-                wait = min(wait, remaining)
+                return record
             changed.wait(wait)
 
 
@@ -197,13 +182,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     app = _app_from(args)
-    record = app.sync.get(args.id, owner=args.owner or ANY_OWNER)
-    data = record_dict(record)
+    owner = args.owner or ANY_OWNER
+    data = record_dict(app.sync.get(args.id, owner=owner))
     if args.output:
-        data["output"] = [
-            {"seq": seq, "data": item}
-            for seq, item in app.sync.outputs(args.id, owner=args.owner or ANY_OWNER)
-        ]
+        outputs = app.sync.outputs(args.id, owner=owner)
+        data["output"] = [{"seq": seq, "data": item} for seq, item in outputs]
     _print_json(data)
     return 0
 

@@ -23,13 +23,7 @@ class TaskContext:
     """Handle of one attempt of one task, given to the task function."""
 
     def __init__(
-        self,
-        *,
-        task_id: str,
-        owner: str,
-        name: str,
-        attempt: int,
-        max_attempts: int,
+        self, *, task_id: str, owner: str, name: str, attempt: int, max_attempts: int
     ) -> None:
         self.task_id = task_id
         self.owner = owner

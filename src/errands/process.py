@@ -26,6 +26,8 @@ from .context import TaskContext
 from .errors import ErrandsError, Retry, TaskCancelled, TaskFailed
 
 _FLUSH_SECONDS = 0.05
+#: What a child needs to make the attempt's ``TaskContext`` (its keyword arguments).
+_CONTEXT_INFO = ("task_id", "owner", "name", "attempt", "max_attempts")
 
 
 class ChildDied(ErrandsError):
@@ -84,8 +86,7 @@ class _Child:
         self.process = ctx.Process(target=_child_main, args=(child_conn,), daemon=True)
         self.process.start()
         child_conn.close()
-        #: The attempt it runs: its key (the task id) and its context.
-        self.key: str | None = None
+        #: The attempt it runs (its context, its task id the key in ``ProcessPool._busy``).
         self.ctx: TaskContext | None = None
         self.future: asyncio.Future[Any] | None = None
 
@@ -105,23 +106,10 @@ class ProcessPool:
         its progress and items reach ``ctx``, its result or error the future."""
         child = self._idle.pop() if self._idle else _Child(self._mp)
         future: asyncio.Future[Any] = self._loop.create_future()
-        child.key, child.ctx, child.future = ctx.task_id, ctx, future
+        child.ctx, child.future = ctx, future
         self._busy[ctx.task_id] = child
-        child.conn.send(
-            (
-                "run",
-                fn.__module__,
-                fn.__qualname__,
-                stored_payload,
-                {
-                    "task_id": ctx.task_id,
-                    "owner": ctx.owner,
-                    "name": ctx.name,
-                    "attempt": ctx.attempt,
-                    "max_attempts": ctx.max_attempts,
-                },
-            )
-        )
+        info = {key: getattr(ctx, key) for key in _CONTEXT_INFO}
+        child.conn.send(("run", fn.__module__, fn.__qualname__, stored_payload, info))
         self._loop.add_reader(child.conn.fileno(), self._readable, child)
         return future
 
@@ -129,14 +117,14 @@ class ProcessPool:
         try:
             while child.conn.poll():
                 self._handle(child, child.conn.recv())
-                if child.key is None:
+                if child.ctx is None:
                     return
         except (EOFError, OSError):
             self._discard(child, ChildDied())
 
     def _handle(self, child: _Child, message: tuple[Any, ...]) -> None:
         ctx, future = child.ctx, child.future
-        assert child.key is not None and ctx is not None and future is not None
+        assert ctx is not None and future is not None
         kind = message[0]
         if kind == "progress":
             ctx.progress(*message[1])
@@ -144,9 +132,7 @@ class ProcessPool:
             for item in message[1]:
                 ctx.emit(item)
         elif kind in ("ok", "error"):
-            self._loop.remove_reader(child.conn.fileno())
-            self._busy.pop(child.key, None)
-            child.key = child.ctx = child.future = None
+            self._release(child)
             if len(self._idle) < self._size:
                 self._idle.append(child)
             else:
@@ -164,13 +150,18 @@ class ProcessPool:
         if child is not None:
             self._discard(child, None)
 
-    def _discard(self, child: _Child, error: BaseException | None) -> None:
+    def _release(self, child: _Child) -> asyncio.Future[Any] | None:
+        """Detach the child from its attempt; the attempt's future."""
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(child.conn.fileno())
-        if child.key is not None:
-            self._busy.pop(child.key, None)
+        if child.ctx is not None:
+            self._busy.pop(child.ctx.task_id, None)
         future = child.future
-        child.key = child.ctx = child.future = None
+        child.ctx = child.future = None
+        return future
+
+    def _discard(self, child: _Child, error: BaseException | None) -> None:
+        future = self._release(child)
         self._terminate(child)
         if future is not None and not future.done():
             if error is None:
@@ -219,8 +210,7 @@ def _child_main(conn: Connection) -> None:
         try:
             definition = _resolve(module_name, qualname)
             result = definition.fn(ctx, definition.load(stored))
-            value = to_jsonable_python(result)
-            reply: tuple[Any, ...] = ("ok", value)
+            reply: tuple[Any, ...] = ("ok", to_jsonable_python(result))
         except BaseException as exc:
             reply = ("error", _remote(exc))
         stop.set()

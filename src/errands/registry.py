@@ -145,15 +145,9 @@ def make_definition(
         raise ConfigurationError(f"executor={executor!r} needs a plain (def) function")
     if executor == "process" and ("<locals>" in fn.__qualname__ or fn.__module__ is None):
         raise ConfigurationError("a process task must be a module-level function")
-    keep: timedelta | None
-    if retention is None:
-        keep = None
-    elif isinstance(retention, timedelta):
-        keep = retention
-    elif math.isinf(retention):
-        keep = timedelta.max
-    else:
-        keep = timedelta(seconds=retention)
+    keep = retention
+    if not isinstance(keep, timedelta | None):  # seconds; math.inf: forever
+        keep = timedelta.max if math.isinf(keep) else timedelta(seconds=keep)
     return TaskDefinition(
         name=name or fn.__name__,
         fn=fn,

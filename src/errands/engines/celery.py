@@ -86,7 +86,7 @@ class CeleryEngine:
     ) -> None:
         from celery import Celery
 
-        own = celery_app is None
+        self._own_celery = celery_app is None
         if celery_app is None:
             broker = broker or os.environ.get("ERRANDS_CELERY_BROKER")
             if not broker:
@@ -111,7 +111,6 @@ class CeleryEngine:
         def run(task_id: str) -> None:
             self._run_message(task_id)
 
-        self._own_celery = own
         self._task = celery_app.task(
             name=RUN_TASK,
             shared=False,  # this app only (a shared task would join every app made later)
@@ -350,10 +349,8 @@ class CelerySource(JobSource):
         for _, future in [*self._asked, *self._inbox]:
             future.set_result(_REQUEUE)
         self._asked, self._inbox = [], []
-        for futures in self._holding.values():
-            for future in futures:
-                future.set_result(_DONE)
-        self._holding.clear()
+        for task_id in list(self._holding):
+            self.attempt_over(task_id)
         if self._consumer is None:
             return
         self.stopping()

@@ -1,4 +1,5 @@
-"""The notifier interface and the in-process implementation.
+"""The notifier interface, the in-process implementation, and what the cross-process
+notifiers share.
 
 Callbacks run on whatever thread delivers the message (a listener thread for
 cross-process notifiers, the publisher's thread for in-process delivery); they must be
@@ -10,14 +11,17 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Generic, Protocol, TypeVar
 
 from ..records import Change, Status
 
 JobsCallback = Callable[[], None]
 CancelCallback = Callable[[Sequence[str]], None]
 ChangesCallback = Callable[[Sequence[Change]], None]
+T = TypeVar("T")
+ListenerT = TypeVar("ListenerT")
+SenderT = TypeVar("SenderT")
 
 
 class Subscription(Protocol):
@@ -41,8 +45,8 @@ class Notifier(Protocol):
     def close(self) -> None: ...
 
 
-class _Handle:
-    def __init__(self, registry: set[object], item: object, lock: threading.Lock) -> None:
+class _Handle(Generic[T]):
+    def __init__(self, registry: set[T], item: T, lock: threading.Lock) -> None:
         self._registry, self._item, self._lock = registry, item, lock
 
     def close(self) -> None:
@@ -57,42 +61,39 @@ class LocalNotifier:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._workers: set[object] = set()
-        self._changes: set[object] = set()
+        self._workers: set[tuple[JobsCallback, CancelCallback]] = set()
+        self._changes: set[ChangesCallback] = set()
 
     def publish_jobs(self) -> None:
-        for on_jobs, _ in self._worker_callbacks():
+        for on_jobs, _ in self._snapshot(self._workers):
             on_jobs()
 
     def publish_cancel(self, task_ids: Sequence[str]) -> None:
-        for _, on_cancel in self._worker_callbacks():
+        for _, on_cancel in self._snapshot(self._workers):
             on_cancel(task_ids)
 
     def publish_changes(self, changes: Sequence[Change]) -> None:
-        if not changes:
-            return
-        with self._lock:
-            callbacks = list(self._changes)
-        for cb in callbacks:
-            cb(changes)  # type: ignore[operator]
+        if changes:
+            for callback in self._snapshot(self._changes):
+                callback(changes)
 
     def listen_worker(self, on_jobs: JobsCallback, on_cancel: CancelCallback) -> Subscription:
-        pair = (on_jobs, on_cancel)
-        with self._lock:
-            self._workers.add(pair)
-        return _Handle(self._workers, pair, self._lock)
+        return self._add(self._workers, (on_jobs, on_cancel))
 
     def subscribe_changes(self, callback: ChangesCallback) -> Subscription:
-        with self._lock:
-            self._changes.add(callback)
-        return _Handle(self._changes, callback, self._lock)
+        return self._add(self._changes, callback)
 
     def batch(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    def _worker_callbacks(self) -> list[tuple[JobsCallback, CancelCallback]]:
+    def _add(self, registry: set[T], item: T) -> Subscription:
         with self._lock:
-            return list(self._workers)  # type: ignore[arg-type]
+            registry.add(item)
+        return _Handle(registry, item, self._lock)
+
+    def _snapshot(self, registry: set[T]) -> list[T]:
+        with self._lock:
+            return list(registry)
 
     def close(self) -> None:
         with self._lock:
@@ -100,14 +101,96 @@ class LocalNotifier:
             self._changes.clear()
 
 
-def encode_changes(changes: Sequence[Change], size: int) -> Iterator[str]:
-    """Changes as compact JSON messages of at most ``size`` changes each (for notifiers
-    that carry them between processes)."""
-    for i in range(0, len(changes), size):
-        rows = [[c.task_id, c.owner, c.version, c.status.value] for c in changes[i : i + size]]
-        yield json.dumps(rows, separators=(",", ":"))
+class CrossProcessNotifier(Generic[ListenerT, SenderT]):
+    """What the cross-process notifiers share. A message is delivered in this process
+    at once, then sent to the others as text: a tag (``J`` new jobs, ``C`` cancel these
+    task ids, ``V`` these changes) and a JSON body, at most ``chunk`` changes (or twice
+    as many task ids) per message. A subclass sends messages on a channel
+    (:meth:`_send`), opens its sender on first use (:meth:`_open_sender`) and a listener
+    per channel (:meth:`_listen`), which hands what it hears to :meth:`_heard`."""
 
+    cross_process = True
+    #: Where worker messages and change messages travel (a channel, a socket folder).
+    workers_channel: str
+    changes_channel: str
+    chunk: int
 
-def decode_changes(body: str | bytes) -> list[Change]:
-    """The changes of one message made by :func:`encode_changes`."""
-    return [Change(t, o, v, Status(s)) for t, o, v, s in json.loads(body)]
+    def __init__(self) -> None:
+        self._local = LocalNotifier()
+        self._lock = threading.Lock()
+        self._listeners: dict[str, ListenerT] = {}
+        self._sender: SenderT | None = None
+        self._closed = False
+
+    def _send(self, channel: str, message: str) -> None:
+        raise NotImplementedError
+
+    def _open_sender(self) -> SenderT:
+        raise NotImplementedError
+
+    def _listen(self, channel: str) -> ListenerT:
+        raise NotImplementedError
+
+    # -- publishing ------------------------------------------------------------------
+    def publish_jobs(self) -> None:
+        self._local.publish_jobs()
+        self._send(self.workers_channel, "J")
+
+    def publish_cancel(self, task_ids: Sequence[str]) -> None:
+        if not task_ids:
+            return
+        self._local.publish_cancel(task_ids)
+        size = self.chunk * 2
+        for i in range(0, len(task_ids), size):
+            self._send(self.workers_channel, "C" + json.dumps(list(task_ids[i : i + size])))
+
+    def publish_changes(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        self._local.publish_changes(changes)
+        rows = [[c.task_id, c.owner, c.version, c.status.value] for c in changes]
+        for i in range(0, len(rows), self.chunk):
+            body = json.dumps(rows[i : i + self.chunk], separators=(",", ":"))
+            self._send(self.changes_channel, "V" + body)
+
+    def _opened_sender(self) -> SenderT | None:
+        """The sender, opened on first use; None once the notifier is closed."""
+        if self._sender is None:
+            with self._lock:
+                if self._closed:
+                    return None
+                if self._sender is None:
+                    self._sender = self._open_sender()
+        return self._sender
+
+    # -- subscribing -----------------------------------------------------------------
+    def listen_worker(self, on_jobs: JobsCallback, on_cancel: CancelCallback) -> Subscription:
+        self._ensure_listener(self.workers_channel)
+        return self._local.listen_worker(on_jobs, on_cancel)
+
+    def subscribe_changes(self, callback: ChangesCallback) -> Subscription:
+        self._ensure_listener(self.changes_channel)
+        return self._local.subscribe_changes(callback)
+
+    def _ensure_listener(self, channel: str) -> None:
+        with self._lock:
+            if channel not in self._listeners and not self._closed:
+                self._listeners[channel] = self._listen(channel)
+
+    def _heard(self, message: str) -> None:
+        """Deliver in this process a message that another process sent."""
+        tag, body = message[:1], message[1:]
+        if tag == "J":
+            self._local.publish_jobs()
+        elif tag == "C":
+            self._local.publish_cancel(json.loads(body))
+        elif tag == "V":
+            rows = json.loads(body)
+            self._local.publish_changes([Change(t, o, v, Status(s)) for t, o, v, s in rows])
+
+    def _stop_listening(self) -> list[ListenerT]:
+        """Mark the notifier closed; the listeners it had."""
+        with self._lock:
+            self._closed = True
+            listeners, self._listeners = list(self._listeners.values()), {}
+        return listeners

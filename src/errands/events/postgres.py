@@ -21,32 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..records import Change
 from ..store import postgres
-from .notifier import (
-    CancelCallback,
-    ChangesCallback,
-    JobsCallback,
-    LocalNotifier,
-    Subscription,
-    decode_changes,
-    encode_changes,
-)
+from .notifier import CrossProcessNotifier
 
 _log = logging.getLogger("errands.events")
 
 WORKER_CHANNEL = "errands_w"
 CHANGES_CHANNEL = "errands_e"
-_CHUNK = 60  # changes per notification: ~80 bytes each, under PostgreSQL's 8000-byte cap
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
+Messages = list[tuple[str, str, bool]]  # (channel, payload, collapse)
 
 
 def _in_event_loop() -> bool:
@@ -57,51 +47,46 @@ def _in_event_loop() -> bool:
     return True
 
 
-def _connect(conninfo: str) -> Any:
-    import psycopg
-
-    return psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
-
-
-class PostgresNotifier:
-    cross_process = True
+class _Connection:
+    """A connection of its own (outside the pool), opened on first use."""
 
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
+        self.conn: Any = None
+
+    def get(self) -> Any:
+        if self.conn is None:
+            import psycopg
+
+            self.conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+        return self.conn
+
+    def drop(self) -> None:
+        """Close it, quietly (it may be dead already); the next ``get`` opens another."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class PostgresNotifier(CrossProcessNotifier["_Listener", "_Sender"]):
+    workers_channel, changes_channel = WORKER_CHANNEL, CHANGES_CHANNEL
+    chunk = 60  # changes per notification: ~80 bytes each, under PostgreSQL's 8000-byte cap
+
+    def __init__(self, conninfo: str) -> None:
+        super().__init__()
+        self._conninfo = conninfo
         # Payloads carry this token so a process can skip its own notifications.
         self._token = f"{os.getpid():x}.{os.urandom(3).hex()}"
-        self._local = LocalNotifier()
-        self._lock = threading.Lock()
-        self._listeners: dict[str, _Listener] = {}
-        self._sender: _Sender | None = None
         # Threads that are not running an event loop (database threads, sync callers)
         # send on this connection themselves: a round trip they wait for anyway is
         # cheaper than waking the sender thread.
-        self._direct: Any = None
+        self._direct = _Connection(conninfo)
         self._direct_lock = threading.Lock()
         self._direct_after = 0.0  # after a failure, not before this (time.monotonic())
         self._batching = threading.local()  # .held: this thread's messages inside batch()
-        self._closed = False
 
     # -- publishing ------------------------------------------------------------------
-    def publish_jobs(self) -> None:
-        self._local.publish_jobs()
-        self._send(WORKER_CHANNEL, "J", collapse=True)
-
-    def publish_cancel(self, task_ids: Sequence[str]) -> None:
-        if not task_ids:
-            return
-        self._local.publish_cancel(task_ids)
-        for i in range(0, len(task_ids), _CHUNK * 2):
-            self._send(WORKER_CHANNEL, "C" + json.dumps(list(task_ids[i : i + _CHUNK * 2])))
-
-    def publish_changes(self, changes: Sequence[Change]) -> None:
-        if not changes:
-            return
-        self._local.publish_changes(changes)
-        for message in encode_changes(changes, _CHUNK):
-            self._send(CHANGES_CHANNEL, "V" + message)
-
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         held = getattr(self._batching, "held", None)
@@ -116,29 +101,27 @@ class PostgresNotifier:
             if held:
                 self._deliver(held)
 
-    def _send(self, channel: str, message: str, *, collapse: bool = False) -> None:
-        payload = f"{self._token} {message}"
+    def _send(self, channel: str, message: str) -> None:
+        # Repeated "new jobs" hints collapse into one.
+        item = (channel, f"{self._token} {message}", message == "J")
         held = getattr(self._batching, "held", None)
         if held is not None:
-            held.append((channel, payload, collapse))
-            return
-        self._deliver([(channel, payload, collapse)])
+            held.append(item)
+        else:
+            self._deliver([item])
 
-    def _deliver(self, messages: list[tuple[str, str, bool]]) -> None:
+    def _open_sender(self) -> _Sender:
+        return _Sender(self._conninfo)
+
+    def _deliver(self, messages: Messages) -> None:
         if not _in_event_loop() and self._send_now(messages):
             return
-        sender = self._sender
-        if sender is None:
-            with self._lock:
-                if self._closed:
-                    return
-                if self._sender is None:
-                    self._sender = _Sender(self._conninfo)
-                sender = self._sender
-        for channel, payload, collapse in messages:
-            sender.put(channel, payload, collapse=collapse)
+        sender = self._opened_sender()
+        if sender is not None:  # else the notifier is closed
+            for channel, payload, collapse in messages:
+                sender.put(channel, payload, collapse=collapse)
 
-    def _send_now(self, messages: list[tuple[str, str, bool]]) -> bool:
+    def _send_now(self, messages: Messages) -> bool:
         """Send from the calling thread (one round trip, no hand-over to the sender
         thread) when no other thread is sending this way; False: queue it instead."""
         if time.monotonic() < self._direct_after or not self._direct_lock.acquire(blocking=False):
@@ -146,70 +129,39 @@ class PostgresNotifier:
         try:
             if self._closed:
                 return True
-            if self._direct is None:
-                self._direct = _connect(self._conninfo)
-            postgres.notify(self._direct, [(c, p) for c, p, _ in messages])
+            postgres.notify(self._direct.get(), [(c, p) for c, p, _ in messages])
             return True
         except Exception:  # the server is away: the sender thread retries, with backoff
-            if self._direct is not None:
-                with contextlib.suppress(Exception):
-                    self._direct.close()
-            self._direct = None
+            self._direct.drop()
             self._direct_after = time.monotonic() + _BACKOFF_MAX
             return False
         finally:
             self._direct_lock.release()
 
     # -- subscribing -----------------------------------------------------------------
-    def listen_worker(self, on_jobs: JobsCallback, on_cancel: CancelCallback) -> Subscription:
-        self._ensure_listener(WORKER_CHANNEL)
-        return self._local.listen_worker(on_jobs, on_cancel)
-
-    def subscribe_changes(self, callback: ChangesCallback) -> Subscription:
-        self._ensure_listener(CHANGES_CHANNEL)
-        return self._local.subscribe_changes(callback)
-
-    def _ensure_listener(self, channel: str) -> None:
-        with self._lock:
-            if channel not in self._listeners and not self._closed:
-                self._listeners[channel] = _Listener(
-                    self._conninfo, channel, self._dispatch, self._reconnected
-                )
+    def _listen(self, channel: str) -> _Listener:
+        # After a reconnection: jobs may have arrived while the connection was down.
+        again = self._local.publish_jobs if channel == WORKER_CHANNEL else None
+        return _Listener(self._conninfo, channel, self._dispatch, again)
 
     def _dispatch(self, payload: str) -> None:
         token, _, message = payload.partition(" ")
-        if token == self._token:
-            return  # published by this process, which delivered it already
-        tag, body = message[:1], message[1:]
-        if tag == "J":
-            self._local.publish_jobs()
-        elif tag == "C":
-            self._local.publish_cancel(json.loads(body))
-        elif tag == "V":
-            self._local.publish_changes(decode_changes(body))
-
-    def _reconnected(self, channel: str) -> None:
-        if channel == WORKER_CHANNEL:
-            self._local.publish_jobs()  # jobs may have arrived while the connection was down
+        if token != self._token:  # else published by this process, which delivered it
+            self._heard(message)
 
     def close(self) -> None:
+        listeners = self._stop_listening()
         with self._lock:
-            self._closed = True
-            listeners, self._listeners = list(self._listeners.values()), {}
             sender, self._sender = self._sender, None
-        if listeners and sender is None:
-            sender = _Sender(self._conninfo)
-        for listener in listeners:
-            listener.stop()
-            assert sender is not None
-            sender.put(listener.channel, "")  # wakes the listener's wait at once
+        if listeners:
+            sender = sender or _Sender(self._conninfo)
+            for listener in listeners:
+                listener.stop()
+                sender.put(listener.channel, "")  # wakes the listener's wait at once
         if sender is not None:
             sender.close()
         with self._direct_lock:
-            if self._direct is not None:
-                with contextlib.suppress(Exception):
-                    self._direct.close()
-                self._direct = None
+            self._direct.drop()
         for listener in listeners:
             listener.join()
         self._local.close()
@@ -220,12 +172,11 @@ class _Sender:
     everything published since the last one."""
 
     def __init__(self, conninfo: str) -> None:
-        self._conninfo = conninfo
+        self._conn = _Connection(conninfo)
         self._cond = threading.Condition()
         self._queue: list[tuple[str, str]] = []
         self._collapsed: set[tuple[str, str]] = set()
         self._stopping = False
-        self._conn: Any = None
         self.thread = threading.Thread(target=self._run, name="errands-notify-send", daemon=True)
         self.thread.start()
 
@@ -250,34 +201,23 @@ class _Sender:
                 self._collapsed.clear()
             try:
                 try:
-                    self._notify(batch)
+                    postgres.notify(self._conn.get(), batch)
                 except Exception:
                     # A connection that sat idle may have died unseen (server restart):
                     # one more try on a fresh one before the batch is dropped.
-                    if self._conn is None:
+                    if self._conn.conn is None:
                         raise
-                    self._drop_connection()
-                    self._notify(batch)
+                    self._conn.drop()
+                    postgres.notify(self._conn.get(), batch)
                 backoff = _BACKOFF_FIRST
             except Exception as exc:  # the server is gone or restarting: hints are dropped
                 _log.warning("errands: sending notifications failed (%s); retrying", exc)
-                self._drop_connection()
+                self._conn.drop()
                 if self._stopping:
                     break
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
-        self._drop_connection()
-
-    def _notify(self, batch: list[tuple[str, str]]) -> None:
-        if self._conn is None:
-            self._conn = _connect(self._conninfo)
-        postgres.notify(self._conn, batch)
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+        self._conn.drop()
 
     def close(self) -> None:
         with self._cond:
@@ -287,20 +227,20 @@ class _Sender:
 
 
 class _Listener:
-    """A connection that LISTENs on one channel, in a thread, reconnecting as needed."""
+    """A connection that LISTENs on one channel, in a thread, reconnecting as needed
+    (then calling ``reconnected``)."""
 
     def __init__(
         self,
         conninfo: str,
         channel: str,
         dispatch: Callable[[str], None],
-        reconnected: Callable[[str], None],
+        reconnected: Callable[[], None] | None,
     ) -> None:
-        self._conninfo, self.channel = conninfo, channel
+        self._conn, self.channel = _Connection(conninfo), channel
         self._dispatch, self._reconnected = dispatch, reconnected
         self._stopping = threading.Event()
         self._ready = threading.Event()
-        self._conn: Any = None
         self.thread = threading.Thread(target=self._run, name="errands-notify", daemon=True)
         self.thread.start()
         # Subscribers expect to hear what is published after they subscribe: wait
@@ -312,15 +252,16 @@ class _Listener:
         first = True
         while not self._stopping.is_set():
             try:
-                self._conn = _connect(self._conninfo)
-                postgres.listen(self._conn, self.channel)
+                conn = self._conn.get()
+                postgres.listen(conn, self.channel)
                 self._ready.set()
                 if not first:
                     _log.info("errands: listening on %s again", self.channel)
-                    self._reconnected(self.channel)
+                    if self._reconnected is not None:
+                        self._reconnected()
                 first, backoff = False, _BACKOFF_FIRST
                 while not self._stopping.is_set():
-                    for note in self._conn.notifies(timeout=1.0):
+                    for note in conn.notifies(timeout=1.0):
                         if self._stopping.is_set():
                             break
                         try:
@@ -340,10 +281,7 @@ class _Listener:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
             finally:
-                conn, self._conn = self._conn, None
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
+                self._conn.drop()
 
     def stop(self) -> None:
         """Ask the thread to stop (it wakes on its next notification or within 1 s)."""

@@ -12,67 +12,39 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import logging
 import os
 import socket
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-from ..records import Change
-from .notifier import (
-    CancelCallback,
-    ChangesCallback,
-    JobsCallback,
-    LocalNotifier,
-    Subscription,
-    decode_changes,
-    encode_changes,
-)
+from .notifier import CrossProcessNotifier
 
 _log = logging.getLogger("errands.events")
-_CHUNK = 200  # changes per datagram, well under the socket buffer size
 
 
-class UnixSocketNotifier:
-    cross_process = True
+class UnixSocketNotifier(CrossProcessNotifier["_Listener", socket.socket]):
+    workers_channel, changes_channel = "w", "e"  # the folders of the sockets
+    chunk = 200  # changes per datagram, well under the socket buffer size
 
     @staticmethod
     def supported() -> bool:
         return hasattr(socket, "AF_UNIX") and hasattr(os, "getuid")
 
     def __init__(self, db_path: Path) -> None:
+        super().__init__()
         digest = hashlib.sha1(str(db_path).encode()).hexdigest()[:16]
         base = Path(tempfile.gettempdir()) / f"errands-{os.getuid()}"
         self.root = base / digest
         for d in (base, self.root, self.root / "w", self.root / "e"):
             d.mkdir(mode=0o700, exist_ok=True)
-        self._local = LocalNotifier()
-        self._sender: socket.socket | None = None  # opened on the first send
-        self._lock = threading.Lock()
-        self._listeners: dict[str, _Listener] = {}
         self._peer_cache: dict[str, tuple[int, list[str]]] = {}
-        self._closed = False
 
     # -- publishing ------------------------------------------------------------------
-    def publish_jobs(self) -> None:
-        self._local.publish_jobs()
-        self._send("w", b"J")
-
-    def publish_cancel(self, task_ids: Sequence[str]) -> None:
-        if not task_ids:
-            return
-        self._local.publish_cancel(task_ids)
-        self._send("w", b"C" + json.dumps(list(task_ids)).encode())
-
-    def publish_changes(self, changes: Sequence[Change]) -> None:
-        if not changes:
-            return
-        self._local.publish_changes(changes)
-        for message in encode_changes(changes, _CHUNK):
-            self._send("e", b"V" + message.encode())
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # a datagram costs no round trip
 
     def _peers(self, kind: str) -> list[str]:
         """Socket paths in the folder, re-listed only when the folder changed."""
@@ -90,19 +62,17 @@ class UnixSocketNotifier:
         self._peer_cache[kind] = (mtime, paths)
         return paths
 
-    def _send(self, kind: str, data: bytes) -> None:
+    def _open_sender(self) -> socket.socket:
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sender.setblocking(False)
+        return sender
+
+    def _send(self, kind: str, message: str) -> None:
         peers = self._peers(kind)
-        if not peers:
-            return
-        sender = self._sender
+        sender = self._opened_sender() if peers else None
         if sender is None:
-            with self._lock:
-                if self._closed:
-                    return
-                if self._sender is None:
-                    self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                    self._sender.setblocking(False)
-                sender = self._sender
+            return
+        data = message.encode()
         for path in peers:
             try:
                 sender.sendto(data, path)
@@ -115,37 +85,12 @@ class UnixSocketNotifier:
                 # the receiver is behind: drop the hint, its poll catches up
 
     # -- subscribing -----------------------------------------------------------------
-    def listen_worker(self, on_jobs: JobsCallback, on_cancel: CancelCallback) -> Subscription:
-        self._ensure_listener("w")
-        return self._local.listen_worker(on_jobs, on_cancel)
-
-    def subscribe_changes(self, callback: ChangesCallback) -> Subscription:
-        self._ensure_listener("e")
-        return self._local.subscribe_changes(callback)
-
-    def batch(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()  # a datagram costs no round trip
-
-    def _ensure_listener(self, kind: str) -> None:
-        with self._lock:
-            if kind not in self._listeners and not self._closed:
-                self._listeners[kind] = _Listener(self.root / kind, self._dispatch)
-                self._peer_cache.pop(kind, None)
-
-    def _dispatch(self, data: bytes) -> None:
-        tag, body = data[:1], data[1:]
-        if tag == b"J":
-            self._local.publish_jobs()
-        elif tag == b"C":
-            self._local.publish_cancel(json.loads(body))
-        elif tag == b"V":
-            self._local.publish_changes(decode_changes(body))
+    def _listen(self, kind: str) -> _Listener:
+        self._peer_cache.pop(kind, None)
+        return _Listener(self.root / kind, self._heard)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            listeners, self._listeners = list(self._listeners.values()), {}
-        for listener in listeners:
+        for listener in self._stop_listening():
             listener.close()
         if self._sender is not None:
             self._sender.close()
@@ -153,7 +98,7 @@ class UnixSocketNotifier:
 
 
 class _Listener:
-    def __init__(self, folder: Path, dispatch: object) -> None:
+    def __init__(self, folder: Path, dispatch: Callable[[str], None]) -> None:
         self.name = f"{os.getpid()}-{os.urandom(4).hex()}"
         self.path = str(folder / self.name)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -175,7 +120,7 @@ class _Listener:
                 return
             if data:
                 try:
-                    self._dispatch(data)  # type: ignore[operator]
+                    self._dispatch(data.decode())
                 except Exception:
                     _log.exception("errands: a notification could not be handled")
 

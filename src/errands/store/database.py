@@ -31,8 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -45,7 +44,6 @@ from .driver import Driver
 from .postgres import PostgresDriver
 from .sqlite import SQLiteDriver
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 DEFAULT_URL = "sqlite:///errands.db"
@@ -183,25 +181,17 @@ def database_error(exc: BaseException) -> DatabaseUnavailable | StorageFull | No
     return None
 
 
-class _DatabaseErrors(contextlib.ContextDecorator):
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        exc: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        if exc is not None and (error := database_error(exc)) is not None:
-            raise error from exc
-
-
-def database_errors() -> _DatabaseErrors:
+@contextlib.contextmanager
+def database_errors() -> Iterator[None]:
     """A context manager (or decorator) that raises :func:`database_error`'s errands
     error, from the driver's, in place of a driver error that is the database being
     away or full; everything else passes unchanged."""
-    return _DatabaseErrors()
+    try:
+        yield
+    except BaseException as exc:
+        if (error := database_error(exc)) is None:
+            raise
+        raise error from exc
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -277,18 +267,20 @@ class Database:
         if self.dialect != "sqlite":
             return self._create_postgres_engine(pool_size)
         query = dict(self.url.query)
-        sync = str(query.pop("synchronous", "full")).lower()
-        if sync not in _SQLITE_SYNC:
+        configured = _SQLITE_SYNC.get(str(query.pop("synchronous", "full")).lower())
+        if configured is None:
             raise ConfigurationError("synchronous must be one of full, normal, extra, off")
-        url = self.url.set(query=query)
-        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30.0}}
-        if self.is_memory:
-            kwargs["poolclass"] = StaticPool
-        else:
-            kwargs["pool_size"] = pool_size or 4
-            kwargs["max_overflow"] = 8
-        engine = create_engine(url, **kwargs)
         memory = self.is_memory
+        pool: dict[str, Any] = (
+            {"poolclass": StaticPool}
+            if memory
+            else {"pool_size": pool_size or 4, "max_overflow": 8}
+        )
+        engine = create_engine(
+            self.url.set(query=query),
+            connect_args={"check_same_thread": False, "timeout": 30.0},
+            **pool,
+        )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -296,12 +288,10 @@ class Database:
             cur = dbapi_conn.cursor()
             if not memory:
                 cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA synchronous={_SQLITE_SYNC[sync]}")
+            cur.execute(f"PRAGMA synchronous={configured}")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA temp_store=MEMORY")
             cur.close()
-
-        configured = _SQLITE_SYNC[sync]
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -440,17 +430,16 @@ class Database:
         fn: Callable[..., T],
         /,
         *args: Any,
-        durable: bool = True,
-        autocommit: bool = False,
         then: Callable[[T], object] | None = None,
         **kwargs: Any,
     ) -> T:
-        """``write`` on the write thread(s). ``then(result)`` runs on the same thread once
-        the transaction has committed (for work that would block the event loop, such
-        as sending notifications)."""
+        """``write`` (with its keywords: ``durable``, ``autocommit``) on the write
+        thread(s). ``then(result)`` runs on the same thread once the transaction has
+        committed (for work that would block the event loop, such as sending
+        notifications)."""
 
         def run() -> T:
-            result = self.write(fn, *args, durable=durable, autocommit=autocommit, **kwargs)
+            result = self.write(fn, *args, **kwargs)
             if then is not None:
                 then(result)
             return result
