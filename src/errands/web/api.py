@@ -42,9 +42,7 @@ from ..errors import (
 from ..ids import is_task_id
 from ..records import Status, TaskRecord
 from .hub import ChangeHub, hub_for
-from .problems import (
-    MEDIA_TYPE as PROBLEM,
-)
+from .problems import MEDIA_TYPE as PROBLEM
 from .problems import (
     NOT_FOUND_DETAIL,
     Problem,
@@ -498,8 +496,7 @@ class TaskAPI:
                     except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue
-                    ids = watch.take()
-                    records = await app.get_many(ids, owner=owner)
+                    records = await app.get_many(watch.take(), owner=owner)
                     now = datetime.now(UTC)
                     for r in sorted(records, key=lambda r: r.id):
                         if watch.mark_sent(r.id, r.version):

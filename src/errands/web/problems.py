@@ -105,12 +105,10 @@ def database_problem(exc: DatabaseUnavailable | StorageFull, what: str) -> Probl
     )
 
 
-def field_name(loc: Sequence[Any], skip: Sequence[str] = ()) -> str:
+def field_name(loc: Sequence[Any]) -> str:
     """``["body", "payload", "pattern"]`` -> ``"payload.pattern"``."""
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
-        parts = parts[1:]
-    if parts and parts[0] in skip:
         parts = parts[1:]
     return ".".join(parts) or "body"
 

@@ -23,9 +23,7 @@ def to_json(value: Any, *, indent: int | None = 2) -> str:
 
 
 def fmt_time(value: datetime | None) -> str:
-    if value is None:
-        return "—"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "—" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def fmt_seconds(value: float | None) -> str:

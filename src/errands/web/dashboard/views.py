@@ -61,6 +61,7 @@ STATUS_VALUES = frozenset(s.value for s in Status)
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})
 FINISHED = ("succeeded", "failed", "cancelled")
 STATIC_TYPES = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
+STATIC_HEADERS = {"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"}
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; "
@@ -306,14 +307,7 @@ class Dashboard:
         name = request.path_params["name"]
         if name not in STATIC_TYPES:
             return self.no_page(request)
-        return Response(
-            self._files[name],
-            media_type=STATIC_TYPES[name],
-            headers={
-                "Cache-Control": "private, max-age=86400",
-                "X-Content-Type-Options": "nosniff",
-            },
-        )
+        return Response(self._files[name], media_type=STATIC_TYPES[name], headers=STATIC_HEADERS)
 
     # -- answers --------------------------------------------------------------------------
     def render(
