@@ -47,6 +47,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .admin import QueueState
@@ -56,26 +57,12 @@ from .records import Status, TaskEvent
 log = logging.getLogger("errands.metrics")
 
 #: Run-time buckets, seconds: 1 ms to 10 min.
+# fmt: off
 RUN_SECONDS_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )
+# fmt: on
 
 ALLOWED_METHODS = ("GET", "HEAD")
 
@@ -175,10 +162,7 @@ class _DatabaseCollector(Collector):
         return self._families(None)
 
     def collect(self) -> Iterable[Metric]:
-        figures = self._figures
-        if figures is None:
-            return []
-        return self._families(figures)
+        return [] if self._figures is None else self._families(self._figures)
 
     def _families(self, figures: _Figures | None) -> list[Metric]:
         depth = GaugeMetricFamily(
@@ -222,14 +206,9 @@ class _MetricsEndpoint:
         app.observers.add(self._counters.observe)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":  # served on its own: nothing to set up
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+        if scope["type"] == "lifespan":  # served on its own: a router's, nothing to set up
+            await Router().lifespan(scope, receive, send)
+            return
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1008})
             return
@@ -248,15 +227,7 @@ class _MetricsEndpoint:
             headers={"Cache-Control": "no-store"},
         )
         if method == "HEAD":  # the headers of a GET (its length included), no body
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status_code,
-                    "headers": response.raw_headers,
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
-            return
+            response.body = b""
         await response(scope, receive, send)
 
 

@@ -16,7 +16,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Union
 
@@ -40,21 +41,18 @@ from ..errors import (
 )
 from ..ids import is_task_id
 from ..records import Status, TaskRecord
-from .hub import hub_for
-from .problems import (
-    MEDIA_TYPE as PROBLEM,
-)
+from .hub import ChangeHub, hub_for
+from .problems import MEDIA_TYPE as PROBLEM
 from .problems import (
     NOT_FOUND_DETAIL,
     Problem,
     ProblemRoute,
-    not_found,
     problem_responses,
     validation_problem,
 )
 from .ratelimit import SubmitLimiter
 from .resources import OutputPage, TaskPage, TaskResource, dumps, resource
-from .streams import Cursor, race, task_events, until_disconnected
+from .streams import MAX_INT, Cursor, Event, race, task_events, until_disconnected
 
 #: ``current_owner`` and ``is_admin``: take the request (or WebSocket), return a value
 #: or an awaitable of it.
@@ -63,7 +61,7 @@ AdminFn = Callable[[HTTPConnection], bool | Awaitable[bool]]
 
 log = logging.getLogger("errands.web")
 _JSON_TYPE = re.compile(r"^application/([\w.+-]+\+)?json\s*(;.*)?$", re.IGNORECASE)
-_NO_STORE = "private, no-cache"
+_PRIVATE = {"Cache-Control": "private, no-cache"}
 
 
 class _Envelope(BaseModel):
@@ -76,8 +74,6 @@ class _Envelope(BaseModel):
 
 
 _ENVELOPE = TypeAdapter(_Envelope)
-#: The database's integers are 64-bit.
-_MAX_INT = 2**63 - 1
 
 
 def _no_constant(name: str) -> Any:
@@ -101,16 +97,8 @@ def _storable(when: datetime) -> bool:
     return True
 
 
-def _cursor(text: str | None) -> Cursor:
-    """``Cursor.parse``, refusing numbers no task reaches (the database's are 64-bit)."""
-    cursor = Cursor.parse(text)
-    if cursor.version > _MAX_INT or cursor.seq > _MAX_INT:
-        raise Problem(
-            422,
-            "Invalid Last-Event-ID: expected <version>-<seq>.",
-            errors=[{"field": "Last-Event-ID", "message": "expected <version>-<seq>"}],
-        )
-    return cursor
+def _bad_body(what: str) -> Problem:
+    return Problem(422, f"The body is {what}.", errors=[{"field": "body", "message": what}])
 
 
 def _event_stream(events: list[str]) -> dict[str, Any]:
@@ -133,10 +121,13 @@ def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     return Response(dumps(doc), status, headers, media_type="application/json")
 
 
-async def _call(fn: Callable[[HTTPConnection], Any], conn: HTTPConnection) -> Any:
+async def call_hook(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a hook of the host (``current_owner``, ``is_admin``, the dashboard's): a
+    coroutine function on the loop, anything else in a thread (it may block); an
+    awaitable result is awaited."""
     if inspect.iscoroutinefunction(fn):
-        return await fn(conn)
-    result = await run_in_threadpool(fn, conn)
+        return await fn(*args)
+    result = await run_in_threadpool(fn, *args)
     if inspect.isawaitable(result):
         result = await result
     return result
@@ -159,16 +150,8 @@ def _etag(version: int) -> str:
     return f'"{version}"'
 
 
-def _matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    for tag in header.split(","):
-        tag = tag.strip()
-        if tag.startswith("W/"):
-            tag = tag[2:]
-        if tag == etag or tag == "*":
-            return True
-    return False
+def _matches(header: str, etag: str) -> bool:
+    return any(tag.strip().removeprefix("W/") in (etag, "*") for tag in header.split(","))
 
 
 def _retry_after(record: TaskRecord, poll: float) -> str:
@@ -195,19 +178,17 @@ def _inline(schema: Any, defs: dict[str, Any], depth: int = 0) -> Any:
 def _submit_schema(app: Errands) -> dict[str, Any]:
     """The request body of ``POST /tasks``: one variant per registered task, with its
     payload schema, told apart by ``name``."""
-    variants: list[Any] = []
-    for definition in app.registry:
-        safe = re.sub(r"\W", "_", definition.name)
-        variants.append(
-            _create_model(
-                f"Submit_{safe}",
-                __config__=ConfigDict(extra="forbid"),
-                name=(Literal[definition.name], ...),  # type: ignore[valid-type,arg-type]
-                payload=(definition.payload_model or dict[str, Any], None),
-                priority=(int | None, None),
-                run_at=(AwareDatetime | None, None),
-            )
+    variants: list[Any] = [
+        _create_model(
+            "Submit_" + re.sub(r"\W", "_", definition.name),
+            __config__=ConfigDict(extra="forbid"),
+            name=(Literal[definition.name], ...),  # type: ignore[valid-type,arg-type]
+            payload=(definition.payload_model or dict[str, Any], None),
+            priority=(int | None, None),
+            run_at=(AwareDatetime | None, None),
         )
+        for definition in app.registry
+    ]
     if not variants:
         schema = _ENVELOPE.json_schema()
     elif len(variants) == 1:
@@ -264,35 +245,27 @@ def task_api(
     return api.router()
 
 
+@dataclass(eq=False)
 class TaskAPI:
     """The handlers of :func:`task_api`, one method per route."""
 
-    def __init__(
-        self,
-        app: Errands,
-        *,
-        current_owner: OwnerFn,
-        is_admin: AdminFn | None,
-        limiter: SubmitLimiter | None,
-        body_limit: int,
-        poll_interval: float,
-        keepalive: float,
-        delete_wait: float,
-    ) -> None:
-        self.app = app
-        self.current_owner = current_owner
-        self.is_admin = is_admin
-        self.limiter = limiter
-        self.body_limit = body_limit
-        self.poll_interval = poll_interval
-        self.keepalive = keepalive
-        self.delete_wait = delete_wait
-        self.hub = hub_for(app.runtime)
-        self.hub.poll_interval = poll_interval
+    app: Errands
+    current_owner: OwnerFn
+    is_admin: AdminFn | None
+    limiter: SubmitLimiter | None
+    body_limit: int
+    poll_interval: float
+    keepalive: float
+    delete_wait: float
+    hub: ChangeHub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hub = hub_for(self.app.runtime)
+        self.hub.poll_interval = self.poll_interval
 
     # -- who is asking -------------------------------------------------------------------
     async def identify(self, conn: HTTPConnection) -> tuple[str, bool]:
-        owner = await _call(self.current_owner, conn)
+        owner = await call_hook(self.current_owner, conn)
         if not owner:
             raise Problem(401, "Sign in to use this API.")
         if not isinstance(owner, str):
@@ -300,7 +273,7 @@ class TaskAPI:
         if len(owner) > 255 or "\x00" in owner:  # the store refuses these: say so now
             log.error("errands: current_owner returned an owner id errands cannot store")
             raise Problem(401, "Sign in to use this API.")
-        admin = bool(await _call(self.is_admin, conn)) if self.is_admin is not None else False
+        admin = bool(await call_hook(self.is_admin, conn)) if self.is_admin is not None else False
         return owner, admin
 
     async def load(self, task_id: str, owner: str, admin: bool) -> TaskRecord:
@@ -319,17 +292,9 @@ class TaskAPI:
         try:
             doc = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
         except RecursionError:
-            raise Problem(
-                422,
-                "The body is nested too deeply.",
-                errors=[{"field": "body", "message": "nested too deeply"}],
-            ) from None
+            raise _bad_body("nested too deeply") from None
         except (ValueError, UnicodeDecodeError):
-            raise Problem(
-                422,
-                "The body is not valid JSON.",
-                errors=[{"field": "body", "message": "not valid JSON"}],
-            ) from None
+            raise _bad_body("not valid JSON") from None
         try:
             envelope = _ENVELOPE.validate_python(doc)
         except ValidationError as exc:
@@ -341,14 +306,13 @@ class TaskAPI:
             raise validation_problem(
                 [{"loc": ["Idempotency-Key"], "msg": "must be 1 to 255 characters"}]
             )
-        if self.limiter is not None:
-            wait = self.limiter.take(owner)
-            if wait:
-                raise Problem(
-                    429,
-                    "Too many tasks submitted; try again later.",
-                    headers={"Retry-After": SubmitLimiter.retry_after(wait)},
-                )
+        wait = self.limiter.take(owner) if self.limiter is not None else 0.0
+        if wait:
+            raise Problem(
+                429,
+                "Too many tasks submitted; try again later.",
+                headers={"Retry-After": SubmitLimiter.retry_after(wait)},
+            )
         try:
             record = await self.app.submit(
                 envelope.name,
@@ -372,11 +336,7 @@ class TaskAPI:
             raise validation_problem(exc.errors or [{"msg": exc.message}], ["payload"]) from None
         base = _base(request, "/tasks")
         doc = resource(record, base, datetime.now(UTC), admin)
-        headers = {
-            "Location": doc["links"]["self"],
-            "ETag": _etag(record.version),
-            "Cache-Control": _NO_STORE,
-        }
+        headers = {"Location": doc["links"]["self"], "ETag": _etag(record.version), **_PRIVATE}
         return _json(doc, 202, headers)
 
     # -- reading -------------------------------------------------------------------
@@ -384,15 +344,12 @@ class TaskAPI:
         owner, admin = await self.identify(request)
         conditional = request.headers.get("if-none-match")
         if conditional:
-            try:
-                version = await self.app.get_version(task_id, owner=_who(owner, admin))
-            except TaskNotFound:
-                return not_found()
+            version = await self.app.get_version(task_id, owner=_who(owner, admin))
             etag = _etag(version)
             if _matches(conditional, etag):
-                return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _NO_STORE})
+                return Response(status_code=304, headers={"ETag": etag, **_PRIVATE})
         record = await self.load(task_id, owner, admin)
-        headers = {"ETag": _etag(record.version), "Cache-Control": _NO_STORE}
+        headers = {"ETag": _etag(record.version), **_PRIVATE}
         if not record.done:
             headers["Retry-After"] = _retry_after(record, self.poll_interval)
         base = _base(request, "/tasks/{task_id}")
@@ -418,9 +375,9 @@ class TaskAPI:
             errors.append({"loc": ["owner"], "msg": "only administrators list other owners"})
         elif owner_param == "":
             errors.append({"loc": ["owner"], "msg": "an owner's id, or * for all"})
-        for field, value in (("name", name), ("owner", owner_param)):
+        for param, value in (("name", name), ("owner", owner_param)):
             if value is not None and "\x00" in value:
-                errors.append({"loc": [field], "msg": "must not contain NUL characters"})
+                errors.append({"loc": [param], "msg": "must not contain NUL characters"})
         if cursor and not is_task_id(cursor):
             errors.append({"loc": ["cursor"], "msg": "not a cursor of this list"})
         if errors:
@@ -433,47 +390,32 @@ class TaskAPI:
         )
         base = _base(request, "/tasks")
         now = datetime.now(UTC)
-        return _json(
-            {
-                "items": [resource(r, base, now, admin) for r in page.items],
-                "next_cursor": page.next_cursor,
-            },
-            200,
-            {"Cache-Control": _NO_STORE},
-        )
+        items = [resource(r, base, now, admin) for r in page.items]
+        return _json({"items": items, "next_cursor": page.next_cursor}, 200, _PRIVATE)
 
     async def task_output(
         self,
         request: Request,
         task_id: str,
-        after: Annotated[int, Query(ge=0, le=_MAX_INT, description="A sequence number")] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_INT, description="A sequence number")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 1000,
     ) -> Response:
         owner, admin = await self.identify(request)
-        try:
-            page = await self.app.output_page(
-                task_id, owner=_who(owner, admin), after=after, limit=limit
-            )
-        except TaskNotFound:
-            return not_found()
-        items = page.items
-        return _json(
-            {
-                "items": [{"seq": s, "data": d} for s, d in items],
-                "last_seq": items[-1][0] if items else max(after, page.floor),
-                "output_floor": page.floor,
-            },
-            200,
-            {"Cache-Control": _NO_STORE},
+        page = await self.app.output_page(
+            task_id, owner=_who(owner, admin), after=after, limit=limit
         )
+        items = page.items
+        doc = {
+            "items": [{"seq": s, "data": d} for s, d in items],
+            "last_seq": items[-1][0] if items else max(after, page.floor),
+            "output_floor": page.floor,
+        }
+        return _json(doc, 200, _PRIVATE)
 
     # -- changing ------------------------------------------------------------------
     async def cancel_task(self, request: Request, task_id: str) -> Response:
         owner, admin = await self.identify(request)
-        try:
-            record = await self.app.cancel(task_id, owner=_who(owner, admin))
-        except TaskNotFound:
-            return not_found()
+        record = await self.app.cancel(task_id, owner=_who(owner, admin))
         base = _base(request, "/tasks/{task_id}/cancel")
         doc = resource(record, base, datetime.now(UTC), admin)
         return _json(doc, 200 if record.done else 202, {"ETag": _etag(record.version)})
@@ -486,8 +428,6 @@ class TaskAPI:
             if not record.done:
                 await self.app.wait(task_id, owner=target, timeout=self.delete_wait, poll=0.25)
             await self.app.delete(task_id, owner=target)
-        except TaskNotFound:
-            return not_found()
         except (WaitTimeout, InvalidTransition):
             raise Problem(
                 409,
@@ -505,34 +445,41 @@ class TaskAPI:
             str | None, Query(description="Resume after this event id")
         ] = None,
     ) -> Response:
-        owner, admin = await self.identify(request)
-        cursor = _cursor(request.headers.get("last-event-id") or last_event_id)
-        record = await self.load(task_id, owner, admin)
-        if await self._nothing_left(record, cursor, owner, admin):
+        resume = request.headers.get("last-event-id") or last_event_id
+        events = await self._events(request, "/tasks/{task_id}/events", task_id, resume)
+        if events is None:
             return Response(status_code=204)
-        base = _base(request, "/tasks/{task_id}/events")
-        hub, keepalive = self.hub, self.keepalive
 
         async def frames() -> AsyncIterator[bytes]:
             yield b"retry: 2000\n\n"
-            async with hub.task(record) as feed:
-                async for event in task_events(
-                    hub, feed, base=base, admin=admin, cursor=cursor, keepalive=keepalive
-                ):
+            async with contextlib.aclosing(events):  # closed with the response: unwatch
+                async for event in events:
                     yield b": keep-alive\n\n" if event is None else event.sse()
 
         return sse_response(frames())
 
-    async def _nothing_left(
-        self, record: TaskRecord, cursor: Cursor, owner: str, admin: bool
-    ) -> bool:
-        """Does a client at ``cursor`` already have everything of this task?"""
-        if not (record.done and cursor.version >= record.version):
-            return False
-        rest = await self.app.outputs(
-            record.id, owner=_who(owner, admin), after=cursor.seq, limit=1
+    async def _events(
+        self, conn: HTTPConnection, rel: str, task_id: str, resume: str | None
+    ) -> AsyncGenerator[Event | None, None] | None:
+        """The task's events after the ``resume`` cursor, for the caller; None when the
+        caller already has everything of the finished task."""
+        owner, admin = await self.identify(conn)
+        cursor = Cursor.parse(resume)
+        record = await self.load(task_id, owner, admin)
+        if record.done and cursor.version >= record.version:
+            rest = await self.app.outputs(
+                record.id, owner=_who(owner, admin), after=cursor.seq, limit=1
+            )
+            if not rest:
+                return None
+        return task_events(
+            self.hub,
+            record,
+            base=_base(conn, rel),
+            admin=admin,
+            cursor=cursor,
+            keepalive=self.keepalive,
         )
-        return not rest
 
     async def owner_events(self, request: Request) -> Response:
         owner, admin = await self.identify(request)
@@ -549,8 +496,7 @@ class TaskAPI:
                     except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue
-                    ids = watch.take()
-                    records = await app.get_many(ids, owner=owner)
+                    records = await app.get_many(watch.take(), owner=owner)
                     now = datetime.now(UTC)
                     for r in sorted(records, key=lambda r: r.id):
                         if watch.mark_sent(r.id, r.version):
@@ -563,25 +509,20 @@ class TaskAPI:
         """The same events as ``/events`` of the task, as JSON text messages
         ``{"event", "id", "data"}``; resume with ``?last_event_id=``."""
         await websocket.accept()
+        resume = websocket.query_params.get("last_event_id")
         try:
-            owner, admin = await self.identify(websocket)
-            cursor = _cursor(websocket.query_params.get("last_event_id"))
-            record = await self.load(task_id, owner, admin)
+            events = await self._events(websocket, "/tasks/{task_id}/ws", task_id, resume)
         except Problem as problem:
             await websocket.send_text(f'{{"event":"error","data":{problem.body().decode()}}}')
             await websocket.close(4000 + problem.status)
             return
-        if await self._nothing_left(record, cursor, owner, admin):
+        if events is None:
             await websocket.close(1000)
             return
-        base = _base(websocket, "/tasks/{task_id}/ws")
-        hub, keepalive = self.hub, self.keepalive
 
         async def pump() -> None:
-            async with hub.task(record) as feed:
-                async for event in task_events(
-                    hub, feed, base=base, admin=admin, cursor=cursor, keepalive=keepalive
-                ):
+            async with contextlib.aclosing(events):
+                async for event in events:
                     if event is not None:
                         await websocket.send_text(event.ws())
             await websocket.close(1000)
@@ -599,7 +540,6 @@ class TaskAPI:
             self.submit,
             methods=["POST"],
             status_code=202,
-            response_model=None,
             summary="Submit a task",
             responses={
                 202: {"model": TaskResource, "description": "Queued; `Location` names it"},
@@ -626,7 +566,6 @@ class TaskAPI:
             "/tasks/{task_id}",
             self.get_task,
             methods=["GET"],
-            response_model=None,
             summary="Read a task",
             responses={
                 200: {"model": TaskResource, "description": "The task; `ETag` is its version"},
@@ -638,7 +577,6 @@ class TaskAPI:
             "/tasks",
             self.list_tasks,
             methods=["GET"],
-            response_model=None,
             summary="List the caller's tasks, newest first",
             responses={200: {"model": TaskPage}, **problem_responses(401, 422, 431)},
         )
@@ -646,7 +584,6 @@ class TaskAPI:
             "/tasks/{task_id}/output",
             self.task_output,
             methods=["GET"],
-            response_model=None,
             summary="Items the task's current attempt emitted after sequence number `after`",
             responses={200: {"model": OutputPage}, **problem_responses(401, 404, 422, 431)},
         )
@@ -654,7 +591,6 @@ class TaskAPI:
             "/tasks/{task_id}/cancel",
             self.cancel_task,
             methods=["POST"],
-            response_model=None,
             summary="Cancel a task",
             description=(
                 "A queued task is cancelled at once (200). A running one is asked to stop "
@@ -671,7 +607,6 @@ class TaskAPI:
             self.delete_task,
             methods=["DELETE"],
             status_code=204,
-            response_model=None,
             summary="Delete a task (cancelling it first if it is not finished)",
             responses={
                 204: {"description": "Deleted"},
@@ -682,7 +617,6 @@ class TaskAPI:
             "/tasks/{task_id}/events",
             self.task_events_sse,
             methods=["GET"],
-            response_model=None,
             summary="The task's live events (Server-Sent Events)",
             description=(
                 "Events `output`, `status`, `progress`, `attempt` (a new attempt began: "
@@ -701,7 +635,6 @@ class TaskAPI:
             "/events",
             self.owner_events,
             methods=["GET"],
-            response_model=None,
             summary="Live changes to all of the caller's tasks (Server-Sent Events)",
             description="One `task` event (the task resource) per change.",
             responses={200: _event_stream(["task"]), **problem_responses(401, 431)},
@@ -718,14 +651,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise Problem(413, f"The body is larger than {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        body += chunk
+        if len(body) > limit:
             raise Problem(413, f"The body is larger than {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return bytes(body)
 
 
 def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:

@@ -196,8 +196,7 @@ class ChangeHub:
         self._bind()
         feed = self.feeds.get(record.id)
         if feed is None:
-            feed = TaskFeed(record.id)
-            self.feeds[record.id] = feed
+            feed = self.feeds[record.id] = TaskFeed(record.id)
             feed.refs += 1
             try:
                 top = await self.runtime.db.aread(self.runtime.db.driver.output_top, record.id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Coroutine, Sequence
+from http import HTTPStatus
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -24,27 +25,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import DatabaseUnavailable, StorageFull
+from ..errors import DatabaseUnavailable, StorageFull, TaskNotFound
 from ..store.database import log_failure
 
 MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("errands.web")
 
-_TITLES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    422: "Unprocessable Content",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-    507: "Insufficient Storage",
-}
+#: The titles of the answers (RFC 9110's names: Python before 3.13 has older ones for 413
+#: and 422); any other status is titled "Error".
+_TITLES = {c: HTTPStatus(c).phrase for c in (400, 401, 403, 404, 405, 409, 415, 429, 431, 503, 507)}
+_TITLES |= {413: "Content Too Large", 422: "Unprocessable Content"}
 
 
 class ProblemModel(BaseModel):
@@ -115,12 +105,10 @@ def database_problem(exc: DatabaseUnavailable | StorageFull, what: str) -> Probl
     )
 
 
-def field_name(loc: Sequence[Any], skip: Sequence[str] = ()) -> str:
+def field_name(loc: Sequence[Any]) -> str:
     """``["body", "payload", "pattern"]`` -> ``"payload.pattern"``."""
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
-        parts = parts[1:]
-    if parts and parts[0] in skip:
         parts = parts[1:]
     return ".".join(parts) or "body"
 
@@ -138,8 +126,8 @@ def validation_problem(errors: Sequence[Any], prefix: Sequence[Any] = ()) -> Pro
 
 
 class ProblemRoute(APIRoute):
-    """Answers :class:`Problem` and FastAPI's validation errors as problem documents,
-    and refuses oversized header sections (431) before the handler runs."""
+    """Answers :class:`Problem`, ``TaskNotFound`` and FastAPI's validation errors as
+    problem documents, and refuses oversized header sections (431) before the handler runs."""
 
     max_header_bytes = 16 * 1024
 
@@ -155,6 +143,8 @@ class ProblemRoute(APIRoute):
                 return await handler(request)
             except Problem as exc:
                 return exc.response()
+            except TaskNotFound:
+                return not_found()
             except RequestValidationError as exc:
                 return validation_problem(exc.errors()).response()
             except HTTPException as exc:

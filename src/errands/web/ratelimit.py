@@ -33,10 +33,8 @@ class SubmitLimiter:
         return 0.0
 
     def _prune(self, now: float) -> None:
-        full = self.burst / self.rate
-        for owner, (_, stamp) in list(self._buckets.items()):
-            if now - stamp >= full:
-                del self._buckets[owner]
+        full = self.burst / self.rate  # seconds to refill: a bucket as good as new
+        self._buckets = {o: b for o, b in self._buckets.items() if now - b[1] < full}
 
     @staticmethod
     def retry_after(wait: float) -> str:

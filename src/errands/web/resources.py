@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..records import CANCELLED_ERROR, Status, TaskRecord
+from ..records import CANCELLED_ERROR, Status, TaskError, TaskRecord
 
 
 class ProgressModel(BaseModel):
@@ -92,8 +92,10 @@ class OutputPage(BaseModel):
     )
 
 
-def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+_FAILED = TaskError("Error", "The task failed.")
+#: The record's fields the resource shows as they are, and its times (ISO 8601).
+_AS_IS = ("attempts", "max_attempts", "priority", "cancel_requested", "version", "output_floor")
+_TIMES = ("run_at", "created_at", "updated_at", "started_at", "finished_at")
 
 
 def resource(record: TaskRecord, base: str, now: datetime, admin: bool = False) -> dict[str, Any]:
@@ -117,36 +119,20 @@ def resource(record: TaskRecord, base: str, now: datetime, admin: bool = False) 
     if record.status is Status.SUCCEEDED:
         doc["result"] = record.result
     elif record.status in (Status.FAILED, Status.CANCELLED):
-        if record.error is not None:
-            doc["error"] = {"type": record.error.type, "message": record.error.message}
-        elif record.status is Status.CANCELLED:
-            doc["error"] = {"type": CANCELLED_ERROR.type, "message": CANCELLED_ERROR.message}
-        else:
-            doc["error"] = {"type": "Error", "message": "The task failed."}
+        cancelled = record.status is Status.CANCELLED
+        error = record.error or (CANCELLED_ERROR if cancelled else _FAILED)
+        doc["error"] = {"type": error.type, "message": error.message}
         if admin and record.error_detail:
             doc["error"]["detail"] = record.error_detail
-    doc.update(
-        attempts=record.attempts,
-        max_attempts=record.max_attempts,
-        priority=record.priority,
-        cancel_requested=record.cancel_requested,
-        version=record.version,
-        output_floor=record.output_floor,
-        run_at=_time(record.run_at),
-        created_at=_time(record.created_at),
-        updated_at=_time(record.updated_at),
-        started_at=_time(record.started_at),
-        finished_at=_time(record.finished_at),
-    )
+    for name in _AS_IS:
+        doc[name] = getattr(record, name)
+    for name in _TIMES:
+        when: datetime | None = getattr(record, name)
+        doc[name] = None if when is None else when.isoformat()
     if admin:
         doc["owner"] = record.owner
-    doc["links"] = {
-        "self": self_link,
-        "events": f"{self_link}/events",
-        "output": f"{self_link}/output",
-        "cancel": f"{self_link}/cancel",
-        "ws": f"{self_link}/ws",
-    }
+    links = {link: f"{self_link}/{link}" for link in ("events", "output", "cancel", "ws")}
+    doc["links"] = {"self": self_link, **links}
     return doc
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -32,6 +32,9 @@ from ..records import Progress, Status, TaskRecord
 from .hub import ChangeHub, TaskFeed
 from .problems import Problem
 from .resources import dumps, resource
+
+#: The database's integers are 64-bit.
+MAX_INT = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,8 @@ class Cursor:
 
     @classmethod
     def parse(cls, text: str | None) -> Cursor:
+        """``"<version>-<seq>"``; 422 for anything else, or for numbers no task reaches
+        (the database's integers are 64-bit)."""
         if not text:
             return cls()
         version, sep, seq = text.strip().partition("-")
@@ -48,7 +53,7 @@ class Cursor:
             cursor = cls(int(version), int(seq) if sep else 0)
         except ValueError:
             cursor = cls(-1, -1)
-        if cursor.version < 0 or cursor.seq < 0:
+        if not (0 <= cursor.version <= MAX_INT and 0 <= cursor.seq <= MAX_INT):
             raise Problem(
                 422,
                 "Invalid Last-Event-ID: expected <version>-<seq>.",
@@ -85,64 +90,68 @@ def _encoded(feed: TaskFeed, record: TaskRecord, base: str, admin: bool) -> str:
 
 async def task_events(
     hub: ChangeHub,
-    feed: TaskFeed,
+    task: TaskRecord,
     *,
     base: str,
     admin: bool,
     cursor: Cursor,
     keepalive: float,
-) -> AsyncIterator[Event | None]:
-    """The events after ``cursor``; None now and then when nothing happened for
-    ``keepalive`` seconds (the transport sends a keep-alive)."""
-    version, seq = cursor.version, cursor.seq
-    if (version, seq) == (0, 0) and feed.record is not None:
-        seq = feed.record.output_floor  # a new client holds nothing to drop
-    last_status: Status | None = None
-    last_progress: Progress | None = None
-    while True:
-        waiter = feed.changed
-        record = feed.record
-        if record is not None and record.output_floor > seq:
-            seq = record.output_floor
-            attempt = {"attempt": record.attempts, "output_floor": seq}
-            yield Event("attempt", f"{version}-{seq}", dumps(attempt).decode())
-        floor = record.output_floor if record is not None else 0
-        while True:  # outputs first: a finished record comes after all of them
-            items = feed.items_after(seq)
-            if items is None:
-                items = await hub.outputs(feed.task_id, seq, floor)
-            if not items:
-                break
-            for s, data in items:
-                seq = s
-                yield Event("output", f"{version}-{s}", dumps({"seq": s, "data": data}).decode())
-        if feed.gone:
-            yield Event("deleted", f"{version}-{seq}", dumps({"id": feed.task_id}).decode())
-            return
-        record = feed.record
-        if record is not None and record.output_floor > seq:
-            continue  # a new attempt began meanwhile: say so first
-        if record is not None and record.done:
-            # Last, once every output is out (also for a resumed client that already
-            # has the final version but not every item).
-            if feed.complete and seq >= feed.top:
-                final = max(record.version, version)
-                yield Event("done", f"{final}-{seq}", _encoded(feed, record, base, admin))
+) -> AsyncGenerator[Event | None, None]:
+    """The events of the task after ``cursor``, watching it (``hub.task``) while
+    iterated; None now and then when nothing happened for ``keepalive`` seconds (the
+    transport sends a keep-alive)."""
+    async with hub.task(task) as feed:
+        version, seq = cursor.version, cursor.seq
+        if (version, seq) == (0, 0) and feed.record is not None:
+            seq = feed.record.output_floor  # a new client holds nothing to drop
+        last_status: Status | None = None
+        last_progress: Progress | None = None
+        while True:
+            waiter = feed.changed
+            record = feed.record
+            if record is not None and record.output_floor > seq:
+                seq = record.output_floor
+                attempt = {"attempt": record.attempts, "output_floor": seq}
+                yield Event("attempt", f"{version}-{seq}", dumps(attempt).decode())
+            floor = record.output_floor if record is not None else 0
+            while True:  # outputs first: a finished record comes after all of them
+                items = feed.items_after(seq)
+                if items is None:
+                    items = await hub.outputs(feed.task_id, seq, floor)
+                if not items:
+                    break
+                for s, data in items:
+                    seq = s
+                    yield Event(
+                        "output", f"{version}-{s}", dumps({"seq": s, "data": data}).decode()
+                    )
+            if feed.gone:
+                yield Event("deleted", f"{version}-{seq}", dumps({"id": feed.task_id}).decode())
                 return
-        elif record is not None and record.version > version:
-            only_progress = last_status is record.status and last_progress != record.progress
-            kind = "progress" if only_progress else "status"
-            version = record.version
-            last_status, last_progress = record.status, record.progress
-            yield Event(kind, f"{version}-{seq}", _encoded(feed, record, base, admin))
-            continue
-        try:
-            # asyncio.timeout, not wait_for: no extra task per wait (a thousand watchers
-            # of one task wake together on every change).
-            async with asyncio.timeout(keepalive):
-                await waiter.wait()
-        except TimeoutError:
-            yield None
+            record = feed.record
+            if record is not None and record.output_floor > seq:
+                continue  # a new attempt began meanwhile: say so first
+            if record is not None and record.done:
+                # Last, once every output is out (also for a resumed client that already
+                # has the final version but not every item).
+                if feed.complete and seq >= feed.top:
+                    final = max(record.version, version)
+                    yield Event("done", f"{final}-{seq}", _encoded(feed, record, base, admin))
+                    return
+            elif record is not None and record.version > version:
+                only_progress = last_status is record.status and last_progress != record.progress
+                kind = "progress" if only_progress else "status"
+                version = record.version
+                last_status, last_progress = record.status, record.progress
+                yield Event(kind, f"{version}-{seq}", _encoded(feed, record, base, admin))
+                continue
+            try:
+                # asyncio.timeout, not wait_for: no extra task per wait (a thousand watchers
+                # of one task wake together on every change).
+                async with asyncio.timeout(keepalive):
+                    await waiter.wait()
+            except TimeoutError:
+                yield None
 
 
 async def until_disconnected(receive: object) -> None:
@@ -162,8 +171,7 @@ async def race(
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for t in (work, watcher):
-            if not t.done():
-                t.cancel()
+            t.cancel()  # nothing, if it is done
         for t in (work, watcher):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t

@@ -23,9 +23,7 @@ def to_json(value: Any, *, indent: int | None = 2) -> str:
 
 
 def fmt_time(value: datetime | None) -> str:
-    if value is None:
-        return "—"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "—" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def fmt_seconds(value: float | None) -> str:
@@ -48,6 +46,9 @@ def fmt_seconds(value: float | None) -> str:
 # -- charts -------------------------------------------------------------------------------
 WIDTH, HEIGHT = 720, 220
 LEFT, RIGHT, TOP, BOTTOM = 62, 14, 30, 40
+#: The plot's size, and the y of its time axis.
+PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+AXIS_Y = TOP + PLOT_H
 FONT = "system-ui, -apple-system, 'Segoe UI', sans-serif"
 AXIS_COLOR = "#868e96"
 GRID_COLOR = "#e9ecef"
@@ -59,6 +60,7 @@ LINE_SERIES = (
     ("run p95", "line-p95", "run_p95", "#f08c00", False),
     ("wait p50", "line-wait", "wait_p50", "#7048e8", True),
 )
+EMPTY_NOTE = "No task finished in the last hour"
 
 
 def _e(text: object) -> str:
@@ -78,6 +80,22 @@ def _stroke(color: str) -> str:
 def _n(value: float) -> str:
     """A coordinate: short, and the same on every platform."""
     return f"{value:.1f}".rstrip("0").rstrip(".")
+
+
+def _line(head: str, x1: float, x2: float, y1: float, y2: float, color: str) -> str:
+    """A one-pixel line; ``head`` is what comes before its coordinates (a class)."""
+    return (
+        f'<line{head} x1="{_n(x1)}" x2="{_n(x2)}" y1="{_n(y1)}" y2="{_n(y2)}" '
+        f'stroke="{color}" stroke-width="1"/>'
+    )
+
+
+def _text(head: str, x: float, y: float, text: str, anchor: str = "middle", tail: str = "") -> str:
+    """A label; ``head`` comes before its position (a class), ``tail`` after its colour."""
+    return (
+        f'<text{head} x="{_n(x)}" y="{_n(y)}" text-anchor="{anchor}" fill="{TEXT_COLOR}"'
+        f"{tail}>{_e(text)}</text>"
+    )
 
 
 def _ticks(peak: float, *, integer: bool, count: int = 4) -> list[float]:
@@ -115,9 +133,6 @@ def _frame(
     legend: list[tuple[str, str, str, bool]],
 ) -> list[str]:
     """The SVG's opening, gridlines, both axes with their labels, and the legend."""
-    plot_w = WIDTH - LEFT - RIGHT
-    plot_h = HEIGHT - TOP - BOTTOM
-    bottom = TOP + plot_h
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{_e(title)}" '
@@ -125,49 +140,30 @@ def _frame(
         f"<title>{_e(title)}</title>",
         '<g class="grid">',
     ]
-    top_value = ticks[-1] or 1.0
     for value in ticks:
-        y = bottom - value / top_value * plot_h
-        out.append(
-            f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{_n(y)}" y2="{_n(y)}" '
-            f'stroke="{GRID_COLOR}" stroke-width="1"/>'
-        )
-        out.append(
-            f'<text class="tick" x="{LEFT - 6}" y="{_n(y + 3.5)}" text-anchor="end" '
-            f'fill="{TEXT_COLOR}">{_e(label(value))}</text>'
-        )
+        y = AXIS_Y - value / (ticks[-1] or 1.0) * PLOT_H
+        out.append(_line("", LEFT, WIDTH - RIGHT, y, y, GRID_COLOR))
+        out.append(_text(' class="tick"', LEFT - 6, y + 3.5, label(value), "end"))
     out.append("</g>")
     # The time axis: a label every k slots, on round times.
     n = max(1, len(buckets))
-    slot = plot_w / n
+    slot = PLOT_W / n
     seconds = _slot_seconds(buckets)
     every = next((k for k in (1, 2, 5, 10, 15, 20, 30, 60, 120, 240) if n / k <= 7), n)
-    out.append(
-        f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{bottom}" y2="{bottom}" '
-        f'stroke="{AXIS_COLOR}" stroke-width="1"/>'
-    )
+    out.append(_line(' class="axis"', LEFT, WIDTH - RIGHT, AXIS_Y, AXIS_Y, AXIS_COLOR))
     for i, bucket in enumerate(buckets):
         if int(bucket.start.timestamp() // seconds) % every:
             continue
         x = LEFT + (i + 0.5) * slot
-        out.append(
-            f'<line x1="{_n(x)}" x2="{_n(x)}" y1="{bottom}" y2="{bottom + 4}" '
-            f'stroke="{AXIS_COLOR}" stroke-width="1"/>'
-        )
-        out.append(
-            f'<text class="tick" x="{_n(x)}" y="{bottom + 15}" text-anchor="middle" '
-            f'fill="{TEXT_COLOR}">{_e(f"{bucket.start.astimezone(UTC):%H:%M}")}</text>'
-        )
+        out.append(_line("", x, x, AXIS_Y, AXIS_Y + 4, AXIS_COLOR))
+        out.append(_text(' class="tick"', x, AXIS_Y + 15, f"{bucket.start.astimezone(UTC):%H:%M}"))
     per = "minute" if seconds == 60 else f"{seconds:g} s"
     out.append(
-        f'<text class="axis-title" x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 6}" '
-        f'text-anchor="middle" fill="{TEXT_COLOR}">time (UTC), per {_e(per)}</text>'
+        _text(' class="axis-title"', LEFT + PLOT_W / 2, HEIGHT - 6, f"time (UTC), per {per}")
     )
-    out.append(
-        f'<text class="axis-title" x="12" y="{TOP + plot_h / 2:.0f}" text-anchor="middle" '
-        f'fill="{TEXT_COLOR}" transform="rotate(-90 12 {TOP + plot_h / 2:.0f})">'
-        f"{_e(y_title)}</text>"
-    )
+    middle = TOP + PLOT_H / 2
+    rotate = f' transform="rotate(-90 12 {_n(middle)})"'
+    out.append(_text(' class="axis-title"', 12, middle, y_title, tail=rotate))
     # The legend, right-aligned above the plot.
     x = WIDTH - RIGHT
     items: list[str] = []
@@ -185,13 +181,15 @@ def _frame(
     return out
 
 
-def _empty_note(out: list[str], text: str) -> None:
-    plot_h = HEIGHT - TOP - BOTTOM
-    out.append(
-        f'<text class="chart-empty" x="{LEFT + (WIDTH - LEFT - RIGHT) / 2:.0f}" '
-        f'y="{TOP + plot_h / 2:.0f}" text-anchor="middle" fill="{AXIS_COLOR}" '
-        f'font-size="13">{_e(text)}</text>'
-    )
+def _end(out: list[str], empty: bool) -> str:
+    """The SVG's text, with a note across an empty plot."""
+    if empty:
+        out.append(
+            f'<text class="chart-empty" x="{_n(LEFT + PLOT_W / 2)}" y="{_n(TOP + PLOT_H / 2)}" '
+            f'text-anchor="middle" fill="{AXIS_COLOR}" font-size="13">{_e(EMPTY_NOTE)}</text>'
+        )
+    out.append("</svg>")
+    return "\n".join(out)
 
 
 def throughput_svg(buckets: Sequence[Bucket]) -> str:
@@ -200,18 +198,9 @@ def throughput_svg(buckets: Sequence[Bucket]) -> str:
     peak = max((b.finished for b in buckets), default=0)
     ticks = _ticks(peak, integer=True)
     legend = [(status, f"bar-{status}", color, False) for status, color in BAR_COLORS.items()]
-    out = _frame(
-        "Tasks finished per minute, last hour",
-        buckets,
-        ticks,
-        lambda v: f"{v:g}",
-        "tasks finished",
-        legend,
-    )
-    plot_w = WIDTH - LEFT - RIGHT
-    plot_h = HEIGHT - TOP - BOTTOM
-    bottom = TOP + plot_h
-    slot = plot_w / max(1, len(buckets))
+    title = "Tasks finished per minute, last hour"
+    out = _frame(title, buckets, ticks, lambda v: f"{v:g}", "tasks finished", legend)
+    slot = PLOT_W / max(1, len(buckets))
     width = max(1.0, slot * 0.76)
     seconds = _slot_seconds(buckets)
     out.append('<g class="bars">')
@@ -219,14 +208,14 @@ def throughput_svg(buckets: Sequence[Bucket]) -> str:
         if not bucket.finished:
             continue
         x = LEFT + i * slot + (slot - width) / 2
-        y = float(bottom)
+        y = float(AXIS_Y)
         when = _span(bucket, seconds)
         out.append(f"<g><title>{_e(f'{when}: {bucket.finished} finished')}</title>")
         for status, color in BAR_COLORS.items():
             count: int = getattr(bucket, status)
             if not count:
                 continue
-            h = count / ticks[-1] * plot_h
+            h = count / ticks[-1] * PLOT_H
             y -= h
             out.append(
                 f'<rect class="bar bar-{status} {status}" x="{_n(x)}" y="{_n(y)}" '
@@ -236,10 +225,7 @@ def throughput_svg(buckets: Sequence[Bucket]) -> str:
             )
         out.append("</g>")
     out.append("</g>")
-    if not peak:
-        _empty_note(out, "No task finished in the last hour")
-    out.append("</svg>")
-    return "\n".join(out)
+    return _end(out, not peak)
 
 
 def latency_svg(buckets: Sequence[Bucket]) -> str:
@@ -251,16 +237,12 @@ def latency_svg(buckets: Sequence[Bucket]) -> str:
         for _, _, attr, _, _ in LINE_SERIES
         if (v := getattr(b, attr)) is not None
     ]
-    peak = max(values, default=0.0)
-    ticks = _ticks(peak, integer=False)
+    ticks = _ticks(max(values, default=0.0), integer=False)
     legend = [(text, cls, color, True) for text, cls, _, color, _ in LINE_SERIES]
     out = _frame(
         "Run and wait time per minute, last hour", buckets, ticks, fmt_seconds, "duration", legend
     )
-    plot_w = WIDTH - LEFT - RIGHT
-    plot_h = HEIGHT - TOP - BOTTOM
-    bottom = TOP + plot_h
-    slot = plot_w / max(1, len(buckets))
+    slot = PLOT_W / max(1, len(buckets))
     seconds = _slot_seconds(buckets)
     top_value = ticks[-1] or 1.0
     for text, cls, attr, color, dashed in LINE_SERIES:
@@ -273,7 +255,7 @@ def latency_svg(buckets: Sequence[Bucket]) -> str:
                 gap = True
                 continue
             x = LEFT + (i + 0.5) * slot
-            y = bottom - value / top_value * plot_h
+            y = AXIS_Y - value / top_value * PLOT_H
             path.append(f"{'M' if gap else 'L'}{_n(x)} {_n(y)}")
             gap = False
             tip = f"{_span(bucket, seconds)}: {text} {fmt_seconds(value)}"
@@ -290,7 +272,4 @@ def latency_svg(buckets: Sequence[Bucket]) -> str:
             )
         out.extend(points)
         out.append("</g>")
-    if not values:
-        _empty_note(out, "No task finished in the last hour")
-    out.append("</svg>")
-    return "\n".join(out)
+    return _end(out, not values)

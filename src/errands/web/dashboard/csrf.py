@@ -62,9 +62,7 @@ def accepted(request: Request, submitted: str | None) -> bool:
     token = current_token(request)
     if token is None or submitted is None:
         return False
-    if not secrets.compare_digest(token.encode(), submitted.encode()):
-        return False
-    return same_origin(request)
+    return secrets.compare_digest(token.encode(), submitted.encode()) and same_origin(request)
 
 
 def same_origin(request: Request) -> bool:

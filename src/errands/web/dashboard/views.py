@@ -5,17 +5,16 @@ polls and its two static files."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -32,6 +31,7 @@ from ...app import ANY_OWNER, Errands
 from ...errors import DatabaseUnavailable, ErrandsError, StorageFull, TaskNotFound
 from ...records import ACTIVE, Page, Status, TaskRecord
 from ...store.database import log_failure
+from ..api import call_hook
 from . import csrf
 from .charts import fmt_seconds, fmt_time, latency_svg, throughput_svg, to_json
 
@@ -59,7 +59,9 @@ LIVE_MAX = 100
 FORM_BYTES = 4096
 STATUS_VALUES = frozenset(s.value for s in Status)
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})
+FINISHED = ("succeeded", "failed", "cancelled")
 STATIC_TYPES = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
+STATIC_HEADERS = {"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"}
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; "
@@ -75,34 +77,32 @@ class UnknownOwner(Exception):
     its message (e.g. "No user has the e-mail address …") and lists no task."""
 
 
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a hook of the host: a coroutine function on the loop, anything else in a
-    thread (it may block); an awaitable result is awaited."""
-    if inspect.iscoroutinefunction(fn):
-        return await fn(*args)
-    result = await run_in_threadpool(fn, *args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
 def _not_found(request: Request) -> Response:
     return PlainTextResponse("Not Found", status_code=404)
 
 
-class _Static:
-    """The dashboard's stylesheet and script, read once, with a version for their URLs
-    (so that browsers may keep them)."""
-
-    def __init__(self) -> None:
-        self.files = {name: (HERE / "static" / name).read_bytes() for name in STATIC_TYPES}
-        self.versions = {
-            name: hashlib.sha256(data).hexdigest()[:12] for name, data in self.files.items()
-        }
-
-
 class Dashboard:
-    """The ASGI app :func:`~errands.web.dashboard.dashboard` returns."""
+    """The dashboard of ``app``, an ASGI app to mount:
+    ``site.mount("/admin", dashboard(app, is_admin=...))`` serves ``/admin/`` (the
+    overview) and ``/admin/tasks/{id}``; ``site.router.routes.extend(d.routes("/admin"))``
+    also serves a bare ``/admin``.
+
+    - ``is_admin(request)``: True for administrators; anyone else gets ``not_found``.
+    - ``owner_label(owner_ids)``: ``{owner_id: label}``, how to show owners (an e-mail
+      address, a name); by default owners show as their ids.
+    - ``owner_filter(text)``: the owner id that the owner filter's text names (an
+      e-mail address, a user number, …); raise :class:`UnknownOwner` with a message for
+      text that names nobody. By default the text is the owner id.
+    - ``task_title(record)``: a task's title in the lists and on its page (default: its
+      name). Called on the event loop: it must not block.
+    - ``not_found(request)``: the answer for everyone but administrators (default: a
+      plain-text 404, as a Starlette router's). Pass the host's own 404 page, so that
+      the dashboard's paths look like any other missing page.
+    - ``home_url``: a link back to the host application in the dashboard's header.
+
+    ``is_admin``, ``owner_label``, ``owner_filter`` and ``not_found`` may be sync (run
+    in a thread pool: they may block) or async.
+    """
 
     def __init__(
         self,
@@ -122,7 +122,10 @@ class Dashboard:
         self._task_title = task_title
         self._not_found = not_found or _not_found
         self._home_url = home_url
-        self._static = _Static()
+        # The stylesheet and script, read once, with a version for their URLs (so that
+        # browsers may keep them).
+        self._files = {name: (HERE / "static" / name).read_bytes() for name in STATIC_TYPES}
+        self._versions = {n: hashlib.sha256(d).hexdigest()[:12] for n, d in self._files.items()}
         self._env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -145,22 +148,17 @@ class Dashboard:
 
     # -- the gate -------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":  # served on its own: nothing to set up
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+        if scope["type"] == "lifespan":  # served on its own: the router's, nothing to set up
+            await self._router(scope, receive, send)
+            return
         if scope["type"] != "http":  # no WebSocket here: what a router says of a stranger
             await WebSocketClose()(scope, receive, send)
             return
         request = Request(scope, receive)
-        if not await _call(self._is_admin, request):
+        if not await call_hook(self._is_admin, request):
             # The same answer on every path and for every method: a 405, a redirect or
             # a form error would tell that something is here.
-            response: Response = await _call(self._not_found, request)
+            response: Response = await call_hook(self._not_found, request)
             await response(scope, receive, send)
             return
         if scope["path"] == scope.get("root_path", ""):  # reached at the bare mount path
@@ -187,18 +185,15 @@ class Dashboard:
         owner_text = (query.get("owner") or "").strip()[:320]
         cursor = query.get("cursor") or None
         owner, owner_note = await self._owner_for(owner_text)
+        listing = partial(app.list, owner=owner, status=status, name=name or None, limit=PAGE_SIZE)
         if owner is None:
             page = Page([], None)
         else:
             try:
-                page = await app.list(
-                    owner=owner, status=status, name=name or None, limit=PAGE_SIZE, cursor=cursor
-                )
+                page = await listing(cursor=cursor)
             except ValueError:  # a bad cursor: from the start
                 cursor = None
-                page = await app.list(
-                    owner=owner, status=status, name=name or None, limit=PAGE_SIZE
-                )
+                page = await listing()
 
         counts = await app.admin.status_counts()
         queue = await app.admin.queue()
@@ -211,11 +206,9 @@ class Dashboard:
         root = _root(request)
         filters = {"status": status or "", "name": name, "owner": owner_text}
         kept = {k: v for k, v in filters.items() if v}
-        next_url = (
-            f"{root}/?" + urlencode({**kept, "cursor": page.next_cursor})
-            if page.next_cursor
-            else None
-        )
+        next_url = None
+        if page.next_cursor:
+            next_url = f"{root}/?" + urlencode({**kept, "cursor": page.next_cursor})
         first_url = f"{root}/" + (f"?{urlencode(kept)}" if kept else "")
         return self.render(
             request,
@@ -230,11 +223,7 @@ class Dashboard:
             counts=counts,
             total=sum(counts.values()),
             queue=queue,
-            finished={
-                "succeeded": sum(b.succeeded for b in buckets),
-                "failed": sum(b.failed for b in buckets),
-                "cancelled": sum(b.cancelled for b in buckets),
-            },
+            finished={s: sum(getattr(b, s) for b in buckets) for s in FINISHED},
             throughput_chart=Markup(throughput_svg(buckets)),
             latency_chart=Markup(latency_svg(buckets)),
             workers=workers,
@@ -245,10 +234,7 @@ class Dashboard:
         )
 
     async def task(self, request: Request) -> Response:
-        try:
-            record = await self.app.get(request.path_params["task_id"], owner=ANY_OWNER)
-        except TaskNotFound:
-            return self.no_task(request)
+        record = await self.app.get(request.path_params["task_id"], owner=ANY_OWNER)
         return await self._task_page(request, record)
 
     async def _task_page(
@@ -282,15 +268,10 @@ class Dashboard:
         task_id = request.path_params["task_id"]
         try:
             new = await self.app.retry(task_id, owner=ANY_OWNER)
-        except TaskNotFound:
-            return self.no_task(request)
-        except (DatabaseUnavailable, StorageFull):
+        except (TaskNotFound, DatabaseUnavailable, StorageFull):
             raise
         except ErrandsError as exc:  # not failed or cancelled, no longer registered, …
-            try:
-                record = await self.app.get(task_id, owner=ANY_OWNER)
-            except TaskNotFound:
-                return self.no_task(request)
+            record = await self.app.get(task_id, owner=ANY_OWNER)
             return await self._task_page(request, record, status_code=409, error=exc.message)
         return RedirectResponse(f"{_root(request)}/tasks/{new.id}", status_code=303)
 
@@ -298,10 +279,7 @@ class Dashboard:
         if not await self._form_accepted(request):
             return self.refused(request)
         task_id = request.path_params["task_id"]
-        try:
-            await self.app.cancel(task_id, owner=ANY_OWNER)
-        except TaskNotFound:
-            return self.no_task(request)
+        await self.app.cancel(task_id, owner=ANY_OWNER)
         return RedirectResponse(f"{_root(request)}/tasks/{task_id}", status_code=303)
 
     # -- for the script -------------------------------------------------------------------
@@ -329,14 +307,7 @@ class Dashboard:
         name = request.path_params["name"]
         if name not in STATIC_TYPES:
             return self.no_page(request)
-        return Response(
-            self._static.files[name],
-            media_type=STATIC_TYPES[name],
-            headers={
-                "Cache-Control": "private, max-age=86400",
-                "X-Content-Type-Options": "nosniff",
-            },
-        )
+        return Response(self._files[name], media_type=STATIC_TYPES[name], headers=STATIC_HEADERS)
 
     # -- answers --------------------------------------------------------------------------
     def render(
@@ -346,8 +317,7 @@ class Dashboard:
         browser has none yet)."""
         token = csrf.current_token(request)
         fresh = token is None
-        if token is None:
-            token = csrf.new_token()
+        token = token or csrf.new_token()
         root = _root(request)
         html = self._env.get_template(template).render(
             root=root,
@@ -356,7 +326,7 @@ class Dashboard:
             home_url=self._home_url,
             assets={
                 name: f"{root}/static/{name}?v={version}"
-                for name, version in self._static.versions.items()
+                for name, version in self._versions.items()
             },
             **context,
         )
@@ -387,12 +357,15 @@ class Dashboard:
         )
 
     def _guarded(self, handler: Handler) -> Handler:
-        """``handler``, answering a page of its own when the database cannot serve
-        (503, to retry in a moment) or is out of space (507)."""
+        """``handler``, answering a page of its own for a task that is not there (404),
+        and when the database cannot serve (503, to retry in a moment) or is out of space
+        (507)."""
 
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(request)
+            except TaskNotFound:
+                return self.no_task(request)
             except (DatabaseUnavailable, StorageFull) as exc:
                 log_failure(log, exc, "errands dashboard: %s %s", request.method, request.url.path)
                 if isinstance(exc, StorageFull):
@@ -433,7 +406,7 @@ class Dashboard:
         if self._owner_filter is None:
             return text, None
         try:
-            owner: str = await _call(self._owner_filter, text)
+            owner: str = await call_hook(self._owner_filter, text)
         except UnknownOwner as exc:
             return None, str(exc) or f"No owner matches {text}."
         return owner, None
@@ -441,8 +414,7 @@ class Dashboard:
     async def _labels(self, owners: set[str]) -> Mapping[str, str]:
         if self._owner_label is None or not owners:
             return {}
-        labels: Mapping[str, str] = await _call(self._owner_label, sorted(owners))
-        return labels
+        return cast(Mapping[str, str], await call_hook(self._owner_label, sorted(owners)))
 
     def _title(self, record: TaskRecord) -> str:
         return record.name if self._task_title is None else self._task_title(record)
