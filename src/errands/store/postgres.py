@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ..records import Change, Status
 from .codec import utc
-from .driver import CLAIM_ORDER, OUT, Driver, J, T
+from .driver import CLAIM_ORDER, OUT, Driver, J, T, task_row
 from .schema import job_table, task_table
 from .values import Claimed, NewTask, Outcome, OutputItem, Report
 
@@ -298,9 +298,10 @@ class PostgresDriver(Driver):
         """New records and their jobs, in one statement."""
         if not tasks:
             return
-        params: list[list[Any]] = []
-        for column, _ in _TASK_COLUMNS:
-            params.append([_task_value(t, column) for t in tasks])
+        rows = [task_row(t) for t in tasks]  # as SQLAlchemy's types take them; JSON as text
+        params = [
+            [json.dumps(r[c]) if c == "payload" else r[c] for r in rows] for c, _ in _TASK_COLUMNS
+        ]
         group = _one_group(tasks)
         if group is None:
             _cursor(conn).execute(_INSERT, params + _job_arrays(tasks))
@@ -428,22 +429,6 @@ class PostgresDriver(Driver):
         params["_worker"], params["_stamp"] = worker_id, utc(now)
         rows = _cursor(conn).execute(_FINISH, params).fetchall()
         return [Change(r[0], r[1], r[2], Status(r[3])) for r in rows]
-
-
-def _task_value(task: NewTask, column: str) -> Any:
-    if column == "payload":
-        return json.dumps(task.payload)
-    if column in ("run_at", "created_at", "updated_at"):
-        return utc(task.run_at if column == "run_at" else task.created_at)
-    if column == "status":
-        return Status.QUEUED.value
-    if column == "attempts":
-        return 0
-    if column == "cancel_requested":
-        return False
-    if column == "version":
-        return 1
-    return getattr(task, column)
 
 
 def _one_group(tasks: Sequence[NewTask]) -> tuple[str, str] | None:
