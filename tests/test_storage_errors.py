@@ -47,7 +47,7 @@ from errands.store.database import is_unavailable, log_failure
 from tests.apps import e2e
 from tests.apps.demo_site import PASSWORD, DemoClient
 from tests.apps.web import make_api
-from tests.conftest import ROOT, running_worker
+from tests.conftest import ROOT, eventually_async, running_worker
 
 DISK_KIB = 1024  # the small file system
 FILLER = 128 * 1024  # bytes of the file deleted to free space
@@ -256,12 +256,11 @@ async def test_a_worker_keeps_an_outcome_it_cannot_write_until_space_is_freed(
         (small_disk / "filler").write_bytes(b"\0" * FILLER)
         # A long lease: the test is about the outcome, not about leases running out.
         async with running_worker(app, names=["gated"], lease_seconds=60):
-            for _ in range(200):
-                if (await app.get(record.id, owner="alice")).status is Status.RUNNING:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the task never started")
+
+            async def running() -> bool:
+                return (await app.get(record.id, owner="alice")).status is Status.RUNNING
+
+            await eventually_async(running, "the task to start", timeout=10)
             await asyncio.to_thread(fill, app, 0, PAD)
             await asyncio.to_thread(fill, app, 10_000, 0)
             with caplog.at_level(logging.WARNING, logger="errands.worker"):

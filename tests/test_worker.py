@@ -9,7 +9,6 @@ import importlib
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -20,8 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from errands import Errands, Retry, Status, TaskContext, TaskFailed, TaskRecord
-
-from .conftest import FAST
+from tests.conftest import FAST, eventually_async
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
 pytestmark = [pytest.mark.databases("sqlite", "postgresql"), pytest.mark.celery]
@@ -30,33 +28,6 @@ OWNER = "alice"
 
 
 # -- helpers ---------------------------------------------------------------------------
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, every: float = 0.02
-) -> None:
-    """Poll ``check`` until it returns True; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        await asyncio.sleep(every)
-
-
-async def wait_for_status(
-    app: Errands, task_id: str, status: Status, timeout: float = 10.0
-) -> TaskRecord:
-    found: list[TaskRecord] = []
-
-    async def check() -> bool:
-        record = await app.get(task_id, owner=OWNER)
-        found[:] = [record]
-        return record.status is status
-
-    await eventually(check, timeout=timeout)
-    return found[0]
-
-
 async def wait_thread_event(event: threading.Event, timeout: float = 10.0) -> None:
     ok = await asyncio.to_thread(event.wait, timeout)
     assert ok, "the task thread did not get there in time"
@@ -131,7 +102,7 @@ async def test_progress_is_visible_while_running(app: Errands, run_worker: Any) 
             r = await app.get(submitted.id, owner=OWNER)
             return r.progress.current == 5
 
-        await eventually(at_half)
+        await eventually_async(at_half, "progress 5 of 10", timeout=10)
         running = await app.get(submitted.id, owner=OWNER)
         assert running.status is Status.RUNNING
         assert running.progress.total == 10 and running.progress.message == "half"
@@ -161,7 +132,7 @@ async def test_emitted_items_are_readable_while_running(app: Errands, run_worker
         async def three_visible() -> bool:
             return len(await app.outputs(submitted.id, owner=OWNER)) >= 3
 
-        await eventually(three_visible)
+        await eventually_async(three_visible, "three outputs", timeout=10)
         assert (await app.get(submitted.id, owner=OWNER)).status is Status.RUNNING
         assert await app.outputs(submitted.id, owner=OWNER) == [
             (1, {"n": 1}),
@@ -228,7 +199,7 @@ async def test_retry_with_explicit_delay(app: Errands, run_worker: Any) -> None:
             r = await app.get(submitted.id, owner=OWNER)
             return r.status is Status.QUEUED and r.attempts == 1
 
-        await eventually(retrying)
+        await eventually_async(retrying, "the task to be queued for a retry", timeout=10)
         between = await app.get(submitted.id, owner=OWNER)
         assert between.error is not None and between.error.type == "Retry"
         assert between.run_at.timestamp() >= starts[0] + 0.5
@@ -518,7 +489,12 @@ async def test_submit_while_every_slot_is_busy(app: Errands, run_worker: Any) ->
         watchdog.start()
         try:
             first = await app.submit("nap", {"seconds": 0.5}, owner=OWNER)
-            await wait_for_status(app, first.id, Status.RUNNING)
+            await eventually_async(
+                lambda: _all_running(app, [first.id]),
+                "the first nap to run",
+                timeout=10,
+                every=0.02,
+            )
             t0 = time.monotonic()
             second = await app.submit("nap", {"seconds": 0.01}, owner=OWNER)
             done_first = await app.wait(first.id, owner=OWNER, timeout=10, poll=0.1)
@@ -718,7 +694,9 @@ async def test_an_outcome_the_database_refuses_fails_alone(
     words = ["one", "poison", "three", "four"]
     records = [await app.submit("echo", {"word": w}, owner=OWNER) for w in words]
     async with run_worker(app, concurrency=4):
-        await eventually(lambda: _all_running(app, [r.id for r in records]), timeout=10, every=0.05)
+        await eventually_async(
+            lambda: _all_running(app, [r.id for r in records]), "all four to run", timeout=10
+        )
         gate.set()
         done = [await app.wait(r.id, owner=OWNER, timeout=10) for r in records]
     assert [r.status for r in done] == [Status.SUCCEEDED, Status.FAILED] + [Status.SUCCEEDED] * 2
@@ -835,7 +813,7 @@ async def test_process_task_result_and_progress(
             r = await app.get(steps.id, owner=OWNER)
             return r.status is Status.RUNNING and (r.progress.current or 0) >= 2
 
-        await eventually(progressing, timeout=30)
+        await eventually_async(progressing, "the steps to progress", timeout=30)
         partial = await app.outputs(steps.id, owner=OWNER)
         done_steps = await app.wait(steps.id, owner=OWNER, timeout=30)
     assert done.status is Status.SUCCEEDED, done.error
@@ -894,7 +872,7 @@ async def test_process_timeout_kills_the_child(
             return True
         return False
 
-    await eventually(child_gone, timeout=10)
+    await eventually_async(child_gone, "the child process to end", timeout=10)
 
 
 async def test_eta_from_the_observed_rate(app: Errands, run_worker: Any) -> None:
@@ -918,7 +896,7 @@ async def test_eta_from_the_observed_rate(app: Errands, run_worker: Any) -> None
         async def reported() -> bool:
             return (await app.get(rec.id, owner=OWNER)).progress.current == 1
 
-        await eventually(reported)
+        await eventually_async(reported, "progress 1", timeout=10)
         running = await app.get(rec.id, owner=OWNER)
         assert running.started_at is not None
         at = running.started_at + timedelta(seconds=2)
