@@ -32,13 +32,18 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 # -- waiting ------------------------------------------------------------------------------
-# Tests wait for something to happen with ``eventually``: it polls a check until it is
-# truthy. ``eventually_async`` is its twin for tests on an event loop; its checks may be
-# sync or async.
+# Tests wait for something to happen with ``eventually`` (it polls a check until it is
+# truthy) and prove that something does *not* happen with ``stays`` (it polls a check for
+# a whole window and fails as soon as it turns false), never with a bare sleep. The
+# ``_async`` twins are for tests on an event loop; their checks may be sync or async.
 
 
 def _timed_out(what: str, timeout: float, last: object) -> AssertionError:
     return AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def _broke(what: str, elapsed: float, last: object) -> AssertionError:
+    return AssertionError(f"{what} stopped holding after {elapsed:.2f} s (last: {last!r})")
 
 
 def _sync(value: T) -> T:
@@ -104,6 +109,41 @@ async def eventually_async(
         if time.monotonic() > deadline:
             raise _timed_out(what, timeout, last)
         await asyncio.sleep(every)
+
+
+def stays(
+    check: Callable[[], object], what: str, for_seconds: float, *, every: float = 0.05
+) -> None:
+    """Poll ``check`` for ``for_seconds`` (at least twice: at the start and at the end);
+    fail as soon as it returns something false, naming ``what`` and that value."""
+    started = time.monotonic()
+    while True:
+        value = _sync(check())
+        elapsed = time.monotonic() - started
+        if not value:
+            raise _broke(what, elapsed, value)
+        if elapsed >= for_seconds:
+            return
+        time.sleep(min(every, max(0.0, for_seconds - elapsed)))
+
+
+async def stays_async(
+    check: Callable[[], Awaitable[object]] | Callable[[], object],
+    what: str,
+    for_seconds: float,
+    *,
+    every: float = 0.05,
+) -> None:
+    """:func:`stays` on the event loop; ``check`` may be a coroutine function."""
+    started = time.monotonic()
+    while True:
+        value = await _call(check)
+        elapsed = time.monotonic() - started
+        if not value:
+            raise _broke(what, elapsed, value)
+        if elapsed >= for_seconds:
+            return
+        await asyncio.sleep(min(every, max(0.0, for_seconds - elapsed)))
 
 
 # Fast timings for workers in tests (the defaults are tuned for production). The lease

@@ -494,7 +494,17 @@ def test_idle_workers_start_a_new_task_on_notification(
     poll = 5.0
     cluster = start_cluster(workers=3, webs=1, worker_args=("-c", "4", "--poll", str(poll)))
     [web] = cluster.webs
-    time.sleep(poll + 0.5)  # idle: every worker has been through a poll since it started
+    # Every worker past the claims it makes on starting, then idle: 12 tasks of 1 s for
+    # 3 workers of 4 slots, submitted together, keep every slot busy at once.
+    with web.client() as http:
+        warm_up = [
+            submit(http, "slow", {"steps": 10, "delay": 0.1, "log": str(log)}) for _ in range(12)
+        ]
+    for task_id in warm_up:
+        final = e2e_app.sync.wait(task_id, owner=ANY_OWNER, timeout=DEADLINE, poll=0.2)
+        assert final.status is Status.SUCCEEDED, final
+    ran = {pid for event, t, _, pid in e2e.read_log(log) if event == "start" and t in warm_up}
+    assert ran == {w.pid for w in cluster.workers}, "the warm-up did not reach every worker"
     latencies = []
     with web.client() as http:
         for _ in range(3):

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from errands.events import Notifier, notifier_for
 from errands.records import Change, Status
 from errands.store.database import Database
-from tests.conftest import eventually
+from tests.conftest import eventually, stays
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -78,7 +78,14 @@ def test_messages_reach_the_other_process_and_our_own_subscribers_once(
         lambda: theirs.jobs >= 1 and len(theirs.changes) >= 500 and theirs.cancels,
         "the other process to hear it all",
     )
-    time.sleep(0.3)  # anything delivered twice would have arrived by now
+    stays(  # anything delivered twice would arrive in this window
+        lambda: (
+            (theirs.jobs, len(theirs.cancels), len(theirs.changes)) == (1, 2, 500)
+            and (mine.jobs, len(mine.cancels), len(mine.changes)) == (1, 2, 500)
+        ),
+        "each message delivered once",
+        0.3,
+    )
     assert theirs.cancels == ["t1", "t2"]
     assert sorted(theirs.changes, key=lambda c: c.version) == sent
     assert theirs.jobs == 1

@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from errands import Errands, Retry, Status, TaskContext, TaskFailed, TaskRecord
-from tests.conftest import FAST, eventually_async
+from tests.conftest import FAST, eventually_async, stays_async
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
 pytestmark = [pytest.mark.databases("sqlite", "postgresql"), pytest.mark.celery]
@@ -31,6 +31,22 @@ OWNER = "alice"
 async def wait_thread_event(event: threading.Event, timeout: float = 10.0) -> None:
     ok = await asyncio.to_thread(event.wait, timeout)
     assert ok, "the task thread did not get there in time"
+
+
+def add_marker(app: Errands) -> None:
+    """Register ``marker``, a task that does nothing. A test proves that something did
+    not happen by submitting one and waiting for it (``marker_done``): the worker has
+    moved past the moment it would have happened."""
+
+    @app.task
+    async def marker(ctx: TaskContext, payload: dict[str, Any]) -> str:
+        return "marker"
+
+
+async def marker_done(app: Errands) -> None:
+    submitted = await app.submit("marker", owner=OWNER)
+    done = await app.wait(submitted.id, owner=OWNER, timeout=10)
+    assert done.status is Status.SUCCEEDED and done.result == "marker"
 
 
 def elapsed(record: TaskRecord) -> float:
@@ -320,6 +336,7 @@ async def test_thread_timeout_ignores_the_late_result(app: Errands, run_worker: 
         returned.set()
         return {"late": True}
 
+    add_marker(app)
     submitted = await app.submit("stubborn", owner=OWNER)
     async with run_worker(app):
         done = await app.wait(submitted.id, owner=OWNER, timeout=10)
@@ -328,7 +345,7 @@ async def test_thread_timeout_ignores_the_late_result(app: Errands, run_worker: 
         assert done.error is not None and done.error.type == "TaskTimeout"
         assert 0.3 <= elapsed(done) < 1.5
         await wait_thread_event(returned)
-        await asyncio.sleep(0.3)  # the late return reaches the worker's loop
+        await marker_done(app)  # the late return reached the worker's loop before it
         after = await app.get(submitted.id, owner=OWNER)
     assert after.status is Status.FAILED
     assert after.result is None
@@ -357,6 +374,7 @@ async def test_cancel_queued_task_is_immediate(app: Errands, run_worker: Any) ->
     async def never_runs(ctx: TaskContext, payload: dict[str, Any]) -> None:
         raise AssertionError("a cancelled task must not run")
 
+    add_marker(app)
     submitted = await app.submit("never_runs", owner=OWNER)
     cancelled = await app.cancel(submitted.id, owner=OWNER)
     assert cancelled.status is Status.CANCELLED
@@ -365,10 +383,11 @@ async def test_cancel_queued_task_is_immediate(app: Errands, run_worker: Any) ->
     assert cancelled.version == submitted.version + 1
     assert (await app.get(submitted.id, owner=OWNER)).status is Status.CANCELLED
     # its job is gone: a worker finds nothing to do (a Celery message for it, if one
-    # was sent before the cancel, runs nothing)
-    async with run_worker(app) as worker:
-        await asyncio.sleep(1.0)
-    assert worker.started == 0
+    # was sent before the cancel, runs nothing) but a marker submitted after it, which
+    # one slot takes after whatever came first
+    async with run_worker(app, concurrency=1) as worker:
+        await marker_done(app)
+    assert worker.started == 1  # the marker alone
     final = await app.get(submitted.id, owner=OWNER)
     assert final.status is Status.CANCELLED and final.attempts == 0
 
@@ -441,6 +460,7 @@ async def test_cancel_sync_task_that_ignores_the_flag(app: Errands, run_worker: 
         returned.set()
         return "finished anyway"
 
+    add_marker(app)
     submitted = await app.submit("deaf", owner=OWNER)
     async with run_worker(app, cancel_grace=grace):
         await wait_thread_event(started)
@@ -452,7 +472,7 @@ async def test_cancel_sync_task_that_ignores_the_flag(app: Errands, run_worker: 
         assert done.status is Status.CANCELLED
         assert grace <= took < 2.0, took
         await wait_thread_event(returned)
-        await asyncio.sleep(0.3)
+        await marker_done(app)  # the late return reached the worker's loop before it
         after = await app.get(submitted.id, owner=OWNER)
     assert after.status is Status.CANCELLED
     assert after.result is None
@@ -538,10 +558,12 @@ async def test_run_at_delays_the_start(app: Errands, run_worker: Any) -> None:
     due = submitted.run_at.timestamp()
     assert due >= submitted.created_at.timestamp() + 0.99
     async with run_worker(app):
-        await asyncio.sleep(0.5)
-        early = await app.get(submitted.id, owner=OWNER)
-        assert early.status is Status.QUEUED and early.attempts == 0
-        assert started_at == []
+
+        async def not_started() -> bool:
+            early = await app.get(submitted.id, owner=OWNER)
+            return early.status is Status.QUEUED and early.attempts == 0 and started_at == []
+
+        await stays_async(not_started, "the task waiting for its run_at", 0.5)
         done = await app.wait(submitted.id, owner=OWNER, timeout=10)
     assert done.status is Status.SUCCEEDED
     assert len(started_at) == 1
