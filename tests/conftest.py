@@ -46,7 +46,7 @@ def _broke(what: str, elapsed: float, last: object) -> AssertionError:
     return AssertionError(f"{what} stopped holding after {elapsed:.2f} s (last: {last!r})")
 
 
-def _sync(value: T) -> T:
+def _sync(value: T | None) -> T | None:
     if inspect.isawaitable(value):  # always truthy: it would pass without being checked
         if inspect.iscoroutine(value):
             value.close()
@@ -55,7 +55,7 @@ def _sync(value: T) -> T:
 
 
 def eventually(
-    check: Callable[[], T],
+    check: Callable[[], T | None],
     what: str,
     *,
     timeout: float = 20.0,
@@ -90,11 +90,15 @@ async def _call(check: Callable[[], Any]) -> Any:
 
 @overload
 async def eventually_async(
-    check: Callable[[], Awaitable[T]], what: str, *, timeout: float = ..., every: float = ...
+    check: Callable[[], Awaitable[T | None]],
+    what: str,
+    *,
+    timeout: float = ...,
+    every: float = ...,
 ) -> T: ...
 @overload
 async def eventually_async(
-    check: Callable[[], T], what: str, *, timeout: float = ..., every: float = ...
+    check: Callable[[], T | None], what: str, *, timeout: float = ..., every: float = ...
 ) -> T: ...
 async def eventually_async(
     check: Callable[[], Any], what: str, *, timeout: float = 20.0, every: float = 0.05

@@ -296,10 +296,11 @@ def test_worker_stops_its_thread_when_sqlite_stays_locked(
     def block() -> None:
         holder.execute("BEGIN IMMEDIATE")
 
+    def unblock() -> None:
+        holder.execute("ROLLBACK")
+
     try:
-        _outage(
-            e2e_app, start_worker, log, "emitter_sync", block, lambda: holder.execute("ROLLBACK")
-        )
+        _outage(e2e_app, start_worker, log, "emitter_sync", block, unblock)
     finally:
         holder.close()
 

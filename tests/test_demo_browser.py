@@ -260,8 +260,8 @@ def finished_search(server: Server, context: BrowserContext, key: str) -> str:
         page.close()
         assert server.record(task_id).status is Status.SUCCEEDED
         server.shared[key] = task_id
-    task_id: str = server.shared[key]
-    return task_id
+    found: str = server.shared[key]
+    return found
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,7 @@ def wait_status(
     c: httpx.Client, task_id: str, *statuses: str, timeout: float = 20
 ) -> dict[str, Any]:
     return eventually(
-        lambda: (doc := get(c, task_id))["status"] in statuses and doc,
+        lambda: doc if (doc := get(c, task_id))["status"] in statuses else None,
         f"task {task_id} to be {'/'.join(statuses)}",
         timeout=timeout,
     )
@@ -383,14 +383,15 @@ def test_list_newest_first_with_cursors_and_filters(serve: Callable[..., LiveSer
         assert alice.get("/api/tasks", params={"status": "succeeded"}).json()["items"] == []
 
         # Bad list parameters are problems naming the field.
-        for params, field in [
+        bad: list[tuple[dict[str, Any], str]] = [
             ({"status": "sleeping"}, "status"),
             ({"limit": 0}, "limit"),
             ({"limit": "many"}, "limit"),
             ({"limit": 501}, "limit"),
             ({"owner": "bob"}, "owner"),
             ({"name": "a\x00b"}, "name"),  # NUL: no name or owner can hold one
-        ]:
+        ]
+        for params, field in bad:
             doc = assert_problem(alice.get("/api/tasks", params=params), 422)
             assert [e["field"] for e in doc["errors"]] == [field], params
         with client(server, "admin") as admin:

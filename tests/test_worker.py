@@ -743,13 +743,13 @@ async def test_burst_worker_drains_the_queue_and_returns(app: Errands) -> None:
     async def step(ctx: TaskContext, payload: dict[str, Any]) -> int:
         await asyncio.sleep(0.02)
         ran.append(payload["n"])
-        return payload["n"] * 10
+        return int(payload["n"]) * 10
 
     @app.task
     def step_sync(ctx: TaskContext, payload: dict[str, Any]) -> int:
         time.sleep(0.02)
         ran.append(payload["n"])
-        return payload["n"] * 10
+        return int(payload["n"]) * 10
 
     ids = []
     for n in range(8):
@@ -779,7 +779,7 @@ async def test_burst_worker_drains_the_queue_and_returns(app: Errands) -> None:
 async def test_burst_worker_returns_after_writing_the_last_outcome(app: Errands) -> None:
     @app.task
     async def single(ctx: TaskContext, payload: dict[str, Any]) -> int:
-        return payload["n"]
+        return int(payload["n"])
 
     # One quick task per run: the outcome is still being written when the worker finds
     # the queue empty; run() must not return (or drop the write) before it is stored.
