@@ -212,12 +212,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         and not metafunc.definition.get_closest_marker("sql_engine_only")
     ):
         runs += [(db, f"celery-{broker}") for db, broker in CELERY_RUNS if db in names]
+
+    # Runs on PostgreSQL or Celery (a server, a broker, a database cloned per test) are
+    # slow: `pytest -m "not slow"` runs the SQL engine on SQLite alone.
+    def param(*values: str, db: str, engine: str) -> Any:
+        slow = db != "sqlite" or engine != "sql"
+        return pytest.param(*values, marks=pytest.mark.slow if slow else ())
+
     if len(runs) == len(names):
-        metafunc.parametrize("database", names, indirect=True, ids=names)
+        metafunc.parametrize(
+            "database",
+            [param(name, db=name, engine="sql") for name in names],
+            indirect=True,
+            ids=names,
+        )
         return
     metafunc.parametrize(
         ("database", "engine_name"),
-        runs,
+        [param(db, engine, db=db, engine=engine) for db, engine in runs],
         indirect=True,
         ids=[db if engine == "sql" else f"{db}-{engine}" for db, engine in runs],
     )

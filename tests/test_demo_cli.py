@@ -36,6 +36,7 @@ def _errands(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # `errands createadmin` processes, hashing with the production hasher
 def test_createadmin(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     made = _errands(

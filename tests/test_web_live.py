@@ -33,7 +33,7 @@ from errands.events import LocalNotifier
 from tests.conftest import LiveServer, WorkerProcess, eventually
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.databases("sqlite", "postgresql")
+pytestmark = [pytest.mark.databases("sqlite", "postgresql"), pytest.mark.slow]
 
 WORKER_APP = "tests.apps.web:app"
 #: The longest any one wait may take before the test fails (never reached when all is well).

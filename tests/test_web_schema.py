@@ -39,6 +39,9 @@ from errands import Errands, Status
 from tests.apps.web import install, make_api
 from tests.conftest import LiveServer, PostgresDatabases, WorkerProcess
 
+# Hypothesis cases against a live server and a worker process: slow.
+pytestmark = pytest.mark.slow
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
