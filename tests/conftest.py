@@ -9,15 +9,16 @@ use them are marked ``slow``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import pytest
 
@@ -30,23 +31,123 @@ ROOT = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
 
+# -- waiting ------------------------------------------------------------------------------
+# Tests wait for something to happen with ``eventually`` (it polls a check until it is
+# truthy) and prove that something does *not* happen with ``stays`` (it polls a check for
+# a whole window and fails as soon as it turns false), never with a bare sleep. The
+# ``_async`` twins are for tests on an event loop; their checks may be sync or async.
 
-def wait_for(
+
+def _timed_out(what: str, timeout: float, last: object) -> AssertionError:
+    return AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def _broke(what: str, elapsed: float, last: object) -> AssertionError:
+    return AssertionError(f"{what} stopped holding after {elapsed:.2f} s (last: {last!r})")
+
+
+def _sync(value: T | None) -> T | None:
+    if inspect.isawaitable(value):  # always truthy: it would pass without being checked
+        if inspect.iscoroutine(value):
+            value.close()
+        raise TypeError("an async check: use the _async helper")
+    return value
+
+
+def eventually(
     check: Callable[[], T | None],
+    what: str,
     *,
     timeout: float = 20.0,
-    what: str = "a condition",
-    interval: float = 0.05,
+    every: float = 0.05,
+    tolerate: tuple[type[Exception], ...] = (),
 ) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``check`` until it returns something truthy, and return that; fail after
+    ``timeout`` seconds naming ``what`` and the last value seen. A check raising one of
+    ``tolerate`` counts as false (e.g. reading a dict another thread is changing)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = _sync(check())
+            last = value
+        except tolerate as exc:
+            last = exc
+        else:
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            raise _timed_out(what, timeout, last)
+        time.sleep(every)
+
+
+async def _call(check: Callable[[], Any]) -> Any:
+    value = check()
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+@overload
+async def eventually_async(
+    check: Callable[[], Awaitable[T | None]],
+    what: str,
+    *,
+    timeout: float = ...,
+    every: float = ...,
+) -> T: ...
+@overload
+async def eventually_async(
+    check: Callable[[], T | None], what: str, *, timeout: float = ..., every: float = ...
+) -> T: ...
+async def eventually_async(
+    check: Callable[[], Any], what: str, *, timeout: float = 20.0, every: float = 0.05
+) -> Any:
+    """:func:`eventually` on the event loop: it sleeps with ``asyncio.sleep``, and
+    ``check`` may be a coroutine function."""
     deadline = time.monotonic() + timeout
     while True:
-        value = check()
+        value = last = await _call(check)
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+            raise _timed_out(what, timeout, last)
+        await asyncio.sleep(every)
+
+
+def stays(
+    check: Callable[[], object], what: str, for_seconds: float, *, every: float = 0.05
+) -> None:
+    """Poll ``check`` for ``for_seconds`` (at least twice: at the start and at the end);
+    fail as soon as it returns something false, naming ``what`` and that value."""
+    started = time.monotonic()
+    while True:
+        value = _sync(check())
+        elapsed = time.monotonic() - started
+        if not value:
+            raise _broke(what, elapsed, value)
+        if elapsed >= for_seconds:
+            return
+        time.sleep(min(every, max(0.0, for_seconds - elapsed)))
+
+
+async def stays_async(
+    check: Callable[[], Awaitable[object]] | Callable[[], object],
+    what: str,
+    for_seconds: float,
+    *,
+    every: float = 0.05,
+) -> None:
+    """:func:`stays` on the event loop; ``check`` may be a coroutine function."""
+    started = time.monotonic()
+    while True:
+        value = await _call(check)
+        elapsed = time.monotonic() - started
+        if not value:
+            raise _broke(what, elapsed, value)
+        if elapsed >= for_seconds:
+            return
+        await asyncio.sleep(min(every, max(0.0, for_seconds - elapsed)))
 
 
 # Fast timings for workers in tests (the defaults are tuned for production). The lease
@@ -111,12 +212,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         and not metafunc.definition.get_closest_marker("sql_engine_only")
     ):
         runs += [(db, f"celery-{broker}") for db, broker in CELERY_RUNS if db in names]
+
+    # Runs on PostgreSQL or Celery (a server, a broker, a database cloned per test) are
+    # slow: `pytest -m "not slow"` runs the SQL engine on SQLite alone.
+    def param(*values: str, db: str, engine: str) -> Any:
+        slow = db != "sqlite" or engine != "sql"
+        return pytest.param(*values, marks=pytest.mark.slow if slow else ())
+
     if len(runs) == len(names):
-        metafunc.parametrize("database", names, indirect=True, ids=names)
+        metafunc.parametrize(
+            "database",
+            [param(name, db=name, engine="sql") for name in names],
+            indirect=True,
+            ids=names,
+        )
         return
     metafunc.parametrize(
         ("database", "engine_name"),
-        runs,
+        [param(db, engine, db=db, engine=engine) for db, engine in runs],
         indirect=True,
         ids=[db if engine == "sql" else f"{db}-{engine}" for db, engine in runs],
     )
@@ -371,11 +484,14 @@ class LiveServer:
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
         )
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
+        eventually(
+            lambda: self.server.started or not self.thread.is_alive(),
+            "the test server to start",
+            timeout=10,
+            every=0.01,
+        )
+        if not self.server.started:
+            raise RuntimeError("the test server did not start")
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -17,8 +17,7 @@ from errands import (
     TaskEvent,
     TaskFailed,
 )
-
-from .test_worker import eventually
+from tests.conftest import eventually_async
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
@@ -48,7 +47,7 @@ async def test_workers_are_listed_with_what_they_run(app: Errands, run_worker: A
             found = await app.admin.workers()
             return bool(found) and bool(found[0].running)
 
-        await eventually(listed)
+        await eventually_async(listed, "the worker listed with its task", timeout=10)
         (info,) = await app.admin.workers()
         assert info.id == worker.id and info.concurrency == 3
         assert set(info.names) == {"hold", "boom"}

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from errands import ANY_OWNER, Errands, Status, TaskRecord
 from errands.store.schema import job_table, worker_table
 from tests.apps import e2e
-from tests.conftest import WorkerProcess, errands_database, wait_for
+from tests.conftest import WorkerProcess, errands_database, eventually
 from tests.pgserver import PrivatePostgres
 from tests.test_processes import finished, output_of, wait_ready
 
@@ -105,7 +105,7 @@ def _hand_back(app: Errands, start: Callable[..., WorkerProcess], log: Path, nam
     steps = 30
     first = start(*ARGS, "--shutdown-timeout", "0.5")
     record = app.sync.submit(name, {"steps": steps, "delay": 0.05, "log": str(log)}, owner="dave")
-    wait_for(emitting(app, record.id, 8), timeout=30, what="the task to emit")
+    eventually(emitting(app, record.id, 8), "the task to emit", timeout=30)
     first.proc.send_signal(signal.SIGTERM)
     assert first.proc.wait(30) == 0, output_of(first)
     back = app.sync.get(record.id, owner="dave")
@@ -152,7 +152,7 @@ def test_sigkill_retry_output_is_the_final_attempts(
     record = e2e_app.sync.submit(
         "emitter", {"steps": steps, "delay": 0.05, "log": str(log)}, owner="erin"
     )
-    wait_for(emitting(e2e_app, record.id, 8), timeout=30, what="the task to emit")
+    eventually(emitting(e2e_app, record.id, 8), "the task to emit", timeout=30)
     pid = holder_pid(e2e_app, record.id)
     (victim,) = [w for w in workers if w.proc.pid == pid]
     (survivor,) = [w for w in workers if w is not victim]
@@ -182,12 +182,12 @@ def test_a_worker_paused_past_its_lease_writes_nothing_more(
     steps = 60
     payload = {"steps": steps, "delay": 0.05, "log": str(log)}
     task = e2e_app.sync.submit("emitter", payload, owner="fay")
-    wait_for(emitting(e2e_app, task.id, 5), timeout=30, what="A to run the task")
+    eventually(emitting(e2e_app, task.id, 5), "A to run the task", timeout=30)
     assert holder_pid(e2e_app, task.id) == a.proc.pid
     b = start_worker(*ARGS, "-c", "2")
     wait_ready(b)
     bystander = e2e_app.sync.submit("emitter", payload | {"steps": 150}, owner="gus")
-    wait_for(emitting(e2e_app, bystander.id, 3), timeout=30, what="B to run the bystander")
+    eventually(emitting(e2e_app, bystander.id, 3), "B to run the bystander", timeout=30)
 
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
@@ -196,7 +196,7 @@ def test_a_worker_paused_past_its_lease_writes_nothing_more(
             record = e2e_app.sync.get(task.id, owner=ANY_OWNER)
             return record.attempts == 2 and len(items(e2e_app, task.id)) >= 3
 
-        wait_for(taken_by_b, timeout=30, what="B to take the task over")
+        eventually(taken_by_b, "B to take the task over", timeout=30)
         assert holder_pid(e2e_app, task.id) == b.proc.pid
     finally:
         os.kill(a.proc.pid, signal.SIGCONT)
@@ -204,10 +204,10 @@ def test_a_worker_paused_past_its_lease_writes_nothing_more(
 
     # The bystander's progress keeps moving while A's stale writes are refused.
     seen = e2e_app.sync.get(bystander.id, owner=ANY_OWNER).progress.current or 0
-    wait_for(
+    eventually(
         lambda: (e2e_app.sync.get(bystander.id, owner=ANY_OWNER).progress.current or 0) >= seen + 5,
+        "the bystander's progress to move on",
         timeout=10,
-        what="the bystander's progress to move on",
     )
     final = finished(e2e_app, task.id, b, timeout=40)
     assert final.attempts == 2
@@ -233,7 +233,7 @@ def test_a_lone_worker_paused_past_its_lease_runs_the_task_again(
     task = e2e_app.sync.submit(
         "emitter", {"steps": steps, "delay": 0.05, "log": str(log)}, owner="jo"
     )
-    wait_for(emitting(e2e_app, task.id, 5), timeout=30, what="the task to emit")
+    eventually(emitting(e2e_app, task.id, 5), "the task to emit", timeout=30)
     os.kill(worker.proc.pid, signal.SIGSTOP)
     time.sleep(LEASE + 1)
     os.kill(worker.proc.pid, signal.SIGCONT)
@@ -260,14 +260,14 @@ def _outage(
     worker = spawn(*ARGS)
     steps = 40
     record = app.sync.submit(name, {"steps": steps, "delay": 0.05, "log": str(log)}, owner="hal")
-    wait_for(emitting(app, record.id, 5), timeout=30, what="the task to emit")
+    eventually(emitting(app, record.id, 5), "the task to emit", timeout=30)
     block()
     blocked_at = time.time()
     try:
-        wait_for(
+        eventually(
             lambda: any(ev == "stopped" for ev, *_ in runs(log, record.id)),
+            "the worker to stop the attempt",
             timeout=LEASE + 5,
-            what="the worker to stop the attempt",
         )
         stopped_at = next(at for ev, _, _, at in runs(log, record.id) if ev == "stopped")
         # The lease was last renewed before the database stopped answering, so it runs
@@ -296,10 +296,11 @@ def test_worker_stops_its_thread_when_sqlite_stays_locked(
     def block() -> None:
         holder.execute("BEGIN IMMEDIATE")
 
+    def unblock() -> None:
+        holder.execute("ROLLBACK")
+
     try:
-        _outage(
-            e2e_app, start_worker, log, "emitter_sync", block, lambda: holder.execute("ROLLBACK")
-        )
+        _outage(e2e_app, start_worker, log, "emitter_sync", block, unblock)
     finally:
         holder.close()
 
@@ -339,7 +340,7 @@ def test_a_new_worker_reaps_at_once(
     record = e2e_app.sync.submit(
         "emitter", {"steps": 10, "delay": 0.05, "log": str(log)}, owner="ivy"
     )
-    wait_for(emitting(e2e_app, record.id, 2), timeout=30, what="the task to emit")
+    eventually(emitting(e2e_app, record.id, 2), "the task to emit", timeout=30)
     first.kill()
     with e2e_app.db.engine.begin() as conn:
         conn.execute(

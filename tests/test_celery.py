@@ -23,7 +23,7 @@ from errands.engines.celery import CeleryEngine
 from errands.errors import ConfigurationError
 from errands.store.schema import job_table
 from tests.apps.web import install
-from tests.conftest import ROOT, WorkerProcess, wait_for
+from tests.conftest import ROOT, WorkerProcess, eventually
 
 ALL_PAIRS = [
     ("sqlite", "celery-redis"),
@@ -63,7 +63,7 @@ def test_lifecycle_on_every_broker_and_database(app: Errands, spawn_worker: Spaw
     assert failed.status is Status.FAILED and failed.error is not None
     assert failed.error.message == "no luck"
     # Cancel a running task: the cooperative flag reaches the Celery worker's attempt.
-    wait_for(lambda: status_of(app, sleepy.id) is Status.RUNNING, what="sleepy to start")
+    eventually(lambda: status_of(app, sleepy.id) is Status.RUNNING, "sleepy to start")
     app.sync.cancel(sleepy.id, owner="bob")
     cancelled = app.sync.wait(sleepy.id, owner="bob", timeout=30)
     assert cancelled.status is Status.CANCELLED
@@ -85,7 +85,7 @@ def test_a_killed_celery_worker_leaves_no_task_running(app: Errands, spawn_worke
         r = app.sync.get(record.id, owner="alice")
         return r.status is Status.RUNNING and (r.progress.current or 0) >= 3
 
-    wait_for(running_with_progress, timeout=30, what="the task to run")
+    eventually(running_with_progress, "the task to run", timeout=30)
     first.kill()  # SIGKILL, mid-task: its message is unacknowledged, its lease held
     assert status_of(app, record.id) is Status.RUNNING
     second = spawn_worker(WEB_APP, *WORKER_ARGS)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from errands import ANY_OWNER, Errands, Status
-from tests.conftest import ROOT, WorkerProcess
+from tests.conftest import ROOT, WorkerProcess, eventually
 
 APP = "tests.apps.e2e:app"
 WORKER_ARGS = ("--lease", "2", "--heartbeat", "0.3", "--poll", "0.2")
@@ -226,10 +226,11 @@ def test_cancel_running_task(
     cli: Callable[..., Result], e2e_app: Errands, worker: WorkerProcess
 ) -> None:
     record = e2e_app.sync.submit("slow", {"steps": 300, "delay": 0.1}, owner="u1")
-    deadline = time.monotonic() + 30
-    while e2e_app.sync.get(record.id, owner="u1").status is not Status.RUNNING:
-        assert time.monotonic() < deadline, "the task did not start"
-        time.sleep(0.05)
+    eventually(
+        lambda: e2e_app.sync.get(record.id, owner="u1").status is Status.RUNNING,
+        "the task to start",
+        timeout=30,
+    )
 
     result = cli("cancel", record.id)
     assert result.returncode == 0, result.stderr
@@ -299,10 +300,7 @@ def test_purge_deletes_only_expired_records(
 
     # Once every expiring record is past its expiry, purge.
     last = max(records[i].expires_at or datetime.max.replace(tzinfo=UTC) for i in expiring)
-    deadline = time.monotonic() + 10
-    while datetime.now(UTC) <= last:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    eventually(lambda: datetime.now(UTC) > last, "every expiring record to expire", timeout=10)
     purged = cli("purge")
     assert purged.returncode == 0, purged.stderr
     assert purged.stdout.strip() == "purged 4 expired task record(s)"

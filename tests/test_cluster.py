@@ -43,7 +43,7 @@ from sqlalchemy import func, select
 from errands import ANY_OWNER, Errands, Status, TaskRecord
 from errands.store.schema import job_table
 from tests.apps import e2e
-from tests.conftest import ROOT, errands_database, wait_for
+from tests.conftest import ROOT, errands_database, eventually
 from tests.pgserver import PrivatePostgres
 
 pytestmark = [pytest.mark.databases("postgresql"), pytest.mark.slow]
@@ -184,9 +184,9 @@ def start_cluster(db_url: str, tmp_path: Path) -> Iterator[StartCluster]:
             started.append(wk[-1])
         cluster = Cluster(wk, ws)
         for w in wk:
-            wait_for(partial(started_or_dead, w), timeout=DEADLINE, what=f"{w.name} to start")
+            eventually(partial(started_or_dead, w), f"{w.name} to start", timeout=DEADLINE)
         for web in ws:
-            wait_for(partial(serves_or_dead, web), timeout=DEADLINE, what=f"{web.name} to serve")
+            eventually(partial(serves_or_dead, web), f"{web.name} to serve", timeout=DEADLINE)
         cluster.check_alive()
         return cluster
 
@@ -356,7 +356,7 @@ def test_task_of_a_killed_worker_finishes_on_another(
         assert not r.done, f"the task ended before the test could kill its worker: {r}"
         return r if r.status is Status.RUNNING and r.progress.current else None
 
-    wait_for(running_with_progress, timeout=DEADLINE, what="the task to report progress")
+    eventually(running_with_progress, "the task to report progress", timeout=DEADLINE)
     [(event, _, attempt, pid)] = e2e.read_log(log)
     assert (event, attempt) == ("start", 1)
     [victim] = [w for w in cluster.workers if w.pid == pid]
@@ -417,7 +417,7 @@ def test_everything_recovers_from_a_postgres_restart(
         ]
         # Restart once the second wave (12 run at once) has begun: tasks are running,
         # some are done, the rest queued; running ones finish while the server is down.
-        wait_for(lambda: starts() > 12, timeout=DEADLINE, what="the second wave", interval=0.05)
+        eventually(lambda: starts() > 12, "the second wave", timeout=DEADLINE, every=0.05)
         # A fast shutdown (every connection is cut) and a start; it returns once the
         # server accepts connections again.
         private_postgres.restart("fast")
@@ -429,7 +429,7 @@ def test_everything_recovers_from_a_postgres_restart(
         return len(records) == count and all(r.done for r in records)
 
     try:
-        wait_for(settled, timeout=60, what="every task to finish", interval=0.5)
+        eventually(settled, "every task to finish", timeout=60, every=0.5)
     except AssertionError:
         stuck = [(r.id, r.status.value, r.attempts) for r in all_records(e2e_app) if not r.done]
         raise AssertionError(f"tasks not finished: {stuck}") from None
@@ -494,7 +494,17 @@ def test_idle_workers_start_a_new_task_on_notification(
     poll = 5.0
     cluster = start_cluster(workers=3, webs=1, worker_args=("-c", "4", "--poll", str(poll)))
     [web] = cluster.webs
-    time.sleep(poll + 0.5)  # idle: every worker has been through a poll since it started
+    # Every worker past the claims it makes on starting, then idle: 12 tasks of 1 s for
+    # 3 workers of 4 slots, submitted together, keep every slot busy at once.
+    with web.client() as http:
+        warm_up = [
+            submit(http, "slow", {"steps": 10, "delay": 0.1, "log": str(log)}) for _ in range(12)
+        ]
+    for task_id in warm_up:
+        final = e2e_app.sync.wait(task_id, owner=ANY_OWNER, timeout=DEADLINE, poll=0.2)
+        assert final.status is Status.SUCCEEDED, final
+    ran = {pid for event, t, _, pid in e2e.read_log(log) if event == "start" and t in warm_up}
+    assert ran == {w.pid for w in cluster.workers}, "the warm-up did not reach every worker"
     latencies = []
     with web.client() as http:
         for _ in range(3):

@@ -18,7 +18,7 @@ from errands import ANY_OWNER, Status, TaskContext, TaskRecord
 from errands.demo.web import Demo
 from errands.worker import WorkerSettings
 from tests.apps.demo_site import PASSWORD, DemoClient, build_demo, csrf_in
-from tests.conftest import wait_for
+from tests.conftest import eventually
 
 SVG = "{http://www.w3.org/2000/svg}"
 ADMIN = "boss@example.com"
@@ -101,7 +101,7 @@ def test_admin_sees_every_task_counts_charts_and_workers(site: Site) -> None:
         assert r.status_code == 200
         return r.text if "data-worker-id" in r.text else ""
 
-    html = wait_for(admin_page)
+    html = eventually(admin_page, "the admin page to list the worker")
     assert ALICE in html and BOB in html
     for task_id in (alice_ok, bob_ok, bob_bad):
         assert f'href="/admin/tasks/{task_id}"' in html
@@ -263,7 +263,7 @@ def submit_slow_search(site: Site) -> str:
         for i in range(SLOW_FILES):
             (slow / f"f{i:03d}.txt").write_text(f"needle {i}\n")
     task_id = site.submit("search", {"query": "needle", "glob": "slow/*", "pause": 0.05})
-    wait_for(lambda: site.record(task_id).status is Status.RUNNING, what=f"{task_id} to run")
+    eventually(lambda: site.record(task_id).status is Status.RUNNING, f"{task_id} to run")
     return task_id
 
 
@@ -320,7 +320,7 @@ def test_workers_table_lists_the_tasks_a_live_worker_runs(site: Site) -> None:
         cells = worker_cells()
         return cells if cells and "<li>" in cells[7] else None
 
-    cells = wait_for(busy, what="the worker's row to list its tasks")
+    cells = eventually(busy, "the worker's row to list its tasks")
     assert cells[4] == f"2 / {concurrency}"
     running = re.findall(
         r'<li><a href="/admin/tasks/([^"]+)" title="\1">(\w+)\s*<code class="id">…(\w{8})</code>'

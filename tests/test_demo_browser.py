@@ -16,7 +16,6 @@ import os
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +39,7 @@ from playwright.sync_api import (
 from errands import ANY_OWNER, Status
 from errands.demo import accounts
 from errands.demo.web import Demo, DemoSettings, create_app
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -148,10 +148,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         try:
-            deadline = time.monotonic() + 15
-            while not uv.started:
-                assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-                time.sleep(0.02)
+            eventually(lambda: uv.started or not thread.is_alive(), "uvicorn to start", timeout=15)
+            assert uv.started, "uvicorn did not start"
             yield Server(f"http://127.0.0.1:{port}", app.state.demo, hits)
         finally:
             uv.should_exit = True
@@ -262,8 +260,8 @@ def finished_search(server: Server, context: BrowserContext, key: str) -> str:
         page.close()
         assert server.record(task_id).status is Status.SUCCEEDED
         server.shared[key] = task_id
-    task_id: str = server.shared[key]
-    return task_id
+    found: str = server.shared[key]
+    return found
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from errands import ANY_OWNER, Status, TaskContext, TaskFailed
 from errands.demo import tasks as demo_tasks
 from errands.demo.tasks import SearchIn
 from tests import test_demo_browser as demo_browser
-from tests.conftest import wait_for
+from tests.conftest import eventually
 from tests.test_demo_browser import (
     ALICE,
     RECORD_DONE,
@@ -147,7 +147,7 @@ def second_attempt_waits(server: Server, task_id: str) -> None:
         record = server.record(task_id)
         return record.status is Status.RUNNING and record.attempts == 2
 
-    wait_for(running_again, timeout=20, what="the second attempt")
+    eventually(running_again, "the second attempt", timeout=20)
 
 
 @pytest.mark.parametrize("mode", ["sse", "poll"])
@@ -278,7 +278,7 @@ def test_element_back_on_the_page_after_a_new_attempt(
         outputs = server.demo.errands.sync.outputs(task_id, owner=ANY_OWNER)
         return len(outputs) == len(second)
 
-    wait_for(everything_emitted, timeout=20, what="the second attempt's hits")
+    eventually(everything_emitted, "the second attempt's hits", timeout=20)
     floor = server.record(task_id).output_floor
     assert floor == len(first) + 1
     page.evaluate("() => document.querySelector('main').append(window.__parked)")
@@ -320,7 +320,7 @@ def test_task_page_rendered_before_the_new_attempt(
         outputs = server.demo.errands.sync.outputs(task_id, owner=ANY_OWNER)
         return len(outputs) == len(first)
 
-    wait_for(first_emitted, timeout=20, what="the first attempt's hits")
+    eventually(first_emitted, "the first attempt's hits", timeout=20)
     page = alice.new_page()
     page.add_init_script(RECORD_ATTEMPTS)
     held: list[Route] = []
@@ -343,7 +343,7 @@ def test_task_page_rendered_before_the_new_attempt(
         outputs = server.demo.errands.sync.outputs(task_id, owner=ANY_OWNER)
         return len(outputs) == len(second)
 
-    wait_for(everything_emitted, timeout=20, what="the second attempt's hits")
+    eventually(everything_emitted, "the second attempt's hits", timeout=20)
     held[0].continue_()
     page.unroute(script)  # for the page's own reload once the task is done
     task = page.locator("#task")

@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import eventually
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -34,6 +36,7 @@ def _errands(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # `errands createadmin` processes, hashing with the production hasher
 def test_createadmin(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     made = _errands(
@@ -84,15 +87,13 @@ def test_demo_command_serves_the_app_and_stops_cleanly(tmp_path: Path) -> None:
         first = proc.stdout.readline()
         assert first.startswith(f"errands demo: http://127.0.0.1:{port}/")
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                page = httpx.get(f"{base}/login", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        page = eventually(
+            lambda: httpx.get(f"{base}/login", timeout=2),
+            "the demo to serve",
+            timeout=30,
+            every=0.1,
+            tolerate=(httpx.TransportError,),
+        )
         assert page.status_code == 200 and 'name="csrf"' in page.text
         assert httpx.get(f"{base}/static/errands-task.js").status_code == 200
         metrics = httpx.get(f"{base}/metrics")

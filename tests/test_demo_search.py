@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import sysconfig
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from errands import ANY_OWNER, InvalidPayload, Status, TaskRecord
 from errands.demo import accounts, tasks
 from errands.demo.web import Demo, DemoSettings, create_app
 from tests.apps.demo_site import PASSWORD, DemoClient, build_demo
+from tests.conftest import eventually
 
 ALICE = "alice@example.com"
 #: Added to build_demo's corpus (one.py, two.py, notes.txt, pkg/three.py: no zebras).
@@ -185,18 +185,17 @@ def test_progress_per_file_hits_and_summary(site: Site) -> None:
     # Watch the record while the worker runs it: one progress step per file, and the
     # message names the file just read.
     seen: list[tuple[float, float, str | None]] = []
-    deadline = time.monotonic() + 30
-    while True:
+
+    def done() -> TaskRecord | None:  # noting each progress step it sees on the way
         record = site.record(task_id)
         p = record.progress
         if record.status is Status.RUNNING and p.current is not None and p.total is not None:
             step = (p.current, p.total, p.message)
             if not seen or seen[-1] != step:
                 seen.append(step)
-        if record.done:
-            break
-        assert time.monotonic() < deadline, "the search did not finish"
-        time.sleep(0.01)
+        return record if record.done else None
+
+    record = eventually(done, "the search to finish", timeout=30, every=0.01)
     assert record.status is Status.SUCCEEDED, record.error
     assert len(seen) >= 5, seen  # ~1 s of reading, a write at most every 20 ms
     currents = [current for current, _, _ in seen]

@@ -34,7 +34,7 @@ from errands.demo import accounts, store
 from errands.demo.web import PAGE_SIZE, Demo
 from errands.web.hub import hub_for
 from tests.apps.demo_site import PASSWORD, DemoClient, build_demo
-from tests.conftest import wait_for
+from tests.conftest import eventually
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -293,7 +293,7 @@ def test_page_has_what_its_live_script_needs_and_the_stream_sends_changes(site: 
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = response.iter_lines()
         assert next(lines) == "retry: 2000"
-        wait_for(lambda: alice in hub.owners, what="the owner's watch")
+        eventually(lambda: alice in hub.owners, "the owner's watch")
         deadline = time.monotonic() + 30
         events = sse_events(lines, deadline)
 
@@ -332,7 +332,7 @@ def test_page_has_what_its_live_script_needs_and_the_stream_sends_changes(site: 
     assert versions == sorted(set(versions))
     assert "owner" not in last  # the user's own view, not the admin's
     assert datetime.fromisoformat(last["created_at"]) <= datetime.now(UTC)
-    wait_for(lambda: alice not in hub.owners, what="the closed stream's watch to go")
+    eventually(lambda: alice not in hub.owners, "the closed stream's watch to go")
     # The page agrees with what the stream said.
     statuses = {r.id: r.status for r in site.rows()[0]}
     assert statuses == {again: "succeeded", task_id: "succeeded", waiting: "cancelled"}

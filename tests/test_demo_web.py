@@ -50,7 +50,7 @@ class Site(DemoClient):
             f"/tasks/{search_id}/export", data={"csrf": self.csrf()}, follow_redirects=False
         )
         assert r.status_code == 303, r.text
-        export_id = r.headers["location"].removeprefix("/tasks/")
+        export_id: str = r.headers["location"].removeprefix("/tasks/")
         assert export_id != search_id
         return export_id
 

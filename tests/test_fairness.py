@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from errands import ANY_OWNER, Errands, Status, TaskContext
 from errands.errors import ConfigurationError
 from errands.store.schema import task_table
+from tests.conftest import eventually_async
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -33,14 +34,6 @@ def started_in_order(app: Errands, name: str) -> list[str]:
         )
 
 
-async def until(check: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_a_backlog_does_not_delay_another_owner(app: Errands, run_worker: Any) -> None:
     starts: list[str] = []
 
@@ -52,10 +45,10 @@ async def test_a_backlog_does_not_delay_another_owner(app: Errands, run_worker: 
     app.db.ensure_schema()
     await app.submit_many("export", [{"n": i} for i in range(500)], owner="alice")
     async with run_worker(app, concurrency=4):
-        await until(lambda: len(starts) >= 8, "alice's first tasks")
+        await eventually_async(lambda: len(starts) >= 8, "alice's first tasks", timeout=60)
         await app.submit_many("export", [{"n": i} for i in range(5)], owner="bob")
         before = len(starts)
-        await until(lambda: starts.count("bob") == 5, "bob's tasks")
+        await eventually_async(lambda: starts.count("bob") == 5, "bob's tasks", timeout=60)
         last_bob = max(i for i, owner in enumerate(starts) if owner == "bob")
         alice_meanwhile = starts[before:last_bob].count("alice")
     # Every one of bob's tasks started before alice started 20 more (here: about 5, one
@@ -165,10 +158,8 @@ async def test_max_running_per_owner(app: Errands, run_worker: Any) -> None:
 
     # Two workers of 4 slots each claim concurrently.
     async with run_worker(app, concurrency=4), run_worker(app, concurrency=4):
-        deadline = time.monotonic() + 90
-        while sample():
-            assert time.monotonic() < deadline, "the tasks did not finish"
-            await asyncio.sleep(0.01)
+        # sample() counts the tasks left, noting the peaks it sees on the way
+        await eventually_async(lambda: sample() == 0, "the tasks to finish", timeout=90, every=0.01)
     assert all(observed_peak[(o, "export")] <= 2 for o in owners), observed_peak
     assert max(peak.values()) <= 2, peak
     # The cap was reached (the sampling saw it) and is per task name: alice's searches

@@ -11,9 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from errands import ANY_OWNER, Errands, IdempotencyConflict, Status, TaskContext
+from errands import ANY_OWNER, Errands, IdempotencyConflict, Status, TaskContext, TaskRecord
 from errands.store.schema import job_table, task_table
 from tests.apps.web import make_api
+from tests.conftest import eventually_async
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -100,7 +101,9 @@ async def test_unique_task_while_queued_or_running(app: Errands, run_worker: Any
     batch = await app.submit_many("reindex", [{"all": True}, {"n": 1}, {"n": 1}], owner="alice")
     assert batch[0].id == first.id and batch[1].id == batch[2].id != first.id
     async with run_worker(app, concurrency=8):
-        running = await _until_running(app, first.id)
+        running = await eventually_async(
+            lambda: _running(app, first.id), "the task to start", timeout=10
+        )
         assert running.status is Status.RUNNING
         assert (await app.submit("reindex", {"all": True}, owner="alice")).id == first.id
         release.set()
@@ -113,13 +116,9 @@ async def test_unique_task_while_queued_or_running(app: Errands, run_worker: Any
     assert rows(app)[0] == 5
 
 
-async def _until_running(app: Errands, task_id: str) -> Any:
-    for _ in range(200):
-        record = await app.get(task_id, owner=ANY_OWNER)
-        if record.status is Status.RUNNING:
-            return record
-        await asyncio.sleep(0.05)
-    raise AssertionError("the task did not start")
+async def _running(app: Errands, task_id: str) -> TaskRecord | None:
+    record = await app.get(task_id, owner=ANY_OWNER)
+    return record if record.status is Status.RUNNING else None
 
 
 async def test_http_idempotency_key_header(keyed: Errands) -> None:

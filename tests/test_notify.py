@@ -16,7 +16,7 @@ from sqlalchemy import text
 from errands.events import Notifier, notifier_for
 from errands.records import Change, Status
 from errands.store.database import Database
-from tests.conftest import wait_for
+from tests.conftest import eventually, stays
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -74,8 +74,18 @@ def test_messages_reach_the_other_process_and_our_own_subscribers_once(
     a.publish_cancel(["t1", "t2"])
     sent = changes(500)  # more than one message's worth: sent in chunks
     a.publish_changes(sent)
-    wait_for(lambda: theirs.jobs >= 1 and len(theirs.changes) >= 500 and theirs.cancels)
-    time.sleep(0.3)  # anything delivered twice would have arrived by now
+    eventually(
+        lambda: theirs.jobs >= 1 and len(theirs.changes) >= 500 and theirs.cancels,
+        "the other process to hear it all",
+    )
+    stays(  # anything delivered twice would arrive in this window
+        lambda: (
+            (theirs.jobs, len(theirs.cancels), len(theirs.changes)) == (1, 2, 500)
+            and (mine.jobs, len(mine.cancels), len(mine.changes)) == (1, 2, 500)
+        ),
+        "each message delivered once",
+        0.3,
+    )
     assert theirs.cancels == ["t1", "t2"]
     assert sorted(theirs.changes, key=lambda c: c.version) == sent
     assert theirs.jobs == 1
@@ -92,7 +102,7 @@ def test_a_closed_subscription_hears_nothing(pair: tuple[Notifier, Notifier]) ->
     b.subscribe_changes(kept.on_changes)
     sub.close()
     a.publish_changes(changes(3))
-    wait_for(lambda: len(kept.changes) == 3)
+    eventually(lambda: len(kept.changes) == 3, "the kept subscription to hear 3 changes")
     assert gone.changes == []
 
 
@@ -123,7 +133,7 @@ def test_listener_reconnects_after_its_connection_is_killed(
     b.listen_worker(inbox.on_jobs, inbox.on_cancel)
     b.subscribe_changes(inbox.on_changes)
     a.publish_changes(changes(1))
-    wait_for(lambda: len(inbox.changes) == 1)
+    eventually(lambda: len(inbox.changes) == 1, "the first change")
 
     db = Database(db_url)
     with db.engine.connect() as conn:
@@ -137,11 +147,15 @@ def test_listener_reconnects_after_its_connection_is_killed(
     db.close()
     assert len(killed) == 2  # both of b's listeners (jobs and changes); a listens on none
 
-    wait_for(lambda: inbox.jobs >= 1, timeout=10)  # "look for jobs": some may have come
-    deadline = time.monotonic() + 10
-    while len(inbox.changes) < 2 and time.monotonic() < deadline:
+    eventually(
+        lambda: inbox.jobs >= 1, "a look-for-jobs call", timeout=10
+    )  # "look for jobs": some may have come
+
+    def published_again() -> bool:  # sent until one arrives: the listener is back
         a.publish_changes([Change("task-after", "alice", 9, Status.SUCCEEDED)])
-        time.sleep(0.1)
+        return len(inbox.changes) >= 2
+
+    eventually(published_again, "a change sent after the reconnect", timeout=10, every=0.1)
     assert inbox.changes[0].task_id == "task-00000"
     assert inbox.changes[-1].task_id == "task-after"
 
@@ -153,7 +167,7 @@ def test_payload_with_unusual_characters_round_trips(pair: tuple[Notifier, Notif
     odd: list[Any] = [Change("t'1", 'o"wner; DROP', 1, Status.QUEUED)]
     odd.append(Change("t2", "ünïcode ☃", 2, Status.CANCELLED))
     a.publish_changes(odd)
-    wait_for(lambda: len(inbox.changes) == 2)
+    eventually(lambda: len(inbox.changes) == 2, "both changes")
     assert inbox.changes == odd
 
 
@@ -167,5 +181,7 @@ def test_a_batch_delivers_everything_it_held(pair: tuple[Notifier, Notifier]) ->
         with a.batch():  # nested: sent with the outer block
             a.publish_cancel(["t9"])
         a.publish_changes(changes(130))
-    wait_for(lambda: inbox.jobs and inbox.cancels and len(inbox.changes) == 130)
+    eventually(
+        lambda: inbox.jobs and inbox.cancels and len(inbox.changes) == 130, "the whole batch"
+    )
     assert inbox.cancels == ["t9"]

@@ -27,7 +27,7 @@ from errands.engines import SqlEngine
 from errands.events import LocalNotifier
 from errands.store.schema import job_table, worker_table
 from tests.apps import e2e
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess, eventually
 
 APP = "tests.apps.e2e:app"
 LEASE = 2.0
@@ -151,7 +151,7 @@ def test_two_workers_run_each_task_exactly_once(
         return len(page) == len(ids)
 
     try:
-        wait_for(all_succeeded, timeout=90, what="200 tasks to succeed", interval=0.2)
+        eventually(all_succeeded, "200 tasks to succeed", timeout=90, every=0.2)
     except AssertionError:
         raise AssertionError("\n".join(output_of(w) for w in workers)) from None
 
@@ -194,7 +194,7 @@ def test_killed_worker_task_is_rerun(
     record = e2e_app.sync.submit(
         "slow", {"steps": 30, "delay": 0.1, "log": str(log)}, owner="alice"
     )
-    wait_for(running_with_progress(e2e_app, record.id), timeout=30, what="the task to start")
+    eventually(running_with_progress(e2e_app, record.id), "the task to start", timeout=30)
     first.kill()
     killed_at = time.time()
     # Nothing changes it while its lease is held by the dead worker.
@@ -231,7 +231,7 @@ def test_killed_worker_task_fails_when_attempts_are_spent(
     record = e2e_app.sync.submit(
         "slow_once", {"steps": 30, "delay": 0.1, "log": str(log)}, owner="alice"
     )
-    wait_for(running_with_progress(e2e_app, record.id), timeout=30, what="the task to start")
+    eventually(running_with_progress(e2e_app, record.id), "the task to start", timeout=30)
     first.kill()
 
     second = start_worker(*WORKER_ARGS)
@@ -276,7 +276,7 @@ async def test_cancel_running_task(
         e2e_app.engine = SqlEngine()
         e2e_app.engine.attach(SimpleNamespace(notifier=LocalNotifier()))  # type: ignore[arg-type]
     record = e2e_app.sync.submit(name, LONG[name] | {"log": str(log)}, owner="bob")
-    wait_for(running_with_progress(e2e_app, record.id), timeout=30, what="the task to start")
+    eventually(running_with_progress(e2e_app, record.id), "the task to start", timeout=30)
 
     started = time.monotonic()
     if name == "slow":
@@ -296,16 +296,16 @@ async def test_cancel_running_task(
     assert events[0] == "start" and "done" not in events
     if name == "sync_loop":
         # The thread saw ctx.cancelled and returned.
-        wait_for(
+        eventually(
             lambda: "saw-cancel" in [event for event, *_ in e2e.read_log(log)],
+            "the thread to see the cancel flag",
             timeout=10,
-            what="the thread to see the cancel flag",
         )
     if name == "spin":
         # The child process that ran the busy loop was killed.
         child = e2e.read_log(log)[0][3]
         assert child != worker.proc.pid
-        wait_for(lambda: not pid_alive(child), timeout=10, what="the child process to end")
+        eventually(lambda: not pid_alive(child), "the child process to end", timeout=10)
     # The worker goes on working (for process tasks: with a fresh child).
     again = e2e_app.sync.submit(name, SHORT[name], owner="bob")
     assert finished(e2e_app, again.id, worker, timeout=30).status is Status.SUCCEEDED
@@ -347,7 +347,7 @@ def test_sigterm_hands_running_task_back(
 ) -> None:
     first = start_worker(*WORKER_ARGS, "--shutdown-timeout", "0.5")
     record = e2e_app.sync.submit(name, payload | {"log": str(log)}, owner="dave")
-    wait_for(running_with_progress(e2e_app, record.id), timeout=30, what="the task to start")
+    eventually(running_with_progress(e2e_app, record.id), "the task to start", timeout=30)
 
     first.proc.send_signal(signal.SIGTERM)
     code = first.proc.wait(30)

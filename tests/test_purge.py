@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from errands import ANY_OWNER, Errands, Status, TaskContext
+from errands import ANY_OWNER, Errands, Status, TaskContext, TaskRecord
 from errands.store.schema import output_table, task_table
 
 pytestmark = [pytest.mark.databases("sqlite", "postgresql"), pytest.mark.slow]
@@ -85,7 +85,7 @@ async def test_purging_a_large_history_while_workers_claim(
     assert count(app, task_table) == EXPIRED + KEPT
     assert count(app, output_table) == (EXPIRED + KEPT + 9) // 10
 
-    records = []
+    records: list[TaskRecord] = []
     async with run_worker(app, concurrency=4, purge_interval=3600):
         submitter_done = asyncio.Event()
 

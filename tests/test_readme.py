@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from errands import TaskContext
+from errands import Errands, TaskContext
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,7 +89,9 @@ def test_readme_dashboard_example_runs(tmp_path: Path, monkeypatch: pytest.Monke
         value = signer.sign(b64encode(json.dumps(data).encode())).decode()
         return {"Cookie": f"session={value}"}
 
-    @module.tasks.task()
+    tasks: Errands = module.tasks  # the example's app
+
+    @tasks.task()
     def report(ctx: TaskContext, payload: dict[str, Any]) -> None:
         pass
 

@@ -47,7 +47,7 @@ from errands.store.database import is_unavailable, log_failure
 from tests.apps import e2e
 from tests.apps.demo_site import PASSWORD, DemoClient
 from tests.apps.web import make_api
-from tests.conftest import ROOT, running_worker
+from tests.conftest import ROOT, eventually_async, running_worker, stays_async
 
 DISK_KIB = 1024  # the small file system
 FILLER = 128 * 1024  # bytes of the file deleted to free space
@@ -256,20 +256,20 @@ async def test_a_worker_keeps_an_outcome_it_cannot_write_until_space_is_freed(
         (small_disk / "filler").write_bytes(b"\0" * FILLER)
         # A long lease: the test is about the outcome, not about leases running out.
         async with running_worker(app, names=["gated"], lease_seconds=60):
-            for _ in range(200):
-                if (await app.get(record.id, owner="alice")).status is Status.RUNNING:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the task never started")
+
+            async def running() -> bool:
+                return (await app.get(record.id, owner="alice")).status is Status.RUNNING
+
+            await eventually_async(running, "the task to start", timeout=10)
             await asyncio.to_thread(fill, app, 0, PAD)
             await asyncio.to_thread(fill, app, 10_000, 0)
             with caplog.at_level(logging.WARNING, logger="errands.worker"):
                 release.set()
                 assert await asyncio.to_thread(returned.wait, 10)
-                await asyncio.sleep(1.5)  # the worker tries to write the outcome, and again
-                # The outcome waits in the worker: retried later, not written alone as a
-                # bad batch (that path logs an error and fails the task).
+                # The worker tries to write the outcome, and again: the outcome waits in
+                # the worker, retried later, not written alone as a bad batch (that path
+                # logs an error and fails the task).
+                await stays_async(running, "the task running while the disk is full", 1.5)
                 assert (await app.get(record.id, owner="alice")).status is Status.RUNNING
             full = [r for r in caplog.records if "(database full: " in r.getMessage()]
             assert full and all(r.exc_info is None for r in full)  # one line each

@@ -42,7 +42,7 @@ def submit(app: Errands, n: int = 1) -> list[str]:
 
 def claim(
     app: Errands, worker: str, limit: int = 10, lease: float = 30.0, now: float | None = None
-):  # type: ignore[no-untyped-def]
+) -> list[Claimed]:
     return app.db.write(
         app.db.driver.job_claim,
         worker,
@@ -106,7 +106,8 @@ def test_retry_goes_back_to_queued_then_runs_again(store_app: Errands) -> None:
     rec = store_app.sync.get(tid, owner="alice")
     assert rec.status is Status.QUEUED and abs(rec.run_at.timestamp() - at) < 0.01
     assert claim(store_app, "w2") == []  # not due yet
-    assert abs(store_app.db.read(driver(store_app).job_next_due, NAMES) - at) < 0.01
+    next_due = store_app.db.read(driver(store_app).job_next_due, NAMES)
+    assert next_due is not None and abs(next_due - at) < 0.01
     (job,) = claim(store_app, "w2", now=at + 0.01)
     assert job.attempt == 2 and status(store_app, tid) is Status.RUNNING
 

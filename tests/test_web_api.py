@@ -39,7 +39,7 @@ from errands.ids import new_task_id
 from errands.store.schema import metadata
 from errands.web import task_api
 from tests.apps.web import current_owner, install, is_admin
-from tests.conftest import LiveServer, WorkerProcess, wait_for
+from tests.conftest import LiveServer, WorkerProcess, eventually
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
 pytestmark = [pytest.mark.databases("sqlite", "postgresql"), pytest.mark.celery]
@@ -108,10 +108,10 @@ def get(c: httpx.Client, task_id: str) -> dict[str, Any]:
 def wait_status(
     c: httpx.Client, task_id: str, *statuses: str, timeout: float = 20
 ) -> dict[str, Any]:
-    return wait_for(
-        lambda: (doc := get(c, task_id))["status"] in statuses and doc,
+    return eventually(
+        lambda: doc if (doc := get(c, task_id))["status"] in statuses else None,
+        f"task {task_id} to be {'/'.join(statuses)}",
         timeout=timeout,
-        what=f"task {task_id} to be {'/'.join(statuses)}",
     )
 
 
@@ -193,7 +193,7 @@ def test_lifecycle_over_http(
             resp = c.get(location, headers={"If-None-Match": etag})
             return resp if resp.status_code == 200 else None
 
-        r = wait_for(changed, what="the task to change")
+        r = eventually(changed, "the task to change")
         seen = {r.json()["status"]}
         assert r.headers["etag"] != etag
         assert r.headers["etag"] == f'"{r.json()["version"]}"'
@@ -212,7 +212,7 @@ def test_lifecycle_over_http(
             assert 1 <= int(resp.headers["retry-after"]) <= 60
             return None
 
-        done = wait_for(finished, what="the task to finish")
+        done = eventually(finished, "the task to finish")
         assert "running" in seen
         assert done["status"] == "succeeded"
         assert done["result"] == {"steps": 6}
@@ -305,7 +305,7 @@ def test_progress_eta_seconds(
                 return None
             return doc, asked, answered
 
-        doc, asked, answered = wait_for(estimated, what="an estimate of the time left")
+        doc, asked, answered = eventually(estimated, "an estimate of the time left")
         progress, eta = doc["progress"], doc["progress"]["eta_seconds"]
         assert doc["status"] == "running" and progress["total"] == 200
         assert isinstance(eta, int | float) and not isinstance(eta, bool)
@@ -383,14 +383,15 @@ def test_list_newest_first_with_cursors_and_filters(serve: Callable[..., LiveSer
         assert alice.get("/api/tasks", params={"status": "succeeded"}).json()["items"] == []
 
         # Bad list parameters are problems naming the field.
-        for params, field in [
+        bad: list[tuple[dict[str, Any], str]] = [
             ({"status": "sleeping"}, "status"),
             ({"limit": 0}, "limit"),
             ({"limit": "many"}, "limit"),
             ({"limit": 501}, "limit"),
             ({"owner": "bob"}, "owner"),
             ({"name": "a\x00b"}, "name"),  # NUL: no name or owner can hold one
-        ]:
+        ]
+        for params, field in bad:
             doc = assert_problem(alice.get("/api/tasks", params=params), 422)
             assert [e["field"] for e in doc["errors"]] == [field], params
         with client(server, "admin") as admin:
@@ -758,9 +759,7 @@ def uvicorn_server(asgi: Any) -> Iterator[str]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        wait_for(
-            lambda: server.started or not thread.is_alive(), timeout=10, what="uvicorn to start"
-        )
+        eventually(lambda: server.started or not thread.is_alive(), "uvicorn to start", timeout=10)
         assert server.started, "uvicorn did not start"
         yield f"http://127.0.0.1:{port}"
     finally:

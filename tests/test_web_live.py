@@ -30,14 +30,14 @@ from websockets.sync.client import ClientConnection, connect
 from errands import Errands
 from errands.engines.sql import SqlEngine
 from errands.events import LocalNotifier
-from tests.conftest import LiveServer, WorkerProcess
+from tests.conftest import LiveServer, WorkerProcess, eventually
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
-pytestmark = pytest.mark.databases("sqlite", "postgresql")
+pytestmark = [pytest.mark.databases("sqlite", "postgresql"), pytest.mark.slow]
 
 WORKER_APP = "tests.apps.web:app"
 #: The longest any one wait may take before the test fails (never reached when all is well).
-DEADLINE = 20.0
+DEADLINE = 20.0  # also eventually()'s default timeout
 
 Serve = Callable[..., LiveServer]
 Spawn = Callable[..., WorkerProcess]
@@ -138,27 +138,11 @@ def ws_events(ws: ClientConnection) -> Iterator[Event]:
         yield Event(doc["event"], doc["id"], doc["data"])
 
 
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll ``predicate`` (it reads server state from another thread: a dict changing
-    size under it is retried) until it is true; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            value = last = predicate()
-        except RuntimeError:  # e.g. "dictionary changed size during iteration"
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-        time.sleep(0.02)
-
-
 def wait_running(http: httpx.Client, task_id: str) -> None:
-    wait_for(
+    eventually(
         lambda: http.get(f"/tasks/{task_id}").json()["status"] == "running",
         f"task {task_id} to start",
+        tolerate=(RuntimeError,),
     )
 
 
@@ -404,7 +388,11 @@ def test_many_clients_hanging_up_at_random_each_get_every_output_once(
         t.join(4 * DEADLINE)
     assert not any(t.is_alive() for t in threads)
     assert not failures, "\n".join(failures)
-    wait_for(lambda: hub_state(server) == (0, 0, 0), "the hub to forget every watch")
+    eventually(
+        lambda: hub_state(server) == (0, 0, 0),
+        "the hub to forget every watch",
+        tolerate=(RuntimeError,),
+    )
 
 
 # -- the caller's tasks ---------------------------------------------------------------------
@@ -432,7 +420,11 @@ def test_owner_stream_sees_only_the_callers_tasks(serve: Serve, spawn_worker: Sp
         bob.stream("GET", "/events") as b_response,
     ):
         assert a_response.status_code == b_response.status_code == 200
-        wait_for(lambda: {"alice", "bob"} <= set(server.hub.owners), "both owner watches")
+        eventually(
+            lambda: {"alice", "bob"} <= set(server.hub.owners),
+            "both owner watches",
+            tolerate=(RuntimeError,),
+        )
         b1 = submit(bob, "steps", {"steps": 2, "delay": 0.02})
         a1 = submit(alice, "steps", {"steps": 2, "delay": 0.02})
         a2 = submit(alice, "steps", {"steps": 3, "delay": 0.02})
@@ -483,18 +475,34 @@ def test_disconnects_release_every_watch(serve: Serve, spawn_worker: Spawn) -> N
             for _ in range(2):
                 response = streams.enter_context(http.stream("GET", "/events"))
                 assert response.status_code == 200
-            wait_for(lambda: hub_state(server) == (6, 1, 1), "every stream to be watching")
+            eventually(
+                lambda: hub_state(server) == (6, 1, 1),
+                "every stream to be watching",
+                tolerate=(RuntimeError,),
+            )
             assert server.hub.feeds[task_id].refs == 4
         # All closed by the client, the task still running.
-        wait_for(lambda: hub_state(server) == (0, 0, 0), "the hub to forget every watch")
+        eventually(
+            lambda: hub_state(server) == (0, 0, 0),
+            "the hub to forget every watch",
+            tolerate=(RuntimeError,),
+        )
         assert server.hub.feeds == {} and server.hub.owners == {}
 
         # Again with "my tasks" streams only.
         with ExitStack() as streams:
             for _ in range(3):
                 streams.enter_context(http.stream("GET", "/events"))
-            wait_for(lambda: hub_state(server) == (3, 0, 1), "the owner streams to be watching")
-        wait_for(lambda: hub_state(server) == (0, 0, 0), "the hub to forget the owner streams")
+            eventually(
+                lambda: hub_state(server) == (3, 0, 1),
+                "the owner streams to be watching",
+                tolerate=(RuntimeError,),
+            )
+        eventually(
+            lambda: hub_state(server) == (0, 0, 0),
+            "the hub to forget the owner streams",
+            tolerate=(RuntimeError,),
+        )
         assert server.hub.owners == {}
 
         # The hub still works afterwards.
@@ -504,7 +512,11 @@ def test_disconnects_release_every_watch(serve: Serve, spawn_worker: Spawn) -> N
             assert http.post(f"/tasks/{task_id}/cancel").status_code == 202
             last = list(stream)[-1]
         assert last.event == "done" and last.data["status"] == "cancelled"
-        wait_for(lambda: hub_state(server) == (0, 0, 0), "the last stream's watch to go")
+        eventually(
+            lambda: hub_state(server) == (0, 0, 0),
+            "the last stream's watch to go",
+            tolerate=(RuntimeError,),
+        )
 
 
 # -- the poll, keep-alives, cancelling --------------------------------------------------------
@@ -559,10 +571,12 @@ def test_one_poll_per_interval_serves_every_client(
         """At least ``rounds`` queries of the poll, and the time they all ran within.
         (Not the next one: it may have read the watches before the newest came.)"""
         skip = len(queries) + 1
-        wait_for(lambda: len(queries) >= skip, "a poll")
+        eventually(lambda: len(queries) >= skip, "a poll", tolerate=(RuntimeError,))
         began = time.monotonic()
         first = len(queries)
-        wait_for(lambda: len(queries) >= first + rounds, f"{rounds} polls")
+        eventually(
+            lambda: len(queries) >= first + rounds, f"{rounds} polls", tolerate=(RuntimeError,)
+        )
         last = len(queries)
         return queries[first:last], time.monotonic() - began
 
@@ -577,7 +591,11 @@ def test_one_poll_per_interval_serves_every_client(
 
         # One client.
         watch("alice", f"/tasks/{task_ids[0]}/events")
-        wait_for(lambda: hub_state(server) == (1, 1, 0), "the stream to be watching")
+        eventually(
+            lambda: hub_state(server) == (1, 1, 0),
+            "the stream to be watching",
+            tolerate=(RuntimeError,),
+        )
         alone, elapsed_alone = polls_over(5)
         assert set(alone) == {(frozenset(task_ids[:1]), frozenset())}
         # The poll sleeps an interval before each query: n queries take n - 1 intervals
@@ -589,12 +607,20 @@ def test_one_poll_per_interval_serves_every_client(
             watch("alice", f"/tasks/{task_ids[n % 3]}/events")
         for user in users:
             watch(user, "/events")
-        wait_for(lambda: hub_state(server) == (30, 3, 3), "every stream to be watching")
+        eventually(
+            lambda: hub_state(server) == (30, 3, 3),
+            "every stream to be watching",
+            tolerate=(RuntimeError,),
+        )
         assert [server.hub.feeds[t].refs for t in task_ids] == [9, 9, 9]
         crowd, elapsed_crowd = polls_over(5)
         assert set(crowd) == {(frozenset(task_ids), frozenset(users))}
         assert len(crowd) <= elapsed_crowd / interval + 1
-    wait_for(lambda: hub_state(server) == (0, 0, 0), "the hub to forget every watch")
+    eventually(
+        lambda: hub_state(server) == (0, 0, 0),
+        "the hub to forget every watch",
+        tolerate=(RuntimeError,),
+    )
 
 
 @pytest.mark.slow
@@ -669,7 +695,11 @@ def test_owner_stream_keepalive_comments_while_nothing_changes(serve: Serve) -> 
     assert event.event == "task" and event.data["id"] == task_id
     assert event.data["status"] == "queued" and event.data["done"] is False
     assert items.index(event) >= 3 and items[-1] == ": keep-alive"
-    wait_for(lambda: hub_state(server) == (0, 0, 0), "the hub to forget the owner stream")
+    eventually(
+        lambda: hub_state(server) == (0, 0, 0),
+        "the hub to forget the owner stream",
+        tolerate=(RuntimeError,),
+    )
 
 
 @pytest.mark.slow

@@ -39,6 +39,9 @@ from errands import Errands, Status
 from tests.apps.web import install, make_api
 from tests.conftest import LiveServer, PostgresDatabases, WorkerProcess
 
+# Hypothesis cases against a live server and a worker process: slow.
+pytestmark = pytest.mark.slow
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -158,7 +161,7 @@ def _seed(app: Errands, db_url: str) -> list[str]:
     return [r.id for r in finished]
 
 
-def _prepare(case: schemathesis.Case, target: Target) -> dict[str, str]:
+def _prepare(case: schemathesis.Case[Any], target: Target) -> dict[str, str]:
     """Point ``case`` at a real task (sometimes); returns the headers to send it with."""
     pick = zlib.crc32(f"{case.method} {case.path} {case!r}".encode())
     caller = CALLERS[pick % len(CALLERS)]
@@ -182,10 +185,10 @@ def _prepare(case: schemathesis.Case, target: Target) -> dict[str, str]:
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-def test_api_conforms_to_its_schema(case: schemathesis.Case, target: Target) -> None:
+def test_api_conforms_to_its_schema(case: schemathesis.Case[Any], target: Target) -> None:
     headers = _prepare(case, target)
     owner_stream = case.path.endswith("/events") and "{task_id}" not in case.path
-    extra = {"timeout": STREAM_TIMEOUT} if owner_stream else {}
+    extra: dict[str, Any] = {"timeout": STREAM_TIMEOUT} if owner_stream else {}
     case.call_and_validate(base_url=target.server.root, headers=headers, checks=CHECKS, **extra)
 
 

@@ -9,7 +9,6 @@ import importlib
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -20,8 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from errands import Errands, Retry, Status, TaskContext, TaskFailed, TaskRecord
-
-from .conftest import FAST
+from tests.conftest import FAST, eventually_async, stays_async
 
 # The conformance suite: every test runs on SQLite and on PostgreSQL.
 pytestmark = [pytest.mark.databases("sqlite", "postgresql"), pytest.mark.celery]
@@ -30,36 +28,25 @@ OWNER = "alice"
 
 
 # -- helpers ---------------------------------------------------------------------------
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, every: float = 0.02
-) -> None:
-    """Poll ``check`` until it returns True; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        await asyncio.sleep(every)
-
-
-async def wait_for_status(
-    app: Errands, task_id: str, status: Status, timeout: float = 10.0
-) -> TaskRecord:
-    found: list[TaskRecord] = []
-
-    async def check() -> bool:
-        record = await app.get(task_id, owner=OWNER)
-        found[:] = [record]
-        return record.status is status
-
-    await eventually(check, timeout=timeout)
-    return found[0]
-
-
 async def wait_thread_event(event: threading.Event, timeout: float = 10.0) -> None:
     ok = await asyncio.to_thread(event.wait, timeout)
     assert ok, "the task thread did not get there in time"
+
+
+def add_marker(app: Errands) -> None:
+    """Register ``marker``, a task that does nothing. A test proves that something did
+    not happen by submitting one and waiting for it (``marker_done``): the worker has
+    moved past the moment it would have happened."""
+
+    @app.task
+    async def marker(ctx: TaskContext, payload: dict[str, Any]) -> str:
+        return "marker"
+
+
+async def marker_done(app: Errands) -> None:
+    submitted = await app.submit("marker", owner=OWNER)
+    done = await app.wait(submitted.id, owner=OWNER, timeout=10)
+    assert done.status is Status.SUCCEEDED and done.result == "marker"
 
 
 def elapsed(record: TaskRecord) -> float:
@@ -131,7 +118,7 @@ async def test_progress_is_visible_while_running(app: Errands, run_worker: Any) 
             r = await app.get(submitted.id, owner=OWNER)
             return r.progress.current == 5
 
-        await eventually(at_half)
+        await eventually_async(at_half, "progress 5 of 10", timeout=10)
         running = await app.get(submitted.id, owner=OWNER)
         assert running.status is Status.RUNNING
         assert running.progress.total == 10 and running.progress.message == "half"
@@ -161,7 +148,7 @@ async def test_emitted_items_are_readable_while_running(app: Errands, run_worker
         async def three_visible() -> bool:
             return len(await app.outputs(submitted.id, owner=OWNER)) >= 3
 
-        await eventually(three_visible)
+        await eventually_async(three_visible, "three outputs", timeout=10)
         assert (await app.get(submitted.id, owner=OWNER)).status is Status.RUNNING
         assert await app.outputs(submitted.id, owner=OWNER) == [
             (1, {"n": 1}),
@@ -228,7 +215,7 @@ async def test_retry_with_explicit_delay(app: Errands, run_worker: Any) -> None:
             r = await app.get(submitted.id, owner=OWNER)
             return r.status is Status.QUEUED and r.attempts == 1
 
-        await eventually(retrying)
+        await eventually_async(retrying, "the task to be queued for a retry", timeout=10)
         between = await app.get(submitted.id, owner=OWNER)
         assert between.error is not None and between.error.type == "Retry"
         assert between.run_at.timestamp() >= starts[0] + 0.5
@@ -349,6 +336,7 @@ async def test_thread_timeout_ignores_the_late_result(app: Errands, run_worker: 
         returned.set()
         return {"late": True}
 
+    add_marker(app)
     submitted = await app.submit("stubborn", owner=OWNER)
     async with run_worker(app):
         done = await app.wait(submitted.id, owner=OWNER, timeout=10)
@@ -357,7 +345,7 @@ async def test_thread_timeout_ignores_the_late_result(app: Errands, run_worker: 
         assert done.error is not None and done.error.type == "TaskTimeout"
         assert 0.3 <= elapsed(done) < 1.5
         await wait_thread_event(returned)
-        await asyncio.sleep(0.3)  # the late return reaches the worker's loop
+        await marker_done(app)  # the late return reached the worker's loop before it
         after = await app.get(submitted.id, owner=OWNER)
     assert after.status is Status.FAILED
     assert after.result is None
@@ -386,6 +374,7 @@ async def test_cancel_queued_task_is_immediate(app: Errands, run_worker: Any) ->
     async def never_runs(ctx: TaskContext, payload: dict[str, Any]) -> None:
         raise AssertionError("a cancelled task must not run")
 
+    add_marker(app)
     submitted = await app.submit("never_runs", owner=OWNER)
     cancelled = await app.cancel(submitted.id, owner=OWNER)
     assert cancelled.status is Status.CANCELLED
@@ -394,10 +383,11 @@ async def test_cancel_queued_task_is_immediate(app: Errands, run_worker: Any) ->
     assert cancelled.version == submitted.version + 1
     assert (await app.get(submitted.id, owner=OWNER)).status is Status.CANCELLED
     # its job is gone: a worker finds nothing to do (a Celery message for it, if one
-    # was sent before the cancel, runs nothing)
-    async with run_worker(app) as worker:
-        await asyncio.sleep(1.0)
-    assert worker.started == 0
+    # was sent before the cancel, runs nothing) but a marker submitted after it, which
+    # one slot takes after whatever came first
+    async with run_worker(app, concurrency=1) as worker:
+        await marker_done(app)
+    assert worker.started == 1  # the marker alone
     final = await app.get(submitted.id, owner=OWNER)
     assert final.status is Status.CANCELLED and final.attempts == 0
 
@@ -470,6 +460,7 @@ async def test_cancel_sync_task_that_ignores_the_flag(app: Errands, run_worker: 
         returned.set()
         return "finished anyway"
 
+    add_marker(app)
     submitted = await app.submit("deaf", owner=OWNER)
     async with run_worker(app, cancel_grace=grace):
         await wait_thread_event(started)
@@ -481,7 +472,7 @@ async def test_cancel_sync_task_that_ignores_the_flag(app: Errands, run_worker: 
         assert done.status is Status.CANCELLED
         assert grace <= took < 2.0, took
         await wait_thread_event(returned)
-        await asyncio.sleep(0.3)
+        await marker_done(app)  # the late return reached the worker's loop before it
         after = await app.get(submitted.id, owner=OWNER)
     assert after.status is Status.CANCELLED
     assert after.result is None
@@ -518,7 +509,12 @@ async def test_submit_while_every_slot_is_busy(app: Errands, run_worker: Any) ->
         watchdog.start()
         try:
             first = await app.submit("nap", {"seconds": 0.5}, owner=OWNER)
-            await wait_for_status(app, first.id, Status.RUNNING)
+            await eventually_async(
+                lambda: _all_running(app, [first.id]),
+                "the first nap to run",
+                timeout=10,
+                every=0.02,
+            )
             t0 = time.monotonic()
             second = await app.submit("nap", {"seconds": 0.01}, owner=OWNER)
             done_first = await app.wait(first.id, owner=OWNER, timeout=10, poll=0.1)
@@ -562,10 +558,12 @@ async def test_run_at_delays_the_start(app: Errands, run_worker: Any) -> None:
     due = submitted.run_at.timestamp()
     assert due >= submitted.created_at.timestamp() + 0.99
     async with run_worker(app):
-        await asyncio.sleep(0.5)
-        early = await app.get(submitted.id, owner=OWNER)
-        assert early.status is Status.QUEUED and early.attempts == 0
-        assert started_at == []
+
+        async def not_started() -> bool:
+            early = await app.get(submitted.id, owner=OWNER)
+            return early.status is Status.QUEUED and early.attempts == 0 and started_at == []
+
+        await stays_async(not_started, "the task waiting for its run_at", 0.5)
         done = await app.wait(submitted.id, owner=OWNER, timeout=10)
     assert done.status is Status.SUCCEEDED
     assert len(started_at) == 1
@@ -718,7 +716,9 @@ async def test_an_outcome_the_database_refuses_fails_alone(
     words = ["one", "poison", "three", "four"]
     records = [await app.submit("echo", {"word": w}, owner=OWNER) for w in words]
     async with run_worker(app, concurrency=4):
-        await eventually(lambda: _all_running(app, [r.id for r in records]), timeout=10, every=0.05)
+        await eventually_async(
+            lambda: _all_running(app, [r.id for r in records]), "all four to run", timeout=10
+        )
         gate.set()
         done = [await app.wait(r.id, owner=OWNER, timeout=10) for r in records]
     assert [r.status for r in done] == [Status.SUCCEEDED, Status.FAILED] + [Status.SUCCEEDED] * 2
@@ -743,13 +743,13 @@ async def test_burst_worker_drains_the_queue_and_returns(app: Errands) -> None:
     async def step(ctx: TaskContext, payload: dict[str, Any]) -> int:
         await asyncio.sleep(0.02)
         ran.append(payload["n"])
-        return payload["n"] * 10
+        return int(payload["n"]) * 10
 
     @app.task
     def step_sync(ctx: TaskContext, payload: dict[str, Any]) -> int:
         time.sleep(0.02)
         ran.append(payload["n"])
-        return payload["n"] * 10
+        return int(payload["n"]) * 10
 
     ids = []
     for n in range(8):
@@ -779,7 +779,7 @@ async def test_burst_worker_drains_the_queue_and_returns(app: Errands) -> None:
 async def test_burst_worker_returns_after_writing_the_last_outcome(app: Errands) -> None:
     @app.task
     async def single(ctx: TaskContext, payload: dict[str, Any]) -> int:
-        return payload["n"]
+        return int(payload["n"])
 
     # One quick task per run: the outcome is still being written when the worker finds
     # the queue empty; run() must not return (or drop the write) before it is stored.
@@ -835,7 +835,7 @@ async def test_process_task_result_and_progress(
             r = await app.get(steps.id, owner=OWNER)
             return r.status is Status.RUNNING and (r.progress.current or 0) >= 2
 
-        await eventually(progressing, timeout=30)
+        await eventually_async(progressing, "the steps to progress", timeout=30)
         partial = await app.outputs(steps.id, owner=OWNER)
         done_steps = await app.wait(steps.id, owner=OWNER, timeout=30)
     assert done.status is Status.SUCCEEDED, done.error
@@ -894,7 +894,7 @@ async def test_process_timeout_kills_the_child(
             return True
         return False
 
-    await eventually(child_gone, timeout=10)
+    await eventually_async(child_gone, "the child process to end", timeout=10)
 
 
 async def test_eta_from_the_observed_rate(app: Errands, run_worker: Any) -> None:
@@ -918,7 +918,7 @@ async def test_eta_from_the_observed_rate(app: Errands, run_worker: Any) -> None
         async def reported() -> bool:
             return (await app.get(rec.id, owner=OWNER)).progress.current == 1
 
-        await eventually(reported)
+        await eventually_async(reported, "progress 1", timeout=10)
         running = await app.get(rec.id, owner=OWNER)
         assert running.started_at is not None
         at = running.started_at + timedelta(seconds=2)

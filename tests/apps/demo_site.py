@@ -16,7 +16,7 @@ from starlette.testclient import TestClient  # its httpx2 warning is ignored in 
 from errands import ANY_OWNER, TaskRecord
 from errands.demo import accounts, store
 from errands.demo.web import Demo, DemoSettings, create_app
-from tests.conftest import wait_for
+from tests.conftest import eventually
 
 
 def build_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **worker: Any) -> FastAPI:
@@ -112,5 +112,5 @@ class DemoClient:
             record = self.record(task_id)
             return record if record.done else None
 
-        record: TaskRecord = wait_for(done, timeout=timeout)
+        record: TaskRecord = eventually(done, f"task {task_id} to finish", timeout=timeout)
         return record
