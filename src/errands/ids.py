@@ -47,10 +47,7 @@ def new_task_id(now: float | None = None) -> str:
 
 def is_task_id(value: str) -> bool:
     """True when ``value`` has the shape of a task id (cheap check before a query)."""
-    if len(value) != 36:
-        return False
     try:
-        parsed = uuid.UUID(value)
+        return len(value) == 36 and str(uuid.UUID(value)) == value
     except ValueError:
         return False
-    return str(parsed) == value

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 from functools import partial
 
@@ -31,23 +32,15 @@ from .store.database import log_failure
 log = logging.getLogger("errands.worker")
 
 
+@dataclass(eq=False)
 class Maintenance:
-    def __init__(
-        self,
-        runtime: Runtime,
-        worker_id: str,
-        hostname: str,
-        *,
-        lease_seconds: float,
-        reap_interval: float,
-        purge_interval: float,
-    ) -> None:
-        self.runtime = runtime
-        self.worker_id = worker_id
-        self.hostname = hostname
-        self.lease_seconds = lease_seconds
-        self.reap_interval = reap_interval
-        self.purge_interval = purge_interval
+    runtime: Runtime
+    worker_id: str
+    hostname: str
+    _: KW_ONLY
+    lease_seconds: float
+    reap_interval: float
+    purge_interval: float
 
     async def run(self) -> None:
         """Reap at once and every ``reap_interval``; purge every ``purge_interval``."""

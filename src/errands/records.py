@@ -8,6 +8,7 @@ the same state.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,13 +51,10 @@ def storable_json(value: Any) -> Any:
 def _check_finite(value: Any) -> None:
     """Raise ``ValueError`` for a NaN or an infinity anywhere in a JSON-ready value."""
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ValueError("NaN and infinity are not JSON")
-    elif isinstance(value, dict):
-        for item in value.values():
-            _check_finite(item)
-    elif isinstance(value, list):
-        for item in value:
+    elif isinstance(value, dict | list):
+        for item in value.values() if isinstance(value, dict) else value:
             _check_finite(item)
 
 

@@ -11,7 +11,6 @@ The database is ``$ERRANDS_DATABASE_URL``, else ``sqlite:///errands-demo.db``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,17 +19,11 @@ from typing import Any
 from .accounts import AccountError
 from .web import Demo, DemoSettings, create_app
 
-DEFAULT_DATABASE = "sqlite:///errands-demo.db"
-
 
 def _settings(args: argparse.Namespace, **extra: Any) -> DemoSettings:
+    """The settings for ``args`` (the database is ``DemoSettings``' default)."""
     corpus = getattr(args, "corpus", None)
-    return DemoSettings(
-        database_url=os.environ.get("ERRANDS_DATABASE_URL") or DEFAULT_DATABASE,
-        corpus=Path(corpus) if corpus else None,
-        data_dir=Path(args.data),
-        **extra,
-    )
+    return DemoSettings(corpus=Path(corpus) if corpus else None, data_dir=Path(args.data), **extra)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -73,16 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     for target in (parser, p):
         target.add_argument("--host", default="127.0.0.1")
         target.add_argument("--port", type=int, default=8000)
-        target.add_argument(
-            "--corpus", default=None, help="directory to search (default: the stdlib)"
-        )
+        target.add_argument("--corpus", help="directory to search (default: the stdlib)")
         target.add_argument("--data", default=".errands-demo", help="exports and session secret")
         target.add_argument("--concurrency", type=int, default=4)
     p = sub.add_parser("createadmin", help="make a demo account an administrator")
     p.add_argument("email")
-    p.add_argument(
-        "--password", default=None, help="create the account with this password if it is new"
-    )
+    p.add_argument("--password", help="create the account with this password if it is new")
     p.add_argument("--data", default=".errands-demo")
     return parser
 

@@ -106,22 +106,16 @@ def add_user(
     """A new account; None if the e-mail address is taken."""
     if conn.execute(select(U.id).where(U.email == email)).first() is not None:
         return None
-    new_id = conn.execute(
+    conn.execute(
         insert(user_table).values(
             email=email, password_hash=password_hash, is_admin=is_admin, created_at=now
         )
-    ).inserted_primary_key
-    assert new_id is not None
-    return user_by_id(conn, int(new_id[0]))
+    )
+    return user_by_email(conn, email)
 
 
 def user_by_email(conn: Connection, email: str) -> User | None:
     row = conn.execute(select(user_table).where(U.email == email)).first()
-    return None if row is None else _user(row)
-
-
-def user_by_id(conn: Connection, user_id: int) -> User | None:
-    row = conn.execute(select(user_table).where(U.id == user_id)).first()
     return None if row is None else _user(row)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import regex
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from .. import Errands, TaskContext, TaskFailed, TaskRecord
+from .. import Errands, TaskContext, TaskFailed, TaskNotFound, TaskRecord
 
 #: Hits a search keeps (its output and its CSV); the summary says when it stopped early.
 MAX_HITS = 5000
@@ -145,8 +145,6 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
     @app.task(max_attempts=2, timeout=600, payload=ExportIn)
     def export(ctx: TaskContext, payload: ExportIn) -> dict[str, Any]:
         """Write a finished search's hits to a CSV file the owner can download."""
-        from ..errors import TaskNotFound
-
         try:
             source = app.sync.get(payload.search_id, owner=ctx.owner)
         except TaskNotFound:
@@ -160,10 +158,7 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
         with partial.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["path", "line", "text"])
-            while True:
-                items = app.sync.outputs(source.id, owner=ctx.owner, after=after, limit=1000)
-                if not items:
-                    break
+            while items := app.sync.outputs(source.id, owner=ctx.owner, after=after, limit=1000):
                 for seq, hit in items:
                     writer.writerow([hit["path"], hit["line"], hit["text"]])
                     rows += 1

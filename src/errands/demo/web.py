@@ -89,9 +89,7 @@ class Demo:
         self.accounts = Accounts(self.errands)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals["status_names"] = [s.value for s in Status]
-        self.templates.env.filters["title"] = tasks.task_title
-        self.templates.env.filters["when"] = _when
-        self.templates.env.filters["eta"] = _eta
+        self.templates.env.filters.update(title=tasks.task_title, when=_when, eta=_eta)
 
     def setup(self) -> None:
         self.errands.migrate()
@@ -173,12 +171,9 @@ class Demo:
             user = await self.signed_in(request)
             if user is None:
                 return _redirect(f"/login?next={request.url.path}")
-            form: dict[str, str] = {}
-            if request.method == "POST":
-                data = await self.form(request)
-                if data is None:
-                    return self.csrf_refused(request)
-                form = data
+            form = await self.form(request) if request.method == "POST" else {}
+            if form is None:
+                return self.csrf_refused(request)
             try:
                 return await handler(request, user, form)
             except TaskNotFound:  # missing, or another user's: the same page
@@ -193,12 +188,9 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        runner: asyncio.Task[None] | None = None
-        worker = None
-        if demo.settings.worker:
-            options = {"handle_signals": False} | demo.settings.worker_options
-            worker = demo.errands.worker(**options)
-            runner = asyncio.create_task(worker.run())
+        options = {"handle_signals": False} | demo.settings.worker_options
+        worker = demo.errands.worker(**options) if demo.settings.worker else None
+        runner = None if worker is None else asyncio.create_task(worker.run())
         try:
             yield
         finally:
@@ -246,7 +238,7 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
 
     async def page_not_found(scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        request.state.user = await demo.user(request)
+        await demo.signed_in(request)
         await demo.not_found(request)(scope, receive, send)
 
     pages = Router(default=page_not_found)
@@ -284,42 +276,33 @@ def _add_pages(pages: Router, demo: Demo) -> None:
     app = demo.errands
 
     # -- accounts --------------------------------------------------------------------
-    async def register_page(request: Request) -> Response:
+    async def account_page(
+        request: Request, template: str, sign_in: Callable[[str, str], User], **context: Any
+    ) -> Response:
+        """The register or login form, and its POST: ``sign_in(email, password)`` gives
+        the user to log in, who goes on to the form's ``next`` page (login) or home."""
         await demo.signed_in(request)
         if request.method == "GET":
-            return demo.render(request, "register.html")
+            return demo.render(request, template, **context)
         data = await demo.form(request)
         if data is None:
             return demo.csrf_refused(request)
         email = data.get("email", "")
         try:
-            user = await run_in_threadpool(demo.accounts.register, email, data.get("password", ""))
+            user = await run_in_threadpool(sign_in, email, data.get("password", ""))
         except AccountError as exc:
             return demo.render(
-                request, "register.html", status_code=400, error=str(exc), email=email
+                request, template, status_code=400, error=str(exc), email=email, **context
             )
         await run_in_threadpool(demo.accounts.log_in, request, user)
-        return _redirect("/")
+        return _redirect(_safe_next(data.get("next")) if "next" in context else "/")
+
+    async def register_page(request: Request) -> Response:
+        return await account_page(request, "register.html", demo.accounts.register)
 
     async def login_page(request: Request) -> Response:
-        await demo.signed_in(request)
         next_url = _safe_next(request.query_params.get("next"))
-        if request.method == "GET":
-            return demo.render(request, "login.html", next=next_url)
-        data = await demo.form(request)
-        if data is None:
-            return demo.csrf_refused(request)
-        email = data.get("email", "")
-        try:
-            user = await run_in_threadpool(
-                demo.accounts.authenticate, email, data.get("password", "")
-            )
-        except AccountError as exc:
-            return demo.render(
-                request, "login.html", status_code=400, error=str(exc), email=email, next=next_url
-            )
-        await run_in_threadpool(demo.accounts.log_in, request, user)
-        return _redirect(_safe_next(data.get("next")))
+        return await account_page(request, "login.html", demo.accounts.authenticate, next=next_url)
 
     async def logout(request: Request) -> Response:
         if await demo.form(request) is None:
@@ -328,12 +311,18 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         return _redirect("/login")
 
     # -- searching -------------------------------------------------------------------
+    async def home_page(request: Request, user: User, status_code: int, **context: Any) -> Response:
+        """The search form, beside the user's recent tasks."""
+        recent = await app.list(owner=user.owner, limit=5)
+        return demo.render(
+            request, "home.html", status_code, recent=recent.items, corpus=demo.corpus, **context
+        )
+
     async def home(request: Request) -> Response:
         user = await demo.signed_in(request)
         if user is None:
             return demo.render(request, "welcome.html")
-        recent = await app.list(owner=user.owner, limit=5)
-        return demo.render(request, "home.html", recent=recent.items, form={}, corpus=demo.corpus)
+        return await home_page(request, user, 200, form={})
 
     async def search(request: Request, user: User, data: dict[str, str]) -> Response:
         payload = {
@@ -346,20 +335,11 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         try:
             record = await app.submit("search", payload, owner=user.owner)
         except InvalidPayload as exc:
-            recent = await app.list(owner=user.owner, limit=5)
             errors = [
                 f"{'.'.join(str(p) for p in e.get('loc', [])) or 'search'}: {e.get('msg')}"
                 for e in exc.errors
             ] or [exc.message]
-            return demo.render(
-                request,
-                "home.html",
-                status_code=422,
-                recent=recent.items,
-                form=data,
-                errors=errors,
-                corpus=demo.corpus,
-            )
+            return await home_page(request, user, 422, form=data, errors=errors)
         return _redirect(f"/tasks/{record.id}")
 
     # -- tasks -------------------------------------------------------------------------

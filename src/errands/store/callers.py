@@ -17,7 +17,7 @@ from sqlalchemy import Connection, event
 async def run_in_caller(connection: Any, fn: Callable[[Connection], None]) -> Any:
     """Run ``fn`` on the caller's connection or session; the sync object whose commit
     makes the work durable."""
-    if type(connection).__module__.startswith("sqlalchemy.ext.asyncio"):
+    if is_async_caller(connection):
         # Only callers on SQLAlchemy's asyncio extension (which needs greenlet) get here.
         from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 

@@ -31,11 +31,7 @@ def sqlite_time(value: datetime | None) -> str | None:
     """A timezone-aware datetime as ``UTCDateTime`` stores it on SQLite."""
     if value is None:
         return None
-    v = value.astimezone(UTC)
-    return (
-        f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
-        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
-    )
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def from_sqlite_time(text: str | None) -> datetime | None:

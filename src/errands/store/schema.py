@@ -61,7 +61,15 @@ metadata = MetaData()
 
 ID = String(36)
 _ACTIVE_UNIQUE = "unique_key IS NOT NULL AND status IN ('queued', 'running')"
-_WAITING = text("lease_owner IS NULL")
+_WAITING = "lease_owner IS NULL"
+
+
+def _partial_index(name: str, *columns: Any, where: str, unique: bool = False) -> Index:
+    """An index of the rows for which ``where`` holds, on SQLite and PostgreSQL alike."""
+    return Index(
+        name, *columns, unique=unique, sqlite_where=text(where), postgresql_where=text(where)
+    )
+
 
 task_table = Table(
     "errands_task",
@@ -107,29 +115,18 @@ task_table = Table(
     # Live views poll "what changed since t" (one query for all of a process's watchers).
     Index("ix_errands_task_updated_at", "updated_at"),
     # One record per owner and idempotency key, for as long as the record exists.
-    Index(
+    _partial_index(
         "ux_errands_task_idempotency",
         "owner",
         "idempotency_key",
         unique=True,
-        sqlite_where=text("idempotency_key IS NOT NULL"),
-        postgresql_where=text("idempotency_key IS NOT NULL"),
+        where="idempotency_key IS NOT NULL",
     ),
     # One queued or running task per owner and unique key: a finished one leaves it.
-    Index(
-        "ux_errands_task_unique",
-        "owner",
-        "unique_key",
-        unique=True,
-        sqlite_where=text(_ACTIVE_UNIQUE),
-        postgresql_where=text(_ACTIVE_UNIQUE),
+    _partial_index(
+        "ux_errands_task_unique", "owner", "unique_key", unique=True, where=_ACTIVE_UNIQUE
     ),
-    Index(
-        "ix_errands_task_expires_at",
-        "expires_at",
-        sqlite_where=text("expires_at IS NOT NULL"),
-        postgresql_where=text("expires_at IS NOT NULL"),
-    ),
+    _partial_index("ix_errands_task_expires_at", "expires_at", where="expires_at IS NOT NULL"),
 )
 
 job_table = Table(
@@ -149,37 +146,14 @@ job_table = Table(
     # (a job waiting with no publication since its run_at is published again).
     Column("sent_at", Float),
     # Available jobs in claim order; leased jobs by expiry (for the reaper).
-    Index(
-        "ix_errands_job_available",
-        text("priority DESC"),
-        "turn",
-        "run_at",
-        sqlite_where=_WAITING,
-        postgresql_where=_WAITING,
+    _partial_index(
+        "ix_errands_job_available", text("priority DESC"), "turn", "run_at", where=_WAITING
     ),
     # What a new job's turn is computed from: the owner's last waiting turn for the
     # task name, and the name's frontier (its lowest waiting turn).
-    Index(
-        "ix_errands_job_owner_turn",
-        "owner",
-        "name",
-        "turn",
-        sqlite_where=_WAITING,
-        postgresql_where=_WAITING,
-    ),
-    Index(
-        "ix_errands_job_waiting_turn",
-        "name",
-        "turn",
-        sqlite_where=_WAITING,
-        postgresql_where=_WAITING,
-    ),
-    Index(
-        "ix_errands_job_lease",
-        "lease_expires_at",
-        sqlite_where=text("lease_owner IS NOT NULL"),
-        postgresql_where=text("lease_owner IS NOT NULL"),
-    ),
+    _partial_index("ix_errands_job_owner_turn", "owner", "name", "turn", where=_WAITING),
+    _partial_index("ix_errands_job_waiting_turn", "name", "turn", where=_WAITING),
+    _partial_index("ix_errands_job_lease", "lease_expires_at", where="lease_owner IS NOT NULL"),
     # Small rows keyed by task id: one B-tree instead of a table plus a key index.
     sqlite_with_rowid=False,
 )
