@@ -159,23 +159,7 @@ class Errands:
         max_running_per_owner: int | None = None,
     ) -> Callable[[F], TaskDefinition]: ...
 
-    def task(
-        self,
-        fn: Callable[..., Any] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        max_attempts: int = 3,
-        timeout: float | None = None,
-        priority: int = 0,
-        backoff: Backoff = 1.0,
-        backoff_max: float = 300.0,
-        executor: Executor | None = None,
-        retention: timedelta | float | None = None,
-        payload: type[BaseModel] | None = None,
-        unique: bool = False,
-        max_running_per_owner: int | None = None,
-    ) -> Any:
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register ``fn(ctx, payload)`` as a task.
 
         - ``max_attempts``: runs in all, counting retries (default 3).
@@ -199,20 +183,7 @@ class Errands:
         """
 
         def register(f: Callable[..., Any]) -> TaskDefinition:
-            definition = make_definition(
-                f,
-                name=name,
-                max_attempts=max_attempts,
-                timeout=timeout,
-                priority=priority,
-                backoff=backoff,
-                backoff_max=backoff_max,
-                executor=executor,
-                retention=retention,
-                payload=payload,
-                unique=unique,
-                max_running_per_owner=max_running_per_owner,
-            )
+            definition = make_definition(f, **options)  # the options of the overload above
             self.registry.add(definition)
             return definition
 

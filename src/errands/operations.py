@@ -16,11 +16,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
-from .blobs import Blobs
 from .errors import IdempotencyConflict, InvalidTransition, TaskNotFound
 from .ids import is_task_id
 from .records import BlobRef, Change, OutputPage, Page, Status, TaskRecord
@@ -30,6 +29,8 @@ from .store.codec import utc
 from .store.database import database_errors
 from .store.values import NewTask
 from .submission import record_of
+
+V = TypeVar("V")
 
 
 class _AnyOwner:
@@ -61,6 +62,13 @@ def task_scope(task_id: object, owner: object) -> str | None:
     return who
 
 
+def _found(value: V | None) -> V:
+    """``value``, or ``TaskNotFound`` when the store found no such task (for this owner)."""
+    if value is None:
+        raise TaskNotFound()
+    return value
+
+
 def list_args(
     owner: object, status: Status | str | None, name: str | None, limit: int, cursor: str | None
 ) -> dict[str, Any]:
@@ -85,10 +93,6 @@ class Operations:
         self.runtime = runtime
         self.db = runtime.db
         self.engine = engine
-
-    @property
-    def _blobs(self) -> Blobs:
-        return self.runtime.blobs
 
     # -- submit ----------------------------------------------------------------------
     @database_errors()  # also on a caller's connection (``connection=``)
@@ -133,22 +137,16 @@ class Operations:
     # -- reading -----------------------------------------------------------------------
     def get(self, task_id: str, owner: object) -> TaskRecord:
         who = task_scope(task_id, owner)
-        record = self.db.read(self.db.driver.task_get, task_id, who)
-        if record is None:
-            raise TaskNotFound()
-        return self._loaded(record)
+        return self._loaded(_found(self.db.read(self.db.driver.task_get, task_id, who)))
 
     def _loaded(self, record: TaskRecord) -> TaskRecord:
         """The record with its result loaded from the blob store, if it is kept there
         (after the read transaction: it may be megabytes)."""
-        return self._blobs.record(record) if isinstance(record.result, BlobRef) else record
+        return self.runtime.blobs.record(record) if isinstance(record.result, BlobRef) else record
 
     def get_version(self, task_id: str, owner: object) -> int:
         who = task_scope(task_id, owner)
-        version = self.db.read(self.db.driver.task_version, task_id, who)
-        if version is None:
-            raise TaskNotFound()
-        return version
+        return _found(self.db.read(self.db.driver.task_version, task_id, who))
 
     def get_many(self, task_ids: Sequence[str], owner: object) -> list[TaskRecord]:
         who = owner_filter(owner)
@@ -163,12 +161,11 @@ class Operations:
 
     def output_page(self, task_id: str, owner: object, after: int, limit: int) -> OutputPage:
         who = task_scope(task_id, owner)
-        found = self.db.read(self.db.driver.output_page, task_id, who, after=after, limit=limit)
-        if found is None:
-            raise TaskNotFound()
-        floor, items = found
+        floor, items = _found(
+            self.db.read(self.db.driver.output_page, task_id, who, after=after, limit=limit)
+        )
         if any(isinstance(data, BlobRef) for _, data in items):
-            items = self._blobs.items(items)
+            items = self.runtime.blobs.items(items)
         return OutputPage(floor, items)
 
     # -- changing --------------------------------------------------------------------
@@ -176,11 +173,10 @@ class Operations:
         who = task_scope(task_id, owner)
         now = time.time()
         expiry = partial(self.runtime.expiry, now=now)
-        record, ask_worker, ended = self.db.write(
+        found, ask_worker, ended = self.db.write(
             self.db.driver.task_cancel, task_id, who, utc(now), expiry
         )
-        if record is None:
-            raise TaskNotFound()
+        record = _found(found)
         if ended:  # a queued task: no worker will report it
             self.runtime.observers.emit("finished", record.id, record.name, record.status, None)
         if ask_worker:
@@ -195,7 +191,7 @@ class Operations:
             raise InvalidTransition(
                 f"the task is {record.status.value}; cancel it before deleting it"
             )
-        self._blobs.store.delete_tasks([task_id])
+        self.runtime.blobs.store.delete_tasks([task_id])
 
     def retryable(self, task_id: str, owner: object) -> TaskRecord:
         """The record of a task to submit again: failed or cancelled."""

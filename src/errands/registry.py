@@ -117,18 +117,19 @@ def _payload_model(
 def make_definition(
     fn: Callable[..., Any],
     *,
-    name: str | None,
-    max_attempts: int,
-    timeout: float | None,
-    priority: int,
-    backoff: Backoff,
-    backoff_max: float,
-    executor: Executor | None,
-    retention: timedelta | float | None,
-    payload: type[BaseModel] | None,
+    name: str | None = None,
+    max_attempts: int = 3,
+    timeout: float | None = None,
+    priority: int = 0,
+    backoff: Backoff = 1.0,
+    backoff_max: float = 300.0,
+    executor: Executor | None = None,
+    retention: timedelta | float | None = None,
+    payload: type[BaseModel] | None = None,
     unique: bool = False,
     max_running_per_owner: int | None = None,
 ) -> TaskDefinition:
+    """The definition ``@app.task`` registers (its options and their defaults)."""
     check_running_cap(max_running_per_owner)
     if max_attempts < 1:
         raise ConfigurationError("max_attempts must be at least 1")

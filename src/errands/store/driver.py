@@ -68,7 +68,7 @@ from sqlalchemy import (
     update,
 )
 
-from ..records import CANCELLED_ERROR, BlobRef, Change, Status, TaskRecord
+from ..records import CANCELLED_ERROR, BlobRef, Change, Status, TaskError, TaskRecord
 from . import codec
 from .codec import utc
 from .schema import job_table, output_table, task_table, worker_table
@@ -84,7 +84,8 @@ MAX_SEQ = 2**31 - 1
 #: Claims take due jobs in this order (see "Claim order" above).
 CLAIM_ORDER = (J.priority.desc(), J.turn, J.run_at)
 #: The error of a task whose worker stopped answering and whose attempts are spent.
-WORKER_LOST = ("WorkerLost", "the worker running this task stopped responding")
+WORKER_LOST = TaskError("WorkerLost", "the worker running this task stopped responding")
+_PROGRESS = ("progress_current", "progress_total", "progress_message")
 _CANDIDATES = 4  # jobs read per job wanted, when caps may skip some
 
 
@@ -92,9 +93,18 @@ def _ids(name: str) -> Any:
     return bindparam(name, expanding=True)
 
 
+def _cursor(conn: Connection) -> Any:
+    """The DB-API cursor the drivers' raw hot-path statements run on."""
+    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+
+def _of(owner: str | None) -> tuple[Any, ...]:
+    """The WHERE terms that keep a query to ``owner``'s records (none for any owner)."""
+    return () if owner is None else (T.owner == owner,)
+
+
 def _owned(task_id: str, owner: str | None) -> Any:
-    cond = T.id == task_id
-    return cond if owner is None else and_(cond, T.owner == owner)
+    return and_(T.id == task_id, *_of(owner))
 
 
 def _change(row: Any) -> Change:
@@ -247,9 +257,7 @@ class Driver(abc.ABC):
         """The records among ``task_ids`` that exist (and belong to ``owner``)."""
         if not task_ids:
             return []
-        q = select(task_table).where(T.id.in_(list(task_ids)))
-        if owner is not None:
-            q = q.where(T.owner == owner)
+        q = select(task_table).where(T.id.in_(list(task_ids)), *_of(owner))
         return [codec.record(r._mapping) for r in conn.execute(q)]
 
     def task_list(
@@ -263,13 +271,8 @@ class Driver(abc.ABC):
         cursor: str | None = None,
     ) -> tuple[list[TaskRecord], str | None]:
         """One page, newest first. The cursor is the last id of the previous page."""
-        q = select(task_table)
-        if owner is not None:
-            q = q.where(T.owner == owner)
-        if status is not None:
-            q = q.where(T.status == status.value)
-        if name is not None:
-            q = q.where(T.name == name)
+        wanted = ((T.status, None if status is None else status.value), (T.name, name))
+        q = select(task_table).where(*_of(owner), *(c == v for c, v in wanted if v is not None))
         if cursor is not None:
             q = q.where(T.id < cursor)
         rows = conn.execute(q.order_by(T.id.desc()).limit(limit + 1)).all()
@@ -714,30 +717,41 @@ class Driver(abc.ABC):
         if not self._lock_held(conn, worker_id, [o.task_id]):
             return None
         values: dict[str, Any] = {
-            "status": Status.QUEUED.value,
             "error_type": o.error_type,
             "error_message": o.error_message,
             "error_detail": o.error_detail,
             "run_at": utc(retry_at),
-            "updated_at": utc(now),
-            "version": T.version + 1,
         }
         if o.progress is not None:
-            values["progress_current"], values["progress_total"], values["progress_message"] = (
-                o.progress
-            )
+            values.update(zip(_PROGRESS, o.progress, strict=True))
+        return self._requeue(conn, worker_id, (o.task_id, o.floor), now, values, run_at=retry_at)
+
+    def _requeue(
+        self,
+        conn: Connection,
+        worker_id: str,
+        task: tuple[str, int],
+        now: float,
+        values: Mapping[str, Any],
+        **job: Any,
+    ) -> Change | None:
+        """The record of an attempt — ``task``: (task id, floor) — back to ``queued``
+        (fenced, with ``values``) and its job waiting again (with ``job``'s values); None
+        when the attempt lost its lease."""
+        task_id, floor = task
         row = conn.execute(
             update(task_table)
-            .where(T.id == o.task_id, self._fenced(worker_id, o.floor))
+            .where(T.id == task_id, self._fenced(worker_id, floor))
             .values(values)
+            .values(status=Status.QUEUED.value, updated_at=utc(now), version=T.version + 1)
             .returning(T.id, T.owner, T.version, T.status)
         ).first()
         if row is None:
             return None
         conn.execute(
             update(job_table)
-            .where(J.task_id == o.task_id)
-            .values(lease_owner=None, lease_expires_at=None, run_at=retry_at)
+            .where(J.task_id == task_id)
+            .values(lease_owner=None, lease_expires_at=None, **job)
         )
         return _change(row)
 
@@ -748,30 +762,13 @@ class Driver(abc.ABC):
         without spending an attempt: their tasks are queued again, to run as if from the
         start."""
         held = set(self._lock_held(conn, worker_id, [task_id for task_id, _ in attempts]))
-        changed: list[Change] = []
-        for task_id, floor in attempts:
-            if task_id not in held:
-                continue
-            row = conn.execute(
-                update(task_table)
-                .where(T.id == task_id, self._fenced(worker_id, floor))
-                .values(
-                    status=Status.QUEUED.value,
-                    attempts=T.attempts - 1,
-                    updated_at=utc(now),
-                    version=T.version + 1,
-                )
-                .returning(T.id, T.owner, T.version, T.status)
-            ).first()
-            if row is None:
-                continue
-            conn.execute(
-                update(job_table)
-                .where(J.task_id == task_id)
-                .values(lease_owner=None, lease_expires_at=None, run_at=now, attempt=J.attempt - 1)
-            )
-            changed.append(_change(row))
-        return changed
+        spared = {"attempts": T.attempts - 1}
+        changes = [
+            self._requeue(conn, worker_id, a, now, spared, run_at=now, attempt=J.attempt - 1)
+            for a in attempts
+            if a[0] in held
+        ]
+        return [c for c in changes if c is not None]
 
     # == the reaper ======================================================================
     def job_expire_leases(self, conn: Connection, worker_ids: Sequence[str]) -> int:
@@ -779,12 +776,8 @@ class Driver(abc.ABC):
         takes their jobs at its next pass. How many leases ended."""
         if not worker_ids:
             return 0
-        ended = conn.execute(
-            update(job_table)
-            .where(J.lease_owner.in_(list(worker_ids)))
-            .values(lease_expires_at=0.0)
-        ).rowcount
-        return ended or 0
+        expire = update(job_table).where(J.lease_owner.in_(list(worker_ids)))
+        return conn.execute(expire.values(lease_expires_at=0.0)).rowcount or 0
 
     def job_reap(
         self,
@@ -817,19 +810,18 @@ class Driver(abc.ABC):
             if row.cancel_requested or row.attempt >= row.max_attempts:
                 if not conn.execute(delete(job_table).where(still_expired)).rowcount:
                     continue
-                values: dict[str, Any] = {"finished_at": stamp, "expires_at": expiry_for(row.name)}
-                if row.cancel_requested:
-                    values.update(
-                        status=Status.CANCELLED.value,
-                        error_type=CANCELLED_ERROR.type,
-                        error_message=CANCELLED_ERROR.message,
-                    )
-                else:
-                    values.update(
-                        status=Status.FAILED.value,
-                        error_type=WORKER_LOST[0],
-                        error_message=WORKER_LOST[1],
-                    )
+                status, error = (
+                    (Status.CANCELLED, CANCELLED_ERROR)
+                    if row.cancel_requested
+                    else (Status.FAILED, WORKER_LOST)
+                )
+                values: dict[str, Any] = {
+                    "status": status.value,
+                    "error_type": error.type,
+                    "error_message": error.message,
+                    "finished_at": stamp,
+                    "expires_at": expiry_for(row.name),
+                }
             else:
                 if not conn.execute(
                     update(job_table)
@@ -883,12 +875,12 @@ class Driver(abc.ABC):
         """Workers seen since ``since``, each with the tasks it holds leases on."""
         shown = [c for c in worker_table.c if c.name != "process_key"]  # internal to liveness
         workers = [
-            dict(r._mapping)
+            dict(r._mapping, running=[])
             for r in conn.execute(select(*shown).where(W.seen_at >= since).order_by(W.id))
         ]
         if not workers:
             return []
-        running: dict[str, list[dict[str, Any]]] = {w["id"]: [] for w in workers}
+        running: dict[str, list[dict[str, Any]]] = {w["id"]: w["running"] for w in workers}
         rows = conn.execute(
             select(J.lease_owner, J.task_id, J.name, J.owner).where(
                 J.lease_owner.in_(list(running))
@@ -896,16 +888,12 @@ class Driver(abc.ABC):
         )
         for r in rows:
             running[r.lease_owner].append({"task_id": r.task_id, "name": r.name, "owner": r.owner})
-        for w in workers:
-            w["running"] = running[w["id"]]
         return workers
 
     def stats_status_counts(self, conn: Connection) -> dict[str, int]:
         """Records by status (every owner)."""
-        counts = {s.value: 0 for s in Status}
-        for status, n in conn.execute(select(T.status, func.count()).group_by(T.status)):
-            counts[status] = n
-        return counts
+        rows = conn.execute(select(T.status, func.count()).group_by(T.status))
+        return {s.value: 0 for s in Status} | {status: n for status, n in rows}
 
     def stats_name_status_counts(self, conn: Connection) -> list[tuple[str, str, int, int]]:
         """(name, status, records, records that started) for every name and status."""

@@ -31,14 +31,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ..records import Change, Status
 from .codec import utc
-from .driver import CLAIM_ORDER, OUT, Driver, J, T, task_row
+from .driver import CLAIM_ORDER, OUT, Driver, J, T, _cursor, _ids, task_row
 from .schema import job_table, task_table
 from .values import Claimed, NewTask, Outcome, OutputItem, Report
-
-
-def _cursor(conn: Connection) -> Any:
-    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-
 
 _TASK_COLUMNS = (
     ("id", "varchar"),
@@ -112,10 +107,6 @@ _INSERT_JOBS_ONE_GROUP = "WITH " + _ONE_GROUP_WITH_TURNS
 
 
 # -- claims ------------------------------------------------------------------------------
-def _ids(name: str) -> Any:
-    return bindparam(name, expanding=True)
-
-
 # A new attempt's floor, over the record being started: for a task that ran before, past
 # every item stored so far (and past the last floor, so each attempt's floor is its
 # own); the first run keeps 0.
@@ -345,21 +336,8 @@ class PostgresDriver(Driver):
         orphans = [r.leased_id for r in rows if r.leased_id is not None and r.id is None]
         if orphans:  # a job whose record is no longer queued: drop it
             conn.execute(_DROP_JOBS, {"_ids": orphans})
-        claimed = [
-            Claimed(
-                r.id,
-                r.name,
-                r.owner,
-                r.payload,
-                r.attempts,
-                r.max_attempts,
-                r.version,
-                bool(r.cancel_requested),
-                r.output_floor,
-            )
-            for r in started
-        ]
-        return claimed, due
+        # Each row: leased_id, then _STARTED's columns (Claimed's fields, in order).
+        return [Claimed(*r[1:10]) for r in started], due
 
     def _serialize_capped_claims(self, conn: Connection) -> None:
         conn.execute(_CAPS_LOCK)

@@ -22,7 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from ..records import Change, Status, TaskRecord
 from . import codec
 from .codec import sqlite_time, to_json, utc
-from .driver import Driver
+from .driver import Driver, _cursor
 from .schema import task_table
 from .values import Claimed, NewTask, Outcome, OutputItem, Report
 
@@ -107,12 +107,12 @@ _SELECT_VERSION_OWNED = _SELECT_VERSION + " AND owner = ?"
 _TIME_COLUMNS = ("run_at", "created_at", "updated_at", "started_at", "finished_at", "expires_at")
 
 
-def _cursor(conn: Connection) -> Any:
-    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-
-
 def _marks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def _delete_jobs(cur: Any, task_ids: list[str]) -> None:
+    cur.execute(f"DELETE FROM errands_job WHERE task_id IN ({_marks(len(task_ids))})", task_ids)
 
 
 def _task_values(task: NewTask) -> tuple[Any, ...]:
@@ -236,10 +236,7 @@ class SQLiteDriver(Driver):
                 (at, at, *leased),
             ).fetchall()
             if len(rows) != len(leased):  # a job whose record is no longer queued: drop it
-                orphans = list(set(leased) - {r[0] for r in rows})
-                cur.execute(
-                    f"DELETE FROM errands_job WHERE task_id IN ({_marks(len(orphans))})", orphans
-                )
+                _delete_jobs(cur, list(set(leased) - {r[0] for r in rows}))
             claimed = [
                 Claimed(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], bool(r[7]), r[8])
                 for r in rows
@@ -248,16 +245,12 @@ class SQLiteDriver(Driver):
         return claimed, due
 
     def job_next_due(self, conn: Connection, names: Sequence[str]) -> float | None:
-        row = (
-            _cursor(conn)
-            .execute(
-                "SELECT min(run_at) FROM errands_job WHERE lease_owner IS NULL "
-                f"AND name IN ({_marks(len(names))})",
-                list(names),
-            )
-            .fetchone()
+        sql = (
+            "SELECT min(run_at) FROM errands_job WHERE lease_owner IS NULL "
+            f"AND name IN ({_marks(len(names))})"
         )
-        return None if row is None or row[0] is None else float(row[0])
+        (due,) = _cursor(conn).execute(sql, list(names)).fetchone()  # an aggregate: one row
+        return None if due is None else float(due)
 
     # -- an attempt's writes ----------------------------------------------------------------
     def _report(
@@ -309,8 +302,5 @@ class SQLiteDriver(Driver):
             if row is not None:
                 changed.append(Change(row[0], row[1], row[2], Status(row[3])))
         if changed:
-            cur.execute(
-                f"DELETE FROM errands_job WHERE task_id IN ({_marks(len(changed))})",
-                [c.task_id for c in changed],
-            )
+            _delete_jobs(cur, [c.task_id for c in changed])
         return changed
