@@ -101,30 +101,27 @@ class Admin:
         )
         rows = await self._db.aread(self._db.driver.stats_finished_since, first)
         count = int((now - first).total_seconds() // bucket_seconds) + 1
-        tallies: list[dict[str, Any]] = [
-            {"succeeded": 0, "failed": 0, "cancelled": 0, "run": [], "wait": []}
-            for _ in range(count)
-        ]
+        # Per bucket: how many ended in each status; run times; wait times.
+        ends = [dict.fromkeys(("succeeded", "failed", "cancelled"), 0) for _ in range(count)]
+        runs: list[list[float]] = [[] for _ in range(count)]
+        waits: list[list[float]] = [[] for _ in range(count)]
         for row_name, status, created, started, finished in rows:
             if name is not None and row_name != name:
                 continue
             index = int((finished - first).total_seconds() // bucket_seconds)
-            if not 0 <= index < count or status not in ("succeeded", "failed", "cancelled"):
+            if not 0 <= index < count or status not in ends[index]:
                 continue
-            t = tallies[index]
-            t[status] += 1
+            ends[index][status] += 1
             if started is not None:
-                t["run"].append((finished - started).total_seconds())
-                t["wait"].append((started - created).total_seconds())
+                runs[index].append((finished - started).total_seconds())
+                waits[index].append((started - created).total_seconds())
         return [
             Bucket(
-                start=first + timedelta(seconds=i * bucket_seconds),
-                succeeded=t["succeeded"],
-                failed=t["failed"],
-                cancelled=t["cancelled"],
-                run_p50=_quantile(t["run"], 0.5),
-                run_p95=_quantile(t["run"], 0.95),
-                wait_p50=_quantile(t["wait"], 0.5),
+                first + timedelta(seconds=i * bucket_seconds),
+                **ends[i],
+                run_p50=_quantile(runs[i], 0.5),
+                run_p95=_quantile(runs[i], 0.95),
+                wait_p50=_quantile(waits[i], 0.5),
             )
-            for i, t in enumerate(tallies)
+            for i in range(count)
         ]

@@ -58,17 +58,12 @@ class StopReason(enum.Enum):
 
     @property
     def rank(self) -> int:
-        """A later reason replaces an earlier one only if it ranks higher."""
-        return _RANK[self]
+        """A later reason replaces an earlier one only if it ranks higher (a cancel and
+        a shutdown rank lowest)."""
+        return _RANK.get(self, 0)
 
 
-_RANK = {
-    StopReason.CANCEL: 0,
-    StopReason.SHUTDOWN: 0,
-    StopReason.TIMEOUT: 1,
-    StopReason.FENCED: 2,
-    StopReason.LEASE_LOST: 3,
-}
+_RANK = {StopReason.TIMEOUT: 1, StopReason.FENCED: 2, StopReason.LEASE_LOST: 3}
 
 #: An output item not written yet, with its bytes for the blob store (None once stored
 #: there, or for an item that goes in its row).
@@ -111,14 +106,12 @@ class Attempt:
         for data in self.ctx._take_outputs():
             self.next_seq += 1
             big = blobs.encode(data)
-            if big is None:
-                self.unflushed.append((OutputItem(task_id, self.next_seq, data), None))
-            else:
-                # Named by the attempt too: a stale attempt's blob never replaces one of
-                # the attempt that holds the lease (the rows would be refused; the files
-                # are written first).
-                ref = f"{task_id}/output-{self.next_seq}-{self.floor}"
-                self.unflushed.append((OutputItem(task_id, self.next_seq, None, ref), big))
+            # A blob is named by the attempt too: a stale attempt's blob never replaces
+            # one of the attempt that holds the lease (the rows would be refused; the
+            # files are written first).
+            ref = None if big is None else f"{task_id}/output-{self.next_seq}-{self.floor}"
+            item = OutputItem(task_id, self.next_seq, data if big is None else None, ref)
+            self.unflushed.append((item, big))
         out, self.unflushed = self.unflushed, []
         return out
 
@@ -164,7 +157,9 @@ class Runner:
         elif definition.executor == "thread":
             attempt.future = self._run_thread(definition, ctx, payload)
         else:
-            attempt.future = self._pool().run(definition.fn, ctx, job.payload)
+            if self._processes is None:
+                self._processes = ProcessPool(self._loop, self._process_slots)
+            attempt.future = self._processes.run(definition.fn, ctx, job.payload)
         attempt.future.add_done_callback(partial(self._on_done, attempt))
         if definition.timeout is not None:
             attempt.timer = self._loop.call_later(
@@ -211,25 +206,18 @@ class Runner:
     def _on_done(self, attempt: Attempt, future: asyncio.Future[Any]) -> None:
         if attempt.settled:
             return
-        if attempt.stop_reason is not None:
-            # Told to stop: it ends as stopped however it returns (its exception, if
-            # any, is read so asyncio does not report it as lost).
-            if not future.cancelled():
-                future.exception()
-            self._end(attempt, stopped(attempt))
-            return
-        if future.cancelled():
+        # Read even when it is not used, so asyncio does not report it as lost.
+        exc = None if future.cancelled() else future.exception()
+        if attempt.stop_reason is not None:  # told to stop: it ends as stopped
+            outcome = stopped(attempt)
+        elif future.cancelled() or (exc is not None and _was_cancelled(exc)):
             attempt.stop_reason = StopReason.CANCEL
-            self._end(attempt, cancelled(attempt))
-            return
-        exc = future.exception()
-        if exc is None:
-            self._end(attempt, self._succeeded(attempt, future.result()))
-        elif _was_cancelled(exc):
-            attempt.stop_reason = StopReason.CANCEL
-            self._end(attempt, cancelled(attempt))
+            outcome = cancelled(attempt)
+        elif exc is None:
+            outcome = self._succeeded(attempt, future.result())
         else:
-            self._end(attempt, failure(attempt, exc))
+            outcome = failure(attempt, exc)
+        self._end(attempt, outcome)
 
     def _succeeded(self, attempt: Attempt, value: Any) -> Outcome:
         try:
@@ -252,31 +240,23 @@ class Runner:
         loop = self._loop
         future: asyncio.Future[Any] = loop.create_future()
 
-        def deliver(ok: bool, value: Any) -> None:
-            if future.done():
-                return
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        def deliver(exc: BaseException | None, result: Any) -> None:
+            if not future.done():
+                if exc is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(exc)
 
         def target() -> None:
             try:
-                result = definition.fn(ctx, payload)
+                reply: tuple[BaseException | None, Any] = (None, definition.fn(ctx, payload))
             except BaseException as exc:
-                ok, value = False, exc
-            else:
-                ok, value = True, result
+                reply = (exc, None)
             with contextlib.suppress(RuntimeError):  # the loop is gone: result ignored
-                loop.call_soon_threadsafe(deliver, ok, value)
+                loop.call_soon_threadsafe(deliver, *reply)
 
         threading.Thread(target=target, name=f"errands-task-{ctx.task_id[:8]}", daemon=True).start()
         return future
-
-    def _pool(self) -> ProcessPool:
-        if self._processes is None:
-            self._processes = ProcessPool(self._loop, self._process_slots)
-        return self._processes
 
 
 # -- outcomes -------------------------------------------------------------------------------
@@ -317,28 +297,23 @@ def failure(attempt: Attempt, exc: BaseException, *, retry: bool = True) -> Outc
     etype, message, detail = safe_error(exc)
     if isinstance(exc, RemoteError | TaskFailed):
         retry = retry and exc.retry
+    retry_at = None
     if retry and job.attempt < job.max_attempts:
         delay = retry_delay(exc)
         if delay is None:
             delay = compute_backoff(definition.backoff, job.attempt, definition.backoff_max)
-        return Outcome(
-            job.task_id,
-            Status.QUEUED,
-            error_type=etype,
-            error_message=message,
-            error_detail=detail,
-            retry_at=time.time() + delay,
-            floor=attempt.floor,
-        )
-    if _asked_to_retry(exc):
-        message = "the task asked to be retried, but its attempts are spent"
-    log.warning("task %s (%s) failed: %s", job.task_id, job.name, etype)
+        retry_at = time.time() + delay
+    else:
+        if isinstance(exc, Retry) or (isinstance(exc, RemoteError) and exc.kind == "retry"):
+            message = "the task asked to be retried, but its attempts are spent"
+        log.warning("task %s (%s) failed: %s", job.task_id, job.name, etype)
     return Outcome(
         job.task_id,
-        Status.FAILED,
+        Status.FAILED if retry_at is None else Status.QUEUED,
         error_type=etype,
         error_message=message,
         error_detail=detail,
+        retry_at=retry_at,
         floor=attempt.floor,
     )
 
@@ -355,10 +330,6 @@ def safe_error(exc: BaseException) -> tuple[str, str, str]:
         etype = type(exc).__name__
         message = exc.message if isinstance(exc, ErrandsError) else "the task failed unexpectedly"
     return storable_text(etype), storable_text(message), storable_text(detail)
-
-
-def _asked_to_retry(exc: BaseException) -> bool:
-    return isinstance(exc, Retry) or (isinstance(exc, RemoteError) and exc.kind == "retry")
 
 
 def retry_delay(exc: BaseException) -> float | None:

@@ -73,10 +73,8 @@ class TaskContext:
     def _take_progress(self) -> tuple[float | None, float | None, str | None] | None:
         """The newest progress if it changed since the last call, else None."""
         with self._lock:
-            if not self._progress_dirty:
-                return None
-            self._progress_dirty = False
-            return self._progress
+            dirty, self._progress_dirty = self._progress_dirty, False
+            return self._progress if dirty else None
 
     def _progress_unwritten(self) -> None:
         """The progress taken last was not written: take it again next time."""

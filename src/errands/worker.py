@@ -37,8 +37,9 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import Connection
 
@@ -190,9 +191,7 @@ class Worker:
         self.runtime = runtime
         self.settings = settings
         self.hostname = socket.gethostname()[:255]
-        self.id = settings.worker_id or (
-            f"{self.hostname[:30]}:{os.getpid()}:{os.urandom(3).hex()}"
-        )
+        self.id = settings.worker_id or f"{self.hostname[:30]}:{os.getpid()}:{os.urandom(3).hex()}"
         self.names = list(settings.names or runtime.registry.names())
         #: Task name → how many of one owner's tasks of it may run at once.
         self.caps = runtime.running_caps(self.names)
@@ -232,10 +231,7 @@ class Worker:
 
     def wake(self) -> None:
         """Run a round soon (from any thread): a job source has something to claim."""
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._wake.set)
+        self._call_soon(self._wake.set)
 
     def stop(self) -> None:
         """Stop gracefully; a second call stops at once (attempts are handed back)."""
@@ -330,12 +326,12 @@ class Worker:
         while True:
             if self._stopping and shutdown_at is None:
                 shutdown_at = time.monotonic() + (0 if self._forced else s.shutdown_timeout)
-            if (
-                shutdown_at is not None
-                and self._running
-                and (self._forced or time.monotonic() >= shutdown_at)
-            ):
-                self._stop_running()
+            if shutdown_at is not None and (self._forced or time.monotonic() >= shutdown_at):
+                for attempt in list(self._running.values()):  # hand them back
+                    if attempt.stop_reason is not StopReason.SHUTDOWN:
+                        self._runner.stop(attempt, StopReason.SHUTDOWN)
+                        if attempt.definition.executor != "async":
+                            self._runner.abandon(attempt)
             free = 0 if self._stopping else s.concurrency - len(self._running)
             limit = self.source.wanted(free) if free > 0 else 0
             if not (self._outcomes or self._releases or limit):
@@ -368,17 +364,12 @@ class Worker:
             for job in claimed:
                 self._start(job, sent)
 
-    def _poke(self) -> None:
+    def _poke(self, *, hinted: bool = False) -> None:
+        """A claim may find something (``hinted``: a notification said so)."""
+        self._hinted = self._hinted or hinted
         if isinstance(self.source, QueueSource):
             self.source.maybe_work = True
         self._wake.set()
-
-    def _stop_running(self) -> None:
-        for attempt in list(self._running.values()):
-            if attempt.stop_reason is not StopReason.SHUTDOWN:
-                self._runner.stop(attempt, StopReason.SHUTDOWN)
-                if attempt.definition.executor != "async":
-                    self._runner.abandon(attempt)
 
     async def _round(self, limit: int) -> tuple[list[Claimed], bool, float]:
         """One round: the outcomes and hand-backs that wait, and a claim of up to
@@ -392,7 +383,6 @@ class Worker:
             await asyncio.shield(flushing[1])  # its items come before the outcome's
         blobs = self.runtime.blobs
         outputs = [item for attempt, _ in batch for item in attempt.take_outputs(blobs)]
-        release_ids = [attempt.task_id for attempt in releases]
         sent = time.monotonic()
         try:
             await self._store_blobs([o for _, o in batch], outputs)
@@ -410,27 +400,25 @@ class Worker:
                 then=lambda result: self._publish(result[0]),  # from the write thread
             )
         except Exception as exc:
+            self._releases[:0] = releases
+            self.source.claims_lost()
             if batch and not is_unavailable(exc):
                 # Not the database being away: something in the batch itself (a value
                 # the database refuses). Write each outcome alone, so one bad outcome
                 # cannot hold the others (and their workers' leases) hostage.
                 log.error("worker %s: writing outcomes failed", self.id, exc_info=exc)
                 batch = [await self._write_alone(a, outcome, outputs) for a, outcome in batch]
-                self._releases[:0] = releases
-                self.source.claims_lost()
                 return [], any(o.status is Status.QUEUED for _, o in batch), sent
             log_failure(log, exc, "worker %s: a write failed; retrying", self.id)
             for attempt, _ in batch:
                 attempt.unflushed[:0] = [o for o in outputs if o[0].task_id == attempt.task_id]
             self._outcomes[:0] = batch
-            self._releases[:0] = releases
-            self.source.claims_lost()
             await asyncio.sleep(0.5)
             return [], False, sent
         self._finished(batch)
         if limit:
             self._due = due
-        again = [(task_id, time.time()) for task_id in release_ids]
+        again = [(attempt.task_id, time.time()) for attempt in releases]
         again += [(o.task_id, o.retry_at or 0.0) for _, o in batch if o.status is Status.QUEUED]
         if again:
             self.runtime.publisher.queued(again)
@@ -518,15 +506,14 @@ class Worker:
             outcomes = [o for _, o in batch]
             items = [item for item, _ in outputs]
             changed += driver.attempt_finish(conn, self.id, outcomes, now=now, outputs=items)
-            if len(changed) < len(batch):
-                written = {c.task_id for c in changed}
-                for attempt, _ in batch:
-                    if attempt.task_id not in written:
-                        log.warning(
-                            "worker %s: the outcome of task %s was refused: its lease was lost",
-                            self.id,
-                            attempt.task_id,
-                        )
+            written = {c.task_id for c in changed}
+            for attempt, _ in batch:
+                if attempt.task_id not in written:
+                    log.warning(
+                        "worker %s: the outcome of task %s was refused: its lease was lost",
+                        self.id,
+                        attempt.task_id,
+                    )
         if releases:
             handed = [(attempt.task_id, attempt.floor) for attempt in releases]
             changed += driver.attempt_release(conn, self.id, handed, now=now)
@@ -535,29 +522,28 @@ class Worker:
 
     async def _sleep_or_wake(self, timeout: float) -> bool:
         """Wait for ``_wake`` at most ``timeout`` seconds; True if it was set."""
-        if self._wake.is_set():
-            return True
-        if timeout <= 0:
+        if timeout > 0 and not self._wake.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                return False
+        elif not self._wake.is_set():
             await asyncio.sleep(0)  # always yield: callers loop on this
-            return self._wake.is_set()
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return self._wake.is_set()
+
+    def _call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the worker's loop (from any thread), if it runs."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(callback)
 
     def _on_jobs_hint(self) -> None:  # listener thread
-        def hint() -> None:
-            self._hinted = True
-            self._poke()
-
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(hint)
+        self._call_soon(partial(self._poke, hinted=True))
 
     def _on_cancel_hint(self, task_ids: Sequence[str]) -> None:  # listener thread
         # A hint only triggers a heartbeat, which reads the cancel flags from the database.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self._beat_now.set)
+        self._call_soon(self._beat_now.set)
 
     # -- running -----------------------------------------------------------------------
     def _start(self, job: Claimed, leased_at: float) -> None:
@@ -576,8 +562,7 @@ class Worker:
             # This worker lost the lease of an attempt it still runs (it was paused past
             # the lease, say) and has just claimed the task again: the old attempt's
             # writes would be refused; stop it before the new one starts.
-            log.warning("worker %s lost the lease of task %s", self.id, job.task_id)
-            self._runner.stop(stale, StopReason.LEASE_LOST)
+            self._lease_lost(stale)
             self._runner.abandon(stale)
         self.started += 1
         self.runtime.observers.emit("started", job.task_id, job.name, Status.RUNNING, None)
@@ -588,18 +573,21 @@ class Worker:
         attempt.settled = True
         if self._running.get(attempt.task_id) is attempt:
             del self._running[attempt.task_id]
-        reason = attempt.stop_reason
         if outcome is not None:
             outcome.progress = attempt.ctx._final_progress()
             if outcome.status.done:
                 outcome.expires_at = self.runtime.expiry(attempt.job.name, time.time())
             self._writing.add(attempt.task_id)
             self._outcomes.append((attempt, outcome))
-        elif reason is not None and reason.hands_back:
+        elif attempt.stop_reason is not None and attempt.stop_reason.hands_back:
             self._releases.append(attempt)
         else:  # its lease is gone: nothing to write
             self._over(attempt)
         self._wake.set()
+
+    def _lease_lost(self, attempt: Attempt) -> None:
+        log.warning("worker %s lost the lease of task %s", self.id, attempt.task_id)
+        self._runner.stop(attempt, StopReason.LEASE_LOST)
 
     # -- writing -----------------------------------------------------------------------
     def _publish(self, changed: Sequence[Change]) -> None:
@@ -652,8 +640,7 @@ class Worker:
                 written = {c.task_id for c in changed}
                 for task_id, attempt in attempts.items():
                     if task_id not in written and not attempt.settled:
-                        log.warning("worker %s lost the lease of task %s", self.id, task_id)
-                        self._runner.stop(attempt, StopReason.LEASE_LOST)
+                        self._lease_lost(attempt)
 
     async def _heartbeat_loop(self) -> None:
         s = self.settings
@@ -663,13 +650,12 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), wait)
             self._beat_now.clear()
+            wait = s.heartbeat_interval
             try:
                 await self._heartbeat()
             except Exception as exc:
                 log_failure(log, exc, "worker %s: heartbeat failed", self.id)
-                wait = min(s.heartbeat_interval, 1.0)  # try again soon: the leases run out
-            else:
-                wait = s.heartbeat_interval
+                wait = min(wait, 1.0)  # try again soon: the leases run out
 
     async def _heartbeat(self) -> None:
         ids = list(self._running) + [i for i in self._writing if i not in self._running]
@@ -688,8 +674,7 @@ class Worker:
                 # flight: that attempt's lease is fresh, whatever the heartbeat saw.
                 continue
             if task_id not in held:
-                log.warning("worker %s lost the lease of task %s", self.id, task_id)
-                self._runner.stop(attempt, StopReason.LEASE_LOST)
+                self._lease_lost(attempt)
                 continue
             attempt.lease_at = sent
             if task_id in cancel:
@@ -710,38 +695,30 @@ class Worker:
         its own timer, since a heartbeat may hang as long as the database does."""
         s = self.settings
         assert s.heartbeat_interval is not None
-        fence_after = s.fence_after
+        fence_after, stopped = s.fence_after, (StopReason.FENCED, StopReason.LEASE_LOST)
         while True:
             await asyncio.sleep(min(s.heartbeat_interval / 2, 1.0))
             now = time.monotonic()
             for attempt in list(self._running.values()):
-                if now - attempt.lease_at > fence_after and attempt.stop_reason not in (
-                    StopReason.FENCED,
-                    StopReason.LEASE_LOST,
-                ):
+                late = now - attempt.lease_at
+                if late > fence_after and attempt.stop_reason not in stopped:
                     log.warning(
                         "worker %s: the lease of task %s was not renewed for %.1f s; "
                         "stopping the attempt before it runs out",
                         self.id,
                         attempt.task_id,
-                        now - attempt.lease_at,
+                        late,
                     )
                     self._runner.stop(attempt, StopReason.FENCED)
 
     # -- stopping ----------------------------------------------------------------------
     def _install_signals(self) -> list[int]:
-        if (
-            not self.settings.handle_signals
-            or threading.current_thread() is not threading.main_thread()
-        ):
-            return []
         handled: list[int] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self.loop.add_signal_handler(sig, self.stop)
-                handled.append(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
+        if self.settings.handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    self.loop.add_signal_handler(sig, self.stop)
+                    handled.append(sig)
         return handled
 
 

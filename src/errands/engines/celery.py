@@ -109,7 +109,15 @@ class CeleryEngine:
         self.relay_after = relay_after
 
         def run(task_id: str) -> None:
-            self._run_message(task_id)
+            """The body of ``errands.run`` in a Celery pool thread: hand the job to this
+            process's errands worker and wait until its attempt is over."""
+            from celery.exceptions import Reject
+
+            source = self.current
+            if source is None:
+                raise Reject("no errands worker runs in this process", requeue=True)
+            if source.hand(task_id).result() == _REQUEUE:
+                raise Reject("the errands worker is stopping", requeue=True)
 
         self._task = celery_app.task(
             name=RUN_TASK,
@@ -207,18 +215,6 @@ class CeleryEngine:
                 db.write(db.driver.job_mark_sent, sent, durable=False)
             except Exception as exc:
                 log_failure(log, exc, "errands: marking %d job(s) sent failed", len(sent))
-
-    # -- the Celery side ---------------------------------------------------------------
-    def _run_message(self, task_id: str) -> None:
-        """The body of ``errands.run`` in a Celery pool thread: hand the job to this
-        process's errands worker and wait until its attempt is over."""
-        from celery.exceptions import Reject
-
-        source = self.current
-        if source is None:
-            raise Reject("no errands worker runs in this process", requeue=True)
-        if source.hand(task_id).result() == _REQUEUE:
-            raise Reject("the errands worker is stopping", requeue=True)
 
 
 class CelerySource(JobSource):

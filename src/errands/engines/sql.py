@@ -14,19 +14,16 @@ if TYPE_CHECKING:
 
 class SqlEngine:
     name = "sql"
-
-    def __init__(self) -> None:
-        self._notifier: Notifier | None = None
+    #: The notifier of the runtime it serves (``attach``).
+    _notifier: Notifier
 
     def attach(self, runtime: Runtime) -> None:
         self._notifier = runtime.notifier
 
     def queued(self, jobs: Sequence[tuple[str, float]]) -> None:
-        assert self._notifier is not None
         self._notifier.publish_jobs()  # workers claim from the table; wake idle ones
 
     def request_cancel(self, task_ids: Sequence[str]) -> None:
-        assert self._notifier is not None
         self._notifier.publish_cancel(task_ids)
 
     def worker(self, runtime: Runtime, settings: WorkerSettings) -> Worker:
