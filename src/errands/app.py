@@ -118,23 +118,45 @@ class Errands:
         )
         self.engine: Engine = engine
         engine.attach(self.runtime)
-        # The runtime's parts, under the names the app has always had.
-        self.db: Database = self.runtime.db
-        self.registry: Registry = self.runtime.registry
-        self.notifier: Notifier = self.runtime.notifier
-        self.blobs: Blobs = self.runtime.blobs
-        #: Callbacks on lifecycle events in this process (see ``errands.observers``).
-        self.observers: Observers = self.runtime.observers
-        self.default_retention = default_retention
-        #: How many of one owner's tasks of one name may run at once, for tasks that
-        #: set no ``max_running_per_owner`` of their own (None: no limit).
-        self.max_running_per_owner = max_running_per_owner
         self.max_payload_bytes = max_payload_bytes
         self._ops = Operations(self.runtime, engine)
         self.watchers = Watchers(self.runtime.notifier)
         self.sync = SyncErrands(self)
         #: Views across every owner, for administrators (see ``errands.admin``).
         self.admin = Admin(self.runtime)
+
+    # The runtime's parts, under the names the app has always had (read through to the
+    # runtime: it is their one home).
+    @property
+    def db(self) -> Database:
+        return self.runtime.db
+
+    @property
+    def registry(self) -> Registry:
+        return self.runtime.registry
+
+    @property
+    def notifier(self) -> Notifier:
+        return self.runtime.notifier
+
+    @property
+    def blobs(self) -> Blobs:
+        return self.runtime.blobs
+
+    @property
+    def observers(self) -> Observers:
+        """Callbacks on lifecycle events in this process (see ``errands.observers``)."""
+        return self.runtime.observers
+
+    @property
+    def default_retention(self) -> timedelta | None:
+        return self.runtime.default_retention
+
+    @property
+    def max_running_per_owner(self) -> int | None:
+        """How many of one owner's tasks of one name may run at once, for tasks that set
+        no ``max_running_per_owner`` of their own (None: no limit)."""
+        return self.runtime.max_running_per_owner
 
     # -- registering tasks -----------------------------------------------------------
     @overload
