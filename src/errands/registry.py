@@ -89,9 +89,7 @@ class TaskDefinition:
 
     def load(self, stored: Any) -> Any:
         """The function's payload argument from the stored JSON."""
-        if self.payload_model is None:
-            return stored
-        return self.payload_model.model_validate(stored)
+        return stored if self.payload_model is None else self.payload_model.model_validate(stored)
 
 
 def _payload_model(
