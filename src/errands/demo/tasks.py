@@ -100,18 +100,15 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
         files = _files(corpus, payload.glob)
         total = len(files)
         ctx.progress(0, total, f"{total} files to search")
-        hits = 0
-        truncated = False
-        scanned = 0
+        hits, scanned, truncated = 0, 0, False
         for rel, path in files:
             ctx.raise_if_cancelled()
             try:
                 text = path.read_text(encoding="utf-8", errors="replace")
             except OSError:
                 text = ""
-            lines = text.split("\n")
-            if lines[-1] == "":
-                lines.pop()  # the newline that ends the file
+            # Without the newline that ends the file (an empty file has no lines).
+            lines = text.removesuffix("\n").split("\n") if text else []
             for number, line in enumerate(lines, start=1):
                 ctx.raise_if_cancelled()
                 line = line.removesuffix("\r")
@@ -153,8 +150,7 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
             raise TaskFailed("Only a finished search can be exported.", retry=False)
         target = exports / f"{ctx.task_id}.csv"
         partial = target.with_suffix(".part")
-        rows = 0
-        after = 0
+        rows = after = 0
         with partial.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["path", "line", "text"])
