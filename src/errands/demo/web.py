@@ -55,6 +55,19 @@ HERE = Path(__file__).parent
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PAGE_SIZE = 20
 HITS_ON_PAGE = 500
+#: The message page's title and text for each status code it is sent with.
+MESSAGES = {
+    403: (
+        "Form expired",
+        "This form has expired or did not come from this site. Go back, reload the page and "
+        "try again.",
+    ),
+    503: ("Unavailable", "The server's database is unavailable for a moment. Try again shortly."),
+    507: (
+        "Out of space",
+        "The server has run out of storage space, so nothing was saved. Try again later.",
+    ),
+}
 
 
 @dataclass
@@ -105,9 +118,6 @@ class Demo:
                 fh.write(secrets.token_urlsafe(48))
         return path.read_text().strip()
 
-    async def user(self, conn: HTTPConnection) -> User | None:
-        return await run_in_threadpool(self.accounts.user_for, conn)
-
     def render(
         self, request: Request, template: str, status_code: int = 200, **context: Any
     ) -> Response:
@@ -120,7 +130,7 @@ class Demo:
 
     async def signed_in(self, request: Request) -> User | None:
         """The user, also kept on ``request.state`` for the templates."""
-        user = await self.user(request)
+        user = await run_in_threadpool(self.accounts.user_for, request)
         request.state.user = user
         return user
 
@@ -134,33 +144,18 @@ class Demo:
         """The page for a database that cannot serve (503) or is out of space (507)."""
         log_failure(log, exc, "errands demo: %s %s failed", request.method, request.url.path)
         if isinstance(exc, StorageFull):
-            return self.render(
-                request,
-                "message.html",
-                status_code=507,
-                title="Out of space",
-                message="The server has run out of storage space, so nothing was saved. "
-                "Try again later.",
-            )
-        response = self.render(
-            request,
-            "message.html",
-            status_code=503,
-            title="Unavailable",
-            message="The server's database is unavailable for a moment. Try again shortly.",
-        )
+            return self.message(request, 507)
+        response = self.message(request, 503)
         response.headers["Retry-After"] = "1"
         return response
 
     def csrf_refused(self, request: Request) -> Response:
-        return self.render(
-            request,
-            "message.html",
-            status_code=403,
-            title="Form expired",
-            message="This form has expired or did not come from this site. Go back, reload "
-            "the page and try again.",
-        )
+        return self.message(request, 403)
+
+    def message(self, request: Request, status_code: int) -> Response:
+        """The page that explains a refusal or a failure (``MESSAGES``)."""
+        title, message = MESSAGES[status_code]
+        return self.render(request, "message.html", status_code, title=title, message=message)
 
     def members(self, handler: MemberHandler) -> Endpoint:
         """A page for signed-in users: others go to the login page; a POST must carry
@@ -211,7 +206,7 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
 
     # -- the HTTP API, for the pages' scripts and for API tokens -------------------------
     async def api_owner(conn: HTTPConnection) -> str | None:
-        user = await demo.user(conn)
+        user = await run_in_threadpool(demo.accounts.user_for, conn)
         if user is None:
             return None
         # A browser's write must prove it comes from our pages (SameSite is the first
@@ -267,9 +262,7 @@ def _redirect(url: str) -> Response:
 
 def _safe_next(target: str | None) -> str:
     """Only local paths: no open redirects."""
-    if target and target.startswith("/") and not target.startswith("//"):
-        return target
-    return "/"
+    return target if target and target.startswith("/") and not target.startswith("//") else "/"
 
 
 def _add_pages(pages: Router, demo: Demo) -> None:
@@ -378,9 +371,8 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         )
 
     async def my_tasks(request: Request, user: User, data: dict[str, str]) -> Response:
-        status = request.query_params.get("status") or None
-        if status not in (None, *(s.value for s in Status)):
-            status = None
+        wanted = request.query_params.get("status")
+        status = wanted if wanted in {s.value for s in Status} else None
         cursor = request.query_params.get("cursor") or None
         try:
             page = await app.list(owner=user.owner, status=status, limit=PAGE_SIZE, cursor=cursor)
