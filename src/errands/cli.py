@@ -49,9 +49,7 @@ def load_app(path: str) -> Errands:
 
 
 def _app_from(args: argparse.Namespace) -> Errands:
-    if getattr(args, "app", None):
-        return load_app(args.app)
-    return Errands(args.database_url)
+    return load_app(args.app) if args.app else Errands(args.database_url)
 
 
 def record_dict(record: TaskRecord, *, admin: bool = True) -> dict[str, Any]:
@@ -60,15 +58,14 @@ def record_dict(record: TaskRecord, *, admin: bool = True) -> dict[str, Any]:
     data["progress"]["percent"] = record.progress.percent
     data["done"] = record.done
     for key in ("run_at", "created_at", "updated_at", "started_at", "finished_at", "expires_at"):
-        value = data[key]
-        data[key] = value.isoformat() if value is not None else None
+        data[key] = None if data[key] is None else data[key].isoformat()
     if not admin:
         data.pop("error_detail", None)
     return data
 
 
-def _print_json(value: Any, out: TextIO | None = None) -> None:
-    (out or sys.stdout).write(json.dumps(value, indent=2, default=str) + "\n")
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
 # -- commands -------------------------------------------------------------------------
