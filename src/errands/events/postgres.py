@@ -163,7 +163,7 @@ class PostgresNotifier(CrossProcessNotifier["_Listener", "_Sender"]):
         with self._direct_lock:
             self._direct.drop()
         for listener in listeners:
-            listener.join()
+            listener.thread.join(timeout=2.0)
         self._local.close()
 
 
@@ -286,6 +286,3 @@ class _Listener:
     def stop(self) -> None:
         """Ask the thread to stop (it wakes on its next notification or within 1 s)."""
         self._stopping.set()
-
-    def join(self) -> None:
-        self.thread.join(timeout=2.0)
