@@ -136,11 +136,6 @@ _PG_UNAVAILABLE: dict[str, str | None] = {
 }
 
 
-def _is_operational(error: BaseException) -> bool:
-    """A DB-API ``OperationalError``, whichever driver raised it (each has its own)."""
-    return any(cls.__name__ == "OperationalError" for cls in type(error).__mro__)
-
-
 def _sqlite_error(error: sqlite3.Error) -> DatabaseUnavailable | StorageFull | None:
     code = getattr(error, "sqlite_errorcode", None)
     if not isinstance(code, int):
@@ -169,11 +164,11 @@ def database_error(exc: BaseException) -> DatabaseUnavailable | StorageFull | No
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return DatabaseUnavailable(_LOST)
     if isinstance(sqlstate, str) and sqlstate:
-        for key in (sqlstate, sqlstate[:2]):
-            if key in _PG_UNAVAILABLE:
-                return DatabaseUnavailable(_PG_UNAVAILABLE[key])
-        return None
-    if _is_operational(orig):  # no SQLSTATE: the client could not connect, or lost it
+        key = next((k for k in (sqlstate, sqlstate[:2]) if k in _PG_UNAVAILABLE), None)
+        return None if key is None else DatabaseUnavailable(_PG_UNAVAILABLE[key])
+    # A DB-API OperationalError, whichever driver raised it (each has its own), with no
+    # SQLSTATE: the client could not connect, or lost the connection.
+    if any(cls.__name__ == "OperationalError" for cls in type(orig).__mro__):
         text = str(orig)
         lost = "lost" in text or "closed" in text
         return DatabaseUnavailable(_LOST if lost else _UNREACHABLE)
