@@ -337,8 +337,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
 
     # -- tasks -------------------------------------------------------------------------
     async def task_page(request: Request, user: User, data: dict[str, str]) -> Response:
-        task_id = request.path_params["task_id"]
-        record = await app.get(task_id, owner=user.owner)
+        record = await app.get(request.path_params["task_id"], owner=user.owner)
         hits: list[tuple[int, Any]] = []
         if record.name == "search":
             hits = await app.outputs(record.id, owner=user.owner, limit=HITS_ON_PAGE)
@@ -358,8 +357,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         return _redirect(f"/tasks/{record.id}")
 
     async def download(request: Request, user: User, data: dict[str, str]) -> Response:
-        task_id = request.path_params["task_id"]
-        record = await app.get(task_id, owner=user.owner)
+        record = await app.get(request.path_params["task_id"], owner=user.owner)
         path = demo.exports / f"{record.id}.csv"
         if record.name != "export" or record.status is not Status.SUCCEEDED or not path.exists():
             return demo.not_found(request)
@@ -384,9 +382,8 @@ def _add_pages(pages: Router, demo: Demo) -> None:
     async def tokens_page(request: Request, user: User, data: dict[str, str]) -> Response:
         created = None
         if request.method == "POST":
-            created = await run_in_threadpool(
-                demo.accounts.create_token, user, data.get("name", "")
-            )
+            name = data.get("name", "")
+            created = await run_in_threadpool(demo.accounts.create_token, user, name)
         tokens = await run_in_threadpool(demo.accounts.tokens, user)
         return demo.render(request, "tokens.html", tokens=tokens, created=created)
 
