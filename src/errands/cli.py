@@ -79,9 +79,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "heartbeat_interval": args.heartbeat,
         "poll_interval": args.poll,
         "progress_interval": args.progress_interval,
+        "names": [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None,
     }
-    if args.names:
-        settings["names"] = [n.strip() for n in args.names.split(",") if n.strip()]
     app.run_worker(**{key: value for key, value in settings.items() if value is not None})
     return 0
 
