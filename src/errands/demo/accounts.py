@@ -69,8 +69,7 @@ class Accounts:
             raise AccountError(f"Choose a password of at least {MIN_PASSWORD} characters.")
         if len(password) > 1024:
             raise AccountError("That password is too long.")
-        hashed = _hasher.hash(password)
-        user = self.db.write(store.add_user, email, hashed, now(), is_admin)
+        user = self.db.write(store.add_user, email, _hasher.hash(password), now(), is_admin)
         if user is None:
             raise AccountError("An account with this e-mail address exists; log in instead.")
         return user
