@@ -261,13 +261,9 @@ class CelerySource(JobSource):
         worker = self.worker
         driver = worker.runtime.db.driver
         ids = list(dict.fromkeys(task_id for task_id, _ in self._asked))
+        lease = worker.settings.lease_seconds
         claimed = driver.job_claim_ids(
-            conn,
-            worker.id,
-            ids,
-            names=worker.names,
-            now=now,
-            lease_seconds=worker.settings.lease_seconds,
+            conn, worker.id, ids, names=worker.names, now=now, lease_seconds=lease
         )
         if len(claimed) < len(ids):  # the others run elsewhere, ended, or wait oddly:
             got = {job.task_id for job in claimed}  # a job left waiting is relayed again
