@@ -320,8 +320,7 @@ class Database:
             with self._relaxed_lock:
                 if self._relaxed is None:
                     self._relaxed = self._create_postgres_engine(
-                        max(2, (self._pool_size or 8) // 2),
-                        options="-c synchronous_commit=off",
+                        max(2, (self._pool_size or 8) // 2), options="-c synchronous_commit=off"
                     )
         return self._relaxed
 
