@@ -404,10 +404,9 @@ class TaskAPI:
         page = await self.app.output_page(
             task_id, owner=_who(owner, admin), after=after, limit=limit
         )
-        items = page.items
         doc = {
-            "items": [{"seq": s, "data": d} for s, d in items],
-            "last_seq": items[-1][0] if items else max(after, page.floor),
+            "items": [{"seq": s, "data": d} for s, d in page.items],
+            "last_seq": page.items[-1][0] if page.items else max(after, page.floor),
             "output_floor": page.floor,
         }
         return _json(doc, 200, _PRIVATE)
