@@ -404,10 +404,9 @@ class TaskAPI:
         page = await self.app.output_page(
             task_id, owner=_who(owner, admin), after=after, limit=limit
         )
-        items = page.items
         doc = {
-            "items": [{"seq": s, "data": d} for s, d in items],
-            "last_seq": items[-1][0] if items else max(after, page.floor),
+            "items": [{"seq": s, "data": d} for s, d in page.items],
+            "last_seq": page.items[-1][0] if page.items else max(after, page.floor),
             "output_floor": page.floor,
         }
         return _json(doc, 200, _PRIVATE)
@@ -535,10 +534,8 @@ class TaskAPI:
     # -- the router ----------------------------------------------------------------------
     def router(self) -> APIRouter:
         router = APIRouter(route_class=ProblemRoute, tags=["tasks"])
-        router.add_api_route(
+        router.post(
             "/tasks",
-            self.submit,
-            methods=["POST"],
             status_code=202,
             summary="Submit a task",
             responses={
@@ -561,36 +558,28 @@ class TaskAPI:
                     }
                 ],
             },
-        )
-        router.add_api_route(
+        )(self.submit)
+        router.get(
             "/tasks/{task_id}",
-            self.get_task,
-            methods=["GET"],
             summary="Read a task",
             responses={
                 200: {"model": TaskResource, "description": "The task; `ETag` is its version"},
                 304: {"description": "Unchanged since the `If-None-Match` version"},
                 **problem_responses(401, 404, 431),
             },
-        )
-        router.add_api_route(
+        )(self.get_task)
+        router.get(
             "/tasks",
-            self.list_tasks,
-            methods=["GET"],
             summary="List the caller's tasks, newest first",
             responses={200: {"model": TaskPage}, **problem_responses(401, 422, 431)},
-        )
-        router.add_api_route(
+        )(self.list_tasks)
+        router.get(
             "/tasks/{task_id}/output",
-            self.task_output,
-            methods=["GET"],
             summary="Items the task's current attempt emitted after sequence number `after`",
             responses={200: {"model": OutputPage}, **problem_responses(401, 404, 422, 431)},
-        )
-        router.add_api_route(
+        )(self.task_output)
+        router.post(
             "/tasks/{task_id}/cancel",
-            self.cancel_task,
-            methods=["POST"],
             summary="Cancel a task",
             description=(
                 "A queued task is cancelled at once (200). A running one is asked to stop "
@@ -601,22 +590,15 @@ class TaskAPI:
                 202: {"model": TaskResource, "description": "Asked to stop"},
                 **problem_responses(401, 404, 431),
             },
-        )
-        router.add_api_route(
+        )(self.cancel_task)
+        router.delete(
             "/tasks/{task_id}",
-            self.delete_task,
-            methods=["DELETE"],
             status_code=204,
             summary="Delete a task (cancelling it first if it is not finished)",
-            responses={
-                204: {"description": "Deleted"},
-                **problem_responses(401, 404, 409, 431),
-            },
-        )
-        router.add_api_route(
+            responses={204: {"description": "Deleted"}, **problem_responses(401, 404, 409, 431)},
+        )(self.delete_task)
+        router.get(
             "/tasks/{task_id}/events",
-            self.task_events_sse,
-            methods=["GET"],
             summary="The task's live events (Server-Sent Events)",
             description=(
                 "Events `output`, `status`, `progress`, `attempt` (a new attempt began: "
@@ -630,15 +612,13 @@ class TaskAPI:
                 204: {"description": "Nothing left to send: the task finished"},
                 **problem_responses(401, 404, 422, 431),
             },
-        )
-        router.add_api_route(
+        )(self.task_events_sse)
+        router.get(
             "/events",
-            self.owner_events,
-            methods=["GET"],
             summary="Live changes to all of the caller's tasks (Server-Sent Events)",
             description="One `task` event (the task resource) per change.",
             responses={200: _event_stream(["task"]), **problem_responses(401, 431)},
-        )
+        )(self.owner_events)
         router.add_api_websocket_route("/tasks/{task_id}/ws", self.task_ws)
         return router
 

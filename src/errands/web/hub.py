@@ -118,9 +118,8 @@ class OwnerWatch:
         self.sent: OrderedDict[str, int] = OrderedDict()
 
     def _push(self, change: Change) -> None:
-        if change.version > max(
-            self.sent.get(change.task_id, 0), self.pending.get(change.task_id, 0)
-        ):
+        newest = max(self.sent.get(change.task_id, 0), self.pending.get(change.task_id, 0))
+        if change.version > newest:
             self.pending[change.task_id] = change.version
             self.changed.set()
 

@@ -83,26 +83,13 @@ class Problem(Exception):
 
 
 NOT_FOUND_DETAIL = "No such task."
+#: The one answer for a task that is missing or not the caller's.
 _NOT_FOUND_BODY = Problem(404, NOT_FOUND_DETAIL).body()
-
-
-def not_found() -> Response:
-    """The one answer for a task that is missing or not the caller's."""
-    return Response(_NOT_FOUND_BODY, 404, media_type=MEDIA_TYPE)
-
-
-def database_problem(exc: DatabaseUnavailable | StorageFull, what: str) -> Problem:
-    """The answer for a database that cannot serve (503) or is out of space (507), logged
-    in one line (``what`` failed); the answer never names the database, its host or its
-    files."""
-    log_failure(log, exc, "errands: %s failed", what)
-    if isinstance(exc, StorageFull):
-        return Problem(507, "The task database is out of space; nothing was written.")
-    return Problem(
-        503,
-        "The task database is unavailable; try again shortly.",
-        headers={"Retry-After": "1"},
-    )
+#: The answers for a database that cannot serve, or is out of space.
+_UNAVAILABLE = Problem(
+    503, "The task database is unavailable; try again shortly.", headers={"Retry-After": "1"}
+)
+_FULL = Problem(507, "The task database is out of space; nothing was written.")
 
 
 def field_name(loc: Sequence[Any]) -> str:
@@ -144,7 +131,7 @@ class ProblemRoute(APIRoute):
             except Problem as exc:
                 return exc.response()
             except TaskNotFound:
-                return not_found()
+                return Response(_NOT_FOUND_BODY, 404, media_type=MEDIA_TYPE)
             except RequestValidationError as exc:
                 return validation_problem(exc.errors()).response()
             except HTTPException as exc:
@@ -152,8 +139,9 @@ class ProblemRoute(APIRoute):
                     exc.status_code, str(exc.detail), headers=dict(exc.headers or {})
                 ).response()
             except (DatabaseUnavailable, StorageFull) as exc:
-                what = f"{request.method} {request.url.path}"
-                return database_problem(exc, what).response()
+                # One line in the log; the answer never names the database, its host or files.
+                log_failure(log, exc, "errands: %s %s failed", request.method, request.url.path)
+                return (_FULL if isinstance(exc, StorageFull) else _UNAVAILABLE).response()
 
         return route
 

@@ -93,6 +93,8 @@ class OutputPage(BaseModel):
 
 
 _FAILED = TaskError("Error", "The task failed.")
+#: What the resource (and the dashboard) shows of a record's progress, in this order.
+PROGRESS_FIELDS = ("current", "total", "percent", "message")
 #: The record's fields the resource shows as they are, and its times (ISO 8601).
 _AS_IS = ("attempts", "max_attempts", "priority", "cancel_requested", "version", "output_floor")
 _TIMES = ("run_at", "created_at", "updated_at", "started_at", "finished_at")
@@ -100,21 +102,15 @@ _TIMES = ("run_at", "created_at", "updated_at", "started_at", "finished_at")
 
 def resource(record: TaskRecord, base: str, now: datetime, admin: bool = False) -> dict[str, Any]:
     """The resource of ``record``; ``base`` is the path the API is mounted at."""
-    p = record.progress
     self_link = f"{base}/tasks/{record.id}"
+    progress = {k: getattr(record.progress, k) for k in PROGRESS_FIELDS}
     doc: dict[str, Any] = {
         "id": record.id,
         "name": record.name,
         "status": record.status.value,
         "done": record.done,
         "payload": record.payload,
-        "progress": {
-            "current": p.current,
-            "total": p.total,
-            "percent": p.percent,
-            "message": p.message,
-            "eta_seconds": record.eta_seconds(now),
-        },
+        "progress": {**progress, "eta_seconds": record.eta_seconds(now)},
     }
     if record.status is Status.SUCCEEDED:
         doc["result"] = record.result

@@ -32,6 +32,7 @@ from ...errors import DatabaseUnavailable, ErrandsError, StorageFull, TaskNotFou
 from ...records import ACTIVE, Page, Status, TaskRecord
 from ...store.database import log_failure
 from ..api import call_hook
+from ..resources import PROGRESS_FIELDS
 from . import csrf
 from .charts import fmt_seconds, fmt_time, latency_svg, throughput_svg, to_json
 
@@ -60,6 +61,8 @@ FORM_BYTES = 4096
 STATUS_VALUES = frozenset(s.value for s in Status)
 RETRYABLE = frozenset({Status.FAILED, Status.CANCELLED})
 FINISHED = ("succeeded", "failed", "cancelled")
+_FULL = "The database is out of space."
+_UNAVAILABLE = "The database is unavailable for a moment. Try again shortly."
 STATIC_TYPES = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
 STATIC_HEADERS = {"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"}
 PAGE_HEADERS = {
@@ -178,9 +181,7 @@ class Dashboard:
     async def overview(self, request: Request) -> Response:
         app = self.app
         query = request.query_params
-        status = query.get("status") or None
-        if status not in STATUS_VALUES:
-            status = None
+        status = query.get("status") if query.get("status") in STATUS_VALUES else None
         name = (query.get("name") or "").strip()[:200]
         owner_text = (query.get("owner") or "").strip()[:320]
         cursor = query.get("cursor") or None
@@ -292,12 +293,7 @@ class Dashboard:
                 "status": r.status.value,
                 "done": r.done,
                 "cancel_requested": r.cancel_requested,
-                "progress": {
-                    "current": r.progress.current,
-                    "total": r.progress.total,
-                    "percent": r.progress.percent,
-                    "message": r.progress.message,
-                },
+                "progress": {k: getattr(r.progress, k) for k in PROGRESS_FIELDS},
             }
             for r in records
         }
@@ -369,15 +365,8 @@ class Dashboard:
             except (DatabaseUnavailable, StorageFull) as exc:
                 log_failure(log, exc, "errands dashboard: %s %s", request.method, request.url.path)
                 if isinstance(exc, StorageFull):
-                    return self.message(
-                        request, 507, "Out of space", "The database is out of space."
-                    )
-                response = self.message(
-                    request,
-                    503,
-                    "Unavailable",
-                    "The database is unavailable for a moment. Try again shortly.",
-                )
+                    return self.message(request, 507, "Out of space", _FULL)
+                response = self.message(request, 503, "Unavailable", _UNAVAILABLE)
                 response.headers["Retry-After"] = "1"
                 return response
 
