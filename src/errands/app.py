@@ -282,8 +282,9 @@ class Errands:
         self.db.ensure_schema()
         results: builtins.list[TaskRecord | None] = []
         sync_obj = await run_in_caller(connection, lambda c: results.extend(ops.create(c, tasks)))
-        on_commit(sync_obj, partial(ops.submitted, tasks, results))
-        return chosen(tasks, results)
+        records = chosen(tasks, results)
+        on_commit(sync_obj, partial(ops.submitted, records, results))
+        return records
 
     # -- reading -----------------------------------------------------------------------
     async def get(self, task_id: str, *, owner: str) -> TaskRecord:

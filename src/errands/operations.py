@@ -106,9 +106,10 @@ class Operations:
             found.append(None if held is None else held[0])
         return found
 
-    def submitted(self, tasks: Sequence[NewTask], found: Sequence[TaskRecord | None]) -> None:
-        """Tell the engine and the live views of the records a commit created."""
-        records = [record_of(t) for t, f in zip(tasks, found, strict=True) if f is None]
+    def submitted(self, records: Sequence[TaskRecord], found: Sequence[TaskRecord | None]) -> None:
+        """Tell the engine and the live views of the records a commit created: those of
+        a submit's ``records`` for which no record holding the key was ``found``."""
+        records = [r for r, f in zip(records, found, strict=True) if f is None]
         if not records:
             return
         observers, notifier = self.runtime.observers, self.runtime.notifier
@@ -126,13 +127,15 @@ class Operations:
             # One record is one statement on PostgreSQL: no BEGIN/COMMIT round trips.
             single = len(tasks) == 1 and not tasks[0].keyed
             found = self.db.write(self.create, tasks, autocommit=single)
-            self.submitted(tasks, found)
-            return chosen(tasks, found)
+            records = chosen(tasks, found)
+            self.submitted(records, found)
+            return records
         self.db.ensure_schema()
         results: list[TaskRecord | None] = []
         sync_obj = run_in_caller_sync(connection, lambda c: results.extend(self.create(c, tasks)))
-        on_commit(sync_obj, partial(self.submitted, tasks, results))
-        return chosen(tasks, results)
+        records = chosen(tasks, results)
+        on_commit(sync_obj, partial(self.submitted, records, results))
+        return records
 
     # -- reading -----------------------------------------------------------------------
     def get(self, task_id: str, owner: object) -> TaskRecord:
