@@ -65,6 +65,7 @@ def resolve_url(url: str | URL | None) -> URL:
 
 _WRITE_WAIT = 30.0  # seconds a writer waits for SQLite's write lock before giving up
 _PING_AFTER_IDLE = 1.0  # seconds in the pool after which a PostgreSQL connection is pinged
+_IDLE_IN_TRANSACTION_MS = 10_000  # see _create_postgres_engine
 
 
 def _begin_immediate(dbapi_conn: Any) -> None:
@@ -335,13 +336,20 @@ class Database:
         restart) invalidates the whole pool: the operation fails once (reads are retried
         at once), and the next checkouts open fresh connections.
         """
-        if options and isinstance(self.url.query.get("options"), str):
+        # A transaction of errands' own never waits on its client for long; one that
+        # does belongs to a process that was paused or hung mid-transaction, and its row
+        # locks would keep the reaper (which passes over locked rows) from recovering
+        # the tasks it ran. The server ends such a transaction after 10 s.
+        options = (
+            f"-c idle_in_transaction_session_timeout={_IDLE_IN_TRANSACTION_MS} {options or ''}"
+        )
+        if isinstance(self.url.query.get("options"), str):
             options = f"{self.url.query['options']} {options}"  # keep the URL's own
         engine = create_engine(
             self.url,
             pool_size=pool_size or 8,
             max_overflow=4,
-            connect_args={"options": options} if options else {},
+            connect_args={"options": options.strip()},
         )
 
         @event.listens_for(engine, "checkin")
