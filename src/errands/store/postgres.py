@@ -63,6 +63,20 @@ def _unnest(columns: tuple[tuple[str, str], ...]) -> str:
     return ", ".join(f"%s::{kind}[]" for _, kind in columns)
 
 
+# An owner's last waiting turn of a task name, and the name's frontier (its lowest waiting
+# turn), each one step down an index ("ORDER BY … LIMIT 1", which only the index that
+# holds the order can serve: with min()/max(), and the stale statistics of a table that
+# was never analyzed, PostgreSQL was seen to walk every waiting job of the name).
+_LAST_TURN = (
+    "(SELECT j.turn FROM errands_job j WHERE j.lease_owner IS NULL AND j.owner = {owner} "
+    "AND j.name = {name} ORDER BY j.turn DESC LIMIT 1)"
+)
+_FRONTIER = (
+    "(SELECT j.turn FROM errands_job j WHERE j.lease_owner IS NULL AND j.name = {name} "
+    "ORDER BY j.turn LIMIT 1)"
+)
+
+
 # Jobs get their turns (see ``store/driver.py``): each (owner, name) group of the batch
 # continues after the owner's last waiting turn of that name, no earlier than the
 # name's frontier (its lowest waiting turn), one turn per job.
@@ -74,9 +88,8 @@ _JOBS_WITH_TURNS = (
     # (inlined, PostgreSQL evaluates them per row, and each probe then walks past the
     # rows this statement already inserted).
     "b AS MATERIALIZED (SELECT g.owner, g.name, greatest("
-    "(SELECT max(j.turn) + 1 FROM errands_job j "
-    "WHERE j.lease_owner IS NULL AND j.owner = g.owner AND j.name = g.name), "
-    "(SELECT min(j.turn) FROM errands_job j WHERE j.lease_owner IS NULL AND j.name = g.name), "
+    f"{_LAST_TURN.format(owner='g.owner', name='g.name')} + 1, "
+    f"{_FRONTIER.format(name='g.name')}, "
     "0) AS base FROM (SELECT DISTINCT owner, name FROM x) g) "
     f"INSERT INTO errands_job ({_JOB_NAMES}, turn) "
     f"SELECT {', '.join('x.' + c for c, _ in _JOB_COLUMNS)}, "
@@ -90,9 +103,8 @@ _ONE_GROUP_WITH_TURNS = (
     f"AS x ({_JOB_NAMES}, ord)) "
     f"INSERT INTO errands_job ({_JOB_NAMES}, turn) "
     f"SELECT {', '.join('x.' + c for c, _ in _JOB_COLUMNS)}, "
-    "greatest((SELECT max(j.turn) + 1 FROM errands_job j "
-    "WHERE j.lease_owner IS NULL AND j.owner = %s AND j.name = %s), "
-    "(SELECT min(j.turn) FROM errands_job j WHERE j.lease_owner IS NULL AND j.name = %s), "
+    f"greatest({_LAST_TURN.format(owner='%s', name='%s')} + 1, "
+    f"{_FRONTIER.format(name='%s')}, "
     "0) + x.ord - 1 FROM x"
 )
 _NEW_RECORDS = (
