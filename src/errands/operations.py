@@ -27,7 +27,7 @@ from .runtime import Publisher, Runtime
 from .store.callers import on_commit, run_in_caller_sync
 from .store.codec import utc
 from .store.database import database_errors
-from .store.values import NewTask
+from .store.values import Carrier, NewTask
 from .submission import record_of
 
 V = TypeVar("V")
@@ -96,25 +96,38 @@ class Operations:
 
     # -- submit ----------------------------------------------------------------------
     @database_errors()  # also on a caller's connection (``connection=``)
-    def create(self, conn: Connection, tasks: Sequence[NewTask]) -> list[TaskRecord | None]:
+    def create(
+        self, conn: Connection, tasks: Sequence[NewTask], carrier: Carrier | None = None
+    ) -> list[TaskRecord | None]:
         """Insert the records and queue their work. Per task: None if it was inserted, or
         the record that already holds its idempotency or unique key."""
         found: list[TaskRecord | None] = []
-        for task, held in zip(tasks, self.db.driver.task_create(conn, tasks), strict=True):
+        held_keys = self.db.driver.task_create(conn, tasks, carrier)
+        for task, held in zip(tasks, held_keys, strict=True):
             if held is not None and task.idempotency_key and held[1] != task.request_hash:
                 raise IdempotencyConflict()
             found.append(None if held is None else held[0])
         return found
 
-    def submitted(self, records: Sequence[TaskRecord], found: Sequence[TaskRecord | None]) -> None:
+    def submitted(
+        self,
+        records: Sequence[TaskRecord],
+        found: Sequence[TaskRecord | None],
+        carried: bool = False,
+    ) -> None:
         """Tell the engine and the live views of the records a commit created: those of
-        a submit's ``records`` for which no record holding the key was ``found``."""
+        a submit's ``records`` for which no record holding the key was ``found``.
+        ``carried``: the insert carried the notifications (see ``Notifier.carrier``)."""
         records = [r for r, f in zip(records, found, strict=True) if f is None]
         if not records:
             return
         observers, notifier = self.runtime.observers, self.runtime.notifier
         for record in records:
             observers.emit("submitted", record.id, record.name, record.status, None)
+        if carried:
+            if not self.engine.hinted:
+                self.engine.queued([(r.id, r.run_at.timestamp()) for r in records])
+            return
         with notifier.batch():  # both hints in one round trip
             self.engine.queued([(r.id, r.run_at.timestamp()) for r in records])
             notifier.publish_changes([Change.of(r) for r in records])
@@ -124,11 +137,19 @@ class Operations:
         or the one that holds its key. With ``connection``, in the caller's transaction
         (the notifications go when it commits)."""
         if connection is None:
-            # One record is one statement on PostgreSQL: no BEGIN/COMMIT round trips.
-            single = len(tasks) == 1 and not tasks[0].keyed
-            found = self.db.write(self.create, tasks, autocommit=single)
-            records = chosen(tasks, found)
-            self.submitted(records, found)
+            records = [record_of(t) for t in tasks]
+            carrier = None
+            if self.db.driver.carries and not any(t.keyed for t in tasks):
+                # The insert sends the notifications itself, at its commit.
+                carrier = self.runtime.notifier.carrier(
+                    jobs=self.engine.hinted, changes=[Change.of(r) for r in records]
+                )
+            # One statement on PostgreSQL when no key is involved: no BEGIN/COMMIT.
+            found = self.db.write(
+                self.create, tasks, carrier, autocommit=not any(t.keyed for t in tasks)
+            )
+            records = [f or r for r, f in zip(records, found, strict=True)]
+            self.submitted(records, found, carried=carrier is not None)
             return records
         self.db.ensure_schema()
         results: list[TaskRecord | None] = []

@@ -4,7 +4,6 @@ options (``@app.task``)."""
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import random
 from collections.abc import Callable
@@ -13,9 +12,10 @@ from datetime import timedelta
 from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
 
 from .errors import ConfigurationError, InvalidPayload, UnknownTask
-from .records import storable_json
+from .store.codec import json_text
 
 Executor = Literal["async", "thread", "process"]
 
@@ -63,16 +63,17 @@ class TaskDefinition:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    def parse(self, payload: Any) -> tuple[Any, Any, int]:
-        """Validate ``payload``: (value for the function, JSON-ready value to store, the
-        size of that value as compact JSON in bytes)."""
+    def parse(self, payload: Any) -> tuple[Any, Any, str]:
+        """Validate ``payload``: (value for the function, JSON-ready value to store, that
+        value as compact JSON text)."""
         if self.payload_model is None:
             try:
-                value = storable_json(payload if payload is not None else {})
-                size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+                # strict: NaN and infinities are refused, as storable_json does.
+                value = to_jsonable_python(payload if payload is not None else {})
+                text = json_text(value, strict=True)
             except (TypeError, ValueError) as exc:
                 raise InvalidPayload("the payload is not JSON-serializable") from exc
-            return value, value, size
+            return value, value, text
         try:
             model = self.payload_model.model_validate(payload if payload is not None else {})
         except ValidationError as exc:
@@ -85,7 +86,7 @@ class TaskDefinition:
             ]
             raise InvalidPayload("invalid payload: " + "; ".join(parts), errors) from None
         stored = model.model_dump(mode="json")
-        return model, stored, len(json.dumps(stored, separators=(",", ":")).encode())
+        return model, stored, json_text(stored)
 
     def load(self, stored: Any) -> Any:
         """The function's payload argument from the stored JSON."""

@@ -25,6 +25,11 @@ from .store.database import Database
 class Publisher(Protocol):
     """What the runtime asks of the execution engine (see ``errands.engines``)."""
 
+    #: Its workers claim from the job table and are woken by the notifier's new-jobs
+    #: hint (the SQL engine): ``queued`` only sends that hint, which a write may carry
+    #: instead (``Notifier.carrier(jobs=True)``).
+    hinted: bool
+
     def queued(self, jobs: Sequence[tuple[str, float]]) -> None:
         """A committed transaction queued these jobs, or queued them again (a retry, a
         job handed back or recovered): ``(task id, due time in Unix seconds)``. Must not

@@ -8,6 +8,7 @@ as, without a round trip.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -47,6 +48,36 @@ def prepare(
     idempotency_key: str | None = None,
 ) -> NewTask:
     """The new task a submit creates, once everything about it is checked."""
+    return prepare_many(
+        registry,
+        max_payload_bytes,
+        name,
+        [payload],
+        owner=owner,
+        priority=priority,
+        run_at=run_at,
+        idempotency_key=idempotency_key,
+    )[0]
+
+
+def prepare_many(
+    registry: Registry,
+    max_payload_bytes: int,
+    name: str,
+    payloads: Iterable[Any],
+    *,
+    owner: str,
+    priority: int | None = None,
+    run_at: datetime | timedelta | None = None,
+    idempotency_key: str | None = None,
+) -> list[NewTask]:
+    """One new task per payload, every one checked before anything is written. The
+    options are checked once; the tasks of one call are submitted at one instant."""
+    if isinstance(payloads, str | bytes | dict):
+        raise TypeError("payloads must be a list (or another iterable) of payloads")
+    payloads = list(payloads)
+    if not payloads:
+        return []
     if idempotency_key is not None and (
         not isinstance(idempotency_key, str)
         or not 1 <= len(idempotency_key) <= 255
@@ -55,9 +86,6 @@ def prepare(
         raise ValueError("idempotency_key must be a string of 1 to 255 characters")
     owner_of(owner)
     definition = registry.get(name)
-    _, stored, size = definition.parse(payload)
-    if size > max_payload_bytes:
-        raise PayloadTooLarge(size, max_payload_bytes)
     now = time.time()
     if run_at is None:
         start = now
@@ -69,42 +97,43 @@ def prepare(
         start = run_at.timestamp()
     else:
         raise TypeError("run_at must be a datetime or a timedelta")
-    digest = None
-    if idempotency_key is not None or definition.unique:
-        digest = hashlib.sha256(
-            json.dumps([name, stored], sort_keys=True, separators=(",", ":")).encode()
-        ).hexdigest()
-    return NewTask(
-        id=new_task_id(now),
-        owner=owner,
-        name=name,
-        payload=stored,
-        max_attempts=definition.max_attempts,
-        priority=definition.priority if priority is None else int(priority),
-        run_at=start,
-        created_at=now,
-        idempotency_key=idempotency_key,
-        request_hash=digest if idempotency_key is not None else None,
-        unique_key=digest if definition.unique else None,
-    )
+    rank = definition.priority if priority is None else int(priority)
+    tasks = []
+    for payload in payloads:
+        _, stored, text = definition.parse(payload)
+        if len(text) > max_payload_bytes:  # ASCII: json.dumps escapes the rest
+            raise PayloadTooLarge(len(text), max_payload_bytes)
+        digest = None
+        if idempotency_key is not None or definition.unique:
+            digest = hashlib.sha256(
+                json.dumps([name, stored], sort_keys=True, separators=(",", ":")).encode()
+            ).hexdigest()
+        tasks.append(
+            NewTask(
+                id=new_task_id(now),
+                owner=owner,
+                name=name,
+                payload=stored,
+                payload_json=text,
+                max_attempts=definition.max_attempts,
+                priority=rank,
+                run_at=start,
+                created_at=now,
+                idempotency_key=idempotency_key,
+                request_hash=digest if idempotency_key is not None else None,
+                unique_key=digest if definition.unique else None,
+            )
+        )
+    return tasks
 
 
-def prepare_many(
-    registry: Registry,
-    max_payload_bytes: int,
-    name: str,
-    payloads: Iterable[Any],
-    **options: Any,
-) -> list[NewTask]:
-    """One new task per payload, every one checked before anything is written."""
-    if isinstance(payloads, str | bytes | dict):
-        raise TypeError("payloads must be a list (or another iterable) of payloads")
-    return [prepare(registry, max_payload_bytes, name, p, **options) for p in payloads]
+# The tasks of one submit share their times: each is converted once.
+_stamp = functools.lru_cache(maxsize=64)(utc)
 
 
 def record_of(task: NewTask) -> TaskRecord:
     """The record a new task reads as once inserted."""
-    stamp = utc(task.created_at)
+    stamp = _stamp(task.created_at)
     return TaskRecord(
         id=task.id,
         owner=task.owner,
@@ -117,7 +146,7 @@ def record_of(task: NewTask) -> TaskRecord:
         attempts=0,
         max_attempts=task.max_attempts,
         priority=task.priority,
-        run_at=utc(task.run_at),
+        run_at=_stamp(task.run_at),
         cancel_requested=False,
         version=1,
         created_at=stamp,

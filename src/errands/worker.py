@@ -51,7 +51,7 @@ from .records import Change, Status, storable_text
 from .runtime import Runtime
 from .store.codec import utc
 from .store.database import is_unavailable, log_failure
-from .store.values import Claimed, Outcome, Report
+from .store.values import Carrier, Claimed, Outcome, Report
 
 log = logging.getLogger("errands.worker")
 
@@ -387,17 +387,8 @@ class Worker:
         try:
             await self._store_blobs([o for _, o in batch], outputs)
             sent = time.monotonic()
-            _, claimed, due = await self.runtime.db.awrite(
-                self._round_txn,
-                batch,
-                outputs,
-                releases,
-                limit,
-                durable=bool(batch or releases),  # a lost claim is only run again
-                # A round that only claims is one statement on PostgreSQL: no BEGIN/COMMIT.
-                # (Capped claims take turns under a lock held until commit.)
-                autocommit=not (batch or releases or outputs or (limit and self.caps)),
-                then=lambda result: self._publish(result[0]),  # from the write thread
+            claimed, due, claim_error = await self.runtime.db.arun(
+                self._write_round, batch, outputs, releases, limit, write=True
             )
         except Exception as exc:
             self._releases[:0] = releases
@@ -416,7 +407,11 @@ class Worker:
             await asyncio.sleep(0.5)
             return [], False, sent
         self._finished(batch)
-        if limit:
+        if claim_error is not None:  # the outcomes were written, the claim was not
+            self.source.claims_lost()
+            log_failure(log, claim_error, "worker %s: a claim failed; retrying", self.id)
+            await asyncio.sleep(0.5)
+        elif limit:
             self._due = due
         again = [(attempt.task_id, time.time()) for attempt in releases]
         again += [(o.task_id, o.retry_at or 0.0) for _, o in batch if o.status is Status.QUEUED]
@@ -424,6 +419,59 @@ class Worker:
             self.runtime.publisher.queued(again)
         self.source.claimed(claimed)
         return claimed, bool(again), sent
+
+    def _write_round(
+        self,
+        batch: list[tuple[Attempt, Outcome]],
+        outputs: list[Unwritten],
+        releases: list[Attempt],
+        limit: int,
+    ) -> tuple[list[Claimed], float | None, Exception | None]:
+        """A round's writes, on the database's write thread: the outcomes and
+        hand-backs, and the claim. Returns the jobs claimed, the next due time, and the
+        claim's error if the claim alone failed (the outcomes were written).
+
+        Where the driver carries notifications (PostgreSQL) and the round only records
+        how attempts ended, that is one statement that sends the records' changes
+        itself (no BEGIN/COMMIT, no notification round trip); the claim follows as a
+        statement of its own, with a relaxed commit. Elsewhere one transaction does
+        both (SQLite: one lock, one sync)."""
+        db = self.runtime.db
+        settles = bool(batch or releases)
+        lone = not (outputs or releases) and all(o.status.done for _, o in batch)
+        carrier = None
+        if settles and lone and db.driver.carries:
+            carrier = self.runtime.notifier.carrier(written=True)
+        if carrier is None or not limit:
+            changed, claimed, due = db.write(
+                self._round_txn,
+                batch,
+                outputs,
+                releases,
+                limit,
+                carrier,
+                durable=settles,  # a lost claim is only run again
+                # Statements that may commit one by one on PostgreSQL: no BEGIN/COMMIT.
+                # (Capped claims take turns under a lock held until commit.)
+                autocommit=(lone or not settles) and not (limit and self.caps),
+            )
+            self._publish([c for c in changed if carrier is None or not c.status.done])
+            return claimed, due, None
+        db.write(self._round_txn, batch, outputs, releases, 0, carrier, autocommit=True)
+        try:
+            _, claimed, due = db.write(
+                self._round_txn,
+                [],
+                [],
+                [],
+                limit,
+                None,
+                durable=False,
+                autocommit=not self.caps,
+            )
+        except Exception as exc:
+            return [], None, exc
+        return claimed, due, None
 
     async def _write_alone(
         self, attempt: Attempt, outcome: Outcome, outputs: list[Unwritten]
@@ -436,7 +484,9 @@ class Worker:
         db = self.runtime.db
         try:
             await self._store_blobs([outcome], mine)
-            changed, _, _ = await db.awrite(self._round_txn, [(attempt, outcome)], mine, [], 0)
+            changed, _, _ = await db.awrite(
+                self._round_txn, [(attempt, outcome)], mine, [], 0, None
+            )
         except Exception as exc:
             log.error(
                 "worker %s: the outcome of task %s was refused", self.id, task_id, exc_info=exc
@@ -451,7 +501,9 @@ class Worker:
                 floor=attempt.floor,
             )
             try:
-                changed, _, _ = await db.awrite(self._round_txn, [(attempt, outcome)], [], [], 0)
+                changed, _, _ = await db.awrite(
+                    self._round_txn, [(attempt, outcome)], [], [], 0, None
+                )
             except Exception as again:
                 log_failure(log, again, "worker %s: failing task %s failed too", self.id, task_id)
                 self._writing.discard(task_id)
@@ -498,6 +550,7 @@ class Worker:
         outputs: list[Unwritten],
         releases: list[Attempt],
         limit: int,
+        carrier: Carrier | None,
     ) -> tuple[list[Change], list[Claimed], float | None]:
         now = time.time()
         driver = self.runtime.db.driver
@@ -505,7 +558,9 @@ class Worker:
         if batch:
             outcomes = [o for _, o in batch]
             items = [item for item, _ in outputs]
-            changed += driver.attempt_finish(conn, self.id, outcomes, now=now, outputs=items)
+            changed += driver.attempt_finish(
+                conn, self.id, outcomes, now=now, outputs=items, carrier=carrier
+            )
             written = {c.task_id for c in changed}
             for attempt, _ in batch:
                 if attempt.task_id not in written:

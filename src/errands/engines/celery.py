@@ -75,6 +75,7 @@ class CeleryEngine:
     a due job may wait unpublished before a worker publishes it."""
 
     name = "celery"
+    hinted = False  # jobs are published to the broker
 
     def __init__(
         self,

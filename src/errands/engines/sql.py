@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 class SqlEngine:
     name = "sql"
+    hinted = True
     #: The notifier of the runtime it serves (``attach``).
     _notifier: Notifier
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from ..records import Change, Status
+from ..store.values import Carrier
 
 JobsCallback = Callable[[], None]
 CancelCallback = Callable[[Sequence[str]], None]
@@ -40,6 +41,16 @@ class Notifier(Protocol):
     def batch(self) -> contextlib.AbstractContextManager[None]:
         """Within the block, this thread's messages to other processes may be held and
         sent together at its end (one round trip on PostgreSQL)."""
+        ...
+
+    def carrier(
+        self, *, jobs: bool = False, changes: Sequence[Change] = (), written: bool = False
+    ) -> Carrier | None:
+        """A write's notifications, for the write's own statement to send (see
+        ``Carrier``): the new-jobs hint, these changes, and with ``written`` the changes
+        of the records the statement writes. Carried messages reach every subscriber,
+        this process's too, once the transaction commits; nothing is to be published
+        for them. None: this notifier cannot be carried (publish after the commit)."""
         ...
 
     def close(self) -> None: ...
@@ -85,6 +96,11 @@ class LocalNotifier:
 
     def batch(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
+
+    def carrier(
+        self, *, jobs: bool = False, changes: Sequence[Change] = (), written: bool = False
+    ) -> Carrier | None:
+        return None
 
     def _add(self, registry: set[T], item: T) -> Subscription:
         with self._lock:
@@ -148,10 +164,20 @@ class CrossProcessNotifier(Generic[ListenerT, SenderT]):
         if not changes:
             return
         self._local.publish_changes(changes)
+        for message in self._change_messages(changes):
+            self._send(self.changes_channel, message)
+
+    def _change_messages(self, changes: Sequence[Change]) -> list[str]:
         rows = [[c.task_id, c.owner, c.version, c.status.value] for c in changes]
-        for i in range(0, len(rows), self.chunk):
-            body = json.dumps(rows[i : i + self.chunk], separators=(",", ":"))
-            self._send(self.changes_channel, "V" + body)
+        return [
+            "V" + json.dumps(rows[i : i + self.chunk], separators=(",", ":"))
+            for i in range(0, len(rows), self.chunk)
+        ]
+
+    def carrier(
+        self, *, jobs: bool = False, changes: Sequence[Change] = (), written: bool = False
+    ) -> Carrier | None:
+        return None
 
     def _opened_sender(self) -> SenderT | None:
         """The sender, opened on first use; None once the notifier is closed."""

@@ -25,16 +25,21 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ..records import Change
 from ..store import postgres
+from ..store.values import Carrier
 from .notifier import CrossProcessNotifier
 
 _log = logging.getLogger("errands.events")
 
 WORKER_CHANNEL = "errands_w"
 CHANGES_CHANNEL = "errands_e"
+# The token of messages a statement carries (see ``carrier``): no process skips them, the
+# sending one included (it has not delivered them itself).
+_CARRIED = "db"
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
 Messages = list[tuple[str, str, bool]]  # (channel, payload, collapse)
 
@@ -109,6 +114,19 @@ class PostgresNotifier(CrossProcessNotifier["_Listener", "_Sender"]):
             held.append(item)
         else:
             self._deliver([item])
+
+    def carrier(
+        self, *, jobs: bool = False, changes: Sequence[Change] = (), written: bool = False
+    ) -> Carrier | None:
+        if self._closed:
+            return None
+        messages = [(WORKER_CHANNEL, f"{_CARRIED} J")] if jobs else []
+        messages += [(CHANGES_CHANNEL, f"{_CARRIED} {m}") for m in self._change_messages(changes)]
+        return Carrier(
+            tuple(messages),
+            (CHANGES_CHANNEL, f"{_CARRIED} V") if written else None,
+            self.chunk,
+        )
 
     def _open_sender(self) -> _Sender:
         return _Sender(self._conninfo)

@@ -22,9 +22,16 @@ def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
+def json_text(value: Any, *, strict: bool = False) -> str:
+    """JSON as errands stores it, on every path (the SQLAlchemy ``JSON`` type included:
+    ``Database`` makes it the engines' serializer): compact. ``strict`` refuses NaN and
+    infinities (``ValueError``), which PostgreSQL refuses too."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=not strict)
+
+
 def to_json(value: Any) -> str | None:
     """A JSON column's text (SQL NULL for None)."""
-    return None if value is None else json.dumps(value)
+    return None if value is None else json_text(value)
 
 
 def sqlite_time(value: datetime | None) -> str | None:

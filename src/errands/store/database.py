@@ -40,6 +40,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError, DatabaseUnavailable, StorageFull
+from .codec import json_text
 from .driver import Driver
 from .postgres import PostgresDriver
 from .sqlite import SQLiteDriver
@@ -274,6 +275,7 @@ class Database:
         engine = create_engine(
             self.url.set(query=query),
             connect_args={"check_same_thread": False, "timeout": 30.0},
+            json_serializer=json_text,
             **pool,
         )
 
@@ -350,6 +352,7 @@ class Database:
             pool_size=pool_size or 8,
             max_overflow=4,
             connect_args={"options": options.strip()},
+            json_serializer=json_text,
         )
 
         @event.listens_for(engine, "checkin")

@@ -72,7 +72,7 @@ from ..records import CANCELLED_ERROR, BlobRef, Change, Status, TaskError, TaskR
 from . import codec
 from .codec import utc
 from .schema import job_table, output_table, task_table, worker_table
-from .values import Claimed, NewTask, Outcome, OutputItem, Report
+from .values import Carrier, Claimed, NewTask, Outcome, OutputItem, Report
 
 T = task_table.c
 J = job_table.c
@@ -179,14 +179,17 @@ class Driver(abc.ABC):
 
     # == task records ====================================================================
     def task_create(
-        self, conn: Connection, tasks: Sequence[NewTask]
+        self, conn: Connection, tasks: Sequence[NewTask], carrier: Carrier | None = None
     ) -> list[tuple[TaskRecord, str | None] | None]:
         """Insert new records and their jobs. Per task: None if it was inserted, or the
         record that already holds its idempotency or unique key, with that record's
-        ``request_hash`` (see ``task_insert_keyed``)."""
+        ``request_hash`` (see ``task_insert_keyed``). A ``carrier`` (tasks without keys
+        only: they are all inserted) is sent with the insert."""
         if not any(t.keyed for t in tasks):
-            self.task_insert(conn, tasks)
+            self.task_insert(conn, tasks, carrier)
             return [None] * len(tasks)
+        if carrier is not None:
+            raise ValueError("a carrier goes only with tasks that carry no key")
         found: list[tuple[TaskRecord, str | None] | None] = []
         for task in tasks:
             if task.keyed:
@@ -196,9 +199,15 @@ class Driver(abc.ABC):
                 found.append(None)
         return found
 
+    #: Can this database send a ``Carrier``'s notifications from a statement?
+    carries = False
+
     @abc.abstractmethod
-    def task_insert(self, conn: Connection, tasks: Sequence[NewTask]) -> None:
-        """Insert new records (without keys) and their jobs (each job gets its turn)."""
+    def task_insert(
+        self, conn: Connection, tasks: Sequence[NewTask], carrier: Carrier | None = None
+    ) -> None:
+        """Insert new records (without keys) and their jobs (each job gets its turn),
+        sending the ``carrier``'s messages if the driver ``carries``."""
 
     def task_insert_keyed(
         self, conn: Connection, task: NewTask
@@ -666,16 +675,19 @@ class Driver(abc.ABC):
         *,
         now: float,
         outputs: Sequence[OutputItem] = (),
+        carrier: Carrier | None = None,
     ) -> list[Change]:
         """Record how attempts ended, for the attempts that still hold their lease, with
         the items they emitted last.
 
         Terminal outcomes delete the job; retries hand it back for ``retry_at``. An
         outcome of an attempt that lost its lease is left out, and so are its items.
-        Returns the records changed.
+        Returns the records changed. If the driver ``carries``, the ``carrier``'s
+        changes of the terminal outcomes (those whose status is done) are sent with
+        them.
         """
         terminal = [o for o in outcomes if o.status is not Status.QUEUED]
-        changed = self._finish_terminal(conn, worker_id, terminal, now) if terminal else []
+        changed = self._finish_terminal(conn, worker_id, terminal, now, carrier) if terminal else []
         for o in outcomes:
             if o.status is Status.QUEUED:
                 change = self._retry(conn, worker_id, o, now)
@@ -686,7 +698,12 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def _finish_terminal(
-        self, conn: Connection, worker_id: str, outcomes: Sequence[Outcome], now: float
+        self,
+        conn: Connection,
+        worker_id: str,
+        outcomes: Sequence[Outcome],
+        now: float,
+        carrier: Carrier | None,
     ) -> list[Change]:
         """Terminal outcomes of attempts that still hold their lease: the records
         written, their jobs deleted."""

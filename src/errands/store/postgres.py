@@ -5,13 +5,14 @@ hot paths send arrays, one per column, and work on them with ``unnest``: a submi
 inserts the records and their jobs in one statement, a claim picks, leases and starts
 in one (``FOR UPDATE SKIP LOCKED``: workers never wait for each other's rows nor get the
 same job), a report or a batch of outcomes is one statement whatever its size. Values
-are converted as the SQLAlchemy types convert them (``JSON`` as ``json.dumps`` text,
+are converted as the SQLAlchemy types convert them (``JSON`` as ``codec.json_text``,
 ``UTCDateTime`` as an aware UTC datetime). Writes that touch both tables lock the job
 row first, as claims and the reaper do, so none can deadlock with another.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -30,37 +31,54 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ..records import Change, Status
-from .codec import utc
-from .driver import CLAIM_ORDER, OUT, Driver, J, T, _cursor, _ids, task_row
+from .codec import json_text, utc
+from .driver import CLAIM_ORDER, OUT, Driver, J, T, _cursor, _ids
 from .schema import job_table, task_table
-from .values import Claimed, NewTask, Outcome, OutputItem, Report
+from .values import Carrier, Claimed, NewTask, Outcome, OutputItem, Report
 
+# -- new records and their jobs ----------------------------------------------------------
+# Several new tasks travel as one JSON parameter, an array of rows (``_rows``: PostgreSQL
+# parses it in C, where psycopg would encode one array per column in Python); a single
+# task as plain values.
 _TASK_COLUMNS = (
-    ("id", "varchar"),
-    ("owner", "varchar"),
-    ("name", "varchar"),
-    ("payload", "json"),
-    ("status", "varchar"),
-    ("attempts", "int"),
-    ("max_attempts", "int"),
-    ("priority", "int"),
-    ("run_at", "timestamptz"),
-    ("cancel_requested", "bool"),
-    ("version", "int"),
-    ("created_at", "timestamptz"),
-    ("updated_at", "timestamptz"),
+    "id, owner, name, payload, status, attempts, max_attempts, priority, run_at, "
+    "cancel_requested, version, created_at, updated_at"
 )
-_JOB_COLUMNS = (
-    ("task_id", "varchar"),
-    ("name", "varchar"),
-    ("owner", "varchar"),
-    ("priority", "int"),
-    ("run_at", "float8"),
+_JOB_COLUMNS = "task_id, name, owner, priority, run_at"
+_X = (
+    "x AS (SELECT r.e->>0 AS task_id, r.e->>1 AS owner, r.e->>2 AS name, r.e->3 AS payload, "
+    "(r.e->>4)::int AS max_attempts, (r.e->>5)::int AS priority, "
+    "(r.e->>6)::timestamptz AS run_stamp, (r.e->>7)::timestamptz AS created_at, "
+    "(r.e->>8)::float8 AS run_at, r.ord FROM json_array_elements(%s::json) "
+    "WITH ORDINALITY AS r (e, ord))"
+)
+_NEW_RECORDS = (
+    f"new_records AS (INSERT INTO errands_task ({_TASK_COLUMNS}) SELECT task_id, owner, "
+    "name, payload, 'queued', 0, max_attempts, priority, run_stamp, false, 1, created_at, "
+    "created_at FROM x)"
 )
 
 
-def _unnest(columns: tuple[tuple[str, str], ...]) -> str:
-    return ", ".join(f"%s::{kind}[]" for _, kind in columns)
+def _rows(tasks: Sequence[NewTask]) -> str:
+    """The JSON parameter of ``_X`` (the payloads as they were encoded when checked)."""
+    stamps: dict[float, str] = {}  # the tasks of one submit share their times
+
+    def stamp(t: float) -> str:
+        text = stamps.get(t)
+        if text is None:
+            text = stamps[t] = json.dumps(utc(t).isoformat())
+        return text
+
+    return (
+        "["
+        + ",".join(
+            f"[{json.dumps(t.id)},{json.dumps(t.owner)},{json.dumps(t.name)},{t.payload_json},"
+            f"{t.max_attempts},{t.priority},{stamp(t.run_at)},{stamp(t.created_at)},"
+            f"{json.dumps(t.run_at)}]"
+            for t in tasks
+        )
+        + "]"
+    )
 
 
 # An owner's last waiting turn of a task name, and the name's frontier (its lowest waiting
@@ -76,46 +94,66 @@ _FRONTIER = (
     "ORDER BY j.turn LIMIT 1)"
 )
 
-
 # Jobs get their turns (see ``store/driver.py``): each (owner, name) group of the batch
 # continues after the owner's last waiting turn of that name, no earlier than the
-# name's frontier (its lowest waiting turn), one turn per job.
-_JOB_NAMES = ", ".join(c for c, _ in _JOB_COLUMNS)
+# name's frontier (its lowest waiting turn), one turn per job. Each statement is a list
+# of common table expressions and a final INSERT of the jobs (see _statement).
+_X_JOBS = ", ".join("x." + c.strip() for c in _JOB_COLUMNS.split(","))
 _JOBS_WITH_TURNS = (
-    f"x AS (SELECT * FROM unnest({_unnest(_JOB_COLUMNS)}) WITH ORDINALITY "
-    f"AS x ({_JOB_NAMES}, ord)), "
-    # MATERIALIZED: the bases are computed once per group, before any row is inserted
-    # (inlined, PostgreSQL evaluates them per row, and each probe then walks past the
-    # rows this statement already inserted).
-    "b AS MATERIALIZED (SELECT g.owner, g.name, greatest("
-    f"{_LAST_TURN.format(owner='g.owner', name='g.name')} + 1, "
-    f"{_FRONTIER.format(name='g.name')}, "
-    "0) AS base FROM (SELECT DISTINCT owner, name FROM x) g) "
-    f"INSERT INTO errands_job ({_JOB_NAMES}, turn) "
-    f"SELECT {', '.join('x.' + c for c, _ in _JOB_COLUMNS)}, "
+    [
+        _X,
+        # MATERIALIZED: the bases are computed once per group, before any row is
+        # inserted (inlined, PostgreSQL evaluates them per row, and each probe then
+        # walks past the rows this statement already inserted).
+        "b AS MATERIALIZED (SELECT g.owner, g.name, greatest("
+        f"{_LAST_TURN.format(owner='g.owner', name='g.name')} + 1, "
+        f"{_FRONTIER.format(name='g.name')}, "
+        "0) AS base FROM (SELECT DISTINCT owner, name FROM x) g)",
+    ],
+    f"INSERT INTO errands_job ({_JOB_COLUMNS}, turn) SELECT {_X_JOBS}, "
     "b.base + row_number() OVER (PARTITION BY x.owner, x.name ORDER BY x.ord) - 1 "
-    "FROM x JOIN b ON b.owner = x.owner AND b.name = x.name"
+    "FROM x JOIN b ON b.owner = x.owner AND b.name = x.name",
 )
-# The common case, every job of one owner and task name (a submit, most batches): the
-# same turns, with a statement PostgreSQL plans in a fraction of the time.
+# The common case, every job of one owner and task name (most batches): the same
+# turns, with a statement PostgreSQL plans in a fraction of the time.
+_ONE_GROUP_TURN = (
+    f"greatest({_LAST_TURN.format(owner='%s', name='%s')} + 1, {_FRONTIER.format(name='%s')}, 0)"
+)
 _ONE_GROUP_WITH_TURNS = (
-    f"x AS (SELECT * FROM unnest({_unnest(_JOB_COLUMNS)}) WITH ORDINALITY "
-    f"AS x ({_JOB_NAMES}, ord)) "
-    f"INSERT INTO errands_job ({_JOB_NAMES}, turn) "
-    f"SELECT {', '.join('x.' + c for c, _ in _JOB_COLUMNS)}, "
-    f"greatest({_LAST_TURN.format(owner='%s', name='%s')} + 1, "
-    f"{_FRONTIER.format(name='%s')}, "
-    "0) + x.ord - 1 FROM x"
+    [_X],
+    f"INSERT INTO errands_job ({_JOB_COLUMNS}, turn) SELECT {_X_JOBS}, "
+    f"{_ONE_GROUP_TURN} + x.ord - 1 FROM x",
 )
-_NEW_RECORDS = (
-    "WITH new_records AS ("
-    f"INSERT INTO errands_task ({', '.join(c for c, _ in _TASK_COLUMNS)}) "
-    f"SELECT * FROM unnest({_unnest(_TASK_COLUMNS)})), "
+# One task (a submit): plain values.
+_ONE = (
+    [
+        f"new_records AS (INSERT INTO errands_task ({_TASK_COLUMNS}) VALUES (%s, %s, %s, %s, "
+        "'queued', 0, %s, %s, %s, false, 1, %s, %s))"
+    ],
+    f"INSERT INTO errands_job ({_JOB_COLUMNS}, turn) VALUES (%s, %s, %s, %s, %s, "
+    f"{_ONE_GROUP_TURN})",
 )
-_INSERT = _NEW_RECORDS + _JOBS_WITH_TURNS
-_INSERT_ONE_GROUP = _NEW_RECORDS + _ONE_GROUP_WITH_TURNS
-_INSERT_JOBS = "WITH " + _JOBS_WITH_TURNS
-_INSERT_JOBS_ONE_GROUP = "WITH " + _ONE_GROUP_WITH_TURNS
+
+
+@functools.cache
+def _statement(parts: str, *, carried: int = 0) -> str:
+    """The insert statement ``parts`` names (its common table expressions and final
+    INSERT, from ``_PARTS``), sending ``carried`` notifications: their channels and
+    payloads are its last parameters, in pairs."""
+    ctes, final = _PARTS[parts]
+    if not carried:
+        return f"WITH {', '.join(ctes)} {final}"
+    notify = ", ".join(["pg_notify(%s, %s)"] * carried)
+    return f"WITH {', '.join([*ctes, f'new_jobs AS ({final})'])} SELECT {notify}"
+
+
+_PARTS = {
+    "one": _ONE,
+    "records": ([_X, _NEW_RECORDS, *_JOBS_WITH_TURNS[0][1:]], _JOBS_WITH_TURNS[1]),
+    "records, one group": ([_X, _NEW_RECORDS], _ONE_GROUP_WITH_TURNS[1]),
+    "jobs": _JOBS_WITH_TURNS,
+    "jobs, one group": _ONE_GROUP_WITH_TURNS,
+}
 
 
 # -- claims ------------------------------------------------------------------------------
@@ -273,13 +311,13 @@ _KEEP_UNLESS_REPORTED = ("progress_current", "progress_total", "progress_message
 # record is running with the attempt's floor. (The record's status and floor change only
 # under the job's lock, so reading them beside the job's delete is enough.) Then exactly
 # those records get their outcomes.
-_FINISH = (
+_FINISHED = (
     f"WITH u ({', '.join(c for c, _ in _OUTCOME_COLUMNS)}) AS (SELECT * FROM unnest("
     + ", ".join(f"%({c})s::{kind}[]" for c, kind in _OUTCOME_COLUMNS)
     + ")), held AS (DELETE FROM errands_job j USING u, errands_task t "
     "WHERE j.task_id = u.id AND j.lease_owner = %(_worker)s AND t.id = u.id "
-    "AND (t.status = 'running') IS TRUE AND t.output_floor = u.floor RETURNING j.task_id) "
-    "UPDATE errands_task t SET status = u.status, result = u.result, "
+    "AND (t.status = 'running') IS TRUE AND t.output_floor = u.floor RETURNING j.task_id), "
+    "done AS (UPDATE errands_task t SET status = u.status, result = u.result, "
     "result_ref = u.result_ref, error_type = u.error_type, error_message = u.error_message, "
     "error_detail = u.error_detail, finished_at = %(_stamp)s, expires_at = u.expires_at, "
     + ", ".join(
@@ -288,37 +326,56 @@ _FINISH = (
     + ", updated_at = %(_stamp)s, version = t.version + 1 "
     "FROM u JOIN held ON held.task_id = u.id "
     "WHERE t.id = u.id AND (t.status = 'running') IS TRUE "
-    "RETURNING t.id, t.owner, t.version, t.status"
+    "RETURNING t.id, t.owner, t.version, t.status) "
+)
+_FINISH = _FINISHED + "SELECT id, owner, version, status FROM done"
+# The same, sending the records written as a carrier's changes (see ``Carrier``): the
+# scalar subquery runs once, and only when a record was written.
+_FINISH_CARRIED = (
+    _FINISHED[:-1]
+    + ", sent AS (SELECT pg_notify(%(_channel)s, %(_prefix)s || json_agg(json_build_array("
+    "id, owner, version, status))::text) FROM (SELECT d.*, (row_number() OVER () - 1) / "
+    "%(_chunk)s AS k FROM done d) c GROUP BY k) "
+    "SELECT id, owner, version, status, (SELECT count(*) FROM sent) FROM done"
 )
 
 
 class PostgresDriver(Driver):
     dialect = "postgresql"
+    carries = True
     dialect_insert = staticmethod(pg_insert)
 
     # -- records ------------------------------------------------------------------------
-    def task_insert(self, conn: Connection, tasks: Sequence[NewTask]) -> None:
-        """New records and their jobs, in one statement."""
+    def task_insert(
+        self, conn: Connection, tasks: Sequence[NewTask], carrier: Carrier | None = None
+    ) -> None:
+        """New records and their jobs, in one statement (with the carrier's messages)."""
         if not tasks:
             return
-        rows = [task_row(t) for t in tasks]  # as SQLAlchemy's types take them; JSON as text
-        params = [
-            [json.dumps(r[c]) if c == "payload" else r[c] for r in rows] for c, _ in _TASK_COLUMNS
-        ]
+        notes = [] if carrier is None else [v for m in carrier.messages for v in m]
+        carried = len(notes) // 2
+        if len(tasks) == 1:
+            t = tasks[0]
+            stamp, run = utc(t.created_at), utc(t.run_at)
+            record = [t.id, t.owner, t.name, t.payload_json, t.max_attempts, t.priority]
+            job = [t.id, t.name, t.owner, t.priority, t.run_at, t.owner, t.name, t.name]
+            sql = _statement("one", carried=carried)
+            _cursor(conn).execute(sql, [*record, run, stamp, stamp, *job, *notes])
+            return
         group = _one_group(tasks)
         if group is None:
-            _cursor(conn).execute(_INSERT, params + _job_arrays(tasks))
+            sql = _statement("records", carried=carried)
+            _cursor(conn).execute(sql, [_rows(tasks), *notes])
         else:
-            _cursor(conn).execute(
-                _INSERT_ONE_GROUP, [*params, *_job_arrays(tasks), *group, group[1]]
-            )
+            sql = _statement("records, one group", carried=carried)
+            _cursor(conn).execute(sql, [_rows(tasks), *group, group[1], *notes])
 
     def _jobs_insert(self, conn: Connection, tasks: Sequence[NewTask]) -> None:
         group = _one_group(tasks)
         if group is None:
-            _cursor(conn).execute(_INSERT_JOBS, _job_arrays(tasks))
+            _cursor(conn).execute(_statement("jobs"), [_rows(tasks)])
         else:
-            _cursor(conn).execute(_INSERT_JOBS_ONE_GROUP, [*_job_arrays(tasks), *group, group[1]])
+            _cursor(conn).execute(_statement("jobs, one group"), [_rows(tasks), *group, group[1]])
 
     # -- claims -------------------------------------------------------------------------
     def _lease(
@@ -387,13 +444,18 @@ class PostgresDriver(Driver):
                 utc(now),
                 [o.task_id for o in items],
                 [o.seq for o in items],
-                [json.dumps(o.data) for o in items],
+                [json_text(o.data) for o in items],
                 [o.ref for o in items],
             ),
         )
 
     def _finish_terminal(
-        self, conn: Connection, worker_id: str, outcomes: Sequence[Outcome], now: float
+        self,
+        conn: Connection,
+        worker_id: str,
+        outcomes: Sequence[Outcome],
+        now: float,
+        carrier: Carrier | None,
     ) -> list[Change]:
         """Terminal outcomes in one statement (see ``_FINISH``), in id order (as the
         heartbeat's index scan locks the jobs: no deadlock between the two)."""
@@ -404,7 +466,7 @@ class PostgresDriver(Driver):
                 ("id", o.task_id),
                 ("floor", o.floor),
                 ("status", o.status.value),
-                ("result", json.dumps(o.result)),
+                ("result", json_text(o.result)),
                 ("result_ref", o.result_ref),
                 ("error_type", o.error_type),
                 ("error_message", o.error_message),
@@ -417,7 +479,12 @@ class PostgresDriver(Driver):
             ):
                 params[column].append(value)
         params["_worker"], params["_stamp"] = worker_id, utc(now)
-        rows = _cursor(conn).execute(_FINISH, params).fetchall()
+        sql = _FINISH
+        if carrier is not None and carrier.changes is not None:
+            sql = _FINISH_CARRIED
+            params["_channel"], params["_prefix"] = carrier.changes
+            params["_chunk"] = carrier.chunk
+        rows = _cursor(conn).execute(sql, params).fetchall()
         return [Change(r[0], r[1], r[2], Status(r[3])) for r in rows]
 
 
@@ -427,16 +494,6 @@ def _one_group(tasks: Sequence[NewTask]) -> tuple[str, str] | None:
     if all(t.owner == owner and t.name == name for t in tasks):
         return owner, name
     return None
-
-
-def _job_arrays(tasks: Sequence[NewTask]) -> list[list[Any]]:
-    return [
-        [t.id for t in tasks],
-        [t.name for t in tasks],
-        [t.owner for t in tasks],
-        [t.priority for t in tasks],
-        [t.run_at for t in tasks],
-    ]
 
 
 # -- LISTEN/NOTIFY (events/postgres.py), on its own autocommit psycopg connections ----

@@ -21,10 +21,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..records import Change, Status, TaskRecord
 from . import codec
-from .codec import sqlite_time, to_json, utc
+from .codec import json_text, sqlite_time, to_json, utc
 from .driver import Driver, _cursor
 from .schema import task_table
-from .values import Claimed, NewTask, Outcome, OutputItem, Report
+from .values import Carrier, Claimed, NewTask, Outcome, OutputItem, Report
 
 _TASK_COLUMNS = (
     "id",
@@ -121,7 +121,7 @@ def _task_values(task: NewTask) -> tuple[Any, ...]:
         task.id,
         task.owner,
         task.name,
-        json.dumps(task.payload),
+        task.payload_json,
         Status.QUEUED.value,
         0,
         task.max_attempts,
@@ -135,11 +135,15 @@ def _task_values(task: NewTask) -> tuple[Any, ...]:
 
 
 class SQLiteDriver(Driver):
+    # Carries no notifications (``carries`` is False): its notifiers, Unix datagrams
+    # beside the file, publish after the commit.
     dialect = "sqlite"
     dialect_insert = staticmethod(sqlite_insert)
 
     # -- records ------------------------------------------------------------------------
-    def task_insert(self, conn: Connection, tasks: Sequence[NewTask]) -> None:
+    def task_insert(
+        self, conn: Connection, tasks: Sequence[NewTask], carrier: Carrier | None = None
+    ) -> None:
         if not tasks:
             return
         cur = _cursor(conn)
@@ -273,11 +277,16 @@ class SQLiteDriver(Driver):
     def output_insert(self, conn: Connection, items: Sequence[OutputItem], now: float) -> None:
         at = sqlite_time(utc(now))
         _cursor(conn).executemany(
-            _INSERT_OUTPUT, [(o.task_id, o.seq, json.dumps(o.data), at, o.ref) for o in items]
+            _INSERT_OUTPUT, [(o.task_id, o.seq, json_text(o.data), at, o.ref) for o in items]
         )
 
     def _finish_terminal(
-        self, conn: Connection, worker_id: str, outcomes: Sequence[Outcome], now: float
+        self,
+        conn: Connection,
+        worker_id: str,
+        outcomes: Sequence[Outcome],
+        now: float,
+        carrier: Carrier | None,
     ) -> list[Change]:
         cur = _cursor(conn)
         at = sqlite_time(utc(now))

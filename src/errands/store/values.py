@@ -24,6 +24,8 @@ class NewTask:
     owner: str
     name: str
     payload: Any
+    #: The payload as compact JSON text (encoded once, when it was checked).
+    payload_json: str
     max_attempts: int
     priority: int
     #: When it may start, and when it was submitted.
@@ -104,3 +106,20 @@ class Outcome:
     blob: bytes | None = None
     #: The attempt's output floor (its fencing token; 0 for a task's first run).
     floor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Carrier:
+    """Notifications a write sends from inside its own statement, where the database can
+    (PostgreSQL's ``pg_notify``): they leave when the transaction commits — never
+    without it, and without a round trip or a thread of their own. A notifier that can
+    be carried makes one (``Notifier.carrier``); a driver that cannot carry leaves it.
+
+    ``messages`` are sent as they are, (channel, payload) each. With ``changes`` =
+    (channel, prefix), the records the statement writes are sent too: on that channel,
+    ``prefix`` followed by a JSON array of ``[id, owner, version, status]`` rows, at
+    most ``chunk`` rows per notification."""
+
+    messages: tuple[tuple[str, str], ...] = ()
+    changes: tuple[str, str] | None = None
+    chunk: int = 60
