@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    any_,
     bindparam,
     case,
     delete,
@@ -210,9 +211,12 @@ def _claim_statement(chosen: bool = False) -> Any:
             .with_for_update(skip_locked=True)
             .cte("picked")
         )
+    # "= ANY(ARRAY(…))" (rather than a join with the CTE): a lookup by primary key per
+    # row, whatever the planner's statistics say (a join was planned as a scan of the
+    # whole table when they were stale), and a plan that stays good when prepared.
     leased = (
         update(job_table)
-        .where(J.task_id == picked.c.task_id)
+        .where(J.task_id == any_(func.array(select(picked.c.task_id).scalar_subquery())))
         .values(
             lease_owner=bindparam("_worker"),
             lease_expires_at=bindparam("_until"),
@@ -223,7 +227,10 @@ def _claim_statement(chosen: bool = False) -> Any:
     )
     started = (
         update(task_table)
-        .where(T.id == leased.c.task_id, T.status == Status.QUEUED.value)
+        .where(
+            T.id == any_(func.array(select(leased.c.task_id).scalar_subquery())),
+            T.status == Status.QUEUED.value,
+        )
         .values(
             status=Status.RUNNING.value,
             attempts=T.attempts + 1,
