@@ -62,20 +62,22 @@ _NEW_RECORDS = (
 
 def _rows(tasks: Sequence[NewTask]) -> str:
     """The JSON parameter of ``_X`` (the payloads as they were encoded when checked)."""
-    stamps: dict[float, str] = {}  # the tasks of one submit share their times
+    # The tasks of one submit mostly share their owner, name and times: each distinct
+    # value is encoded once.
+    texts: dict[object, str] = {}
 
-    def stamp(t: float) -> str:
-        text = stamps.get(t)
-        if text is None:
-            text = stamps[t] = json.dumps(utc(t).isoformat())
-        return text
+    def text(value: object) -> str:
+        found = texts.get(value)
+        if found is None:
+            raw = utc(value).isoformat() if isinstance(value, float) else value
+            found = texts[value] = json.dumps(raw)
+        return found
 
     return (
         "["
         + ",".join(
-            f"[{json.dumps(t.id)},{json.dumps(t.owner)},{json.dumps(t.name)},{t.payload_json},"
-            f"{t.max_attempts},{t.priority},{stamp(t.run_at)},{stamp(t.created_at)},"
-            f"{json.dumps(t.run_at)}]"
+            f'["{t.id}",{text(t.owner)},{text(t.name)},{t.payload_json},{t.max_attempts},'
+            f"{t.priority},{text(t.run_at)},{text(t.created_at)},{t.run_at!r}]"
             for t in tasks
         )
         + "]"
