@@ -318,12 +318,18 @@ class Database:
         ``synchronous_commit=off``, for writes whose loss on a server crash only repeats
         work. Their commits return without waiting for the WAL flush; WAL order still
         holds, so the next durable commit (an outcome, a submit) makes them durable too.
-        A pool of its own, so no statement is spent switching a connection's setting."""
+        A pool of its own, so no statement is spent switching a connection's setting.
+
+        Its statements are few and always the same (claims, heartbeats, progress), each
+        a lookup by key or down one index whatever the values: they are planned once
+        per connection (``plan_cache_mode=force_generic_plan``; left to itself,
+        PostgreSQL planned the claim afresh on every run, 0.5 ms of its 1.5 ms)."""
         if self._relaxed is None:
             with self._relaxed_lock:
                 if self._relaxed is None:
                     self._relaxed = self._create_postgres_engine(
-                        max(2, (self._pool_size or 8) // 2), options="-c synchronous_commit=off"
+                        max(2, (self._pool_size or 8) // 2),
+                        options="-c synchronous_commit=off -c plan_cache_mode=force_generic_plan",
                     )
         return self._relaxed
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     Connection,
+    String,
     any_,
     bindparam,
     case,
@@ -30,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
 from ..records import Change, Status
 from .codec import json_text, utc
@@ -195,7 +199,9 @@ def _claim_statement(chosen: bool = False) -> Any:
         picked = (
             select(J.task_id)
             .where(
-                J.lease_owner.is_(None), J.task_id.in_(_ids("_chosen")), J.name.in_(_ids("_names"))
+                J.lease_owner.is_(None),
+                J.task_id == any_(_array("_chosen")),
+                J.name == any_(_array("_names")),
             )
             # Wait for a row another transaction holds (it may be marking the job sent)
             # and look again: skipped, a job named by its message would not run.
@@ -206,7 +212,9 @@ def _claim_statement(chosen: bool = False) -> Any:
         picked = (
             select(J.task_id)
             .where(
-                J.lease_owner.is_(None), J.run_at <= bindparam("_now"), J.name.in_(_ids("_names"))
+                J.lease_owner.is_(None),
+                J.run_at <= bindparam("_now"),
+                J.name == any_(_array("_names")),
             )
             .order_by(*CLAIM_ORDER)
             .limit(bindparam("_limit"))
@@ -252,7 +260,9 @@ def _claim_statement(chosen: bool = False) -> Any:
     # locked by another worker's claim), so the next one is the earliest in the future.
     earliest = (
         select(func.min(J.run_at))
-        .where(J.lease_owner.is_(None), J.name.in_(_ids("_names")), J.run_at > bindparam("_now"))
+        .where(
+            J.lease_owner.is_(None), J.name == any_(_array("_names")), J.run_at > bindparam("_now")
+        )
         .scalar_subquery()
     )
     fewer = select(func.count()).select_from(leased).scalar_subquery() < bindparam("_limit")
@@ -262,8 +272,20 @@ def _claim_statement(chosen: bool = False) -> Any:
     )
 
 
-_CLAIM = _claim_statement()
-_CLAIM_CHOSEN = _claim_statement(chosen=True)
+def _array(name: str) -> Any:
+    """A parameter that is a list of strings (one text[] for any number of them)."""
+    return bindparam(name, type_=ARRAY(String))
+
+
+def _compiled(statement: Any) -> tuple[str, dict[str, Any]]:
+    """A statement as psycopg runs it (SQL with pyformat parameters, and the values of
+    its constants), compiled once: executing it costs none of SQLAlchemy's work."""
+    compiled = statement.compile(dialect=psycopg_dialect())  # type: ignore[no-untyped-call]
+    return compiled.string, dict(compiled.params)
+
+
+_CLAIM = _compiled(_claim_statement())
+_CLAIM_CHOSEN = _compiled(_claim_statement(chosen=True))
 _DROP_JOBS = delete(job_table).where(J.task_id.in_(_ids("_ids")))
 # Claims under caps take turns (the key is errands' own constant).
 _CAPS_LOCK = text("SELECT pg_advisory_xact_lock(7245106329)")
@@ -299,20 +321,23 @@ _INSERT_OUTPUTS = (
 )
 
 
-_OUTCOME_COLUMNS = (
-    ("id", "varchar"),
-    ("floor", "int"),
-    ("status", "varchar"),
-    ("result", "json"),
-    ("result_ref", "varchar"),
-    ("error_type", "varchar"),
-    ("error_message", "text"),
-    ("error_detail", "text"),
-    ("expires_at", "timestamptz"),
-    ("has_progress", "bool"),
-    ("progress_current", "float8"),
-    ("progress_total", "float8"),
-    ("progress_message", "text"),
+# An outcome's fields, in the order of the rows of the JSON parameter (see _X): its name,
+# and how a JSON field becomes the column's value.
+_OUTCOME_FIELDS = (
+    ("id", "e->>{i}"),
+    ("floor", "(e->>{i})::int"),
+    ("status", "e->>{i}"),
+    ("result", "e->{i}"),
+    ("result_ref", "e->>{i}"),
+    ("error_type", "e->>{i}"),
+    ("error_message", "e->>{i}"),
+    ("error_detail", "e->>{i}"),
+    ("expires_at", "(e->>{i})::timestamptz"),
+    ("has_progress", "(e->>{i})::bool"),
+    # Numbers, or the strings "NaN", "Infinity", "-Infinity" (not JSON numbers).
+    ("progress_current", "(e->>{i})::float8"),
+    ("progress_total", "(e->>{i})::float8"),
+    ("progress_message", "e->>{i}"),
 )
 _KEEP_UNLESS_REPORTED = ("progress_current", "progress_total", "progress_message")
 # Deleting the job locks it first (claims and the reaper lock the job, then the record);
@@ -321,9 +346,10 @@ _KEEP_UNLESS_REPORTED = ("progress_current", "progress_total", "progress_message
 # under the job's lock, so reading them beside the job's delete is enough.) Then exactly
 # those records get their outcomes.
 _FINISHED = (
-    f"WITH u ({', '.join(c for c, _ in _OUTCOME_COLUMNS)}) AS (SELECT * FROM unnest("
-    + ", ".join(f"%({c})s::{kind}[]" for c, kind in _OUTCOME_COLUMNS)
-    + ")), held AS (DELETE FROM errands_job j USING u, errands_task t "
+    "WITH u AS (SELECT "
+    + ", ".join(f"{how.format(i=i)} AS {c}" for i, (c, how) in enumerate(_OUTCOME_FIELDS))
+    + " FROM json_array_elements(%(_rows)s::json) AS r (e)), "
+    "held AS (DELETE FROM errands_job j USING u, errands_task t "
     "WHERE j.task_id = u.id AND j.lease_owner = %(_worker)s AND t.id = u.id "
     "AND (t.status = 'running') IS TRUE AND t.output_floor = u.floor RETURNING j.task_id), "
     "done AS (UPDATE errands_task t SET status = u.status, result = u.result, "
@@ -406,16 +432,17 @@ class PostgresDriver(Driver):
             "_stamp": utc(now),
         }
         if chosen is None:
-            rows = conn.execute(_CLAIM, params).all()
+            sql, constants = _CLAIM
         else:
-            rows = conn.execute(_CLAIM_CHOSEN, params | {"_chosen": list(chosen)}).all()
-        due = rows[0].next_due if rows else None
-        started = [r for r in rows if r.id is not None]
-        orphans = [r.leased_id for r in rows if r.leased_id is not None and r.id is None]
+            (sql, constants), params["_chosen"] = _CLAIM_CHOSEN, list(chosen)
+        rows = _cursor(conn).execute(sql, constants | params).fetchall()
+        # Each row: the leased id, _STARTED's columns (Claimed's fields, in order), and
+        # the next due time.
+        due = rows[0][-1] if rows else None
+        orphans = [r[0] for r in rows if r[0] is not None and r[1] is None]
         if orphans:  # a job whose record is no longer queued: drop it
             conn.execute(_DROP_JOBS, {"_ids": orphans})
-        # Each row: leased_id, then _STARTED's columns (Claimed's fields, in order).
-        return [Claimed(*r[1:10]) for r in started], due
+        return [Claimed(*r[1:10]) for r in rows if r[1] is not None], due
 
     def _serialize_capped_claims(self, conn: Connection) -> None:
         conn.execute(_CAPS_LOCK)
@@ -468,33 +495,33 @@ class PostgresDriver(Driver):
     ) -> list[Change]:
         """Terminal outcomes in one statement (see ``_FINISH``), in id order (as the
         heartbeat's index scan locks the jobs: no deadlock between the two)."""
-        params: dict[str, Any] = {c: [] for c, _ in _OUTCOME_COLUMNS}
+        rows = []
         for o in sorted(outcomes, key=lambda o: o.task_id):
             current, total, message = o.progress if o.progress is not None else (None,) * 3
-            for column, value in (
-                ("id", o.task_id),
-                ("floor", o.floor),
-                ("status", o.status.value),
-                ("result", json_text(o.result)),
-                ("result_ref", o.result_ref),
-                ("error_type", o.error_type),
-                ("error_message", o.error_message),
-                ("error_detail", o.error_detail),
-                ("expires_at", o.expires_at),
-                ("has_progress", o.progress is not None),
-                ("progress_current", current),
-                ("progress_total", total),
-                ("progress_message", message),
-            ):
-                params[column].append(value)
+            expires = o.expires_at.isoformat() if o.expires_at is not None else None
+            rows.append(
+                [
+                    *(o.task_id, o.floor, o.status.value, o.result, o.result_ref),
+                    *(o.error_type, o.error_message, o.error_detail, expires),
+                    *(o.progress is not None, _number(current), _number(total), message),
+                ]
+            )
+        params: dict[str, Any] = {"_rows": json_text(rows)}
         params["_worker"], params["_stamp"] = worker_id, utc(now)
         sql = _FINISH
         if carrier is not None and carrier.changes is not None:
             sql = _FINISH_CARRIED
             params["_channel"], params["_prefix"] = carrier.changes
             params["_chunk"] = carrier.chunk
-        rows = _cursor(conn).execute(sql, params).fetchall()
-        return [Change(r[0], r[1], r[2], Status(r[3])) for r in rows]
+        written = _cursor(conn).execute(sql, params).fetchall()
+        return [Change(r[0], r[1], r[2], Status(r[3])) for r in written]
+
+
+def _number(value: float | None) -> float | str | None:
+    """A float as a JSON row carries it to a float8 column (see _OUTCOME_FIELDS)."""
+    if value is None or math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
 def _one_group(tasks: Sequence[NewTask]) -> tuple[str, str] | None:
