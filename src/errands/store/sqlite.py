@@ -12,6 +12,7 @@ locks: a stale attempt's write and a new claim cannot interleave.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -115,8 +116,12 @@ def _delete_jobs(cur: Any, task_ids: list[str]) -> None:
     cur.execute(f"DELETE FROM errands_job WHERE task_id IN ({_marks(len(task_ids))})", task_ids)
 
 
+# The tasks of one submit share their times: each is converted once.
+_stamp = functools.lru_cache(maxsize=64)(lambda ts: sqlite_time(utc(ts)))
+
+
 def _task_values(task: NewTask) -> tuple[Any, ...]:
-    stamp = sqlite_time(utc(task.created_at))
+    stamp = _stamp(task.created_at)
     return (
         task.id,
         task.owner,
@@ -126,7 +131,7 @@ def _task_values(task: NewTask) -> tuple[Any, ...]:
         0,
         task.max_attempts,
         task.priority,
-        sqlite_time(utc(task.run_at)),
+        _stamp(task.run_at),
         0,
         1,
         stamp,
