@@ -185,3 +185,60 @@ def test_a_batch_delivers_everything_it_held(pair: tuple[Notifier, Notifier]) ->
         lambda: inbox.jobs and inbox.cancels and len(inbox.changes) == 130, "the whole batch"
     )
     assert inbox.cancels == ["t9"]
+
+
+def test_writes_carry_their_notifications_on_postgresql_only(
+    db_url: str, pair: tuple[Notifier, Notifier]
+) -> None:
+    """A submit and a round of outcomes send their own notifications from inside the
+    statement (PostgreSQL): they reach every process's subscribers once — the sending
+    process's too, through its listener — and only if the write commits."""
+    from errands.ids import new_task_id
+    from errands.store.values import NewTask, Outcome
+
+    a, b = pair
+    db = Database(db_url)
+    try:
+        if db.dialect == "sqlite":  # Unix datagrams cannot ride in a statement
+            assert a.carrier(jobs=True, written=True) is None
+            assert not db.driver.carries
+            return
+        mine, theirs = Inbox(), Inbox()
+        subs = [
+            a.listen_worker(mine.on_jobs, mine.on_cancel),
+            a.subscribe_changes(mine.on_changes),
+            b.listen_worker(theirs.on_jobs, theirs.on_cancel),
+            b.subscribe_changes(theirs.on_changes),
+        ]
+        now = time.time()
+        task = NewTask(new_task_id(now), "alice", "job", {}, "{}", 1, 0, now, now)
+        queued = Change(task.id, "alice", 1, Status.QUEUED)
+        carrier = a.carrier(jobs=True, changes=[queued])
+        with pytest.raises(RuntimeError), db.transaction() as conn:
+            db.driver.task_create(conn, [task], carrier)
+            raise RuntimeError("the transaction rolls back")
+        db.write(db.driver.task_create, [task], carrier)
+        eventually(lambda: theirs.changes and mine.changes, "both processes to hear the submit")
+        stays(
+            lambda: (
+                (theirs.jobs, theirs.changes, mine.jobs, mine.changes) == (1, [queued], 1, [queued])
+            ),
+            "the committed submit heard once, the rolled-back one never",
+            0.3,
+        )
+        [claimed], _ = db.write(
+            db.driver.job_claim, "w1", names=["job"], limit=1, now=time.time(), lease_seconds=30
+        )
+        done = Outcome(task.id, Status.SUCCEEDED, result=1, floor=claimed.output_floor)
+        db.write(
+            db.driver.attempt_finish, "w1", [done], now=time.time(), carrier=a.carrier(written=True)
+        )
+        finished = Change(task.id, "alice", 3, Status.SUCCEEDED)
+        eventually(
+            lambda: theirs.changes[-1:] == [finished] and mine.changes[-1:] == [finished],
+            "both processes to hear the outcome the statement wrote",
+        )
+        for sub in subs:
+            sub.close()
+    finally:
+        db.close()
