@@ -41,6 +41,7 @@ class UnixSocketNotifier(CrossProcessNotifier["_Listener", socket.socket]):
         for d in (base, self.root, self.root / "w", self.root / "e"):
             d.mkdir(mode=0o700, exist_ok=True)
         self._peer_cache: dict[str, tuple[int, list[str]]] = {}
+        self._folders = {kind: str(self.root / kind) for kind in ("w", "e")}
 
     # -- publishing ------------------------------------------------------------------
     def batch(self) -> contextlib.AbstractContextManager[None]:
@@ -48,7 +49,7 @@ class UnixSocketNotifier(CrossProcessNotifier["_Listener", socket.socket]):
 
     def _peers(self, kind: str) -> list[str]:
         """Socket paths in the folder, re-listed only when the folder changed."""
-        folder = str(self.root / kind)
+        folder = self._folders[kind]
         try:
             mtime = os.stat(folder).st_mtime_ns
         except FileNotFoundError:
