@@ -10,7 +10,8 @@ then ``--workers`` processes of ``errands worker --burst`` drain them. Prints ta
 the worker processes and of every PostgreSQL process over the drain (from
 ``/proc/<pid>/stat``, sampled every 50 ms; the workers' include their start-up), and
 what both come to per task. On 2 cores, 2 s of CPU per second is the ceiling: the sum
-per task bounds the throughput.
+per task bounds the throughput. ``--sql`` runs statements after the migration, to see
+what a schema change would be worth (``--sql "DROP INDEX ix_errands_task_updated_at"``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--src", default=str(REPO / "src"), help="the library's src to measure")
     ap.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432")
+    ap.add_argument(
+        "--sql",
+        action="append",
+        default=[],
+        help="a statement run after the migration (a diagnostic: e.g. drop an index)",
+    )
     args = ap.parse_args()
     db = f"errands_w1cpu_{os.getpid()}"
     admin = f"{args.pg_url}/postgres"
@@ -64,6 +71,9 @@ def main() -> None:
         env = dict(os.environ, BENCH_ERRANDS_URL=url, PYTHONPATH=f"{args.src}:{REPO}")
         run = [sys.executable, "-m", "errands"]
         subprocess.run([*run, "migrate", "--app", "bench.errands_tasks:app"], env=env, check=True)
+        with psycopg.connect(url, autocommit=True) as conn:
+            for statement in args.sql:
+                conn.execute(statement)
         queue = (
             "from bench import errands_tasks as t\n"
             f"t.app.sync.submit_many('noop', [{{'i': i + 1}} for i in range({args.n})], "
