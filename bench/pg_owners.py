@@ -62,7 +62,6 @@ if str(REPO) not in sys.path:
 from bench import _pg as pg  # noqa: E402
 from bench import scale  # noqa: E402
 from bench import web as webbench  # noqa: E402
-from bench._source import fingerprint, snapshot  # noqa: E402
 
 RESULTS = HERE / "results"
 TARGET = 1.3  # many owners may be at most this many times slower than one
@@ -324,35 +323,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         ap.error(f"PostgreSQL is not reachable at {args.pg_url} ({exc})")
 
-    src, sha = snapshot(args.ref)
-    sys.path.insert(0, str(src))  # this process's errands: the measured commit too
-    import errands
-
-    where = Path(errands.__file__).resolve().parent
-    if not where.is_relative_to(src):
-        raise SystemExit(f"errands was imported from {where}, not from the snapshot {src}")
+    src, sha, where = scale.measured_errands(args.ref)
     logs = RESULTS / f"{args.name}-logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
     tmp = Path(tempfile.mkdtemp(prefix="errands-owners-"))
     procs = webbench.Processes(logs)
     sitting = Sitting(args, procs, tmp)
-    env = dict(os.environ)
-    for name in ("ERRANDS_DATABASE_URL", "BENCH_WEB_PROGRESS_INTERVAL", "BENCH_WEB_POOL_SIZE"):
-        env.pop(name, None)
-    env.update(
-        PYTHONPATH=os.pathsep.join(
-            [str(src), str(REPO), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-        ),
-        PYTHONUNBUFFERED="1",
-    )
-    sitting.env = env
+    sitting.env = scale.child_env(src)
     results: dict[str, Any] = {
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "commit": sha,
-        "commit_subject": webbench.git("log", "-1", "--format=%s", sha)[:80],
-        "fingerprint": fingerprint(where),
-        "machine": webbench.machine(),
+        **scale.results_head(sha, where),
         "postgresql": postgres,
         "argv": sys.argv,
         "config": {
@@ -380,11 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{' / '.join(f'{x:.2f}' for x in results['machine']['loadavg_before'])}"
     )
 
-    def on_signal(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    scale.interrupt_on_signals()
     rc = 0
     try:
         for rnd in range(1, args.repeats + 1):

@@ -871,6 +871,56 @@ def report(results: dict[str, Any]) -> list[str]:
 
 
 # ======================================================================================
+def measured_errands(ref: str) -> tuple[Path, str, Path]:
+    """Import the library of commit ``ref`` into this process (its snapshot's ``src``
+    first on ``sys.path``): the snapshot's ``src``, the full sha, and where ``errands``
+    was imported from (checked to be the snapshot)."""
+    src, sha = snapshot(ref)
+    sys.path.insert(0, str(src))  # this process's errands: the measured commit too
+    import errands
+
+    where = Path(errands.__file__).resolve().parent
+    if not where.is_relative_to(src):
+        raise SystemExit(f"errands was imported from {where}, not from the snapshot {src}")
+    return src, sha, where
+
+
+def child_env(src: Path) -> dict[str, str]:
+    """The environment of the processes a run starts: the measured ``src`` first on
+    their path, and none of the settings another benchmark may have left."""
+    env = dict(os.environ)
+    for name in ("ERRANDS_DATABASE_URL", "BENCH_WEB_PROGRESS_INTERVAL", "BENCH_WEB_POOL_SIZE"):
+        env.pop(name, None)
+    env.update(
+        PYTHONPATH=os.pathsep.join(
+            [str(src), str(REPO), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        ),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def results_head(sha: str, where: Path) -> dict[str, Any]:
+    """What every result file starts with: when, which commit and files, which machine."""
+    return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "commit": sha,
+        "commit_subject": webbench.git("log", "-1", "--format=%s", sha)[:80],
+        "fingerprint": fingerprint(where),
+        "machine": webbench.machine(),
+    }
+
+
+def interrupt_on_signals() -> None:
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt (so the clean-up runs)."""
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--backends", default="pg,sqlite", help="pg, sqlite or both (pg,sqlite)")
@@ -912,13 +962,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not set(backends) <= {"pg", "sqlite"} or not backends:
         ap.error("--backends: pg, sqlite or pg,sqlite")
 
-    src, sha = snapshot(args.ref)
-    sys.path.insert(0, str(src))  # this process's errands: the measured commit too
-    import errands
-
-    where = Path(errands.__file__).resolve().parent
-    if not where.is_relative_to(src):
-        raise SystemExit(f"errands was imported from {where}, not from the snapshot {src}")
+    src, sha, where = measured_errands(args.ref)
     webbench.raise_nofile()
     logs = RESULTS / f"{args.name}-logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -926,23 +970,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="errands-scale-"))
     procs = webbench.Processes(logs)
     bench = Scale(args, procs, tmp)
-    env = dict(os.environ)
-    env.pop("ERRANDS_DATABASE_URL", None)
-    env.pop("BENCH_WEB_PROGRESS_INTERVAL", None)
-    env.pop("BENCH_WEB_POOL_SIZE", None)
-    env.update(
-        PYTHONPATH=os.pathsep.join(
-            [str(src), str(REPO), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-        ),
-        PYTHONUNBUFFERED="1",
-    )
-    bench.env = env
+    bench.env = child_env(src)
     results: dict[str, Any] = {
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "commit": sha,
-        "commit_subject": webbench.git("log", "-1", "--format=%s", sha)[:80],
-        "fingerprint": fingerprint(where),
-        "machine": webbench.machine(),
+        **results_head(sha, where),
         "argv": sys.argv,
         "config": {
             k: getattr(args, k)
@@ -968,11 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{' / '.join(f'{x:.2f}' for x in m['loadavg_before'])}; backends {backends}"
     )
 
-    def on_signal(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    interrupt_on_signals()
     rc = 0
     made: list[Backend] = []
     try:

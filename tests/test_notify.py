@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from errands.events import Notifier, notifier_for
+from errands.events import Notifier, Subscription, notifier_for
 from errands.records import Change, Status
 from errands.store.database import Database
 from tests.conftest import eventually, stays
@@ -42,6 +42,13 @@ class Inbox:
         with self.lock:
             self.changes.extend(changes)
 
+    def subscribe(self, notifier: Notifier) -> list[Subscription]:
+        """Hear everything ``notifier`` delivers: worker messages and changes."""
+        return [
+            notifier.listen_worker(self.on_jobs, self.on_cancel),
+            notifier.subscribe_changes(self.on_changes),
+        ]
+
 
 @pytest.fixture
 def pair(db_url: str) -> Iterator[tuple[Notifier, Notifier]]:
@@ -64,12 +71,7 @@ def test_messages_reach_the_other_process_and_our_own_subscribers_once(
     a, b = pair
     assert a.cross_process and b.cross_process
     mine, theirs = Inbox(), Inbox()
-    subs = [
-        a.listen_worker(mine.on_jobs, mine.on_cancel),
-        a.subscribe_changes(mine.on_changes),
-        b.listen_worker(theirs.on_jobs, theirs.on_cancel),
-        b.subscribe_changes(theirs.on_changes),
-    ]
+    subs = mine.subscribe(a) + theirs.subscribe(b)
     a.publish_jobs()
     a.publish_cancel(["t1", "t2"])
     sent = changes(500)  # more than one message's worth: sent in chunks
@@ -111,8 +113,7 @@ def test_close_is_prompt_and_final(db_url: str) -> None:
     db.ensure_schema()
     notifier = notifier_for(db)
     inbox = Inbox()
-    notifier.listen_worker(inbox.on_jobs, inbox.on_cancel)
-    notifier.subscribe_changes(inbox.on_changes)
+    inbox.subscribe(notifier)
     started = time.monotonic()
     notifier.close()
     assert time.monotonic() - started < 1.0  # listeners are woken, not waited out
@@ -130,8 +131,7 @@ def test_listener_reconnects_after_its_connection_is_killed(
     listener reconnects with backoff and tells workers to look for jobs."""
     a, b = pair
     inbox = Inbox()
-    b.listen_worker(inbox.on_jobs, inbox.on_cancel)
-    b.subscribe_changes(inbox.on_changes)
+    inbox.subscribe(b)
     a.publish_changes(changes(1))
     eventually(lambda: len(inbox.changes) == 1, "the first change")
 
@@ -174,8 +174,7 @@ def test_payload_with_unusual_characters_round_trips(pair: tuple[Notifier, Notif
 def test_a_batch_delivers_everything_it_held(pair: tuple[Notifier, Notifier]) -> None:
     a, b = pair
     inbox = Inbox()
-    b.listen_worker(inbox.on_jobs, inbox.on_cancel)
-    b.subscribe_changes(inbox.on_changes)
+    inbox.subscribe(b)
     with a.batch():
         a.publish_jobs()
         with a.batch():  # nested: sent with the outer block
@@ -204,12 +203,7 @@ def test_writes_carry_their_notifications_on_postgresql_only(
             assert not db.driver.carries
             return
         mine, theirs = Inbox(), Inbox()
-        subs = [
-            a.listen_worker(mine.on_jobs, mine.on_cancel),
-            a.subscribe_changes(mine.on_changes),
-            b.listen_worker(theirs.on_jobs, theirs.on_cancel),
-            b.subscribe_changes(theirs.on_changes),
-        ]
+        subs = mine.subscribe(a) + theirs.subscribe(b)
         now = time.time()
         task = NewTask(new_task_id(now), "alice", "job", {}, "{}", 1, 0, now, now)
         queued = Change(task.id, "alice", 1, Status.QUEUED)

@@ -138,16 +138,15 @@ class Operations:
         (the notifications go when it commits)."""
         if connection is None:
             records = [record_of(t) for t in tasks]
+            # Without keys a submit is one statement on PostgreSQL (no BEGIN/COMMIT).
+            one_statement = not any(t.keyed for t in tasks)
             carrier = None
-            if self.db.driver.carries and not any(t.keyed for t in tasks):
+            if one_statement and self.db.driver.carries:
                 # The insert sends the notifications itself, at its commit.
                 carrier = self.runtime.notifier.carrier(
                     jobs=self.engine.hinted, changes=[Change.of(r) for r in records]
                 )
-            # One statement on PostgreSQL when no key is involved: no BEGIN/COMMIT.
-            found = self.db.write(
-                self.create, tasks, carrier, autocommit=not any(t.keyed for t in tasks)
-            )
+            found = self.db.write(self.create, tasks, carrier, autocommit=one_statement)
             records = [f or r for r, f in zip(records, found, strict=True)]
             self.submitted(records, found, carried=carrier is not None)
             return records

@@ -36,30 +36,6 @@ def owner_of(owner: object) -> str:
     return owner
 
 
-def prepare(
-    registry: Registry,
-    max_payload_bytes: int,
-    name: str,
-    payload: Any,
-    *,
-    owner: str,
-    priority: int | None = None,
-    run_at: datetime | timedelta | None = None,
-    idempotency_key: str | None = None,
-) -> NewTask:
-    """The new task a submit creates, once everything about it is checked."""
-    return prepare_many(
-        registry,
-        max_payload_bytes,
-        name,
-        [payload],
-        owner=owner,
-        priority=priority,
-        run_at=run_at,
-        idempotency_key=idempotency_key,
-    )[0]
-
-
 def prepare_many(
     registry: Registry,
     max_payload_bytes: int,
