@@ -212,7 +212,10 @@ def test_writes_carry_their_notifications_on_postgresql_only(
             db.driver.task_create(conn, [task], carrier)
             raise RuntimeError("the transaction rolls back")
         db.write(db.driver.task_create, [task], carrier)
-        eventually(lambda: theirs.changes and mine.changes, "both processes to hear the submit")
+        eventually(  # jobs and changes come on two channels, each on its own listener
+            lambda: theirs.jobs and theirs.changes and mine.jobs and mine.changes,
+            "both processes to hear the submit on both channels",
+        )
         stays(
             lambda: (
                 (theirs.jobs, theirs.changes, mine.jobs, mine.changes) == (1, [queued], 1, [queued])
