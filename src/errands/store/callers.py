@@ -1,17 +1,30 @@
 """Running a store write in the caller's own transaction (``submit(connection=…)``).
 
-The caller passes a SQLAlchemy ``Connection`` or ``Session``, or their asyncio forms; the
-write runs on its connection, and a callback runs when that transaction commits (the
-notifications that wake workers and live views: a rolled-back task never existed, so
-nobody hears of it).
+The caller passes a SQLAlchemy ``Connection`` or ``Session``, their asyncio forms, or a
+Django database connection (``django.db.connections[alias]``); the write runs on its
+connection, and a callback runs when that transaction commits (the notifications that
+wake workers and live views: a rolled-back task never existed, so nobody hears of it).
+
+A Django connection is borrowed, not opened: errands' statements run on the very
+DB-API connection Django holds for this thread, through a SQLAlchemy engine whose pool
+hands out that connection and never commits, rolls back or closes it. Inside
+``transaction.atomic()`` the task commits or rolls back with the view's rows. Outside
+one (autocommit), errands makes its statements one transaction of their own. The
+notifications go with ``transaction.on_commit``: the task itself is already in the
+transaction, so a crash after the commit loses at most a wake-up (workers also poll).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.pool import NullPool
+
+from .codec import json_text
 
 
 async def run_in_caller(connection: Any, fn: Callable[[Connection], None]) -> Any:
@@ -35,6 +48,11 @@ def is_async_caller(connection: Any) -> bool:
     return type(connection).__module__.startswith("sqlalchemy.ext.asyncio")
 
 
+def is_django_caller(connection: Any) -> bool:
+    """A Django database connection (``django.db.connections[alias]``)."""
+    return type(connection).__module__.startswith("django.db.backends.")
+
+
 def run_in_caller_sync(connection: Any, fn: Callable[[Connection], None]) -> Any:
     from sqlalchemy.orm import Session
 
@@ -44,16 +62,119 @@ def run_in_caller_sync(connection: Any, fn: Callable[[Connection], None]) -> Any
     if isinstance(connection, Connection):
         fn(connection)
         return connection
-    raise TypeError("connection must be a SQLAlchemy Connection, Session or their async forms")
+    if is_django_caller(connection):
+        with borrowed(connection) as conn:
+            fn(conn)
+        return connection
+    raise TypeError(
+        "connection must be a SQLAlchemy Connection, Session or their async forms, "
+        "or a Django database connection"
+    )
 
 
 def on_commit(sync_obj: Any, callback: Callable[[], None]) -> None:
     """Call ``callback`` when the caller's transaction commits."""
     from sqlalchemy.orm import Session
 
-    if isinstance(sync_obj, Session):
+    if is_django_caller(sync_obj):
+        from django.db import transaction
+
+        transaction.on_commit(callback, using=sync_obj.alias)  # at once in autocommit
+    elif isinstance(sync_obj, Session):
         event.listen(sync_obj, "after_commit", lambda _s: callback(), once=True)
     else:
         # Connection events fire just before the commit; workers re-check shortly
         # after an empty wake-up, so the hint is not lost.
         event.listen(sync_obj, "commit", lambda _c: callback(), once=True)
+
+
+# -- Django's connection, borrowed --------------------------------------------------------
+class _Borrowed:
+    """Django's DB-API connection as SQLAlchemy's pool sees it: everything passes
+    through but ending it. Django owns its transaction and its life."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_engines: dict[tuple[str, str], Engine] = {}
+_engines_lock = threading.Lock()
+_lent: threading.local = threading.local()
+
+
+def _engine_for(vendor: str, alias: str) -> Engine:
+    """One SQLAlchemy engine per Django alias, whose "pool" lends the connection Django
+    holds in the calling thread (set in ``_lent.raw`` around each use)."""
+    key = (vendor, alias)
+    engine = _engines.get(key)
+    if engine is None:
+        with _engines_lock:
+            engine = _engines.get(key)
+            if engine is None:
+                url = "sqlite://" if vendor == "sqlite" else "postgresql+psycopg://"
+                # (psycopg's type lookup would need the connection itself, not the proxy)
+                extra = {} if vendor == "sqlite" else {"use_native_hstore": False}
+                engine = create_engine(
+                    url,
+                    **extra,
+                    creator=lambda: _Borrowed(_lent.raw),
+                    poolclass=NullPool,
+                    pool_reset_on_return=None,
+                    json_serializer=json_text,
+                )
+                _engines[key] = engine
+    return engine
+
+
+@contextlib.contextmanager
+def borrowed(django_connection: Any) -> Iterator[Connection]:
+    """A SQLAlchemy ``Connection`` on the DB-API connection Django holds for this thread
+    and ``django_connection``'s alias, inside one transaction: the caller's
+    ``atomic()`` block when there is one, else one of errands' own (committed when the
+    block ends, rolled back if it raises)."""
+    vendor = django_connection.vendor
+    if vendor not in ("sqlite", "postgresql"):
+        raise TypeError(f"errands runs on SQLite and PostgreSQL, not on Django's {vendor!r}")
+    django_connection.ensure_connection()
+    raw = django_connection.connection
+    own = not django_connection.in_atomic_block
+    if own:
+        django_connection.validate_no_broken_transaction()
+    _lent.raw = raw
+    try:
+        with _engine_for(vendor, django_connection.alias).connect() as conn:
+            if not own:
+                yield conn
+                return
+            if vendor == "sqlite":
+                from .database import _begin_immediate
+
+                _begin_immediate(raw)  # Django's connection is in autocommit mode here
+            else:
+                raw.autocommit = False
+            try:
+                yield conn
+            except BaseException:
+                raw.rollback()
+                raise
+            else:
+                raw.commit()
+            finally:
+                if vendor == "postgresql":
+                    raw.autocommit = True
+    finally:
+        _lent.raw = None
