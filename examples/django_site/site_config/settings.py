@@ -35,9 +35,7 @@ def _database(spec: str) -> dict[str, object]:
     }
 
 
-DATABASES = {
-    "default": _database(os.environ.get("SITE_DATABASE", str(BASE_DIR / "site.sqlite3")))
-}
+DATABASES = {"default": _database(os.environ.get("SITE_DATABASE", str(BASE_DIR / "site.sqlite3")))}
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -16,9 +16,7 @@ from ..operations import ANY_OWNER
 #: key never equals it, so no user ever sees these tasks.
 SYSTEM_OWNER = "system"
 
-_owner: contextvars.ContextVar[Any] = contextvars.ContextVar(
-    "errands_django_owner", default=None
-)
+_owner: contextvars.ContextVar[Any] = contextvars.ContextVar("errands_django_owner", default=None)
 
 
 def current_owner() -> str:

@@ -16,9 +16,11 @@ except ImportError:  # Django 5.2 with django-tasks
         TaskResultStatus,
         task,
     )
-    from django_tasks.base import Task  # type: ignore[no-redef]
     from django_tasks.backends.base import BaseTaskBackend  # type: ignore[no-redef]
-    from django_tasks.base import TaskError  # type: ignore[no-redef]
+    from django_tasks.base import (
+        Task,  # type: ignore[no-redef]
+        TaskError,  # type: ignore[no-redef]
+    )
     from django_tasks.exceptions import (  # type: ignore[no-redef]
         InvalidTaskError,
         TaskResultDoesNotExist,

@@ -1,0 +1,1 @@
+../../../demo/static/errands-task.js
