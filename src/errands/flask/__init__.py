@@ -1,0 +1,1 @@
+"""errands in a Flask application: ``task_blueprint`` (``pip install 'errands[flask]'``)."""
