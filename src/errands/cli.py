@@ -213,10 +213,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def purge(app: Errands, args: argparse.Namespace) -> int:
-    """Delete ``app``'s expired records (the options of :func:`add_purge_options`)."""
+def purge(app: Errands, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Delete ``app``'s expired records (the options of :func:`add_purge_options`);
+    say how many on ``out`` (default: standard output)."""
     n = app.sync.purge(batch=args.batch)
-    print(f"purged {n} expired task record(s)")
+    print(f"purged {n} expired task record(s)", file=out)
     return 0
 
 
