@@ -19,11 +19,12 @@ from django.db import models
 
 
 class JSONColumn(models.JSONField):  # type: ignore[misc]
-    """A JSON column of errands' tables: text on SQLite, ``json`` on PostgreSQL (not
-    Django's ``jsonb``), which the PostgreSQL drivers hand over decoded already."""
+    """A JSON column of errands' tables: ``json`` on PostgreSQL (not Django's ``jsonb``),
+    which the drivers hand over decoded already; on SQLite a column of numeric affinity,
+    where a number is kept as a number and the rest as JSON text."""
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
-        if connection.vendor == "postgresql":
+        if connection.vendor == "postgresql" or not isinstance(value, str):
             return value
         return super().from_db_value(value, expression, connection)
 
