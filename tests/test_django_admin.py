@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import importlib
 import re
 import uuid
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from tests.django_site import setup_in_process
 
 LIST = "/admin/errands/task/"
 FAIL = "tests.django_admin.fail"
+BIG = "tests.django_admin.big"
 
 
 def page(task_id: str) -> str:
@@ -40,6 +42,10 @@ def app() -> Errands:
         @app.task(name=FAIL, max_attempts=1)
         def fail(ctx: TaskContext, payload: dict[str, Any]) -> None:
             raise ValueError("the disk is full of owls")
+
+        @app.task(name=BIG)
+        def big(ctx: TaskContext, payload: dict[str, Any]) -> list[str]:
+            return [f"line {n:06d}" for n in range(10_000)]  # 150 KB: in the blob store
 
     return app
 
@@ -73,21 +79,23 @@ class Finished:
     added: str  # alice's wordcount.tasks.add(2, 3)
     counted: str  # alice's count_words(limit=3)
     failed: str  # bob's FAIL
+    big: str  # bob's BIG
 
 
 @pytest.fixture(scope="module")
 def finished(app: Errands) -> Finished:
-    from wordcount.tasks import add, count_words
-
     from errands.django import owner
 
+    tasks: Any = importlib.import_module("wordcount.tasks")  # the example's (on sys.path)
+    add, count_words = tasks.add, tasks.count_words
     alice, bob = f"alice-{uuid.uuid4().hex[:8]}", f"bob-{uuid.uuid4().hex[:8]}"
     with owner(alice):
         added = add.enqueue(2, 3).id
         counted = count_words.enqueue(limit=3).id
     failed = app.sync.submit(FAIL, {}, owner=bob).id
+    big = app.sync.submit(BIG, {}, owner=bob).id
     drain(app)
-    return Finished(alice, bob, added, counted, failed)
+    return Finished(alice, bob, added, counted, failed, big)
 
 
 def user(*, staff: bool, perms: Sequence[str] = ()) -> Any:
@@ -144,7 +152,7 @@ def test_list_filters_and_search(manager: Any, finished: Finished) -> None:
 
     alice = listed(manager.get(LIST, {"owner": finished.alice}))
     assert alice == {finished.added, finished.counted}
-    assert listed(manager.get(LIST, {"owner": finished.bob})) == {finished.failed}
+    assert listed(manager.get(LIST, {"owner": finished.bob})) == {finished.failed, finished.big}
 
     failed = listed(manager.get(LIST, {"status": "failed"}))
     assert finished.failed in failed and finished.added not in failed
@@ -155,7 +163,7 @@ def test_list_filters_and_search(manager: Any, finished: Finished) -> None:
     assert listed(manager.get(LIST, {"name": FAIL})) >= {finished.failed}
 
     assert listed(manager.get(LIST, {"q": finished.counted})) == {finished.counted}
-    assert listed(manager.get(LIST, {"q": finished.bob})) == {finished.failed}
+    assert listed(manager.get(LIST, {"q": finished.bob})) == {finished.failed, finished.big}
     assert listed(manager.get(LIST, {"q": "count_words", "owner": finished.alice})) == {
         finished.counted
     }
@@ -193,6 +201,16 @@ def test_record_page_is_read_only_with_progress_result_and_traceback(
     assert manager.get(f"{LIST}add/").status_code == 403
 
 
+def test_a_result_in_the_blob_store_is_shown_cut(manager: Any, finished: Finished) -> None:
+    from errands.django.models import Task
+
+    assert Task.objects.get(pk=finished.big).result_ref is not None
+    text = manager.get(page(finished.big)).content.decode()
+    assert "&quot;line 000000&quot;" in text and "&quot;line 003000&quot;" in text
+    assert "&quot;line 009999&quot;" not in text
+    assert re.search(r"… \(\d+ characters in all\)</pre>", text)
+
+
 def test_unknown_record_is_a_redirect_with_a_message(manager: Any) -> None:
     response = manager.get(page(str(uuid.uuid4())), follow=True)
     assert response.status_code == 200
@@ -225,8 +243,8 @@ def test_retry_action(app: Errands, manager: Any, finished: Finished) -> None:
     assert [r.status for r in mine] == [Status.QUEUED, Status.CANCELLED]
     new = mine[0]
     assert (new.name, new.payload) == ("wordcount.tasks.add", {"args": [1, 1], "kwargs": {}})
-    bobs = app.sync.list(owner=finished.bob).items
-    assert [(r.name, r.status) for r in bobs] == [(FAIL, Status.QUEUED), (FAIL, Status.FAILED)]
+    bobs = app.sync.list(owner=finished.bob, name=FAIL).items
+    assert [r.status for r in bobs] == [Status.QUEUED, Status.FAILED]
     # Newest first, as listed.
     retried = [f"{was_cancelled} → {new.id}", f"{finished.failed} → {bobs[0].id}"]
     assert f"Submitted again (old → new): {', '.join(retried)}" in shown

@@ -106,7 +106,7 @@ class Outcomes:
     def add(self, level: int, what: str, task: str) -> None:
         self._groups.setdefault((level, what), []).append(task)
 
-    def report(self, model_admin: admin.ModelAdmin, request: Any) -> None:  # type: ignore[type-arg]
+    def report(self, model_admin: Any, request: Any) -> None:
         for (level, what), tasks in self._groups.items():
             named = ", ".join(tasks[:NAMED])
             more = f" and {len(tasks) - NAMED} more" if len(tasks) > NAMED else ""
@@ -223,14 +223,14 @@ class TaskAdmin(admin.ModelAdmin):  # type: ignore[misc]
     @display(description="progress")
     def progress_percent(self, task: Task) -> str:
         percent = Progress(task.progress_current, task.progress_total).percent
-        return "–" if percent is None else f"{percent:.0f}%"
+        return self.get_empty_value_display() if percent is None else f"{percent:.0f}%"
 
     @display(description="progress")
     def progress_bar(self, task: Task) -> Any:
         current, total = task.progress_current, task.progress_total
         percent = Progress(current, total).percent
         if percent is None:
-            return "–" if current is None else f"{current:g}"
+            return self.get_empty_value_display() if current is None else f"{current:g}"
         return format_html(
             '<progress max="100" value="{}"></progress> {}% ({} of {})',
             f"{percent:.1f}",
@@ -246,17 +246,21 @@ class TaskAdmin(admin.ModelAdmin):  # type: ignore[misc]
     @display(description="result")
     def result_json(self, task: Task) -> Any:
         if task.status != Status.SUCCEEDED:
-            return "–"
+            return self.get_empty_value_display()
         if task.result_ref is None:
             return _pretty(task.result)
         try:  # too large for the row: in errands' blob store
             return _pretty(get_app().sync.get(task.id, owner=ANY_OWNER).result)
-        except TaskNotFound:
-            return "–"
+        except TaskNotFound:  # deleted meanwhile
+            return self.get_empty_value_display()
+        except ErrandsError as exc:  # the blob is missing, the database unavailable, …
+            return f"(cannot be read: {exc})"
 
     @display(description="traceback")
     def traceback(self, task: Task) -> Any:
-        return format_html("<pre>{}</pre>", task.error_detail) if task.error_detail else "–"
+        if not task.error_detail:
+            return self.get_empty_value_display()
+        return format_html("<pre>{}</pre>", task.error_detail)
 
     # -- actions -------------------------------------------------------------------------
     @action(description="Cancel selected tasks", permissions=["cancel"])
