@@ -70,6 +70,19 @@ def test_a_rolled_back_transaction_leaves_no_record_and_a_committed_one_does() -
     assert set(_records()) - before == {kept.id}
 
 
+def test_errands_own_tasks_join_djangos_transaction_with_connection() -> None:
+    from wordcount.tasks import shout  # type: ignore[import-not-found]  # noqa: F401
+
+    app = get_app()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        lost = app.sync.submit("shout", {"text": "no"}, owner="9", connection=connection)
+        raise RuntimeError
+    with transaction.atomic():
+        kept = app.sync.submit("shout", {"text": "yes"}, owner="9", connection=connection)
+    records = _records()
+    assert lost.id not in records and kept.id in records
+
+
 def test_enqueue_shares_the_views_transaction_with_its_rows() -> None:
     """The view's own row and the task commit together: both or neither."""
     with connection.cursor() as cur:
