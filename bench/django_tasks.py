@@ -11,7 +11,8 @@ workers ``manage.py errands_worker --concurrency 16`` (the library default; a st
 ``django_project/errands_worker.py``, while the command is not in the measured source).
 django-tasks-db: ``django_tasks_db.DatabaseBackend``, workers ``manage.py db_worker
 --interval 0.01 --no-startup-delay`` (one task at a time; when it finds no task it
-sleeps ``--interval``, 1 s by default: 10 ms here, ``--db-worker-interval``). Django's
+sleeps ``--interval``, 1 s by default: 10 ms here, ``--db-worker-interval``; on SQLite
+its claim is a ``BEGIN EXCLUSIVE`` transaction, under WAL a write lock). Django's
 connections are persistent (``CONN_MAX_AGE = 600``, ``--conn-max-age``): with Django's
 default 0, ``db_worker`` would open a new connection on every poll.
 
@@ -47,7 +48,9 @@ this order:
 
 The table gives medians over ``--repeats`` rounds and **errands ×**: how many times
 better errands is (errands ÷ django-tasks-db for rates, django-tasks-db ÷ errands for
-times; above 1 errands is ahead). The library measured is a git commit (``--ref``,
+times; above 1 errands is ahead; none for the time inside the task, which errands
+spends in memory). ``--quick``: 200 enqueues per mode, 20 latency samples, 50 progress
+tasks, one round (a smoke run, not a measurement). The library measured is a git commit (``--ref``,
 default HEAD) unpacked under ``bench/results/snapshots/``, first on the path of every
 process (as in ``bench/run.py``). Output: the table on stdout and in
 ``bench/results/NAME.md``, every case in ``bench/results/NAME.json``, logs of each case
@@ -112,7 +115,7 @@ def log(msg: str) -> None:
 
 
 def quantile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank quantile (p99 of 200 samples: the second largest)."""
+    """Nearest-rank quantile (p99 of 200 samples: the third largest; of 20: the largest)."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
@@ -353,6 +356,7 @@ def measure_progress(case: Case) -> dict[str, float]:
 
 def run_case(args: argparse.Namespace) -> int:
     """The child process: migrate the fresh database, measure, write ``--out``."""
+    began = time.monotonic()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.django_project.settings")
     import django
 
@@ -366,17 +370,23 @@ def run_case(args: argparse.Namespace) -> int:
         "database": case.database_settings(),
         "worker": " ".join(Path(a).name if "/" in a else a for a in case.worker_command()),
         "sizes": asdict(case.sizes),
+        "seconds": {"setup": time.monotonic() - began},
     }
     try:
-        out["enqueue"], first = measure_enqueue(case)
-        log(f"    enqueue {out['enqueue']}")
-        out["throughput"] = measure_throughput(case, first)
-        log(f"    throughput {out['throughput']}")
-        out["latency"] = measure_latency(case)
-        log(f"    latency {out['latency']}")
-        case.stop_workers()
-        out["progress"] = measure_progress(case)
-        log(f"    progress {out['progress']}")
+        for step in ("enqueue", "throughput", "latency", "progress"):
+            t0 = time.monotonic()
+            if step == "enqueue":
+                out[step], first = measure_enqueue(case)
+            elif step == "throughput":
+                out[step] = measure_throughput(case, first)
+            elif step == "latency":
+                out[step] = measure_latency(case)
+                case.stop_workers()
+            else:
+                out[step] = measure_progress(case)
+                case.stop_workers()
+            out["seconds"][step] = time.monotonic() - t0
+            log(f"    {step} ({out['seconds'][step]:.1f} s): {out[step]}")
     finally:
         case.stop_workers()
     Path(args.out).write_text(json.dumps(out, indent=1))
@@ -386,7 +396,7 @@ def run_case(args: argparse.Namespace) -> int:
 # ======================================================================================
 # the driver: every case in a process of its own, on a fresh database
 # ======================================================================================
-ROWS = (  # (step, key, label, higher is better, digits)
+ROWS = (  # (step, key, label, higher is better (None: no ratio), digits)
     ("enqueue", "single_per_s", "enqueue/s, one at a time (autocommit)", True, 0),
     ("enqueue", "atomic_per_s", "enqueue/s, all in one transaction.atomic()", True, 0),
     ("throughput", "per_s", "noop tasks/s through 2 workers", True, 0),
@@ -395,7 +405,7 @@ ROWS = (  # (step, key, label, higher is better, digits)
     ("latency", "done_p50_ms", "submit → done seen p50, ms (1 ms polls)", False, 1),
     ("latency", "done_p99_ms", "submit → done seen p99, ms", False, 1),
     ("progress", "ms_per_task", "20 progress reports: ms per task, 2 workers", False, 2),
-    ("progress", "in_task_p50_ms", "20 progress reports: inside the task p50, ms", False, 2),
+    ("progress", "in_task_p50_ms", "20 progress reports: inside the task p50, ms", None, 3),
 )
 
 
@@ -506,7 +516,7 @@ def report(cases: list[dict[str, Any]], databases: list[str]) -> str:
         for step, key, label, higher, digits in ROWS:
             values = {b: [c[step][key] for c in by[b] if step in c] for b in BACKENDS}
             ratio = "–"
-            if values["errands"] and values["django-tasks-db"]:
+            if higher is not None and values["errands"] and values["django-tasks-db"]:
                 ours = statistics.median(values["errands"])
                 theirs = statistics.median(values["django-tasks-db"])
                 ratio = f"{(ours / theirs if higher else theirs / ours):.2f}×"
@@ -605,6 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         results["errors"].append(f"{database} {rnd} {backend}: {exc}")
                         continue
                     case["load"] = quiet
+                    took = ", ".join(f"{k} {v:.1f}" for k, v in case["seconds"].items())
+                    log(f"  seconds: {took}")
                     results["cases"].append(case)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
