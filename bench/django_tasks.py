@@ -7,8 +7,7 @@
 Both are Django Tasks backends of the bench project ``bench/django_project``: the same
 ``@task`` functions (``tasks.py``), enqueued with ``task.enqueue()`` through Django's
 own connection, run by two worker processes. errands: ``errands.django.ErrandsBackend``,
-workers ``manage.py errands_worker --concurrency 16`` (the library default; a stand-in,
-``django_project/errands_worker.py``, while the command is not in the measured source).
+workers ``manage.py errands_worker --concurrency 16`` (the library default).
 django-tasks-db: ``django_tasks_db.DatabaseBackend``, workers ``manage.py db_worker
 --interval 0.01 --no-startup-delay`` (one task at a time; when it finds no task it
 sleeps ``--interval``, 1 s by default: 10 ms here, ``--db-worker-interval``; on SQLite
@@ -147,12 +146,8 @@ class Case:
             interval = str(self.args.db_worker_interval)
             options = ["--interval", interval, "--no-startup-delay", "--no-reload", "-v", "0"]
             return [*manage, "db_worker", *options]
-        from django.core.management import get_commands
-
         concurrency = str(self.args.concurrency)
-        if "errands_worker" in get_commands():
-            return [*manage, "errands_worker", "--concurrency", concurrency, "-v", "0"]
-        return [sys.executable, str(PROJECT / "errands_worker.py"), "--concurrency", concurrency]
+        return [*manage, "errands_worker", "--concurrency", concurrency, "-v", "0"]
 
     def start_workers(self) -> None:
         self.launches += 1

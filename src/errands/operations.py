@@ -136,25 +136,29 @@ class Operations:
         """Write new records (or find the ones holding their keys): per task, its record
         or the one that holds its key. With ``connection``, in the caller's transaction
         (the notifications go when it commits)."""
+        records = [record_of(t) for t in tasks]
+        # Without keys a submit is one statement on PostgreSQL (no BEGIN/COMMIT), and
+        # the insert sends the notifications itself, at its commit (the caller's, too).
+        one_statement = not any(t.keyed for t in tasks)
+        carrier = None
+        if one_statement and self.db.driver.carries:
+            carrier = self.runtime.notifier.carrier(
+                jobs=self.engine.hinted, changes=[Change.of(r) for r in records]
+            )
         if connection is None:
-            records = [record_of(t) for t in tasks]
-            # Without keys a submit is one statement on PostgreSQL (no BEGIN/COMMIT).
-            one_statement = not any(t.keyed for t in tasks)
-            carrier = None
-            if one_statement and self.db.driver.carries:
-                # The insert sends the notifications itself, at its commit.
-                carrier = self.runtime.notifier.carrier(
-                    jobs=self.engine.hinted, changes=[Change.of(r) for r in records]
-                )
             found = self.db.write(self.create, tasks, carrier, autocommit=one_statement)
             records = [f or r for r, f in zip(records, found, strict=True)]
             self.submitted(records, found, carried=carrier is not None)
             return records
         self.db.ensure_schema()
         results: list[TaskRecord | None] = []
-        sync_obj = run_in_caller_sync(connection, lambda c: results.extend(self.create(c, tasks)))
+        sync_obj = run_in_caller_sync(
+            connection,
+            lambda c: results.extend(self.create(c, tasks, carrier)),
+            one_statement=one_statement,
+        )
         records = chosen(tasks, results)
-        on_commit(sync_obj, partial(self.submitted, records, results))
+        on_commit(sync_obj, partial(self.submitted, records, results, carrier is not None))
         return records
 
     # -- reading -----------------------------------------------------------------------

@@ -55,7 +55,11 @@ def is_django_caller(connection: Any) -> bool:
     return module.startswith("django.db.backends.") or module == "django.utils.connection"
 
 
-def run_in_caller_sync(connection: Any, fn: Callable[[Connection], None]) -> Any:
+def run_in_caller_sync(
+    connection: Any, fn: Callable[[Connection], None], *, one_statement: bool = False
+) -> Any:
+    """``fn`` on the caller's connection; ``one_statement``: ``fn`` runs one statement
+    (a Django connection in autocommit then needs no transaction around it)."""
     from sqlalchemy.orm import Session
 
     if isinstance(connection, Session):
@@ -65,7 +69,7 @@ def run_in_caller_sync(connection: Any, fn: Callable[[Connection], None]) -> Any
         fn(connection)
         return connection
     if is_django_caller(connection):
-        with borrowed(connection) as conn:
+        with borrowed(connection, one_statement=one_statement) as conn:
             fn(conn)
         return connection
     raise TypeError(
@@ -143,18 +147,21 @@ def _engine_for(vendor: str, alias: str) -> Engine:
 
 
 @contextlib.contextmanager
-def borrowed(django_connection: Any) -> Iterator[Connection]:
+def borrowed(django_connection: Any, *, one_statement: bool = False) -> Iterator[Connection]:
     """A SQLAlchemy ``Connection`` on the DB-API connection Django holds for this thread
     and ``django_connection``'s alias, inside one transaction: the caller's
     ``atomic()`` block when there is one, else one of errands' own (committed when the
-    block ends, rolled back if it raises)."""
+    block ends, rolled back if it raises) — except for ``one_statement`` on PostgreSQL,
+    which runs in Django's autocommit as it is (one round trip)."""
     vendor = django_connection.vendor
     if vendor not in ("sqlite", "postgresql"):
         raise TypeError(f"errands runs on SQLite and PostgreSQL, not on Django's {vendor!r}")
     django_connection.ensure_connection()
     raw = django_connection.connection
     own = not django_connection.in_atomic_block
-    if own:
+    if own and one_statement and vendor == "postgresql":
+        own = False  # autocommit: the one statement is its own transaction
+    elif own:
         django_connection.validate_no_broken_transaction()
     _lent.raw = raw
     try:
