@@ -96,7 +96,7 @@ def api_mount() -> str:
             f"<errands-task> reads {{api}}/tasks/<id>, but errands.django.urls is mounted "
             f"at {root!r}: mount it at a path ending in {TASKS!r}"
         )
-    return root.removesuffix(TASKS) or "/"
+    return root.removesuffix(TASKS).rstrip("/") or "/"
 
 
 def _api_root() -> str:
