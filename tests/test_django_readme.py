@@ -179,7 +179,9 @@ def test_the_five_steps_run(tmp_path: Path) -> None:
     assert outcome["result"] == sum(numbers)
     assert outcome["percent"] == 100
     assert outcome["message"] == "added 6"
-    assert outcome["outputs"] == [{"n": n, "total": t} for n, t in zip(numbers, totals)]
+    assert outcome["outputs"] == [
+        {"n": n, "total": t} for n, t in zip(numbers, totals, strict=True)
+    ]
     assert outcome["page"] == 200
     assert outcome["element"].startswith(f'<errands-task task-id="{task_id}" api="/" csrf="')
     assert outcome["script"]
