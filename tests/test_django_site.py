@@ -13,7 +13,7 @@ import re
 import types
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -31,9 +31,8 @@ def django_site() -> str:
 def make_user(prefix: str = "user") -> Any:
     from django.contrib.auth import get_user_model
 
-    return get_user_model().objects.create_user(
-        f"{prefix}-{uuid.uuid4().hex[:8]}", password=PASSWORD
-    )
+    users: Any = get_user_model().objects
+    return users.create_user(f"{prefix}-{uuid.uuid4().hex[:8]}", password=PASSWORD)
 
 
 def client_of(user: Any = None, **options: Any) -> Any:
@@ -84,7 +83,7 @@ def urlconf() -> Iterator[Mount]:
     def mount(*patterns: Any) -> None:
         module = types.ModuleType(f"urlconf_{uuid.uuid4().hex}")
         module.urlpatterns = list(patterns)  # type: ignore[attr-defined]
-        set_urlconf(module)
+        set_urlconf(cast(Any, module))
 
     try:
         yield mount

@@ -122,7 +122,7 @@ def _api_root() -> str:
             f"errands.django.urls is mounted under a pattern with parameters "
             f'({mounted[0]!r}): give {{% errands_task %}} its api="…"'
         )
-    return get_script_prefix() + forms[0]
+    return f"{get_script_prefix()}{forms[0]}"
 
 
 def _csrf_token(context: template.Context) -> str | None:
