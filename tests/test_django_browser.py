@@ -121,20 +121,25 @@ def start_count(page: Page) -> str:
     return found[1]
 
 
-#: Samples the task page every 25 ms until the task is finished.
+#: Samples the task page every 25 ms until the task is finished, the element gives up
+#: (its error shows), or 60 s have passed.
 SAMPLE_UNTIL_DONE = """() => new Promise((resolve) => {
   const task = document.getElementById("task");
   const samples = [];
+  const deadline = Date.now() + 60000;
   const sample = () => {
     const status = task.querySelector(".et-status");
     const bar = task.querySelector(".et-bar");
+    const error = task.querySelector(".et-error");
     const s = {
       status: status ? status.getAttribute("data-status") : null,
       value: bar && bar.hasAttribute("value") ? bar.value : null,
       words: document.querySelectorAll("#words li").length,
+      error: error && !error.hidden ? error.textContent : "",
     };
     samples.push(s);
-    if (["succeeded", "failed", "cancelled"].includes(s.status)) resolve(samples);
+    const over = ["succeeded", "failed", "cancelled"].includes(s.status);
+    if (over || s.error || Date.now() > deadline) resolve(samples);
     else setTimeout(sample, 25);
   };
   sample();
