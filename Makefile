@@ -7,11 +7,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck pytest demo cli-demo bench chaos clean chromium postgres brokers screenshots
+.PHONY: test lint typecheck pytest django6 demo cli-demo bench chaos clean chromium postgres brokers screenshots
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 
-test: lint typecheck pytest
+test: lint typecheck pytest django6
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,24 @@ typecheck: $(BIN)/.installed
 TEST_WORKERS ?= 2
 pytest: $(BIN)/.installed chromium postgres brokers
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
+# errands.django on Django 6 (its own django.tasks), which needs Python 3.12 or newer:
+# the Django tests again in a second virtual environment (.venv-django6). The main one
+# has Django 5.2 with the django-tasks backport.
+PYTHON312 ?= $(shell for p in /root/.pyenv/versions/3.1[2-9]*/bin/python python3.13 python3.12; do \
+	$$p -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null && echo $$p && break; done)
+DJANGO6 := .venv-django6
+DJANGO_TESTS := tests/test_django_backend.py tests/test_django_api.py
+$(DJANGO6)/.installed: pyproject.toml
+	$(PYTHON312) -m venv $(DJANGO6)
+	$(DJANGO6)/bin/pip install --quiet -e '.[postgresql,web]' 'django>=6,<7' pytest pytest-asyncio \
+		pytest-timeout pytest-xdist httpx
+	touch $@
+
+django6: postgres
+	@if [ -z "$(PYTHON312)" ]; then echo "django6: SKIPPED, no Python 3.12 or newer here"; \
+	else $(MAKE) --no-print-directory $(DJANGO6)/.installed && \
+		$(DJANGO6)/bin/pytest -p no:cacheprovider $(DJANGO_TESTS); fi
 
 # The browser tests drive Debian's Chromium (Playwright's own browser downloads are not used).
 chromium:

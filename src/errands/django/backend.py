@@ -54,6 +54,12 @@ STATUSES = {
 }
 
 
+#: The Django tasks registered with errands, by name (errands' registry holds the
+#: functions that run them).
+_TASKS: dict[str, Task] = {}
+_LOCK = threading.Lock()
+
+
 class Call(BaseModel):
     """The payload of a Django task's record: the arguments of its call."""
 
@@ -95,8 +101,8 @@ class ErrandsBackend(BaseTaskBackend):  # type: ignore[misc]
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
-        self._tasks: dict[str, Task] = {}
-        self._lock = threading.Lock()
+        # Django makes one backend object per thread: the tasks are the process's.
+        self._tasks = _TASKS
 
     @property
     def app(self) -> Errands:
@@ -112,7 +118,7 @@ class ErrandsBackend(BaseTaskBackend):  # type: ignore[misc]
         name = task.module_path
         if name in self._tasks:
             return
-        with self._lock:
+        with _LOCK:
             if name in self._tasks:
                 return
             registry = self.app.registry

@@ -5,6 +5,7 @@
     ERRANDS = {
         "DATABASE": "default",   # the Django database alias errands uses
         "OPTIONS": {},           # keyword arguments of errands.Errands (not the URL)
+        "API": {},               # options of the HTTP API (errands.django.views)
     }
 
 errands reads the connection settings of that alias (``DATABASES``): there is no
@@ -32,7 +33,7 @@ def settings() -> dict[str, Any]:
     conf = getattr(django_settings, "ERRANDS", None) or {}
     if not isinstance(conf, dict):
         raise ConfigurationError("settings.ERRANDS must be a dict")
-    unknown = set(conf) - {"DATABASE", "OPTIONS"}
+    unknown = set(conf) - {"DATABASE", "OPTIONS", "API"}
     if unknown:
         raise ConfigurationError(f"settings.ERRANDS: unknown keys {sorted(unknown)}")
     return conf

@@ -49,8 +49,10 @@ def is_async_caller(connection: Any) -> bool:
 
 
 def is_django_caller(connection: Any) -> bool:
-    """A Django database connection (``django.db.connections[alias]``)."""
-    return type(connection).__module__.startswith("django.db.backends.")
+    """A Django database connection: ``django.db.connections[alias]``, or the
+    ``django.db.connection`` proxy of the default one."""
+    module = type(connection).__module__
+    return module.startswith("django.db.backends.") or module == "django.utils.connection"
 
 
 def run_in_caller_sync(connection: Any, fn: Callable[[Connection], None]) -> Any:

@@ -52,15 +52,16 @@ _INSERT_TASK = (
 # consecutive turns.
 _INSERT_JOB = (
     "INSERT INTO errands_job (task_id, name, owner, priority, run_at, turn) "
-    "VALUES (?1, ?2, ?3, ?4, ?5, max("
+    "VALUES (:id, :name, :owner, :priority, :run_at, max("
     "coalesce((SELECT max(turn) + 1 FROM errands_job "
-    "WHERE lease_owner IS NULL AND owner = ?3 AND name = ?2), 0), "
-    "coalesce((SELECT min(turn) FROM errands_job WHERE lease_owner IS NULL AND name = ?2), 0)))"
+    "WHERE lease_owner IS NULL AND owner = :owner AND name = :name), 0), "
+    "coalesce((SELECT min(turn) FROM errands_job WHERE lease_owner IS NULL AND name = :name), 0)))"
 )
+# (Named parameters: Python 3.12 deprecates numbered ones given as a sequence.)
 _FIRST_TURN = (
     "SELECT max(coalesce((SELECT max(turn) + 1 FROM errands_job "
-    "WHERE lease_owner IS NULL AND owner = ?1 AND name = ?2), 0), "
-    "coalesce((SELECT min(turn) FROM errands_job WHERE lease_owner IS NULL AND name = ?2), 0))"
+    "WHERE lease_owner IS NULL AND owner = :owner AND name = :name), 0), "
+    "coalesce((SELECT min(turn) FROM errands_job WHERE lease_owner IS NULL AND name = :name), 0))"
 )
 _INSERT_JOB_AT = (
     "INSERT INTO errands_job (task_id, name, owner, priority, run_at, turn) "
@@ -163,13 +164,25 @@ class SQLiteDriver(Driver):
         owner, name = tasks[0].owner, tasks[0].name
         if len(tasks) > 1 and all(t.owner == owner and t.name == name for t in tasks):
             # One owner and task name (most batches): the first turn once, then in order.
-            first = cur.execute(_FIRST_TURN, (owner, name)).fetchone()[0]
+            first = cur.execute(_FIRST_TURN, {"owner": owner, "name": name}).fetchone()[0]
             cur.executemany(
                 _INSERT_JOB_AT,
                 [(t.id, name, owner, t.priority, t.run_at, first + i) for i, t in enumerate(tasks)],
             )
             return
-        cur.executemany(_INSERT_JOB, [(t.id, t.name, t.owner, t.priority, t.run_at) for t in tasks])
+        cur.executemany(
+            _INSERT_JOB,
+            [
+                {
+                    "id": t.id,
+                    "name": t.name,
+                    "owner": t.owner,
+                    "priority": t.priority,
+                    "run_at": t.run_at,
+                }
+                for t in tasks
+            ],
+        )
 
     def task_get(self, conn: Connection, task_id: str, owner: str | None) -> TaskRecord | None:
         cur = _cursor(conn)

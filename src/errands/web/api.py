@@ -12,47 +12,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
-import math
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import AwareDatetime, ConfigDict, TypeAdapter
 from pydantic import create_model as _create_model
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..app import ANY_OWNER, Errands
-from ..errors import (
-    IdempotencyConflict,
-    InvalidPayload,
-    InvalidTransition,
-    PayloadTooLarge,
-    TaskNotFound,
-    UnknownTask,
-    WaitTimeout,
-)
-from ..ids import is_task_id
-from ..records import Status, TaskRecord
-from .hub import ChangeHub, hub_for
+from ..app import Errands
+from ..records import Status
 from .problems import MEDIA_TYPE as PROBLEM
-from .problems import (
-    NOT_FOUND_DETAIL,
-    Problem,
-    ProblemRoute,
-    problem_responses,
-    validation_problem,
+from .problems import Problem, problem_responses, validation_problem
+from .protocol import (
+    ENVELOPE,
+    SSE,
+    SSE_HEADERS,
+    Call,
+    ListQuery,
+    OutputQuery,
+    Reply,
+    TaskProtocol,
+    check_owner,
+    problem_reply,
+    too_large,
 )
 from .ratelimit import SubmitLimiter
-from .resources import OutputPage, TaskPage, TaskResource, dumps, resource
-from .streams import MAX_INT, Cursor, Event, race, task_events, until_disconnected
+from .resources import OutputPage, TaskPage, TaskResource
+from .streams import MAX_INT, race, until_disconnected
 
 #: ``current_owner`` and ``is_admin``: take the request (or WebSocket), return a value
 #: or an awaitable of it.
@@ -60,45 +55,6 @@ OwnerFn = Callable[[HTTPConnection], str | Awaitable[str | None] | None]
 AdminFn = Callable[[HTTPConnection], bool | Awaitable[bool]]
 
 log = logging.getLogger("errands.web")
-_JSON_TYPE = re.compile(r"^application/([\w.+-]+\+)?json\s*(;.*)?$", re.IGNORECASE)
-_PRIVATE = {"Cache-Control": "private, no-cache"}
-
-
-class _Envelope(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=255)
-    payload: Any = None
-    priority: int | None = Field(None, ge=-1_000_000, le=1_000_000)
-    run_at: AwareDatetime | None = None
-
-
-_ENVELOPE = TypeAdapter(_Envelope)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is out of range")
-    return value
-
-
-def _storable(when: datetime) -> bool:
-    """Whether the store, which keeps a UTC timestamp, can hold ``when`` (years 1–9999
-    in UTC)."""
-    try:
-        datetime.fromtimestamp(when.timestamp(), UTC)
-    except (OverflowError, ValueError, OSError):
-        return False
-    return True
-
-
-def _bad_body(what: str) -> Problem:
-    return Problem(422, f"The body is {what}.", errors=[{"field": "body", "message": what}])
 
 
 def _event_stream(events: list[str]) -> dict[str, Any]:
@@ -115,10 +71,6 @@ def _event_stream(events: list[str]) -> dict[str, Any]:
         "required": ["event", "data"],
     }
     return {"content": {"text/event-stream": {"schema": event}}}
-
-
-def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(dumps(doc), status, headers, media_type="application/json")
 
 
 async def call_hook(fn: Callable[..., Any], *args: Any) -> Any:
@@ -144,21 +96,6 @@ def _base(conn: HTTPConnection, rel: str) -> str:
     params = conn.scope.get("path_params") or {}
     own = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: str(params.get(m[1], m[0])), rel)
     return path[: -len(own)] if path.endswith(own) else root
-
-
-def _etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def _matches(header: str, etag: str) -> bool:
-    return any(tag.strip().removeprefix("W/") in (etag, "*") for tag in header.split(","))
-
-
-def _retry_after(record: TaskRecord, poll: float) -> str:
-    wait = poll
-    if record.status is Status.QUEUED:
-        wait = max(poll, (record.run_at - datetime.now(UTC)).total_seconds())
-    return str(max(1, min(60, math.ceil(wait))))
 
 
 def _inline(schema: Any, defs: dict[str, Any], depth: int = 0) -> Any:
@@ -190,7 +127,7 @@ def _submit_schema(app: Errands) -> dict[str, Any]:
         for definition in app.registry
     ]
     if not variants:
-        schema = _ENVELOPE.json_schema()
+        schema = ENVELOPE.json_schema()
     elif len(variants) == 1:
         schema = variants[0].model_json_schema()
     else:
@@ -232,128 +169,49 @@ def task_api(
     Tasks registered before this call appear in ``/openapi.json`` with their payload
     schemas; tasks registered later are accepted but not documented.
     """
-    api = TaskAPI(
+    protocol = TaskProtocol(
         app,
-        current_owner=current_owner,
-        is_admin=is_admin,
         limiter=SubmitLimiter(submit_rate, submit_burst) if submit_rate else None,
-        body_limit=max_body_bytes if max_body_bytes is not None else app.max_payload_bytes + 16384,
+        body_limit=max_body_bytes or 0,
         poll_interval=poll_interval,
         keepalive=keepalive,
         delete_wait=delete_wait,
     )
-    return api.router()
+    return TaskAPI(protocol, current_owner, is_admin).router()
 
 
-@dataclass(eq=False)
 class TaskAPI:
-    """The handlers of :func:`task_api`, one method per route."""
+    """The FastAPI routes of :func:`task_api`: each says who is asking and hands the
+    request to the framework-neutral :class:`~errands.web.protocol.TaskProtocol`."""
 
-    app: Errands
-    current_owner: OwnerFn
-    is_admin: AdminFn | None
-    limiter: SubmitLimiter | None
-    body_limit: int
-    poll_interval: float
-    keepalive: float
-    delete_wait: float
-    hub: ChangeHub = field(init=False)
+    def __init__(
+        self, protocol: TaskProtocol, current_owner: OwnerFn, is_admin: AdminFn | None
+    ) -> None:
+        self.protocol = protocol
+        self.current_owner = current_owner
+        self.is_admin = is_admin
 
-    def __post_init__(self) -> None:
-        self.hub = hub_for(self.app.runtime)
-        self.hub.poll_interval = self.poll_interval
-
-    # -- who is asking -------------------------------------------------------------------
-    async def identify(self, conn: HTTPConnection) -> tuple[str, bool]:
-        owner = await call_hook(self.current_owner, conn)
-        if not owner:
-            raise Problem(401, "Sign in to use this API.")
-        if not isinstance(owner, str):
-            raise TypeError("current_owner must return a string or None")
-        if len(owner) > 255 or "\x00" in owner:  # the store refuses these: say so now
-            log.error("errands: current_owner returned an owner id errands cannot store")
-            raise Problem(401, "Sign in to use this API.")
+    async def call(self, conn: HTTPConnection, rel: str) -> Call:
+        """Who is asking, and where: ``rel`` is the route's own path."""
+        owner = check_owner(await call_hook(self.current_owner, conn))
         admin = bool(await call_hook(self.is_admin, conn)) if self.is_admin is not None else False
-        return owner, admin
+        return Call(
+            owner,
+            admin,
+            _base(conn, rel) + "/tasks",
+            conn.headers,
+            conn.query_params,
+        )
 
-    async def load(self, task_id: str, owner: str, admin: bool) -> TaskRecord:
-        try:
-            return await self.app.get(task_id, owner=_who(owner, admin))
-        except TaskNotFound:
-            raise Problem(404, NOT_FOUND_DETAIL) from None
-
-    # -- submit --------------------------------------------------------------------
+    # -- the routes ----------------------------------------------------------------------
     async def submit(self, request: Request) -> Response:
-        owner, admin = await self.identify(request)
-        ctype = request.headers.get("content-type", "")
-        if not _JSON_TYPE.match(ctype):
-            raise Problem(415, "Send the task as JSON (Content-Type: application/json).")
-        raw = await _read_body(request, self.body_limit)
-        try:
-            doc = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
-        except RecursionError:
-            raise _bad_body("nested too deeply") from None
-        except (ValueError, UnicodeDecodeError):
-            raise _bad_body("not valid JSON") from None
-        try:
-            envelope = _ENVELOPE.validate_python(doc)
-        except ValidationError as exc:
-            raise validation_problem(exc.errors(include_url=False)) from None
-        if envelope.run_at is not None and not _storable(envelope.run_at):
-            raise validation_problem([{"loc": ["run_at"], "msg": "must be in years 1–9999 UTC"}])
-        key = request.headers.get("idempotency-key")
-        if key is not None and not 1 <= len(key) <= 255:
-            raise validation_problem(
-                [{"loc": ["Idempotency-Key"], "msg": "must be 1 to 255 characters"}]
-            )
-        wait = self.limiter.take(owner) if self.limiter is not None else 0.0
-        if wait:
-            raise Problem(
-                429,
-                "Too many tasks submitted; try again later.",
-                headers={"Retry-After": SubmitLimiter.retry_after(wait)},
-            )
-        try:
-            record = await self.app.submit(
-                envelope.name,
-                envelope.payload,
-                owner=owner,
-                priority=envelope.priority,
-                run_at=envelope.run_at,
-                idempotency_key=key,
-            )
-        except IdempotencyConflict as exc:
-            raise Problem(409, exc.message) from None
-        except UnknownTask as exc:
-            raise Problem(
-                422,
-                exc.message,
-                errors=[{"field": "name", "message": "no task is registered under this name"}],
-            ) from None
-        except PayloadTooLarge as exc:
-            raise Problem(413, exc.message) from None
-        except InvalidPayload as exc:
-            raise validation_problem(exc.errors or [{"msg": exc.message}], ["payload"]) from None
-        base = _base(request, "/tasks")
-        doc = resource(record, base, datetime.now(UTC), admin)
-        headers = {"Location": doc["links"]["self"], "ETag": _etag(record.version), **_PRIVATE}
-        return _json(doc, 202, headers)
+        call = await self.call(request, "/tasks")
+        body = await _read_body(request, self.protocol.body_limit)
+        return _response(await self.protocol.submit(call, body))
 
-    # -- reading -------------------------------------------------------------------
     async def get_task(self, request: Request, task_id: str) -> Response:
-        owner, admin = await self.identify(request)
-        conditional = request.headers.get("if-none-match")
-        if conditional:
-            version = await self.app.get_version(task_id, owner=_who(owner, admin))
-            etag = _etag(version)
-            if _matches(conditional, etag):
-                return Response(status_code=304, headers={"ETag": etag, **_PRIVATE})
-        record = await self.load(task_id, owner, admin)
-        headers = {"ETag": _etag(record.version), **_PRIVATE}
-        if not record.done:
-            headers["Retry-After"] = _retry_after(record, self.poll_interval)
-        base = _base(request, "/tasks/{task_id}")
-        return _json(resource(record, base, datetime.now(UTC), admin), 200, headers)
+        call = await self.call(request, "/tasks/{task_id}")
+        return _response(await self.protocol.get(call, task_id))
 
     async def list_tasks(
         self,
@@ -369,29 +227,9 @@ class TaskAPI:
             Query(alias="owner", description="Administrators: an owner's id, or `*` for all"),
         ] = None,
     ) -> Response:
-        owner, admin = await self.identify(request)
-        errors = []
-        if owner_param is not None and not admin and owner_param != owner:
-            errors.append({"loc": ["owner"], "msg": "only administrators list other owners"})
-        elif owner_param == "":
-            errors.append({"loc": ["owner"], "msg": "an owner's id, or * for all"})
-        for param, value in (("name", name), ("owner", owner_param)):
-            if value is not None and "\x00" in value:
-                errors.append({"loc": [param], "msg": "must not contain NUL characters"})
-        if cursor and not is_task_id(cursor):
-            errors.append({"loc": ["cursor"], "msg": "not a cursor of this list"})
-        if errors:
-            raise validation_problem(errors)
-        target: Any = owner
-        if admin and owner_param is not None:
-            target = ANY_OWNER if owner_param == "*" else owner_param
-        page = await self.app.list(
-            owner=target, status=status, name=name, limit=limit, cursor=cursor or None
-        )
-        base = _base(request, "/tasks")
-        now = datetime.now(UTC)
-        items = [resource(r, base, now, admin) for r in page.items]
-        return _json({"items": items, "next_cursor": page.next_cursor}, 200, _PRIVATE)
+        call = await self.call(request, "/tasks")
+        query = ListQuery(status=status, name=name, limit=limit, cursor=cursor, owner=owner_param)
+        return _response(await self.protocol.list(call, query))
 
     async def task_output(
         self,
@@ -400,42 +238,18 @@ class TaskAPI:
         after: Annotated[int, Query(ge=0, le=MAX_INT, description="A sequence number")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000, description="Items per page")] = 1000,
     ) -> Response:
-        owner, admin = await self.identify(request)
-        page = await self.app.output_page(
-            task_id, owner=_who(owner, admin), after=after, limit=limit
-        )
-        doc = {
-            "items": [{"seq": s, "data": d} for s, d in page.items],
-            "last_seq": page.items[-1][0] if page.items else max(after, page.floor),
-            "output_floor": page.floor,
-        }
-        return _json(doc, 200, _PRIVATE)
+        call = await self.call(request, "/tasks/{task_id}/output")
+        query = OutputQuery(after=after, limit=limit)
+        return _response(await self.protocol.output(call, task_id, query))
 
-    # -- changing ------------------------------------------------------------------
     async def cancel_task(self, request: Request, task_id: str) -> Response:
-        owner, admin = await self.identify(request)
-        record = await self.app.cancel(task_id, owner=_who(owner, admin))
-        base = _base(request, "/tasks/{task_id}/cancel")
-        doc = resource(record, base, datetime.now(UTC), admin)
-        return _json(doc, 200 if record.done else 202, {"ETag": _etag(record.version)})
+        call = await self.call(request, "/tasks/{task_id}/cancel")
+        return _response(await self.protocol.cancel(call, task_id))
 
     async def delete_task(self, request: Request, task_id: str) -> Response:
-        owner, admin = await self.identify(request)
-        target = _who(owner, admin)
-        try:
-            record = await self.app.cancel(task_id, owner=target)
-            if not record.done:
-                await self.app.wait(task_id, owner=target, timeout=self.delete_wait, poll=0.25)
-            await self.app.delete(task_id, owner=target)
-        except (WaitTimeout, InvalidTransition):
-            raise Problem(
-                409,
-                "The task is still stopping; try again shortly.",
-                headers={"Retry-After": "1"},
-            ) from None
-        return Response(status_code=204)
+        call = await self.call(request, "/tasks/{task_id}")
+        return _response(await self.protocol.delete(call, task_id))
 
-    # -- live events -----------------------------------------------------------------
     async def task_events_sse(
         self,
         request: Request,
@@ -444,65 +258,15 @@ class TaskAPI:
             str | None, Query(description="Resume after this event id")
         ] = None,
     ) -> Response:
-        resume = request.headers.get("last-event-id") or last_event_id
-        events = await self._events(request, "/tasks/{task_id}/events", task_id, resume)
-        if events is None:
+        call = await self.call(request, "/tasks/{task_id}/events")
+        frames = await self.protocol.events_stream(call, task_id)
+        if frames is None:
             return Response(status_code=204)
-
-        async def frames() -> AsyncIterator[bytes]:
-            yield b"retry: 2000\n\n"
-            async with contextlib.aclosing(events):  # closed with the response: unwatch
-                async for event in events:
-                    yield b": keep-alive\n\n" if event is None else event.sse()
-
-        return sse_response(frames())
-
-    async def _events(
-        self, conn: HTTPConnection, rel: str, task_id: str, resume: str | None
-    ) -> AsyncGenerator[Event | None, None] | None:
-        """The task's events after the ``resume`` cursor, for the caller; None when the
-        caller already has everything of the finished task."""
-        owner, admin = await self.identify(conn)
-        cursor = Cursor.parse(resume)
-        record = await self.load(task_id, owner, admin)
-        if record.done and cursor.version >= record.version:
-            rest = await self.app.outputs(
-                record.id, owner=_who(owner, admin), after=cursor.seq, limit=1
-            )
-            if not rest:
-                return None
-        return task_events(
-            self.hub,
-            record,
-            base=_base(conn, rel),
-            admin=admin,
-            cursor=cursor,
-            keepalive=self.keepalive,
-        )
+        return sse_response(frames)
 
     async def owner_events(self, request: Request) -> Response:
-        owner, admin = await self.identify(request)
-        base = _base(request, "/events")
-        app, hub, keepalive = self.app, self.hub, self.keepalive
-
-        async def frames() -> AsyncIterator[bytes]:
-            yield b"retry: 2000\n\n"
-            async with hub.owner(owner) as watch:
-                while True:
-                    try:
-                        async with asyncio.timeout(keepalive):
-                            await watch.changed.wait()
-                    except TimeoutError:
-                        yield b": keep-alive\n\n"
-                        continue
-                    records = await app.get_many(watch.take(), owner=owner)
-                    now = datetime.now(UTC)
-                    for r in sorted(records, key=lambda r: r.id):
-                        if watch.mark_sent(r.id, r.version):
-                            data = dumps(resource(r, base, now, admin)).decode()
-                            yield f"event: task\ndata: {data}\n\n".encode()
-
-        return sse_response(frames())
+        call = await self.call(request, "/events")
+        return sse_response(self.protocol.owner_stream(call))
 
     async def task_ws(self, websocket: WebSocket, task_id: str) -> None:
         """The same events as ``/events`` of the task, as JSON text messages
@@ -510,7 +274,8 @@ class TaskAPI:
         await websocket.accept()
         resume = websocket.query_params.get("last_event_id")
         try:
-            events = await self._events(websocket, "/tasks/{task_id}/ws", task_id, resume)
+            call = await self.call(websocket, "/tasks/{task_id}/ws")
+            events = await self.protocol.task_events(call, task_id, resume)
         except Problem as problem:
             await websocket.send_text(f'{{"event":"error","data":{problem.body().decode()}}}')
             await websocket.close(4000 + problem.status)
@@ -520,7 +285,7 @@ class TaskAPI:
             return
 
         async def pump() -> None:
-            async with contextlib.aclosing(events):
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
                 async for event in events:
                     if event is not None:
                         await websocket.send_text(event.ws())
@@ -545,7 +310,7 @@ class TaskAPI:
             openapi_extra={
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _submit_schema(self.app)}},
+                    "content": {"application/json": {"schema": _submit_schema(self.protocol.app)}},
                 },
                 "parameters": [
                     {
@@ -623,19 +388,53 @@ class TaskAPI:
         return router
 
 
-def _who(owner: str, admin: bool) -> Any:
-    return ANY_OWNER if admin else owner
+class ProblemRoute(APIRoute):
+    """Answers :class:`Problem`, ``TaskNotFound`` and FastAPI's validation errors as
+    problem documents, and refuses oversized header sections (431) before the handler runs."""
+
+    max_header_bytes = 16 * 1024
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        limit = self.max_header_bytes
+
+        async def route(request: Request) -> Response:
+            size = sum(len(k) + len(v) + 4 for k, v in request.scope["headers"])
+            if size > limit:
+                return _problem(Problem(431, f"The request's headers exceed {limit} bytes."))
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return _problem(validation_problem(exc.errors()))
+            except HTTPException as exc:
+                detail, headers = str(exc.detail), dict(exc.headers or {})
+                return _problem(Problem(exc.status_code, detail, headers=headers))
+            except Exception as exc:
+                reply = problem_reply(exc, f"{request.method} {request.url.path}")
+                if reply is None:
+                    raise
+                return _response(reply)
+
+        return route
+
+
+def _response(reply: Reply) -> Response:
+    return Response(reply.body, reply.status, reply.headers, media_type=reply.media_type)
+
+
+def _problem(problem: Problem) -> Response:
+    return Response(problem.body(), problem.status, problem.headers, media_type=PROBLEM)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem(413, f"The body is larger than {limit} bytes.")
+        raise too_large(limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise Problem(413, f"The body is larger than {limit} bytes.")
+            raise too_large(limit)
     return bytes(body)
 
 
@@ -643,11 +442,7 @@ def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
     """A ``text/event-stream`` response. Starlette's streaming response watches for the
     client's disconnect and cancels the stream; the generator is then closed, releasing
     what it watched."""
-    return StreamingResponse(
-        frames,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        media_type="text/event-stream",
-    )
+    return StreamingResponse(frames, headers=SSE_HEADERS, media_type=SSE)
 
 
 __all__ = ["PROBLEM", "task_api"]

@@ -1,9 +1,10 @@
 """Errors as RFC 9457 ``application/problem+json`` documents.
 
-Handlers raise :class:`Problem`; the router's route class turns it (and FastAPI's own
-validation errors) into a response, so the API answers in one format whatever the host
-application's exception handlers do. The not-found answer is one constant byte string:
-a task that belongs to someone else gets exactly the bytes a missing one gets.
+Handlers raise :class:`Problem`; ``protocol.problem_reply`` turns it (and errands'
+own not-found and database errors) into the answer in every framework, so the API
+answers in one format whatever the host application's exception handlers do. The
+not-found answer is one constant byte string: a task that belongs to someone else gets
+exactly the bytes a missing one gets.
 
 A database that cannot serve is ``503`` with ``Retry-After`` (it comes back by itself);
 one out of space is ``507`` without it (space comes back when someone frees it: a
@@ -13,23 +14,13 @@ client should not retry at once, nor on a schedule the server cannot know).
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-
-from ..errors import DatabaseUnavailable, StorageFull, TaskNotFound
-from ..store.database import log_failure
 
 MEDIA_TYPE = "application/problem+json"
-log = logging.getLogger("errands.web")
 
 #: The titles of the answers (RFC 9110's names: Python before 3.13 has older ones for 413
 #: and 422); any other status is titled "Error".
@@ -78,18 +69,9 @@ class Problem(Exception):
             doc["errors"] = self.errors
         return json.dumps(doc, separators=(",", ":")).encode()
 
-    def response(self) -> Response:
-        return Response(self.body(), self.status, self.headers, media_type=MEDIA_TYPE)
 
-
-NOT_FOUND_DETAIL = "No such task."
 #: The one answer for a task that is missing or not the caller's.
-_NOT_FOUND_BODY = Problem(404, NOT_FOUND_DETAIL).body()
-#: The answers for a database that cannot serve, or is out of space.
-_UNAVAILABLE = Problem(
-    503, "The task database is unavailable; try again shortly.", headers={"Retry-After": "1"}
-)
-_FULL = Problem(507, "The task database is out of space; nothing was written.")
+NOT_FOUND_DETAIL = "No such task."
 
 
 def field_name(loc: Sequence[Any]) -> str:
@@ -110,40 +92,6 @@ def validation_problem(errors: Sequence[Any], prefix: Sequence[Any] = ()) -> Pro
     return Problem(
         422, f"Invalid input: {summary}" if summary else "Invalid input.", errors=entries
     )
-
-
-class ProblemRoute(APIRoute):
-    """Answers :class:`Problem`, ``TaskNotFound`` and FastAPI's validation errors as
-    problem documents, and refuses oversized header sections (431) before the handler runs."""
-
-    max_header_bytes = 16 * 1024
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-        limit = self.max_header_bytes
-
-        async def route(request: Request) -> Response:
-            size = sum(len(k) + len(v) + 4 for k, v in request.scope["headers"])
-            if size > limit:
-                return Problem(431, f"The request's headers exceed {limit} bytes.").response()
-            try:
-                return await handler(request)
-            except Problem as exc:
-                return exc.response()
-            except TaskNotFound:
-                return Response(_NOT_FOUND_BODY, 404, media_type=MEDIA_TYPE)
-            except RequestValidationError as exc:
-                return validation_problem(exc.errors()).response()
-            except HTTPException as exc:
-                return Problem(
-                    exc.status_code, str(exc.detail), headers=dict(exc.headers or {})
-                ).response()
-            except (DatabaseUnavailable, StorageFull) as exc:
-                # One line in the log; the answer never names the database, its host or files.
-                log_failure(log, exc, "errands: %s %s failed", request.method, request.url.path)
-                return (_FULL if isinstance(exc, StorageFull) else _UNAVAILABLE).response()
-
-        return route
 
 
 def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -41,7 +41,7 @@ class LinksModel(BaseModel):
     events: str
     output: str
     cancel: str
-    ws: str
+    ws: str | None = Field(None, description="The WebSocket, where the framework serves one")
 
 
 class TaskResource(BaseModel):
@@ -98,11 +98,16 @@ PROGRESS_FIELDS = ("current", "total", "percent", "message")
 #: The record's fields the resource shows as they are, and its times (ISO 8601).
 _AS_IS = ("attempts", "max_attempts", "priority", "cancel_requested", "version", "output_floor")
 _TIMES = ("run_at", "created_at", "updated_at", "started_at", "finished_at")
+_LINKS = ("events", "output", "cancel")
+_WS_LINKS = (*_LINKS, "ws")
 
 
-def resource(record: TaskRecord, base: str, now: datetime, admin: bool = False) -> dict[str, Any]:
-    """The resource of ``record``; ``base`` is the path the API is mounted at."""
-    self_link = f"{base}/tasks/{record.id}"
+def resource(
+    record: TaskRecord, collection: str, now: datetime, admin: bool = False, ws: bool = True
+) -> dict[str, Any]:
+    """The resource of ``record``; ``collection`` is the URL path of the task collection
+    (``/api/tasks``); ``ws``: link the task's WebSocket (only where one is served)."""
+    self_link = f"{collection.rstrip('/')}/{record.id}"
     progress = {k: getattr(record.progress, k) for k in PROGRESS_FIELDS}
     doc: dict[str, Any] = {
         "id": record.id,
@@ -127,7 +132,7 @@ def resource(record: TaskRecord, base: str, now: datetime, admin: bool = False) 
         doc[name] = None if when is None else when.isoformat()
     if admin:
         doc["owner"] = record.owner
-    links = {link: f"{self_link}/{link}" for link in ("events", "output", "cancel", "ws")}
+    links = {link: f"{self_link}/{link}" for link in (_WS_LINKS if ws else _LINKS)}
     doc["links"] = {"self": self_link, **links}
     return doc
 

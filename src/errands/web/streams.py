@@ -79,11 +79,11 @@ class Event:
         return f'{{"event":"{self.kind}","id":"{self.id}","data":{self.data}}}'
 
 
-def _encoded(feed: TaskFeed, record: TaskRecord, base: str, admin: bool) -> str:
-    key = (record.version, base, admin)
+def _encoded(feed: TaskFeed, record: TaskRecord, collection: str, admin: bool, ws: bool) -> str:
+    key = (record.version, collection, admin, ws)
     text = feed.cache.get(key)
     if text is None:
-        text = dumps(resource(record, base, datetime.now(UTC), admin)).decode()
+        text = dumps(resource(record, collection, datetime.now(UTC), admin, ws)).decode()
         feed.cache[key] = text
     return text  # type: ignore[no-any-return]
 
@@ -92,10 +92,11 @@ async def task_events(
     hub: ChangeHub,
     task: TaskRecord,
     *,
-    base: str,
+    collection: str,
     admin: bool,
     cursor: Cursor,
     keepalive: float,
+    ws: bool = True,
 ) -> AsyncGenerator[Event | None, None]:
     """The events of the task after ``cursor``, watching it (``hub.task``) while
     iterated; None now and then when nothing happened for ``keepalive`` seconds (the
@@ -136,14 +137,15 @@ async def task_events(
                 # has the final version but not every item).
                 if feed.complete and seq >= feed.top:
                     final = max(record.version, version)
-                    yield Event("done", f"{final}-{seq}", _encoded(feed, record, base, admin))
+                    text = _encoded(feed, record, collection, admin, ws)
+                    yield Event("done", f"{final}-{seq}", text)
                     return
             elif record is not None and record.version > version:
                 only_progress = last_status is record.status and last_progress != record.progress
                 kind = "progress" if only_progress else "status"
                 version = record.version
                 last_status, last_progress = record.status, record.progress
-                yield Event(kind, f"{version}-{seq}", _encoded(feed, record, base, admin))
+                yield Event(kind, f"{version}-{seq}", _encoded(feed, record, collection, admin, ws))
                 continue
             try:
                 # asyncio.timeout, not wait_for: no extra task per wait (a thousand watchers

@@ -1,0 +1,469 @@
+"""The HTTP API itself, free of any web framework: what each request means and what it
+answers, byte for byte.
+
+``task_api`` (FastAPI), ``errands.django.urls`` and ``errands.flask.task_blueprint``
+are adapters: each says who is asking (a :class:`Call`: the owner, whether an
+administrator, the request's headers and query, the URL of the task collection),
+awaits one :class:`TaskProtocol` method and turns its :class:`Reply` (or the
+:class:`~errands.web.problems.Problem` it raises: see :func:`problem_reply`) into the
+framework's response. So the JSON, the problem documents, the 404 bytes for someone
+else's task, the ``ETag``s and the live events are the same in every framework.
+
+Every read and change goes through the :class:`~errands.Errands` facade with the
+caller's owner, so ownership is enforced in the store's queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from ..app import ANY_OWNER, Errands
+from ..errors import (
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidPayload,
+    InvalidTransition,
+    PayloadTooLarge,
+    StorageFull,
+    TaskNotFound,
+    UnknownTask,
+    WaitTimeout,
+)
+from ..ids import is_task_id
+from ..records import Status, TaskRecord
+from ..store.database import log_failure
+from .hub import ChangeHub, hub_for
+from .problems import MEDIA_TYPE as PROBLEM
+from .problems import NOT_FOUND_DETAIL, Problem, validation_problem
+from .ratelimit import SubmitLimiter
+from .resources import dumps, resource
+from .streams import MAX_INT, Cursor, Event, task_events
+
+log = logging.getLogger("errands.web")
+JSON = "application/json"
+_JSON_TYPE = re.compile(r"^application/([\w.+-]+\+)?json\s*(;.*)?$", re.IGNORECASE)
+PRIVATE = {"Cache-Control": "private, no-cache"}
+#: The headers of a ``text/event-stream`` answer.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE = "text/event-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer: status, headers and body (``media_type`` is its Content-Type)."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    media_type: str | None = JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request, as the API needs it.
+
+    ``collection`` is the URL path of the task collection (``/api/tasks``): a task's
+    links are ``{collection}/{id}``, ``{collection}/{id}/events`` and so on. ``headers``
+    is read with lower-case names.
+    """
+
+    owner: str
+    admin: bool
+    collection: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def who(self) -> Any:
+        """The owner to act as: the caller, or every owner for an administrator."""
+        return ANY_OWNER if self.admin else self.owner
+
+
+def check_owner(owner: object) -> str:
+    """The caller's owner id from the host's ``current_owner``; 401 without one."""
+    if not owner:
+        raise Problem(401, "Sign in to use this API.")
+    if not isinstance(owner, str):
+        raise TypeError("current_owner must return a string or None")
+    if len(owner) > 255 or "\x00" in owner:  # the store refuses these: say so now
+        log.error("errands: current_owner returned an owner id errands cannot store")
+        raise Problem(401, "Sign in to use this API.")
+    return owner
+
+
+_NOT_FOUND_BODY = Problem(404, NOT_FOUND_DETAIL).body()
+_UNAVAILABLE = Problem(
+    503, "The task database is unavailable; try again shortly.", headers={"Retry-After": "1"}
+)
+_FULL = Problem(507, "The task database is out of space; nothing was written.")
+
+
+def problem_reply(exc: BaseException, what: str = "") -> Reply | None:
+    """The answer to an error a handler raised, or None for one that is not the API's
+    to answer (a bug: let the framework report it). ``what`` names the request in the
+    log line of a database failure."""
+    if isinstance(exc, Problem):
+        return Reply(exc.status, exc.body(), dict(exc.headers), PROBLEM)
+    if isinstance(exc, TaskNotFound):
+        return Reply(404, _NOT_FOUND_BODY, {}, PROBLEM)
+    if isinstance(exc, DatabaseUnavailable | StorageFull):
+        # One line in the log; the answer never names the database, its host or files.
+        log_failure(log, exc, "errands: %s failed", what or "a request")
+        answer = _FULL if isinstance(exc, StorageFull) else _UNAVAILABLE
+        return Reply(answer.status, answer.body(), dict(answer.headers), PROBLEM)
+    return None
+
+
+# -- parsing -----------------------------------------------------------------------------
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255)
+    payload: Any = None
+    priority: int | None = Field(None, ge=-1_000_000, le=1_000_000)
+    run_at: AwareDatetime | None = None
+
+
+ENVELOPE = TypeAdapter(_Envelope)
+
+
+class ListQuery(BaseModel):
+    """The query of ``GET /tasks``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Status | None = None
+    name: str | None = None
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = None
+    owner: str | None = None
+
+
+class OutputQuery(BaseModel):
+    """The query of ``GET /tasks/{id}/output``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    after: int = Field(0, ge=0, le=MAX_INT)
+    limit: int = Field(1000, ge=1, le=1000)
+
+
+def parse_query(model: type[BaseModel], query: Mapping[str, str]) -> Any:
+    """``query`` as ``model`` (``ListQuery``, ``OutputQuery``); 422 naming each field."""
+    try:
+        return model.model_validate(dict(query))
+    except ValidationError as exc:
+        errors = [{**e, "loc": ["query", *e["loc"]]} for e in exc.errors(include_url=False)]
+        raise validation_problem(errors) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _storable(when: datetime) -> bool:
+    """Whether the store, which keeps a UTC timestamp, can hold ``when`` (years 1–9999
+    in UTC)."""
+    try:
+        datetime.fromtimestamp(when.timestamp(), UTC)
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
+
+
+def _bad_body(what: str) -> Problem:
+    return Problem(422, f"The body is {what}.", errors=[{"field": "body", "message": what}])
+
+
+def too_large(limit: int) -> Problem:
+    return Problem(413, f"The body is larger than {limit} bytes.")
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _matches(header: str, tag: str) -> bool:
+    return any(t.strip().removeprefix("W/") in (tag, "*") for t in header.split(","))
+
+
+def _retry_after(record: TaskRecord, poll: float) -> str:
+    wait = poll
+    if record.status is Status.QUEUED:
+        wait = max(poll, (record.run_at - datetime.now(UTC)).total_seconds())
+    return str(max(1, min(60, math.ceil(wait))))
+
+
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, dumps(doc), headers or {}, JSON)
+
+
+# -- the handlers ------------------------------------------------------------------------
+@dataclass(eq=False)
+class TaskProtocol:
+    """The API's handlers, one method per resource and verb.
+
+    - ``limiter``: per owner submit rate (None: no limit); over it, 429.
+    - ``body_limit``: the largest request body; adapters refuse larger ones with
+      :func:`too_large` while reading.
+    - ``poll_interval``: seconds between the live views' change polls, and the
+      ``Retry-After`` hint of unfinished tasks.
+    - ``keepalive``: seconds between SSE keep-alive comments.
+    - ``delete_wait``: how long ``DELETE`` waits for a running task to stop.
+    - ``ws``: whether the task resource links a WebSocket (``/ws``).
+    """
+
+    app: Errands
+    limiter: SubmitLimiter | None = None
+    body_limit: int = 0
+    poll_interval: float = 1.0
+    keepalive: float = 15.0
+    delete_wait: float = 10.0
+    ws: bool = True
+    _hub: ChangeHub | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.body_limit:
+            self.body_limit = self.app.max_payload_bytes + 16384
+
+    @property
+    def hub(self) -> ChangeHub:
+        """The app's live-change hub (made on first use, on the running loop)."""
+        if self._hub is None:
+            self._hub = hub_for(self.app.runtime)
+            self._hub.poll_interval = self.poll_interval
+        return self._hub
+
+    def resource(self, call: Call, record: TaskRecord) -> dict[str, Any]:
+        return resource(record, call.collection, datetime.now(UTC), call.admin, ws=self.ws)
+
+    async def load(self, call: Call, task_id: str) -> TaskRecord:
+        try:
+            return await self.app.get(task_id, owner=call.who)
+        except TaskNotFound:
+            raise Problem(404, NOT_FOUND_DETAIL) from None
+
+    # -- submit ----------------------------------------------------------------------
+    async def submit(self, call: Call, body: bytes) -> Reply:
+        """``POST /tasks``: ``body`` is the request's body (at most ``body_limit``)."""
+        if not _JSON_TYPE.match(call.headers.get("content-type", "")):
+            raise Problem(415, "Send the task as JSON (Content-Type: application/json).")
+        if len(body) > self.body_limit:
+            raise too_large(self.body_limit)
+        try:
+            doc = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+        except RecursionError:
+            raise _bad_body("nested too deeply") from None
+        except (ValueError, UnicodeDecodeError):
+            raise _bad_body("not valid JSON") from None
+        try:
+            envelope = ENVELOPE.validate_python(doc)
+        except ValidationError as exc:
+            raise validation_problem(exc.errors(include_url=False)) from None
+        if envelope.run_at is not None and not _storable(envelope.run_at):
+            raise validation_problem([{"loc": ["run_at"], "msg": "must be in years 1–9999 UTC"}])
+        key = call.headers.get("idempotency-key")
+        if key is not None and not 1 <= len(key) <= 255:
+            raise validation_problem(
+                [{"loc": ["Idempotency-Key"], "msg": "must be 1 to 255 characters"}]
+            )
+        wait = self.limiter.take(call.owner) if self.limiter is not None else 0.0
+        if wait:
+            raise Problem(
+                429,
+                "Too many tasks submitted; try again later.",
+                headers={"Retry-After": SubmitLimiter.retry_after(wait)},
+            )
+        try:
+            record = await self.app.submit(
+                envelope.name,
+                envelope.payload,
+                owner=call.owner,
+                priority=envelope.priority,
+                run_at=envelope.run_at,
+                idempotency_key=key,
+            )
+        except IdempotencyConflict as exc:
+            raise Problem(409, exc.message) from None
+        except UnknownTask as exc:
+            raise Problem(
+                422,
+                exc.message,
+                errors=[{"field": "name", "message": "no task is registered under this name"}],
+            ) from None
+        except PayloadTooLarge as exc:
+            raise Problem(413, exc.message) from None
+        except InvalidPayload as exc:
+            raise validation_problem(exc.errors or [{"msg": exc.message}], ["payload"]) from None
+        doc = self.resource(call, record)
+        headers = {"Location": doc["links"]["self"], "ETag": etag(record.version), **PRIVATE}
+        return _json(doc, 202, headers)
+
+    # -- reading -------------------------------------------------------------------
+    async def get(self, call: Call, task_id: str) -> Reply:
+        """``GET /tasks/{id}``, with ``If-None-Match`` → 304."""
+        conditional = call.headers.get("if-none-match")
+        if conditional:
+            tag = etag(await self.app.get_version(task_id, owner=call.who))
+            if _matches(conditional, tag):
+                return Reply(304, b"", {"ETag": tag, **PRIVATE}, None)
+        record = await self.load(call, task_id)
+        headers = {"ETag": etag(record.version), **PRIVATE}
+        if not record.done:
+            headers["Retry-After"] = _retry_after(record, self.poll_interval)
+        return _json(self.resource(call, record), 200, headers)
+
+    async def list(self, call: Call, query: ListQuery) -> Reply:
+        """``GET /tasks``: the caller's tasks, newest first (``parse_query(ListQuery,
+        …)`` gives ``query``)."""
+        errors = []
+        if query.owner is not None and not call.admin and query.owner != call.owner:
+            errors.append({"loc": ["owner"], "msg": "only administrators list other owners"})
+        elif query.owner == "":
+            errors.append({"loc": ["owner"], "msg": "an owner's id, or * for all"})
+        for param, value in (("name", query.name), ("owner", query.owner)):
+            if value is not None and "\x00" in value:
+                errors.append({"loc": [param], "msg": "must not contain NUL characters"})
+        if query.cursor and not is_task_id(query.cursor):
+            errors.append({"loc": ["cursor"], "msg": "not a cursor of this list"})
+        if errors:
+            raise validation_problem(errors)
+        target: Any = call.owner
+        if call.admin and query.owner is not None:
+            target = ANY_OWNER if query.owner == "*" else query.owner
+        page = await self.app.list(
+            owner=target,
+            status=query.status,
+            name=query.name,
+            limit=query.limit,
+            cursor=query.cursor or None,
+        )
+        items = [self.resource(call, r) for r in page.items]
+        return _json({"items": items, "next_cursor": page.next_cursor}, 200, PRIVATE)
+
+    async def output(self, call: Call, task_id: str, query: OutputQuery) -> Reply:
+        """``GET /tasks/{id}/output``: the items after ``query.after``."""
+        after = query.after
+        page = await self.app.output_page(task_id, owner=call.who, after=after, limit=query.limit)
+        doc = {
+            "items": [{"seq": s, "data": d} for s, d in page.items],
+            "last_seq": page.items[-1][0] if page.items else max(after, page.floor),
+            "output_floor": page.floor,
+        }
+        return _json(doc, 200, PRIVATE)
+
+    # -- changing ------------------------------------------------------------------
+    async def cancel(self, call: Call, task_id: str) -> Reply:
+        """``POST /tasks/{id}/cancel``: 200 when done, 202 while the task stops."""
+        record = await self.app.cancel(task_id, owner=call.who)
+        doc = self.resource(call, record)
+        return _json(doc, 200 if record.done else 202, {"ETag": etag(record.version)})
+
+    async def delete(self, call: Call, task_id: str) -> Reply:
+        """``DELETE /tasks/{id}``: cancel, wait for the task to stop, delete."""
+        try:
+            record = await self.app.cancel(task_id, owner=call.who)
+            if not record.done:
+                await self.app.wait(task_id, owner=call.who, timeout=self.delete_wait, poll=0.25)
+            await self.app.delete(task_id, owner=call.who)
+        except (WaitTimeout, InvalidTransition):
+            raise Problem(
+                409,
+                "The task is still stopping; try again shortly.",
+                headers={"Retry-After": "1"},
+            ) from None
+        return Reply(204, b"", {}, None)
+
+    # -- live events -----------------------------------------------------------------
+    async def task_events(
+        self, call: Call, task_id: str, resume: str | None
+    ) -> AsyncIterator[Event | None] | None:
+        """The task's events after the ``resume`` cursor (``Last-Event-ID``); None
+        when the caller already has everything of the finished task. Close the
+        iterator (``aclose``) when the client leaves."""
+        cursor = Cursor.parse(resume)
+        record = await self.load(call, task_id)
+        if record.done and cursor.version >= record.version:
+            rest = await self.app.outputs(record.id, owner=call.who, after=cursor.seq, limit=1)
+            if not rest:
+                return None
+        return task_events(
+            self.hub,
+            record,
+            collection=call.collection,
+            admin=call.admin,
+            cursor=cursor,
+            keepalive=self.keepalive,
+            ws=self.ws,
+        )
+
+    async def events_stream(self, call: Call, task_id: str) -> AsyncIterator[bytes] | None:
+        """``GET /tasks/{id}/events`` as Server-Sent Event frames (None: answer 204).
+        The resume cursor is ``Last-Event-ID``, else ``?last_event_id=``."""
+        resume = call.headers.get("last-event-id") or call.query.get("last_event_id")
+        events = await self.task_events(call, task_id, resume)
+        if events is None:
+            return None
+        return _frames(events)
+
+    def owner_stream(self, call: Call) -> AsyncIterator[bytes]:
+        """``GET /events``: one ``task`` event (the resource) per change to any of the
+        caller's tasks, as Server-Sent Event frames."""
+        return self._owner_frames(call)
+
+    async def _owner_frames(self, call: Call) -> AsyncIterator[bytes]:
+        yield b"retry: 2000\n\n"
+        async with self.hub.owner(call.owner) as watch:
+            while True:
+                try:
+                    async with asyncio.timeout(self.keepalive):
+                        await watch.changed.wait()
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                records = await self.app.get_many(watch.take(), owner=call.owner)
+                for r in sorted(records, key=lambda r: r.id):
+                    if watch.mark_sent(r.id, r.version):
+                        data = dumps(self.resource(call, r)).decode()
+                        yield f"event: task\ndata: {data}\n\n".encode()
+
+
+async def _frames(events: AsyncIterator[Event | None]) -> AsyncIterator[bytes]:
+    yield b"retry: 2000\n\n"
+    async with contextlib.aclosing(events):  # type: ignore[type-var]  # closed with the stream
+        async for event in events:
+            yield b": keep-alive\n\n" if event is None else event.sse()
+
+
+__all__ = [
+    "PRIVATE",
+    "SSE",
+    "SSE_HEADERS",
+    "Call",
+    "ListQuery",
+    "OutputQuery",
+    "Reply",
+    "TaskProtocol",
+    "check_owner",
+    "parse_query",
+    "problem_reply",
+    "too_large",
+]
