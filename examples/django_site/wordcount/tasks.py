@@ -15,7 +15,7 @@ from errands.django.tasks_compat import task
 WORD = re.compile(r"[A-Za-z_]{3,}")
 
 
-@task(takes_context=True)  # type: ignore[untyped-decorator, arg-type]
+@task(takes_context=True)
 def count_words(
     context: ErrandsTaskContext, limit: int = 200, pause: float = 0.0
 ) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def count_words(
     return {"files": len(files), "top": counts.most_common(10)}
 
 
-@task()  # type: ignore[untyped-decorator]
+@task()
 def add(a: int, b: int) -> int:
     return a + b
 

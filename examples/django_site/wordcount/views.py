@@ -26,11 +26,15 @@ SLOW_MOTION = 0.02
 MAX_LIMIT = 1000
 
 
-def _start_page(request: HttpRequest) -> HttpResponse:
+@login_required
+@require_GET
+def start_page(request: HttpRequest) -> HttpResponse:
     return render(request, "wordcount/start.html", {"max_limit": MAX_LIMIT})
 
 
-def _start(request: HttpRequest) -> HttpResponse:
+@login_required
+@require_POST
+def start(request: HttpRequest) -> HttpResponse:
     """Enqueue a count (owned by the signed-in user, through ``OwnerMiddleware``), in
     the view's transaction: if it rolled back, the task would never have existed."""
     try:
@@ -43,12 +47,16 @@ def _start(request: HttpRequest) -> HttpResponse:
     return redirect("task", task_id=result.id)
 
 
-def _task_page(request: HttpRequest, task_id: str) -> HttpResponse:
+@login_required
+@require_GET
+def task_page(request: HttpRequest, task_id: str) -> HttpResponse:
     record = _own_task(request, task_id)
     return render(request, "wordcount/task.html", {"task": record, "title": _title(record)})
 
 
-def _my_tasks(request: HttpRequest) -> HttpResponse:
+@login_required
+@require_GET
+def my_tasks(request: HttpRequest) -> HttpResponse:
     page = get_app().sync.list(owner=str(request.user.pk), limit=50)
     rows = [(record, _title(record)) for record in page.items]
     return render(request, "wordcount/tasks.html", {"rows": rows})
@@ -70,10 +78,3 @@ def _title(record: TaskRecord) -> str:
     if name == "count_words":
         return f"Count the words of {kwargs.get('limit', 200)} modules"
     return name
-
-
-# Decorated by calls rather than "@" lines, so the type checker keeps the views' types.
-start_page = login_required(require_GET(_start_page))
-start = login_required(require_POST(_start))
-task_page = login_required(require_GET(_task_page))
-my_tasks = login_required(require_GET(_my_tasks))

@@ -13,7 +13,7 @@ NAMES = ("alice", "bob")
 PASSWORD = "errands-demo"
 
 
-class Command(BaseCommand):  # type: ignore[misc]
+class Command(BaseCommand):
     help = "Make the example's users alice and bob (password: errands-demo, or --password)."
 
     def add_arguments(self, parser: CommandParser) -> None:
