@@ -4,7 +4,8 @@ against the example served by uvicorn (``SiteServer``) with a worker of its own
 
 Alice signs in, starts a count in slow motion (a few seconds) and watches it on its
 task page: the ``<errands-task>`` element's bar moves, each file's most common word is
-listed as the task emits it, and the result shows at the end. Bob, signed in in another
+listed as the task emits it (over Server-Sent Events), and the result shows at the end;
+she cancels another count from its page. Bob, signed in in another
 browser context, finds nothing at Alice's task's addresses: the page and the API are
 404 to him.
 """
@@ -135,6 +136,7 @@ SAMPLE_UNTIL_DONE = """() => new Promise((resolve) => {
       status: status ? status.getAttribute("data-status") : null,
       value: bar && bar.hasAttribute("value") ? bar.value : null,
       words: document.querySelectorAll("#words li").length,
+      mode: task.getAttribute("data-mode"),
       error: error && !error.hidden ? error.textContent : "",
     };
     samples.push(s);
@@ -162,6 +164,8 @@ def test_the_task_page_shows_progress_items_and_the_result(
     assert samples[-1]["status"] == "succeeded", (samples[-1], site.logs())
     running = [s for s in samples if s["status"] == "running"]
     assert running, "never seen running"
+    # Followed over Server-Sent Events (the site runs under ASGI), not by polling.
+    assert {s["mode"] for s in running} == {"sse"}, site.logs()
     values = [s["value"] for s in running if s["value"] is not None]
     moving = sorted({v for v in values if 0 < v < 100})
     assert len(moving) >= 2, f"the bar did not move: {sorted(set(values))}"
@@ -217,4 +221,22 @@ def test_another_user_finds_nothing(
         assert bob.request.get(site.url + path).status == 404, path
     page.goto("/mine")
     expect(page.locator(f'tr[data-task-id="{task_id}"]')).to_have_count(0)
+    page.close()
+
+
+def test_cancel_from_the_task_page(site: Site, alice: BrowserContext) -> None:
+    """The element's Cancel request carries the page's CSRF token (its ``csrf``
+    attribute, from the tag) and the session: the running count stops."""
+    page = alice.new_page()
+    task_id = start_count(page)
+    status = page.locator("#task .et-status")
+    expect(status).to_have_attribute("data-status", "running")
+    expect(page.locator("#task .et-percent")).to_have_text(re.compile(r"^\d+%$"))
+    page.click("#task .et-cancel")
+    expect(status).to_have_attribute("data-status", "cancelled")
+    expect(page.locator("#task .et-error")).to_contain_text("TaskCancelled")
+    record = site.record(task_id)
+    assert record.status is Status.CANCELLED
+    assert record.progress.percent is not None
+    assert record.progress.percent < 100  # stopped before the end
     page.close()
