@@ -5,9 +5,8 @@ against the example served by uvicorn (``SiteServer``) with a worker of its own
 Alice signs in, starts a count in slow motion (a few seconds) and watches it on its
 task page: the ``<errands-task>`` element's bar moves, each file's most common word is
 listed as the task emits it (over Server-Sent Events), and the result shows at the end;
-she cancels another count from its page. Bob, signed in in another
-browser context, finds nothing at Alice's task's addresses: the page and the API are
-404 to him.
+she cancels another count from its page. Bob, signed in in another browser context,
+finds nothing at Alice's task's addresses: the page and the API are 404 to him.
 """
 
 from __future__ import annotations
