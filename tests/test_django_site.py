@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import io
 import re
+import secrets
 import types
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,10 +30,13 @@ def django_site() -> str:
 
 
 def make_user(prefix: str = "user") -> Any:
+    """A new user, whose owner id (``str(pk)``) no task has yet: the other Django tests
+    of this process share the database, and own tasks by small numbers ("7")."""
     from django.contrib.auth import get_user_model
 
     users: Any = get_user_model().objects
-    return users.create_user(f"{prefix}-{uuid.uuid4().hex[:8]}", password=PASSWORD)
+    pk = 10**8 + secrets.randbelow(2**31 - 10**8)
+    return users.create_user(f"{prefix}-{pk}", password=PASSWORD, pk=pk)
 
 
 def client_of(user: Any = None, **options: Any) -> Any:
