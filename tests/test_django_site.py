@@ -149,18 +149,27 @@ def test_tag_without_a_request_has_no_csrf() -> None:
 
 
 def test_api_follows_the_mount(urlconf: Mount) -> None:
-    from django.urls import include, path
+    from django.urls import include, path, set_script_prefix
 
     urlconf(path("app/errands-api/tasks/", include("errands.django.urls")))
     assert attributes(render("{% errands_task 'a' %}"))["api"] == "/app/errands-api"
+    # Served below a prefix (SCRIPT_NAME): reverse() includes it.
+    set_script_prefix("/site/")
+    try:
+        assert attributes(render("{% errands_task 'a' %}"))["api"] == "/site/app/errands-api"
+    finally:
+        set_script_prefix("/")
 
 
-def test_api_needs_a_mount_ending_in_tasks(urlconf: Mount) -> None:
+def test_api_needs_a_mount_it_can_use_or_a_keyword(urlconf: Mount) -> None:
     from django.core.exceptions import ImproperlyConfigured
     from django.urls import include, path
 
     urlconf(path("jobs/", include("errands.django.urls")))
     with pytest.raises(ImproperlyConfigured, match="ending in 'tasks/'"):
+        render("{% errands_task 'a' %}")
+    urlconf(path("<int:team>/tasks/", include("errands.django.urls")))
+    with pytest.raises(ImproperlyConfigured, match=r"include\("):
         render("{% errands_task 'a' %}")
     urlconf()
     with pytest.raises(ImproperlyConfigured, match=r"include\("):

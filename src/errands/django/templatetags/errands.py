@@ -6,8 +6,8 @@
     <errands-task task-id="…" api="/" csrf="…"></errands-task>
 
 - ``api`` is where the element finds ``tasks/<id>``: the root of errands' URLs
-  (``path("tasks/", include("errands.django.urls"))``, found with ``reverse()``) less its
-  final ``tasks/``. ``api="…"`` sets it instead.
+  (``path("tasks/", include("errands.django.urls"))``: ``reverse("errands:tasks")``)
+  less its final ``tasks/``. ``api="…"`` sets it instead.
 - ``csrf`` is the request's CSRF token (the context's ``csrf_token``), which the element
   sends with its Cancel request. ``csrf=None`` leaves it out.
 - Any other keyword becomes an attribute, ``_`` written ``-``:
@@ -33,16 +33,8 @@ from typing import Any
 from django import template
 from django.core.exceptions import ImproperlyConfigured
 from django.templatetags.static import static
-from django.urls import (
-    NoReverseMatch,
-    URLPattern,
-    get_resolver,
-    get_script_prefix,
-    get_urlconf,
-    reverse,
-)
+from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.regex_helper import normalize
 from django.utils.safestring import SafeString
 
 register = template.Library()
@@ -100,29 +92,14 @@ def api_mount() -> str:
 
 
 def _api_root() -> str:
-    """Where ``errands.django.urls`` is mounted: ``reverse()`` of its root route, else
-    the prefix of the ``errands`` namespace."""
-    from .. import urls
-
-    for pattern in urls.urlpatterns:
-        if isinstance(pattern, URLPattern) and pattern.name and str(pattern.pattern) == "":
-            try:
-                return str(reverse(f"{urls.app_name}:{pattern.name}"))
-            except NoReverseMatch:
-                break
-    mounted = get_resolver(get_urlconf()).namespace_dict.get(urls.app_name)
-    if mounted is None:
+    """Where ``errands.django.urls`` is mounted: ``reverse()`` of its task collection."""
+    try:
+        return str(reverse("errands:tasks"))
+    except NoReverseMatch:
         raise ImproperlyConfigured(
             "{% errands_task %} needs errands' HTTP API in the URLconf "
             '(path("tasks/", include("errands.django.urls"))), or api="…"'
-        )
-    forms = [form for form, params in normalize(str(mounted[0])) if not params]
-    if not forms:
-        raise ImproperlyConfigured(
-            f"errands.django.urls is mounted under a pattern with parameters "
-            f'({mounted[0]!r}): give {{% errands_task %}} its api="…"'
-        )
-    return f"{get_script_prefix()}{forms[0]}"
+        ) from None
 
 
 def _csrf_token(context: template.Context) -> str | None:
