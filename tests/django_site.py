@@ -6,11 +6,13 @@
 - As real processes, on SQLite or PostgreSQL: ``manage.py`` commands (:func:`manage`),
   the ASGI server (:class:`SiteServer`, uvicorn) and workers (:class:`SiteWorker`,
   ``manage.py errands_worker``). The ``site_db`` fixture gives a fresh database spec
-  (an SQLite path or a PostgreSQL URL) that ``manage.py migrate`` has set up.
+  (an SQLite path or a PostgreSQL URL) that ``manage.py migrate`` has set up;
+  :func:`empty_database` one that nothing has set up, and :func:`errands_url` its URL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -127,22 +129,34 @@ def _pg_admin(sql: str) -> None:
         conn.execute(sql)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
-def site_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh database of the example project, migrated by ``manage.py migrate``."""
-    if request.param == "sqlite":
-        db = str(tmp_path / "site.sqlite3")
-        manage(db, "migrate", "--no-input")
-        yield db
+@contextlib.contextmanager
+def empty_database(kind: str, folder: Path) -> Iterator[str]:
+    """A new, empty database spec for the example: an SQLite file in ``folder``
+    (``kind`` "sqlite") or a PostgreSQL database's URL ("postgresql"; dropped after)."""
+    if kind == "sqlite":
+        yield str(folder / "site.sqlite3")
         return
     name = f"errands_site_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     _pg_admin(f'CREATE DATABASE "{name}"')
-    db = f"{PG_SERVER}/{name}"
     try:
-        manage(db, "migrate", "--no-input")
-        yield db
+        yield f"{PG_SERVER}/{name}"
     finally:
         _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def errands_url(db: str) -> str:
+    """The SQLAlchemy URL of a database spec of the example (for errands or an engine)."""
+    if db.startswith("postgresql://"):
+        return db.replace("postgresql://", "postgresql+psycopg://", 1)
+    return f"sqlite:///{db}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def site_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of the example project, migrated by ``manage.py migrate``."""
+    with empty_database(request.param, tmp_path) as db:
+        manage(db, "migrate", "--no-input")
+        yield db
 
 
 _in_process: str | None = None

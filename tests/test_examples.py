@@ -24,9 +24,10 @@ EXAMPLES = ROOT / "examples"
 
 
 def test_every_example_file_is_run_here() -> None:
-    """A new file in examples/ needs a test here (this list grows with it)."""
+    """A new file in examples/ needs a test (this list grows with it): the Django project
+    is run by tests/test_django_*.py, the Flask application by tests/test_flask_*.py."""
     files = sorted(p.name for p in EXAMPLES.iterdir() if p.name != "__pycache__")
-    assert files == ["__init__.py", "demo.sh", "tasks.py"]
+    assert files == ["__init__.py", "demo.sh", "django_site", "flask_app.py", "tasks.py"]
 
 
 def test_demo_script_follows_a_task_to_its_result(tmp_path: Path) -> None:

@@ -69,8 +69,9 @@ def _print_json(value: Any) -> None:
 
 
 # -- commands -------------------------------------------------------------------------
-def cmd_worker(args: argparse.Namespace) -> int:
-    app = load_app(args.app)
+def worker_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~errands.WorkerSettings` given by the options of
+    :func:`add_worker_options` (those left out keep their defaults)."""
     settings: dict[str, Any] = {
         "concurrency": args.concurrency,
         "burst": args.burst,
@@ -81,8 +82,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "progress_interval": args.progress_interval,
         "names": [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None,
     }
-    app.run_worker(**{key: value for key, value in settings.items() if value is not None})
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+def run_worker(app: Errands, args: argparse.Namespace) -> int:
+    """Run a worker of ``app`` with the options of :func:`add_worker_options` until it
+    is stopped (or drained, with ``--burst``)."""
+    app.run_worker(**worker_settings(args))
     return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    return run_worker(load_app(args.app), args)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -202,14 +213,41 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_purge(args: argparse.Namespace) -> int:
-    app = _app_from(args)
+def purge(app: Errands, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Delete ``app``'s expired records (the options of :func:`add_purge_options`);
+    say how many on ``out`` (default: standard output)."""
     n = app.sync.purge(batch=args.batch)
-    print(f"purged {n} expired task record(s)")
+    print(f"purged {n} expired task record(s)", file=out)
     return 0
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    return purge(_app_from(args), args)
+
+
 # -- parsing --------------------------------------------------------------------------
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``errands worker`` after its ``MODULE:ATTR`` (read them with
+    :func:`worker_settings`); ``manage.py errands_worker`` takes them too."""
+    parser.add_argument("-c", "--concurrency", type=int, default=16)
+    parser.add_argument("--burst", action="store_true", help="exit once no job is due or running")
+    parser.add_argument("--lease", type=float, default=15.0, help="lease seconds (default 15)")
+    parser.add_argument(
+        "--heartbeat", type=float, default=None, help="heartbeat seconds (default lease / 3)"
+    )
+    parser.add_argument("--poll", type=float, default=None, help="fallback poll seconds")
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--progress-interval", type=float, default=None, help="seconds between progress writes"
+    )
+    parser.add_argument("--names", default=None, help="comma-separated task names to run")
+
+
+def add_purge_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``errands purge`` (and of ``manage.py errands_purge``)."""
+    parser.add_argument("--batch", type=int, default=500)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="errands", description="Background tasks your users can watch."
@@ -227,18 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a worker")
     p.add_argument("app", metavar="MODULE:ATTR", help="the Errands app, e.g. myproject.tasks:app")
-    p.add_argument("-c", "--concurrency", type=int, default=16)
-    p.add_argument("--burst", action="store_true", help="exit once no job is due or running")
-    p.add_argument("--lease", type=float, default=15.0, help="lease seconds (default 15)")
-    p.add_argument(
-        "--heartbeat", type=float, default=None, help="heartbeat seconds (default lease / 3)"
-    )
-    p.add_argument("--poll", type=float, default=None, help="fallback poll seconds")
-    p.add_argument("--shutdown-timeout", type=float, default=30.0)
-    p.add_argument(
-        "--progress-interval", type=float, default=None, help="seconds between progress writes"
-    )
-    p.add_argument("--names", default=None, help="comma-separated task names to run")
+    add_worker_options(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="submit a task")
@@ -284,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "show":
             p.add_argument("--output", action="store_true", help="include emitted items")
         if name == "purge":
-            p.add_argument("--batch", type=int, default=500)
+            add_purge_options(p)
         p.set_defaults(func=func)
     return parser
 
@@ -300,6 +327,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def configure_logging(level: int) -> None:
+    """Log to stderr at ``level``, unless the process's logging is set up already
+    (a Django project's ``LOGGING`` with a root handler, say); alembic's only warnings."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def failure(exc: Exception) -> tuple[int, str] | None:
+    """The exit code and message of an error a command ends with (None: not one of
+    errands' expected failures, a bug to show with its traceback)."""
+    if isinstance(exc, TaskNotFound):
+        return 3, "task not found"
+    if isinstance(exc, DatabaseUnavailable):  # the driver's words: an operator reads them
+        return 5, f"cannot use the database: {driver_reason(exc)}"
+    if isinstance(exc, StorageFull):
+        return 6, f"the database is out of space: {driver_reason(exc)}"
+    if isinstance(exc, ErrandsError | ValueError):
+        return 2, str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -307,29 +355,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rest = [*unknown, *args.rest]  # the demo's own options, for its own parser
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    logging.basicConfig(
-        level=logging.INFO if args.verbose or args.command == "worker" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    verbose = args.verbose or args.command == "worker"
+    configure_logging(logging.INFO if verbose else logging.WARNING)
     if args.database_url:
         os.environ["ERRANDS_DATABASE_URL"] = args.database_url
     try:
         return int(args.func(args))
-    except TaskNotFound:
-        print("errands: task not found", file=sys.stderr)
-        return 3
-    except DatabaseUnavailable as exc:  # the driver's words: an operator reads them
-        print(f"errands: cannot use the database: {driver_reason(exc)}", file=sys.stderr)
-        return 5
-    except StorageFull as exc:
-        print(f"errands: the database is out of space: {driver_reason(exc)}", file=sys.stderr)
-        return 6
-    except (ErrandsError, ValueError) as exc:
-        print(f"errands: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        known = failure(exc)
+        if known is None:
+            raise
+        code, message = known
+        print(f"errands: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

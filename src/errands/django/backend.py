@@ -18,7 +18,9 @@ over HTTP. ``with owner(errands.ANY_OWNER)`` reads every owner's (administrative
 from __future__ import annotations
 
 import builtins
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -247,7 +249,7 @@ def _runner(backend: ErrandsBackend, task: Task) -> Any:
             return run_async_ctx
 
         def run_ctx(ctx: Context, payload: Call) -> Any:
-            with owner(ctx.owner):
+            with owner(ctx.owner), _django_connections():
                 return task.func(context(ctx), *payload.args, **payload.kwargs)
 
         return run_ctx
@@ -260,10 +262,24 @@ def _runner(backend: ErrandsBackend, task: Task) -> Any:
         return run_async
 
     def run(ctx: Context, payload: Call) -> Any:
-        with owner(ctx.owner):
+        with owner(ctx.owner), _django_connections():
             return task.func(*payload.args, **payload.kwargs)
 
     return run
+
+
+@contextlib.contextmanager
+def _django_connections() -> Iterator[None]:
+    """Around a task on a worker thread, what Django does around a request: drop the
+    thread's database connections that are broken or past ``CONN_MAX_AGE`` (a server
+    restart would otherwise leave the thread a dead one)."""
+    from django.db import close_old_connections
+
+    close_old_connections()
+    try:
+        yield
+    finally:
+        close_old_connections()
 
 
 def _is_async(task: Task) -> bool:

@@ -1,0 +1,1 @@
+"""``manage.py errands_worker`` and ``manage.py errands_purge``."""
