@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sysconfig
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,12 @@ WORD = re.compile(r"[A-Za-z_]{3,}")
 
 
 @task(takes_context=True)
-def count_words(context: ErrandsTaskContext, limit: int = 200) -> dict[str, Any]:
+def count_words(
+    context: ErrandsTaskContext, limit: int = 200, pause: float = 0.0
+) -> dict[str, Any]:
     """Count the words of the standard library's modules, reporting progress and
-    emitting each file's most common word."""
+    emitting each file's most common word; ``pause`` seconds after each file (slow
+    motion, to watch it: the whole count takes a fraction of a second)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(root.glob("*.py"))[:limit]
     counts: Counter[str] = Counter()
@@ -29,6 +33,8 @@ def count_words(context: ErrandsTaskContext, limit: int = 200) -> dict[str, Any]
             word, times = Counter(words).most_common(1)[0]
             context.emit({"file": path.name, "word": word, "times": times})
         context.progress(n, len(files), path.name)
+        if pause:
+            time.sleep(pause)
     return {"files": len(files), "top": counts.most_common(10)}
 
 

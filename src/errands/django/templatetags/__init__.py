@@ -1,0 +1,1 @@
+"""errands' template tags (``{% load errands %}``): see :mod:`.errands`."""
