@@ -1,4 +1,4 @@
-"""docs/django.md's five steps, run as they stand: a fresh project from
+"""The README's five Django steps, run as they stand: a fresh project from
 ``django-admin startproject`` with an app of its own (``reports``), the files and
 commands of the section's code blocks applied in order, then a signed-in user's POST
 to the view, the worker the text starts (in burst mode: it drains the queue and
@@ -25,8 +25,8 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # a new project, its migrations and a worker: processes
 
-DOC = ROOT / "docs" / "django.md"
-SECTION = "## Adding errands to an existing Django project in five steps"
+DOC = ROOT / "README.md"
+SECTION = "### Adding errands to an existing Django project in five steps"
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```$", re.M | re.S)
 FILE_LINE = re.compile(r"^(?:# |\{# )(\S+?)( \(at the end\))?(?: #\})?$")
 
@@ -92,11 +92,11 @@ def section() -> str:
     text = DOC.read_text()
     assert SECTION in text, f"{DOC} has no section {SECTION!r}"
     body = text.split(SECTION, 1)[1]
-    return re.split(r"^## ", body, maxsplit=1, flags=re.M)[0]
+    return re.split(r"^#{2,3} ", body, maxsplit=1, flags=re.M)[0]
 
 
 def test_the_section_has_five_steps() -> None:
-    steps = re.findall(r"^### (\d)\. ", section(), re.M)
+    steps = re.findall(r"^#### (\d)\. ", section(), re.M)
     assert steps == ["1", "2", "3", "4", "5"]
 
 
