@@ -38,7 +38,8 @@ pytest: $(BIN)/.installed chromium postgres brokers
 PYTHON312 ?= $(shell for p in /root/.pyenv/versions/3.1[2-9]*/bin/python python3.13 python3.12; do \
 	$$p -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null && echo $$p && break; done)
 DJANGO6 := .venv-django6
-DJANGO_TESTS := tests/test_django_backend.py tests/test_django_api.py
+DJANGO_TESTS := tests/test_django_backend.py tests/test_django_api.py tests/test_django_site.py \
+	tests/test_django_admin.py tests/test_django_commands.py
 $(DJANGO6)/.installed: pyproject.toml
 	$(PYTHON312) -m venv $(DJANGO6)
 	$(DJANGO6)/bin/pip install --quiet -e '.[postgresql,web]' 'django>=6,<7' pytest pytest-asyncio \
@@ -48,7 +49,7 @@ $(DJANGO6)/.installed: pyproject.toml
 django6: postgres
 	@if [ -z "$(PYTHON312)" ]; then echo "django6: SKIPPED, no Python 3.12 or newer here"; \
 	else $(MAKE) --no-print-directory $(DJANGO6)/.installed && \
-		$(DJANGO6)/bin/pytest -p no:cacheprovider $(DJANGO_TESTS); fi
+		$(DJANGO6)/bin/pytest -p no:cacheprovider -n 2 --dist loadfile $(DJANGO_TESTS); fi
 
 # The browser tests drive Debian's Chromium (Playwright's own browser downloads are not used).
 chromium:
