@@ -16,6 +16,7 @@ client leaves, the server notices on the next frame it writes (a keep-alive come
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from flask import Blueprint, Request, Response, request, send_file, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..app import Errands
+from ..web.problems import MEDIA_TYPE as PROBLEM
 from ..web.problems import Problem
 from ..web.protocol import (
     SSE,
@@ -52,6 +54,9 @@ MAX_HEADER_BYTES = 16 * 1024
 ELEMENT_SCRIPT = Path(__file__).resolve().parent.parent / "demo" / "static" / "errands-task.js"
 
 _View = Callable[..., Response]
+
+#: The answer to a request cut off by the app's closing (its loop stopped meanwhile).
+_CLOSING = Problem(503, "The service is stopping; try again shortly.", headers={"Retry-After": "1"})
 
 
 def task_blueprint(
@@ -187,6 +192,8 @@ def _answering(view: _View) -> _View:
             if size > MAX_HEADER_BYTES:
                 raise Problem(431, f"The request's headers exceed {MAX_HEADER_BYTES} bytes.")
             return view(**params)
+        except concurrent.futures.CancelledError:
+            return _response(Reply(503, _CLOSING.body(), dict(_CLOSING.headers), PROBLEM))
         except Exception as exc:
             reply = problem_reply(exc, f"{request.method} {request.path}")
             if reply is None:
