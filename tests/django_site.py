@@ -173,13 +173,20 @@ def setup_in_process() -> str:
 
     folder = Path(tempfile.mkdtemp(prefix="errands-django-"))
     db = str(folder / "site.sqlite3")
-    for key, value in site_env(db).items():
-        if key != "PYTHONPATH":
-            os.environ[key] = value
-    for path in (str(SITE),):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    django.setup()
-    call_command("migrate", "--no-input", verbosity=0)
+    # Only for as long as Django reads them: left in the environment, they would reach
+    # other tests' processes (Celery, for one, turns on its Django mode when it sees
+    # DJANGO_SETTINGS_MODULE).
+    env = {
+        k: v for k, v in site_env(db).items() if k in ("DJANGO_SETTINGS_MODULE", "SITE_DATABASE")
+    }
+    os.environ.update(env)
+    if str(SITE) not in sys.path:
+        sys.path.insert(0, str(SITE))
+    try:
+        django.setup()
+        call_command("migrate", "--no-input", verbosity=0)
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
     _in_process = db
     return db

@@ -39,6 +39,7 @@ from ..web.protocol import (
     OutputQuery,
     Reply,
     TaskProtocol,
+    check_header_size,
     check_owner,
     parse_query,
     problem_reply,
@@ -123,6 +124,7 @@ def _view(methods: dict[str, Handler]) -> Any:
     async def view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
         handler = methods.get(request.method or "")
         try:
+            check_header_size(request.headers.items())
             if handler is None:
                 allowed = ", ".join(methods)
                 raise Problem(405, "Method not allowed.", headers={"Allow": allowed})

@@ -35,6 +35,7 @@ from ..web.protocol import (
     OutputQuery,
     Reply,
     TaskProtocol,
+    check_header_size,
     check_owner,
     parse_query,
     problem_reply,
@@ -49,7 +50,6 @@ OwnerFn = Callable[[Request], str | None]
 AdminFn = Callable[[Request], bool]
 
 #: The largest header section answered; larger gets 431 (as ``task_api``).
-MAX_HEADER_BYTES = 16 * 1024
 #: ``<errands-task>``'s script, served as ``<prefix>/errands-task.js``.
 ELEMENT_SCRIPT = Path(__file__).resolve().parent.parent / "demo" / "static" / "errands-task.js"
 
@@ -187,10 +187,8 @@ def _answering(view: _View) -> _View:
     the problems it raises as problem documents."""
 
     def answer(**params: Any) -> Response:
-        size = sum(len(k) + len(v) + 4 for k, v in request.headers.items())
         try:
-            if size > MAX_HEADER_BYTES:
-                raise Problem(431, f"The request's headers exceed {MAX_HEADER_BYTES} bytes.")
+            check_header_size(request.headers.items())
             return view(**params)
         except concurrent.futures.CancelledError:
             return _response(Reply(503, _CLOSING.body(), dict(_CLOSING.headers), PROBLEM))
@@ -246,4 +244,4 @@ def _response(reply: Reply) -> Response:
     return response
 
 
-__all__ = ["MAX_HEADER_BYTES", "AdminFn", "FlaskTaskAPI", "OwnerFn", "task_blueprint"]
+__all__ = ["AdminFn", "FlaskTaskAPI", "OwnerFn", "task_blueprint"]

@@ -77,14 +77,20 @@ class LoopThread:
         started.wait()
         self._loop, self._thread, self._pid = loop, thread, os.getpid()
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def run(
+        self, coro: Coroutine[Any, Any, T], on: asyncio.AbstractEventLoop | None = None
+    ) -> T:
         """Run ``coro`` on the loop and return its result (or raise its exception).
-        ``concurrent.futures.CancelledError`` when the loop closes meanwhile."""
+        ``concurrent.futures.CancelledError`` when the loop closes meanwhile — or, with
+        ``on``, when that loop is no longer this one's (it closed: no new one starts)."""
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("LoopThread.run would wait for its own thread")
+        if on is not None and on is not self._loop:
+            coro.close()
+            raise concurrent.futures.CancelledError()
         try:
-            loop = self.loop()
+            loop = self.loop() if on is None else on
             future = asyncio.run_coroutine_threadsafe(coro, loop)
         except BaseException:
             coro.close()  # never started: no "never awaited" warning
@@ -140,6 +146,7 @@ class SyncStream(Iterator[T]):
     def __init__(self, runner: LoopThread, stream: AsyncIterator[T]) -> None:
         self._runner = runner
         self._stream = stream
+        self._loop = runner.loop()  # the stream's; once it closes, the stream has ended
         self._finished = False
         self._closed = False
 
@@ -150,7 +157,7 @@ class SyncStream(Iterator[T]):
         if self._finished:
             raise StopIteration
         try:
-            item = self._runner.run(_next(self._stream))
+            item = self._runner.run(_next(self._stream), on=self._loop)
         except concurrent.futures.CancelledError:  # the loop is closing
             item = _END
         if item is _END:
@@ -166,7 +173,7 @@ class SyncStream(Iterator[T]):
         # nothing: closing the loop closed its async generators.
         if hasattr(self._stream, "aclose") and self._runner.running:
             with contextlib.suppress(concurrent.futures.CancelledError):
-                self._runner.run(_aclose(self._stream))
+                self._runner.run(_aclose(self._stream), on=self._loop)
 
 
 async def _aclose(stream: Any) -> None:

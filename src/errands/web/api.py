@@ -41,6 +41,7 @@ from .protocol import (
     OutputQuery,
     Reply,
     TaskProtocol,
+    check_header_size,
     check_owner,
     problem_reply,
     too_large,
@@ -392,17 +393,12 @@ class ProblemRoute(APIRoute):
     """Answers :class:`Problem`, ``TaskNotFound`` and FastAPI's validation errors as
     problem documents, and refuses oversized header sections (431) before the handler runs."""
 
-    max_header_bytes = 16 * 1024
-
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        limit = self.max_header_bytes
 
         async def route(request: Request) -> Response:
-            size = sum(len(k) + len(v) + 4 for k, v in request.scope["headers"])
-            if size > limit:
-                return _problem(Problem(431, f"The request's headers exceed {limit} bytes."))
             try:
+                check_header_size(request.scope["headers"])
                 return await handler(request)
             except RequestValidationError as exc:
                 return _problem(validation_problem(exc.errors()))

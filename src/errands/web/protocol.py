@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -191,6 +191,17 @@ def _storable(when: datetime) -> bool:
 
 def _bad_body(what: str) -> Problem:
     return Problem(422, f"The body is {what}.", errors=[{"field": "body", "message": what}])
+
+
+#: The largest header section the API reads (its names, values and line ends).
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def check_header_size(headers: Iterable[tuple[Any, Any]]) -> None:
+    """431 for a header section over :data:`MAX_HEADER_BYTES` (pairs of name and value,
+    as text or bytes); before anything else runs."""
+    if sum(len(k) + len(v) + 4 for k, v in headers) > MAX_HEADER_BYTES:
+        raise Problem(431, f"The request's headers exceed {MAX_HEADER_BYTES} bytes.")
 
 
 def too_large(limit: int) -> Problem:
@@ -454,6 +465,7 @@ async def _frames(events: AsyncIterator[Event | None]) -> AsyncIterator[bytes]:
 
 
 __all__ = [
+    "MAX_HEADER_BYTES",
     "PRIVATE",
     "SSE",
     "SSE_HEADERS",
@@ -462,6 +474,7 @@ __all__ = [
     "OutputQuery",
     "Reply",
     "TaskProtocol",
+    "check_header_size",
     "check_owner",
     "parse_query",
     "problem_reply",
