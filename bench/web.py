@@ -695,6 +695,8 @@ class Run:
         self.tmp = tmp
         self.env: dict[str, str] = {}
         self.server: subprocess.Popen[bytes] | None = None
+        #: The process whose CPU and memory are reported (the server's, or its worker's).
+        self.measured = 0
         self.port = 0
         self.profiles: dict[str, Any] = {}
 
@@ -729,6 +731,21 @@ class Run:
     # -- phases ------------------------------------------------------------------------
     def start_server(self) -> None:
         self.port = free_port()
+        if self.args.framework == "flask":
+            # One process, as uvicorn's: gunicorn's threaded worker (WSGI has no event
+            # loop; each request, and each open event stream, holds a thread).
+            cmd = [
+                sys.executable, "-m", "gunicorn", "bench.web_tasks:make_flask()",
+                "--bind", f"{HOST}:{self.port}", "--workers", "1",
+                "--worker-class", "gthread", "--threads", str(self.args.threads),
+                "--keep-alive", "30", "--log-level", "warning",
+            ]  # fmt: skip
+            self.server = self.procs.start("server", cmd, self.env)
+            wait_for_server(self.port, self.server)
+            # What is measured (CPU, memory, profiles) is gunicorn's worker process.
+            children = Path(f"/proc/{self.server.pid}/task/{self.server.pid}/children")
+            self.measured = int(children.read_text().split()[0])
+            return
         cmd = [
             sys.executable,
             str(HERE / "web_server.py"),
@@ -741,6 +758,7 @@ class Run:
         ]
         self.server = self.procs.start("server", cmd, self.env)
         wait_for_server(self.port, self.server)
+        self.measured = self.server.pid
 
     def seed(self) -> list[tuple[str, str, str]]:
         """``--tasks`` finished tasks over 30 owners: (path, owner, ETag) each."""
@@ -778,7 +796,7 @@ class Run:
         out = LOGS / f"profile-{label}.txt"
         out.unlink(missing_ok=True)
         cmd = [
-            pyspy, "record", "--pid", str(self.server.pid), "--format", "raw",
+            pyspy, "record", "--pid", str(self.measured), "--format", "raw",
             "--rate", "250", "--duration", str(int(self.args.warmup + self.args.duration)),
             "--output", str(out), "--nonblocking",
             *(["--gil"] if self.args.profile == "gil" else []),
@@ -815,13 +833,13 @@ class Run:
                         "concurrency": a.concurrency,
                         "warmup": a.warmup,
                         "duration": a.duration,
-                        "pids": {"server": self.server.pid},  # type: ignore[union-attr]
+                        "pids": {"server": self.measured},
                     },
                     timeout=a.warmup + a.duration + 60,
                 )
                 self.profile_end(f"{kind}-{rep + 1}", prof)
                 r["before"] = quiet
-                r["server_rss_mib"] = rss_mib(self.server.pid)  # type: ignore[union-attr]
+                r["server_rss_mib"] = rss_mib(self.measured)
                 r["loadavg_after"] = os.getloadavg()
                 runs[kind].append(r)
                 log(f"    {describe_load(r)}")
@@ -844,12 +862,12 @@ class Run:
                     "concurrency": a.concurrency,
                     "warmup": a.warmup,
                     "duration": a.duration,
-                    "pids": {"server": self.server.pid},  # type: ignore[union-attr]
+                    "pids": {"server": self.measured},
                 },
                 timeout=a.warmup + a.duration + 60,
             )
             r["before"] = quiet
-            r["server_rss_mib"] = rss_mib(self.server.pid)  # type: ignore[union-attr]
+            r["server_rss_mib"] = rss_mib(self.measured)
             r["loadavg_after"] = os.getloadavg()
             out.append(r)
             log(f"    {describe_load(r)}")
@@ -877,7 +895,7 @@ class Run:
             "watchers": a.watchers,
             "ready_timeout": 120,
             "timeout": a.fanout_seconds + 60,
-            "pids": {"server": self.server.pid},  # type: ignore[union-attr]
+            "pids": {"server": self.measured},
         }
         spec_path, out_path = self.tmp / "fanout.spec.json", self.tmp / "fanout.out.json"
         spec_path.write_text(json.dumps(spec))
@@ -931,7 +949,7 @@ class Run:
             "progress": final.get("progress"),
         }
         result["before"] = quiet
-        result["server_rss_mib"] = rss_mib(self.server.pid)  # type: ignore[union-attr]
+        result["server_rss_mib"] = rss_mib(self.measured)
         result["loadavg_after"] = os.getloadavg()
         api.close()
         return result
@@ -1040,7 +1058,12 @@ def report(results: dict[str, Any]) -> list[str]:
         f"{m['python']}, SQLite {m['sqlite']}; load average before "
         f"{' / '.join(f'{x:.2f}' for x in m['loadavg_before'])}, after "
         f"{' / '.join(f'{x:.2f}' for x in m['loadavg_after'])}",
-        f"- server: 1 uvicorn process (http={cfg['http']}, loop={cfg['loop']}), "
+        (
+            f"- server: 1 gunicorn process, gthread worker, {cfg.get('threads')} threads "
+            "(errands.flask.task_blueprint), "
+            if cfg.get("framework") == "flask"
+            else f"- server: 1 uvicorn process (http={cfg['http']}, loop={cfg['loop']}), "
+        )
         + (
             f"PostgreSQL {m['postgresql']['version']}"
             if cfg.get("database") == "pg"
@@ -1209,6 +1232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="skip the framework floor (GET /api/ping) in the status test",
     )
     ap.add_argument("--database", default="sqlite", choices=["sqlite", "pg"])
+    ap.add_argument(
+        "--framework",
+        default="fastapi",
+        choices=["fastapi", "flask"],
+        help="task_api under uvicorn, or errands.flask's blueprint under gunicorn (gthread)",
+    )
+    ap.add_argument("--threads", type=int, default=16, help="gunicorn's threads (flask)")
     ap.add_argument("--pg-url", default=None, help="PostgreSQL server (bench/_pg.py's default)")
     ap.add_argument("--synchronous", default="full", choices=["full", "normal"])
     ap.add_argument(
@@ -1297,6 +1327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
         "config": {
             "database": args.database,
+            "framework": args.framework,
+            "threads": args.threads,
             "http": args.http,
             "loop": args.loop,
             "client_loop": args.client_loop,

@@ -4,7 +4,8 @@
   ``$ERRANDS_DATABASE_URL``);
 - HTTP: ``bench/web_server.py`` serves :func:`make_api` (``task_api`` under ``/api``,
   the identity is the ``X-User`` header, no submit rate limit; plus ``GET /api/ping``,
-  which does no errands work: the framework's floor).
+  which does no errands work: the framework's floor); with ``--framework flask``,
+  gunicorn serves :func:`make_flask`, the same with ``errands.flask.task_blueprint``.
 
 ``errands worker`` has no option for the worker's progress write interval
 (``WorkerSettings.progress_interval``, default 0.25 s), so this app's workers take it
@@ -88,3 +89,28 @@ def make_api() -> FastAPI:
         return Response(b'{"ok":true}', media_type="application/json")
 
     return api
+
+
+def make_flask() -> Any:
+    """The same API as a Flask (WSGI) app (``gunicorn 'bench.web_tasks:make_flask()'``)."""
+    from flask import Flask
+    from flask import request as flask_request
+
+    from errands.flask import task_blueprint
+
+    def owner(request: Request) -> str | None:
+        return request.headers.get("x-user") or None
+
+    site = Flask("errands-web-bench")
+    site.register_blueprint(
+        task_blueprint(app, current_owner=owner, submit_rate=None), url_prefix="/api"
+    )
+
+    @site.get("/api/ping")
+    def ping() -> Any:
+        """The framework's floor: a route of the same app that does no errands work."""
+        if owner(flask_request) is None:
+            return site.response_class(status=401)
+        return site.response_class(b'{"ok":true}', mimetype="application/json")
+
+    return site

@@ -19,7 +19,6 @@ import asyncio
 import concurrent.futures
 import json
 import re
-import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
@@ -590,34 +589,6 @@ def test_closing_the_app_ends_open_streams(flask_serve: Serve, app: Errands) -> 
         assert loop_for(app) is not runner  # a later request gets a new loop
 
 
-def test_a_request_cut_off_by_the_app_closing_is_503(
-    flask_serve: Serve, app: Errands, db_url: str
-) -> None:
-    server = flask_serve()
-    with server.client("alice") as c, concurrent.futures.ThreadPoolExecutor(2) as pool:
-        submit(c, "steps", {"steps": 1})  # (the schema is made)
-        # Another connection holds SQLite's write lock: the next submit waits for it on
-        # the app's loop.
-        blocker = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
-        try:
-            blocker.execute("BEGIN IMMEDIATE")
-            runner = loop_for(app)
-            waiting = pool.submit(
-                c.post, "/api/tasks", json={"name": "steps", "payload": {"steps": 1}}
-            )
-            eventually(lambda: _tasks(runner), "the submit to wait on the loop")
-            closing = pool.submit(app.close)
-            r = waiting.result(DEADLINE)
-            assert_problem(r, 503)
-            assert r.headers["retry-after"] == "1"
-        finally:
-            blocker.rollback()
-            blocker.close()
-        closing.result(DEADLINE)
-    assert not runner.running
-
-
-# -- the element's script -------------------------------------------------------------------
 def test_the_element_script_is_served(flask_serve: Serve) -> None:
     server = flask_serve()
     with server.client(None) as c:

@@ -436,6 +436,12 @@ class SyncErrands:
     def get(self, task_id: str, *, owner: str) -> TaskRecord:
         return self._ops.get(task_id, owner)
 
+    def get_version(self, task_id: str, *, owner: str) -> int:
+        return self._ops.get_version(task_id, owner)
+
+    def get_many(self, task_ids: Sequence[str], *, owner: str) -> builtins.list[TaskRecord]:
+        return self._ops.get_many(task_ids, owner)
+
     def list(
         self,
         *,

@@ -17,6 +17,7 @@ client leaves, the server notices on the next frame it writes (a keep-alive come
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from ..web.problems import Problem
 from ..web.protocol import (
     SSE,
     SSE_HEADERS,
+    Blocking,
     Call,
     ListQuery,
     OutputQuery,
@@ -39,6 +41,7 @@ from ..web.protocol import (
     check_owner,
     parse_query,
     problem_reply,
+    run_blocking,
     too_large,
 )
 from ..web.ratelimit import SubmitLimiter
@@ -112,6 +115,9 @@ class FlaskTaskAPI:
         self, protocol: TaskProtocol, current_owner: OwnerFn, is_admin: AdminFn | None
     ) -> None:
         self.protocol = protocol
+        #: The same API with the same options and rate limiter, run in the request's
+        #: thread (no hop to the loop): every view but the event streams.
+        self.now = dataclasses.replace(protocol, app=Blocking(protocol.errands))
         self.current_owner = current_owner
         self.is_admin = is_admin
 
@@ -122,40 +128,40 @@ class FlaskTaskAPI:
         return Call(owner, admin, url_for(".tasks"), _headers(), _query())
 
     def run(self, work: Coroutine[Any, Any, Reply]) -> Response:
-        """Await a protocol call on the app's loop; its reply as a response."""
-        return _response(loop_for(self.protocol.app).run(work))
+        """A call of ``self.now``, run in this thread; its reply as a response."""
+        return _response(run_blocking(work))
 
     def stream(self, frames: AsyncIterator[bytes]) -> Response:
         """A ``text/event-stream`` response whose frames come from ``frames``."""
-        body = loop_for(self.protocol.app).iterate(frames)
+        body = loop_for(self.protocol.errands).iterate(frames)
         return Response(body, 200, SSE_HEADERS, mimetype=SSE, direct_passthrough=True)
 
     # -- the views -----------------------------------------------------------------------
     def submit(self) -> Response:
         call = self.call()
         body = _read_body(self.protocol.body_limit)
-        return self.run(self.protocol.submit(call, body))
+        return self.run(self.now.submit(call, body))
 
     def list_tasks(self) -> Response:
         query = parse_query(ListQuery, _query())
-        return self.run(self.protocol.list(self.call(), query))
+        return self.run(self.now.list(self.call(), query))
 
     def get_task(self, task_id: str) -> Response:
-        return self.run(self.protocol.get(self.call(), task_id))
+        return self.run(self.now.get(self.call(), task_id))
 
     def task_output(self, task_id: str) -> Response:
         query = parse_query(OutputQuery, _query())
-        return self.run(self.protocol.output(self.call(), task_id, query))
+        return self.run(self.now.output(self.call(), task_id, query))
 
     def cancel_task(self, task_id: str) -> Response:
-        return self.run(self.protocol.cancel(self.call(), task_id))
+        return self.run(self.now.cancel(self.call(), task_id))
 
     def delete_task(self, task_id: str) -> Response:
-        return self.run(self.protocol.delete(self.call(), task_id))
+        return self.run(self.now.delete(self.call(), task_id))
 
     def task_events(self, task_id: str) -> Response:
         call = self.call()
-        frames = loop_for(self.protocol.app).run(self.protocol.events_stream(call, task_id))
+        frames = loop_for(self.protocol.errands).run(self.protocol.events_stream(call, task_id))
         if frames is None:
             return _response(Reply(204, b"", {}, None))
         return self.stream(frames)

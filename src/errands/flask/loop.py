@@ -77,9 +77,7 @@ class LoopThread:
         started.wait()
         self._loop, self._thread, self._pid = loop, thread, os.getpid()
 
-    def run(
-        self, coro: Coroutine[Any, Any, T], on: asyncio.AbstractEventLoop | None = None
-    ) -> T:
+    def run(self, coro: Coroutine[Any, Any, T], on: asyncio.AbstractEventLoop | None = None) -> T:
         """Run ``coro`` on the loop and return its result (or raise its exception).
         ``concurrent.futures.CancelledError`` when the loop closes meanwhile — or, with
         ``on``, when that loop is no longer this one's (it closed: no new one starts)."""

@@ -311,7 +311,9 @@ class TaskAPI:
             openapi_extra={
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _submit_schema(self.protocol.app)}},
+                    "content": {
+                        "application/json": {"schema": _submit_schema(self.protocol.errands)}
+                    },
                 },
                 "parameters": [
                     {

@@ -21,10 +21,10 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -50,6 +50,7 @@ from .ratelimit import SubmitLimiter
 from .resources import dumps, resource
 from .streams import MAX_INT, Cursor, Event, task_events
 
+T = TypeVar("T")
 log = logging.getLogger("errands.web")
 JSON = "application/json"
 _JSON_TYPE = re.compile(r"^application/([\w.+-]+\+)?json\s*(;.*)?$", re.IGNORECASE)
@@ -227,6 +228,62 @@ def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     return Reply(status, dumps(doc), headers or {}, JSON)
 
 
+# -- without an event loop ----------------------------------------------------------------
+class Blocking:
+    """The facade's methods the protocol awaits, done by ``app.sync`` in the calling
+    thread: awaiting them never suspends. A :class:`TaskProtocol` on it runs a
+    request's handler to its end in one step (:func:`run_blocking`), as a WSGI view
+    does, with no event loop and no thread hop. (The live event streams need the loop:
+    they wait for changes.)"""
+
+    def __init__(self, app: Errands) -> None:
+        self.app = app
+        self.runtime = app.runtime
+        self.max_payload_bytes = app.max_payload_bytes
+        self.sync = app.sync
+
+    async def submit(self, name: str, payload: Any, **options: Any) -> TaskRecord:
+        return self.sync.submit(name, payload, **options)
+
+    async def get(self, task_id: str, *, owner: str) -> TaskRecord:
+        return self.sync.get(task_id, owner=owner)
+
+    async def get_version(self, task_id: str, *, owner: str) -> int:
+        return self.sync.get_version(task_id, owner=owner)
+
+    async def get_many(self, task_ids: Any, *, owner: str) -> list[TaskRecord]:
+        return self.sync.get_many(task_ids, owner=owner)
+
+    async def list(self, **args: Any) -> Any:
+        return self.sync.list(**args)
+
+    async def output_page(self, task_id: str, **args: Any) -> Any:
+        return self.sync.output_page(task_id, **args)
+
+    async def outputs(self, task_id: str, **args: Any) -> Any:
+        return self.sync.outputs(task_id, **args)
+
+    async def cancel(self, task_id: str, *, owner: str) -> TaskRecord:
+        return self.sync.cancel(task_id, owner=owner)
+
+    async def delete(self, task_id: str, *, owner: str) -> None:
+        self.sync.delete(task_id, owner=owner)
+
+    async def wait(self, task_id: str, **args: Any) -> TaskRecord:
+        return self.sync.wait(task_id, **args)
+
+
+def run_blocking(work: Coroutine[Any, Any, T]) -> T:
+    """The result of a handler of a :class:`TaskProtocol` on :class:`Blocking`, run to
+    its end in this thread."""
+    try:
+        work.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    work.close()
+    raise RuntimeError("a blocking protocol call waited on an event loop")
+
+
 # -- the handlers ------------------------------------------------------------------------
 @dataclass(eq=False)
 class TaskProtocol:
@@ -242,7 +299,7 @@ class TaskProtocol:
     - ``ws``: whether the task resource links a WebSocket (``/ws``).
     """
 
-    app: Errands
+    app: Errands | Blocking
     limiter: SubmitLimiter | None = None
     body_limit: int = 0
     poll_interval: float = 1.0
@@ -254,6 +311,11 @@ class TaskProtocol:
     def __post_init__(self) -> None:
         if not self.body_limit:
             self.body_limit = self.app.max_payload_bytes + 16384
+
+    @property
+    def errands(self) -> Errands:
+        """The errands app (under :class:`Blocking`, too)."""
+        return self.app.app if isinstance(self.app, Blocking) else self.app
 
     @property
     def hub(self) -> ChangeHub:
