@@ -218,3 +218,26 @@ async def test_aenqueue_and_aget_result() -> None:
         result = await django_tasks.echo.aenqueue("x")
         again = await django_tasks.echo.aget_result(result.id)
     assert again.id == result.id and again.status == TaskResultStatus.READY
+
+
+def test_keyed_submits_on_djangos_connection_find_the_record_holding_the_key() -> None:
+    """A unique task or an idempotency key reads the record that holds it back through
+    Django's connection (whose SQLite cursors parse declared types)."""
+    app = get_app()
+    if "unique-echo" not in app.registry:
+
+        @app.task(name="unique-echo", unique=True)
+        def unique_echo(ctx: Any, payload: dict[str, Any]) -> None:
+            return None
+
+    first = app.sync.submit("unique-echo", {"n": 1}, owner="u9", connection=connection)
+    again = app.sync.submit("unique-echo", {"n": 1}, owner="u9", connection=connection)
+    assert again.id == first.id and again.created_at == first.created_at
+    with transaction.atomic():
+        keyed = app.sync.submit(
+            "unique-echo", {"n": 2}, owner="u9", connection=connection, idempotency_key="k"
+        )
+        same = app.sync.submit(
+            "unique-echo", {"n": 2}, owner="u9", connection=connection, idempotency_key="k"
+        )
+    assert same.id == keyed.id and same.payload == {"n": 2}

@@ -157,7 +157,7 @@ class Operations:
             lambda c: results.extend(self.create(c, tasks, carrier)),
             one_statement=one_statement,
         )
-        records = chosen(tasks, results)
+        records = [f or r for r, f in zip(records, results, strict=True)]
         on_commit(sync_obj, partial(self.submitted, records, results, carrier is not None))
         return records
 

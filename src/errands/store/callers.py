@@ -97,15 +97,28 @@ def on_commit(sync_obj: Any, callback: Callable[[], None]) -> None:
 # -- Django's connection, borrowed --------------------------------------------------------
 class _Borrowed:
     """Django's DB-API connection as SQLAlchemy's pool sees it: everything passes
-    through but ending it. Django owns its transaction and its life."""
+    through but ending it (Django owns its transaction and its life), and its cursors
+    are the driver's own, as on errands' own connections (not Django's wrappers, which
+    rewrite every statement's placeholders)."""
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_cursor", "_raw")
 
-    def __init__(self, raw: Any) -> None:
+    def __init__(self, raw: Any, vendor: str) -> None:
         self._raw = raw
+        if vendor == "sqlite":
+            import sqlite3
+
+            self._cursor: Callable[[], Any] = lambda: sqlite3.Cursor(raw)
+        else:
+            import psycopg
+
+            self._cursor = lambda: psycopg.Cursor(raw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._raw, name)
+
+    def cursor(self) -> Any:
+        return self._cursor()
 
     def commit(self) -> None:
         pass
@@ -119,12 +132,12 @@ class _Borrowed:
 
 _engines: dict[tuple[str, str], Engine] = {}
 _engines_lock = threading.Lock()
-_lent: threading.local = threading.local()
+_lent = threading.local()
 
 
 def _engine_for(vendor: str, alias: str) -> Engine:
     """One SQLAlchemy engine per Django alias, whose "pool" lends the connection Django
-    holds in the calling thread (set in ``_lent.raw`` around each use)."""
+    holds in the calling thread (``_lent.raw`` while it connects)."""
     key = (vendor, alias)
     engine = _engines.get(key)
     if engine is None:
@@ -137,13 +150,29 @@ def _engine_for(vendor: str, alias: str) -> Engine:
                 engine = create_engine(
                     url,
                     **extra,
-                    creator=lambda: _Borrowed(_lent.raw),
+                    creator=lambda: _Borrowed(_lent.raw, vendor),
                     poolclass=NullPool,
                     pool_reset_on_return=None,
                     json_serializer=json_text,
                 )
                 _engines[key] = engine
     return engine
+
+
+def _sqlalchemy_connection(vendor: str, alias: str, raw: Any) -> Connection:
+    """The thread's SQLAlchemy ``Connection`` on Django's ``raw`` connection, made once
+    per raw connection (making one costs more than the insert it serves)."""
+    held: dict[str, tuple[Any, Connection]] = _lent.__dict__.setdefault("held", {})
+    found = held.get(alias)
+    if found is not None and found[0] is raw:
+        return found[1]
+    _lent.raw = raw
+    try:
+        conn = _engine_for(vendor, alias).connect()
+    finally:
+        _lent.raw = None
+    held[alias] = (raw, conn)
+    return conn
 
 
 @contextlib.contextmanager
@@ -163,27 +192,26 @@ def borrowed(django_connection: Any, *, one_statement: bool = False) -> Iterator
         own = False  # autocommit: the one statement is its own transaction
     elif own:
         django_connection.validate_no_broken_transaction()
-    _lent.raw = raw
+    conn = _sqlalchemy_connection(vendor, django_connection.alias, raw)
     try:
-        with _engine_for(vendor, django_connection.alias).connect() as conn:
-            if not own:
-                yield conn
-                return
-            if vendor == "sqlite":
-                from .database import _begin_immediate
+        if not own:
+            yield conn
+            return
+        if vendor == "sqlite":
+            from .database import _begin_immediate
 
-                _begin_immediate(raw)  # Django's connection is in autocommit mode here
-            else:
-                raw.autocommit = False
-            try:
-                yield conn
-            except BaseException:
-                raw.rollback()
-                raise
-            else:
-                raw.commit()
-            finally:
-                if vendor == "postgresql":
-                    raw.autocommit = True
+            _begin_immediate(raw)  # Django's connection is in autocommit mode here
+        else:
+            raw.autocommit = False
+        try:
+            yield conn
+        except BaseException:
+            raw.rollback()
+            raise
+        else:
+            raw.commit()
+        finally:
+            if vendor == "postgresql":
+                raw.autocommit = True
     finally:
-        _lent.raw = None
+        conn.rollback()  # SQLAlchemy's own state only: the proxy's rollback does nothing

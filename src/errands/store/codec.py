@@ -41,9 +41,13 @@ def sqlite_time(value: datetime | None) -> str | None:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def from_sqlite_time(text: str | None) -> datetime | None:
-    """What ``UTCDateTime`` returns for the text it stored on SQLite."""
-    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
+def from_sqlite_time(text: str | datetime | None) -> datetime | None:
+    """What ``UTCDateTime`` returns for the text it stored on SQLite (or for the
+    datetime a connection that parses declared types gave for it: Django's)."""
+    if text is None:
+        return None
+    value = text if isinstance(text, datetime) else datetime.fromisoformat(text)
+    return value.replace(tzinfo=UTC)
 
 
 def from_sqlite_json(raw: Any) -> Any:

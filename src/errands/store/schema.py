@@ -49,6 +49,20 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        parse = super().result_processor(dialect, coltype)
+        if parse is None or dialect.name != "sqlite":
+            return parse
+
+        def process(value: Any) -> Any:
+            # A connection that parses declared types (Django's, borrowed for a
+            # submit in its transaction) gives datetimes, not the text SQLite holds.
+            if isinstance(value, datetime):
+                return self.process_result_value(value, dialect)
+            return parse(value)
+
+        return process
+
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None

@@ -170,19 +170,20 @@ class SQLiteDriver(Driver):
                 [(t.id, name, owner, t.priority, t.run_at, first + i) for i, t in enumerate(tasks)],
             )
             return
-        cur.executemany(
-            _INSERT_JOB,
-            [
-                {
-                    "id": t.id,
-                    "name": t.name,
-                    "owner": t.owner,
-                    "priority": t.priority,
-                    "run_at": t.run_at,
-                }
-                for t in tasks
-            ],
-        )
+        rows = [
+            {
+                "id": t.id,
+                "name": t.name,
+                "owner": t.owner,
+                "priority": t.priority,
+                "run_at": t.run_at,
+            }
+            for t in tasks
+        ]
+        if len(rows) == 1:
+            cur.execute(_INSERT_JOB, rows[0])
+        else:
+            cur.executemany(_INSERT_JOB, rows)
 
     def task_get(self, conn: Connection, task_id: str, owner: str | None) -> TaskRecord | None:
         cur = _cursor(conn)
