@@ -306,6 +306,31 @@ def db_url(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> Ite
     dbs.drop(name)
 
 
+# -- the browser ----------------------------------------------------------------------------
+# The browser tests drive Debian's Chromium (Playwright's own downloads fail here). A
+# browser test module calls ``require_chromium()`` at import (it is skipped where Chromium
+# is not installed; ``make test`` installs it) and takes the module-scoped ``chromium``.
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def require_chromium() -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(
+            "Debian's Chromium (/usr/bin/chromium) is not installed", allow_module_level=True
+        )
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    # Not named ``browser``: pytest-playwright's fixtures would take over.
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
 # -- a private PostgreSQL server ----------------------------------------------------------
 # A test that stops, restarts, kills or pauses PostgreSQL must not do it to the shared
 # server (other tests, possibly in another pytest process, use it at the same moment):

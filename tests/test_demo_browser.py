@@ -33,17 +33,15 @@ from playwright.sync_api import (
     Response,
     Route,
     expect,
-    sync_playwright,
 )
 
 from errands import ANY_OWNER, Status
 from errands.demo import accounts
 from errands.demo.web import Demo, DemoSettings, create_app
-from tests.conftest import eventually
+from tests.conftest import eventually, require_chromium
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parent.parent
 #: Where ``test_screenshots`` writes the README's pictures: ``make screenshots`` sets
 #: ``$ERRANDS_SCREENSHOTS`` to ``docs/screenshots``; other runs write to a temporary
@@ -61,8 +59,7 @@ TASK_URL = re.compile(r"/tasks/([0-9a-f-]{36})$")
 TIMEOUT_MS = 20_000
 FINISHED = ("succeeded", "failed", "cancelled")
 
-if not CHROMIUM.exists():  # `make test` installs it
-    pytest.skip("Debian's Chromium (/usr/bin/chromium) is not installed", allow_module_level=True)
+require_chromium()
 
 expect.set_options(timeout=TIMEOUT_MS)
 
@@ -156,15 +153,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             thread.join(15)
             sock.close()
         assert not thread.is_alive(), "uvicorn did not stop"
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    # Not named ``browser``: pytest-playwright's fixtures would take over.
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 def new_context(browser: Browser, server: Server, **options: Any) -> BrowserContext:

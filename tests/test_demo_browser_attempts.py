@@ -41,9 +41,9 @@ from tests.test_demo_browser import (
 )
 from tests.test_demo_browser import search as search_form
 
-# That module's fixtures, used here by name: the browser, the demo's server (it starts
-# after ``gates`` below) and Alice's signed-in context.
-chromium, server, alice = demo_browser.chromium, demo_browser.server, demo_browser.alice
+# That module's fixtures, used here by name: the demo's server (it starts after
+# ``gates`` below) and Alice's signed-in context (the browser is conftest's).
+server, alice = demo_browser.server, demo_browser.alice
 
 pytestmark = pytest.mark.slow
 

@@ -15,24 +15,22 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from errands import ANY_OWNER, Errands, Status
+from tests.conftest import require_chromium
 from tests.django_site import SiteServer, SiteWorker, manage
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
 PASSWORD = "correct horse battery staple"
 TASK_PAGE = re.compile(r"/count/([0-9a-f-]{36})$")
 TIMEOUT_MS = 20_000
 
-if not CHROMIUM.exists():  # `make test` installs it
-    pytest.skip("Debian's Chromium (/usr/bin/chromium) is not installed", allow_module_level=True)
+require_chromium()
 
 expect.set_options(timeout=TIMEOUT_MS)
 
@@ -68,15 +66,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     finally:
         worker.close()
         server.close()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    # Not named ``browser``: pytest-playwright's fixtures would take over.
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 def signed_in(browser: Browser, site: Site, name: str) -> BrowserContext:

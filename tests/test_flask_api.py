@@ -37,7 +37,15 @@ from errands.ids import new_task_id
 from errands.web.hub import ChangeHub, hub_for
 from tests.apps.web import install
 from tests.conftest import FAST, LiveServer, eventually
-from tests.test_web_api import BAD_SUBMITS, TASK_ENDPOINTS, assert_problem, counts, rows
+from tests.test_web_api import (
+    BAD_SUBMITS,
+    TASK_ENDPOINTS,
+    assert_401_everywhere,
+    assert_problem,
+    counts,
+    rows,
+    submit,
+)
 from tests.test_web_live import Event, iter_sse
 
 PROBLEM = "application/problem+json"
@@ -110,13 +118,6 @@ def flask_serve(app: Errands) -> Iterator[Serve]:
     yield start
     for server in servers:
         server.stop()
-
-
-def submit(c: httpx.Client, name: str, payload: Any = None, **extra: Any) -> dict[str, Any]:
-    r = c.post("/api/tasks", json={"name": name, "payload": payload, **extra})
-    assert r.status_code == 202, r.text
-    doc: dict[str, Any] = r.json()
-    return doc
 
 
 def work(app: Errands) -> None:
@@ -329,21 +330,7 @@ def test_no_identity_is_401_everywhere(flask_serve: Serve, app: Errands) -> None
         tid = submit(alice, "steps", {"steps": 1})["id"]
     written = counts(app)
     with server.client(None) as anonymous:
-        bodies = set()
-        for method, path, headers in [
-            ("POST", "/tasks", {}),
-            ("GET", "/tasks", {}),
-            ("GET", "/events", {}),
-            *TASK_ENDPOINTS,
-        ]:
-            for task_id in (tid, new_task_id()):
-                kwargs: dict[str, Any] = {"headers": headers}
-                if method == "POST" and path == "/tasks":
-                    kwargs["json"] = {"name": "steps"}
-                r = anonymous.request(method, "/api" + path.format(id=task_id), **kwargs)
-                assert_problem(r, 401)
-                bodies.add(r.content)
-        assert len(bodies) == 1
+        assert_401_everywhere(anonymous, tid)
     assert counts(app) == written
 
 

@@ -19,21 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, expect
 
 from errands.ids import new_task_id
-from tests.conftest import ROOT, WorkerProcess, eventually
+from tests.conftest import ROOT, WorkerProcess, eventually, require_chromium
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
 BIN = Path(sys.executable).parent  # the virtual environment's, with `flask` and `errands`
 TIMEOUT_MS = 20_000
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
 TASK_URL = re.compile(r"/tasks/([0-9a-f-]{36})$")
 
-if not CHROMIUM.exists():  # `make test` installs it
-    pytest.skip("Debian's Chromium (/usr/bin/chromium) is not installed", allow_module_level=True)
+require_chromium()
 
 expect.set_options(timeout=TIMEOUT_MS)
 
@@ -75,14 +73,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         server.terminate()
         server.wait(10)
         worker.close()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 def signed_in(browser: Browser, site: Site, user: str) -> BrowserContext:

@@ -699,27 +699,32 @@ def test_huge_header_is_refused_and_writes_nothing(
         assert c.get("/api/tasks", headers={"X-Padding": "a" * 8000}).status_code == 200
 
 
+def assert_401_everywhere(anonymous: httpx.Client, tid: str) -> None:
+    """Every endpoint, for task ``tid`` and for a missing one, answers the one 401."""
+    bodies = set()
+    for method, path, headers in [
+        ("POST", "/tasks", {}),
+        ("GET", "/tasks", {}),
+        ("GET", "/events", {}),
+        *TASK_ENDPOINTS,
+    ]:
+        for task_id in (tid, new_task_id()):
+            kwargs: dict[str, Any] = {"headers": headers}
+            if method == "POST" and path == "/tasks":
+                kwargs["json"] = {"name": "steps"}
+            r = anonymous.request(method, "/api" + path.format(id=task_id), **kwargs)
+            assert_problem(r, 401)
+            bodies.add(r.content)
+    assert len(bodies) == 1  # one answer, whatever was asked
+
+
 def test_no_identity_is_401_everywhere(serve: Callable[..., LiveServer], app: Errands) -> None:
     server = serve()
     with client(server, "alice") as alice:
         tid = submit(alice, "steps", {"steps": 1})["id"]
     written = counts(app)
     with client(server, None) as anonymous:
-        bodies = set()
-        for method, path, headers in [
-            ("POST", "/tasks", {}),
-            ("GET", "/tasks", {}),
-            ("GET", "/events", {}),
-            *TASK_ENDPOINTS,
-        ]:
-            for task_id in (tid, new_task_id()):
-                kwargs: dict[str, Any] = {"headers": headers}
-                if method == "POST" and path == "/tasks":
-                    kwargs["json"] = {"name": "steps"}
-                r = anonymous.request(method, "/api" + path.format(id=task_id), **kwargs)
-                assert_problem(r, 401)
-                bodies.add(r.content)
-        assert len(bodies) == 1  # one answer, whatever was asked
+        assert_401_everywhere(anonymous, tid)
         r = anonymous.post("/api/tasks", json={"name": "steps"}, headers={"X-User": ""})
         assert_problem(r, 401)
     messages, code = ws_exchange(f"{server.ws_url}/tasks/{tid}/ws", None)

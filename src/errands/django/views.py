@@ -45,7 +45,6 @@ from ..web.protocol import (
     problem_reply,
     too_large,
 )
-from ..web.ratelimit import SubmitLimiter
 from .conf import get_app, settings
 
 _protocol: TaskProtocol | None = None
@@ -70,15 +69,7 @@ def protocol() -> TaskProtocol:
                 unknown = set(options) - _API_OPTIONS
                 if unknown:
                     raise ValueError(f"settings.ERRANDS['API']: unknown keys {sorted(unknown)}")
-                rate = options.pop("submit_rate", 2.0)
-                burst = options.pop("submit_burst", 30)
-                _protocol = TaskProtocol(
-                    get_app(),
-                    limiter=SubmitLimiter(rate, burst) if rate else None,
-                    body_limit=options.pop("max_body_bytes", 0) or 0,
-                    ws=False,
-                    **options,
-                )
+                _protocol = TaskProtocol.configured(get_app(), ws=False, **options)
     return _protocol
 
 

@@ -44,7 +44,6 @@ from ..web.protocol import (
     run_blocking,
     too_large,
 )
-from ..web.ratelimit import SubmitLimiter
 from .loop import loop_for
 
 #: ``current_owner`` and ``is_admin`` take Flask's request (they run in the request's
@@ -95,10 +94,11 @@ def task_blueprint(
     Besides the API, the blueprint serves ``<errands-task>``'s script as
     ``errands-task.js``.
     """
-    protocol = TaskProtocol(
+    protocol = TaskProtocol.configured(
         app,
-        limiter=SubmitLimiter(submit_rate, submit_burst) if submit_rate else None,
-        body_limit=max_body_bytes or 0,
+        submit_rate=submit_rate,
+        submit_burst=submit_burst,
+        max_body_bytes=max_body_bytes,
         poll_interval=poll_interval,
         keepalive=keepalive,
         delete_wait=delete_wait,

@@ -46,7 +46,6 @@ from .protocol import (
     problem_reply,
     too_large,
 )
-from .ratelimit import SubmitLimiter
 from .resources import OutputPage, TaskPage, TaskResource
 from .streams import MAX_INT, race, until_disconnected
 
@@ -170,10 +169,11 @@ def task_api(
     Tasks registered before this call appear in ``/openapi.json`` with their payload
     schemas; tasks registered later are accepted but not documented.
     """
-    protocol = TaskProtocol(
+    protocol = TaskProtocol.configured(
         app,
-        limiter=SubmitLimiter(submit_rate, submit_burst) if submit_rate else None,
-        body_limit=max_body_bytes or 0,
+        submit_rate=submit_rate,
+        submit_burst=submit_burst,
+        max_body_bytes=max_body_bytes,
         poll_interval=poll_interval,
         keepalive=keepalive,
         delete_wait=delete_wait,

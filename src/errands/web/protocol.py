@@ -312,6 +312,32 @@ class TaskProtocol:
         if not self.body_limit:
             self.body_limit = self.app.max_payload_bytes + 16384
 
+    @classmethod
+    def configured(
+        cls,
+        app: Errands,
+        *,
+        submit_rate: float | None = 2.0,
+        submit_burst: int = 30,
+        max_body_bytes: int | None = None,
+        poll_interval: float = 1.0,
+        keepalive: float = 15.0,
+        delete_wait: float = 10.0,
+        ws: bool = True,
+    ) -> TaskProtocol:
+        """The API from the options every adapter takes (``task_api``'s): a per-owner
+        submit rate (``None``: no limit), the largest body (default: the payload limit
+        plus 16 KiB), and the timings."""
+        return cls(
+            app,
+            limiter=SubmitLimiter(submit_rate, submit_burst) if submit_rate else None,
+            body_limit=max_body_bytes or 0,
+            poll_interval=poll_interval,
+            keepalive=keepalive,
+            delete_wait=delete_wait,
+            ws=ws,
+        )
+
     @property
     def errands(self) -> Errands:
         """The errands app (under :class:`Blocking`, too)."""
