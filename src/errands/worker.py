@@ -602,6 +602,21 @@ class Worker:
 
     # -- running -----------------------------------------------------------------------
     def _start(self, job: Claimed, leased_at: float) -> None:
+        late = time.monotonic() - leased_at
+        if late > self.settings.fence_after:
+            # The fence's rule, at the start: this process was paused between the claim
+            # and now, and the lease may have run out; another worker may already run
+            # the task. Do not start it (the fence would stop it, but only after the two
+            # had overlapped): the lease lapses and the reaper queues the task again.
+            log.warning(
+                "worker %s: the claim of task %s is %.1f s old; not starting it",
+                self.id,
+                job.task_id,
+                late,
+            )
+            if job.task_id not in self._running:
+                self.source.attempt_over(job.task_id)
+            return
         definition = self.runtime.registry.get(job.name)
         ctx = TaskContext(
             task_id=job.task_id,
