@@ -131,15 +131,10 @@ _ONE_GROUP_WITH_TURNS = (
     f"INSERT INTO errands_job ({_JOB_COLUMNS}, turn) SELECT {_X_JOBS}, "
     f"{_ONE_GROUP_TURN} + x.ord - 1 FROM x",
 )
-# One task (a submit): plain values.
-_ONE = (
-    [
-        f"new_records AS (INSERT INTO errands_task ({_TASK_COLUMNS}) VALUES (%s, %s, %s, %s, "
-        "'queued', 0, %s, %s, %s, false, 1, %s, %s))"
-    ],
-    f"INSERT INTO errands_job ({_JOB_COLUMNS}, turn) VALUES (%s, %s, %s, %s, %s, "
-    f"{_ONE_GROUP_TURN})",
-)
+# One task (a submit): a call of the function ``errands_submit_one`` (migration 0008),
+# the same insert and turn rule as a statement PostgreSQL plans once per session, not
+# on every submit (Django's connections, for one, never prepare statements).
+_SUBMIT_ONE = "SELECT errands_submit_one(%s, %s, %s, %s::json, %s, %s, %s, %s, %s, %s::json)"
 
 
 @functools.cache
@@ -155,7 +150,6 @@ def _statement(parts: str, *, carried: int = 0) -> str:
 
 
 _PARTS = {
-    "one": _ONE,
     "records": ([_X, _NEW_RECORDS, *_JOBS_WITH_TURNS[0][1:]], _JOBS_WITH_TURNS[1]),
     "records, one group": ([_X, _NEW_RECORDS], _ONE_GROUP_WITH_TURNS[1]),
     "jobs": _JOBS_WITH_TURNS,
@@ -387,16 +381,15 @@ class PostgresDriver(Driver):
         """New records and their jobs, in one statement (with the carrier's messages)."""
         if not tasks:
             return
-        notes = [] if carrier is None else [v for m in carrier.messages for v in m]
-        carried = len(notes) // 2
+        messages = () if carrier is None else carrier.messages
         if len(tasks) == 1:
             t = tasks[0]
             stamp, run = utc(t.created_at), utc(t.run_at)
-            record = [t.id, t.owner, t.name, t.payload_json, t.max_attempts, t.priority]
-            job = [t.id, t.name, t.owner, t.priority, t.run_at, t.owner, t.name, t.name]
-            sql = _statement("one", carried=carried)
-            _cursor(conn).execute(sql, [*record, run, stamp, stamp, *job, *notes])
+            params = [t.id, t.owner, t.name, t.payload_json, t.max_attempts, t.priority, run]
+            _cursor(conn).execute(_SUBMIT_ONE, [*params, stamp, t.run_at, json.dumps(messages)])
             return
+        notes = [v for m in messages for v in m]
+        carried = len(notes) // 2
         group = _one_group(tasks)
         if group is None:
             sql = _statement("records", carried=carried)
