@@ -3,7 +3,7 @@
 The public API is what this module exports; everything else is internal.
 """
 
-from .app import ANY_OWNER, Errands, SyncErrands
+from .app import ANY_OWNER, SYSTEM_OWNER, Errands, SyncErrands
 from .context import TaskContext
 from .errors import (
     ConfigurationError,
@@ -11,9 +11,11 @@ from .errors import (
     ErrandsError,
     IdempotencyConflict,
     InvalidPayload,
+    InvalidSchedule,
     InvalidTransition,
     PayloadTooLarge,
     Retry,
+    ScheduleNotFound,
     StorageFull,
     TaskCancelled,
     TaskFailed,
@@ -22,7 +24,16 @@ from .errors import (
     UnknownTask,
     WaitTimeout,
 )
-from .records import OutputPage, Page, Progress, Status, TaskError, TaskEvent, TaskRecord
+from .records import (
+    OutputPage,
+    Page,
+    Progress,
+    Schedule,
+    Status,
+    TaskError,
+    TaskEvent,
+    TaskRecord,
+)
 from .registry import TaskDefinition
 from .worker import Worker, WorkerSettings
 
@@ -30,18 +41,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANY_OWNER",
+    "SYSTEM_OWNER",
     "ConfigurationError",
     "DatabaseUnavailable",
     "Errands",
     "ErrandsError",
     "IdempotencyConflict",
     "InvalidPayload",
+    "InvalidSchedule",
     "InvalidTransition",
     "OutputPage",
     "Page",
     "PayloadTooLarge",
     "Progress",
     "Retry",
+    "Schedule",
+    "ScheduleNotFound",
     "Status",
     "StorageFull",
     "SyncErrands",

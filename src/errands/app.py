@@ -32,9 +32,11 @@ from .errors import ConfigurationError, WaitTimeout
 from .events import Notifier, notifier_for
 from .observers import Observers
 from .operations import ANY_OWNER, Operations, chosen, list_args, owner_filter, task_scope
+from .owners import owner_of
 from .records import OutputPage, Page, Status, TaskRecord
 from .registry import (
     Backoff,
+    DeclaredSchedule,
     Executor,
     Registry,
     TaskDefinition,
@@ -42,6 +44,15 @@ from .registry import (
     make_definition,
 )
 from .runtime import Runtime
+from .schedules.service import (
+    DEFAULT_MAX_PER_OWNER,
+    DEFAULT_MIN_INTERVAL,
+    ScheduleLimits,
+    ScheduleOperations,
+    Schedules,
+    SyncSchedules,
+)
+from .schedules.timing import timing
 from .store.callers import is_async_caller, on_commit, run_in_caller
 from .store.database import Database
 from .store.values import NewTask
@@ -55,6 +66,19 @@ __all__ = ["ANY_OWNER", "Errands", "SyncErrands", "owner_filter", "task_scope"]
 
 
 DEFAULT_MAX_PAYLOAD = 256 * 1024
+#: The owner of schedules declared in code unless they name one.
+SYSTEM_OWNER = "system"
+
+
+def _schedule_limits(min_interval: timedelta | float, max_per_owner: int | None) -> ScheduleLimits:
+    seconds = min_interval.total_seconds() if isinstance(min_interval, timedelta) else min_interval
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise ConfigurationError("min_schedule_interval must be a timedelta or seconds, >= 0")
+    if max_per_owner is not None and (
+        isinstance(max_per_owner, bool) or not isinstance(max_per_owner, int) or max_per_owner < 1
+    ):
+        raise ConfigurationError("max_schedules_per_owner must be a positive integer or None")
+    return ScheduleLimits(float(seconds), max_per_owner)
 
 
 def _slice(record: TaskRecord, poll: float, deadline: float | None, now: float) -> float:
@@ -85,8 +109,11 @@ class Errands:
         max_running_per_owner: int | None = None,
         blob_store: BlobStore | str | os.PathLike[str] | None = None,
         blob_threshold: int = DEFAULT_THRESHOLD,
+        min_schedule_interval: timedelta | float = timedelta(seconds=DEFAULT_MIN_INTERVAL),
+        max_schedules_per_owner: int | None = DEFAULT_MAX_PER_OWNER,
     ) -> None:
         check_running_cap(max_running_per_owner)
+        limits = _schedule_limits(min_schedule_interval, max_schedules_per_owner)
         if isinstance(blob_threshold, bool) or not isinstance(blob_threshold, int):
             raise ConfigurationError("blob_threshold must be a number of bytes")
         db = Database(database_url, pool_size=pool_size)
@@ -120,8 +147,12 @@ class Errands:
         engine.attach(self.runtime)
         self.max_payload_bytes = max_payload_bytes
         self._ops = Operations(self.runtime, engine)
+        schedule_ops = ScheduleOperations(self.runtime, limits, max_payload_bytes)
+        #: Users' schedules (owner-scoped, like tasks): create, list, get, pause,
+        #: resume, delete. See :meth:`schedule` for schedules declared in code.
+        self.schedules = Schedules(schedule_ops)
         self.watchers = Watchers(self.runtime.notifier)
-        self.sync = SyncErrands(self)
+        self.sync = SyncErrands(self, SyncSchedules(schedule_ops))
         #: Views across every owner, for administrators (see ``errands.admin``).
         self.admin = Admin(self.runtime)
 
@@ -210,6 +241,44 @@ class Errands:
             return definition
 
         return register(fn) if fn is not None else register
+
+    def schedule(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        owner: str = SYSTEM_OWNER,
+        timezone: str = "UTC",
+        key: str | None = None,
+    ) -> DeclaredSchedule:
+        """Declare, beside the task, a schedule that creates a task of ``name`` with
+        ``payload`` on every tick of ``cron`` (five fields, read in ``timezone``) or
+        every ``every`` (a ``timedelta`` or seconds), owned by ``owner``.
+
+        Workers write the declared schedules to the database when they start (and
+        every few seconds): a schedule removed from the code stops once no worker
+        runs code that declares it, a changed one takes effect once every live worker
+        declares it so (during a deploy the old definition stays). ``key`` names the
+        schedule (default: the task's name); give one to each schedule of one task.
+        Not subject to the limits on users' schedules."""
+        definition = self.registry.get(name)
+        when = timing(cron, every, timezone)
+        _, stored, _ = definition.parse(payload)
+        declared = DeclaredSchedule(
+            key=name if key is None else key,
+            name=name,
+            payload=stored,
+            owner=owner_of(owner),
+            cron=when.cron,
+            every=when.every,
+            timezone=when.timezone,
+        )
+        if not isinstance(declared.key, str) or not 1 <= len(declared.key) <= 255:
+            raise ConfigurationError("a schedule's key must be a string of 1 to 255 characters")
+        self.registry.declare(declared)
+        return declared
 
     def running_caps(self, names: Sequence[str]) -> dict[str, int]:
         """Task name → how many of one owner's tasks of that name may run at once, for
@@ -395,9 +464,11 @@ class Errands:
 class SyncErrands:
     """The same operations for synchronous code: ``app.sync.submit(...)``."""
 
-    def __init__(self, app: Errands) -> None:
+    def __init__(self, app: Errands, schedules: SyncSchedules) -> None:
         self._app = app
         self._ops = app._ops
+        #: Users' schedules, as ``app.schedules`` for synchronous code.
+        self.schedules = schedules
 
     def submit(
         self,

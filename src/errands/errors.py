@@ -55,6 +55,22 @@ class TaskNotFound(ErrandsError, LookupError):
     # must look exactly like one that does not exist.
 
 
+class ScheduleNotFound(ErrandsError, LookupError):
+    """Schedule not found."""
+
+    # As for tasks: someone else's schedule looks exactly like a missing one.
+
+
+class InvalidSchedule(ErrandsError, ValueError):
+    """The schedule is not valid."""
+
+    def __init__(self, field: str, message: str) -> None:
+        #: The argument (or JSON field) at fault: "cron", "every", "timezone", "name",
+        #: "payload", "owner" or "schedules" (the owner's limit).
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
 class IdempotencyConflict(ErrandsError):
     """This idempotency key was used before for a different request (another task
     name or payload)."""

@@ -22,35 +22,17 @@ from sqlalchemy import Connection
 
 from .errors import IdempotencyConflict, InvalidTransition, TaskNotFound
 from .ids import is_task_id
+from .owners import ANY_OWNER, owner_filter
 from .records import BlobRef, Change, OutputPage, Page, Status, TaskRecord
 from .runtime import Publisher, Runtime
 from .store.callers import on_commit, run_in_caller_sync
 from .store.codec import utc
 from .store.database import database_errors
-from .store.values import Carrier, NewTask
-from .submission import record_of
+from .store.values import Carrier, NewTask, record_of
 
 V = TypeVar("V")
 
-
-class _AnyOwner:
-    def __repr__(self) -> str:
-        return "ANY_OWNER"
-
-
-#: Pass as ``owner=`` from administrative code to act on every owner's tasks.
-ANY_OWNER: Any = _AnyOwner()
-
-
-def owner_filter(owner: object) -> str | None:
-    """The owner to put in a query: a user's id, or None for :data:`ANY_OWNER`."""
-    if owner is ANY_OWNER:
-        return None
-    if not isinstance(owner, str) or not owner:
-        raise ValueError("owner must be a non-empty string (or ANY_OWNER for admin code)")
-    if "\x00" in owner:
-        raise ValueError("owner must not contain NUL characters")
-    return owner
+__all__ = ["ANY_OWNER", "Operations", "owner_filter", "task_scope"]
 
 
 def task_scope(task_id: object, owner: object) -> str | None:
@@ -118,19 +100,8 @@ class Operations:
         """Tell the engine and the live views of the records a commit created: those of
         a submit's ``records`` for which no record holding the key was ``found``.
         ``carried``: the insert carried the notifications (see ``Notifier.carrier``)."""
-        records = [r for r, f in zip(records, found, strict=True) if f is None]
-        if not records:
-            return
-        observers, notifier = self.runtime.observers, self.runtime.notifier
-        for record in records:
-            observers.emit("submitted", record.id, record.name, record.status, None)
-        if carried:
-            if not self.engine.hinted:
-                self.engine.queued([(r.id, r.run_at.timestamp()) for r in records])
-            return
-        with notifier.batch():  # both hints in one round trip
-            self.engine.queued([(r.id, r.run_at.timestamp()) for r in records])
-            notifier.publish_changes([Change.of(r) for r in records])
+        created = [r for r, f in zip(records, found, strict=True) if f is None]
+        self.runtime.announce(created, carried=carried)
 
     def submit(self, tasks: Sequence[NewTask], connection: Any = None) -> list[TaskRecord]:
         """Write new records (or find the ones holding their keys): per task, its record

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic_core import to_jsonable_python
@@ -124,6 +124,9 @@ class TaskRecord:
     #: The task's output is its current attempt's items, whose sequence numbers are
     #: above this (0 until a task runs a second time; see "Attempts" in the README).
     output_floor: int = 0
+    #: A task a schedule created: the schedule's id and the tick it was created for.
+    schedule_id: str | None = None
+    scheduled_for: datetime | None = None
 
     @property
     def done(self) -> bool:
@@ -141,6 +144,30 @@ class TaskRecord:
         if elapsed <= 0:
             return None
         return round(elapsed * (p.total - p.current) / p.current, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A schedule: a task of ``name`` with ``payload`` created for ``owner`` on every
+    tick of ``cron`` (in ``timezone``) or every ``every``. Schedules declared in code
+    (``app.schedule``) have a ``code_key``; users' schedules have none."""
+
+    id: str
+    owner: str
+    name: str
+    payload: Any
+    cron: str | None
+    every: timedelta | None
+    timezone: str
+    paused: bool
+    #: The next tick (None while paused).
+    next_run_at: datetime | None
+    #: The task the last tick created, and that tick.
+    last_task_id: str | None
+    last_run_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    code_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

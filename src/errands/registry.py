@@ -3,7 +3,9 @@ options (``@app.task``)."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import math
 import random
 from collections.abc import Callable
@@ -15,7 +17,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
 from .errors import ConfigurationError, InvalidPayload, UnknownTask
+from .ids import new_task_id
 from .store.codec import json_text
+from .store.values import NewTask
 
 Executor = Literal["async", "thread", "process"]
 
@@ -87,6 +91,42 @@ class TaskDefinition:
             raise InvalidPayload("invalid payload: " + "; ".join(parts), errors) from None
         stored = model.model_dump(mode="json")
         return model, stored, json_text(stored)
+
+    def new_task(
+        self,
+        stored: Any,
+        text: str,
+        *,
+        owner: str,
+        now: float,
+        run_at: float,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        tick: tuple[str, float] | None = None,
+    ) -> NewTask:
+        """The task a submit (or a schedule's ``tick``: its id and time) creates with
+        the checked payload ``stored`` (``text``: its JSON)."""
+        digest = None
+        if idempotency_key is not None or self.unique:
+            digest = hashlib.sha256(
+                json.dumps([self.name, stored], sort_keys=True, separators=(",", ":")).encode()
+            ).hexdigest()
+        return NewTask(
+            id=new_task_id(now),
+            owner=owner,
+            name=self.name,
+            payload=stored,
+            payload_json=text,
+            max_attempts=self.max_attempts,
+            priority=self.priority if priority is None else priority,
+            run_at=run_at,
+            created_at=now,
+            idempotency_key=idempotency_key,
+            request_hash=digest if idempotency_key is not None else None,
+            unique_key=digest if self.unique else None,
+            schedule_id=None if tick is None else tick[0],
+            scheduled_for=None if tick is None else tick[1],
+        )
 
     def load(self, stored: Any) -> Any:
         """The function's payload argument from the stored JSON."""
@@ -171,9 +211,32 @@ def check_running_cap(cap: object) -> None:
         raise ConfigurationError("max_running_per_owner must be a positive integer or None")
 
 
+@dataclass(frozen=True, slots=True)
+class DeclaredSchedule:
+    """A schedule declared in code (``app.schedule``), with its payload checked."""
+
+    key: str
+    name: str
+    payload: Any
+    owner: str
+    cron: str | None
+    every: float | None
+    timezone: str
+
+
 class Registry:
     def __init__(self) -> None:
         self._tasks: dict[str, TaskDefinition] = {}
+        #: Schedules declared in code, by key (workers write them to the database).
+        self.schedules: dict[str, DeclaredSchedule] = {}
+
+    def declare(self, schedule: DeclaredSchedule) -> None:
+        if schedule.key in self.schedules:
+            raise ConfigurationError(
+                f"a schedule with key {schedule.key!r} is already declared "
+                "(give each schedule of one task its own key=)"
+            )
+        self.schedules[schedule.key] = schedule
 
     def add(self, definition: TaskDefinition) -> None:
         if definition.name in self._tasks:

@@ -17,6 +17,7 @@ from typing import Protocol
 from .blobs import Blobs
 from .events.notifier import Notifier
 from .observers import Observers
+from .records import Change, TaskRecord
 from .registry import Registry
 from .store.codec import utc
 from .store.database import Database
@@ -91,6 +92,23 @@ class Runtime:
             if n < size:
                 break
         return total
+
+    def announce(self, records: Sequence[TaskRecord], *, carried: bool = False) -> None:
+        """Tell the observers, the engine and the live views of records a commit
+        created. ``carried``: the insert carried the notifications (see
+        ``Notifier.carrier``)."""
+        if not records:
+            return
+        for record in records:
+            self.observers.emit("submitted", record.id, record.name, record.status, None)
+        jobs = [(r.id, r.run_at.timestamp()) for r in records]
+        if carried:
+            if not self.publisher.hinted:
+                self.publisher.queued(jobs)
+            return
+        with self.notifier.batch():  # both hints in one round trip
+            self.publisher.queued(jobs)
+            self.notifier.publish_changes([Change.of(r) for r in records])
 
     def on_close(self, closer: Callable[[], None]) -> None:
         """Call ``closer`` when the app closes (for parts made on demand, like a hub)."""

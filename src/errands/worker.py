@@ -49,6 +49,7 @@ from .context import TaskContext
 from .maintenance import Maintenance
 from .records import Change, Status, storable_text
 from .runtime import Runtime
+from .schedules.ticker import Ticker, declarations
 from .store.codec import utc
 from .store.database import is_unavailable, log_failure
 from .store.values import Carrier, Claimed, Outcome, Report
@@ -256,6 +257,7 @@ class Worker:
                 "process_key": liveness.process_key(),
                 "names": self.names,
                 "concurrency": self.settings.concurrency,
+                "schedules": declarations(runtime),
                 "started_at": utc(time.time()),
                 "seen_at": utc(time.time()),
             },
@@ -285,6 +287,16 @@ class Worker:
             asyncio.create_task(self._fence_loop(), name="errands-fence"),
             asyncio.create_task(maintenance.run(), name="errands-maintenance"),
             asyncio.create_task(self._flush_loop(), name="errands-flush"),
+            asyncio.create_task(
+                Ticker(
+                    runtime,
+                    self.id,
+                    self.names,
+                    poll_interval=s.poll_interval,
+                    alive_within=2 * s.lease_seconds,
+                ).run(),
+                name="errands-schedules",
+            ),
         ]
         log.info("worker %s started: %s", self.id, ", ".join(self.names))
         try:

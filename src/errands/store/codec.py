@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..records import BlobRef, Progress, Status, TaskError, TaskRecord
+from ..records import BlobRef, Progress, Schedule, Status, TaskError, TaskRecord
 
 
 def utc(ts: float) -> datetime:
@@ -83,4 +83,28 @@ def record(m: Mapping[Any, Any]) -> TaskRecord:
         expires_at=m["expires_at"],
         error_detail=m["error_detail"],
         output_floor=m["output_floor"],
+        schedule_id=m["schedule_id"],
+        scheduled_for=m["scheduled_for"],
+    )
+
+
+def schedule(m: Mapping[Any, Any]) -> Schedule:
+    """A schedule from a row's columns (read through SQLAlchemy)."""
+    every = m["every_seconds"]
+    next_run_at = m["next_run_at"]
+    return Schedule(
+        id=m["id"],
+        owner=m["owner"],
+        name=m["name"],
+        payload=m["payload"],
+        cron=m["cron"],
+        every=None if every is None else timedelta(seconds=every),
+        timezone=m["timezone"],
+        paused=bool(m["paused"]),
+        next_run_at=None if next_run_at is None else utc(next_run_at),
+        last_task_id=m["last_task_id"],
+        last_run_at=m["last_run_at"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        code_key=m["code_key"],
     )

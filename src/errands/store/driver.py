@@ -68,16 +68,17 @@ from sqlalchemy import (
     update,
 )
 
-from ..records import CANCELLED_ERROR, BlobRef, Change, Status, TaskError, TaskRecord
+from ..records import CANCELLED_ERROR, BlobRef, Change, Schedule, Status, TaskError, TaskRecord
 from . import codec
 from .codec import utc
-from .schema import job_table, output_table, task_table, worker_table
+from .schema import job_table, output_table, schedule_table, task_table, worker_table
 from .values import Carrier, Claimed, NewTask, Outcome, OutputItem, Report
 
 T = task_table.c
 J = job_table.c
 OUT = output_table.c
 W = worker_table.c
+S = schedule_table.c
 
 #: The largest output sequence number (``errands_output.seq`` is a 32-bit integer).
 MAX_SEQ = 2**31 - 1
@@ -107,6 +108,11 @@ def _owned(task_id: str, owner: str | None) -> Any:
     return and_(T.id == task_id, *_of(owner))
 
 
+def _scheduled_by(owner: str | None) -> tuple[Any, ...]:
+    """The WHERE terms that keep a schedule query to ``owner``'s (none for any owner)."""
+    return () if owner is None else (S.owner == owner,)
+
+
 def _change(row: Any) -> Change:
     return Change(row[0], row[1], row[2], Status(row[3]))
 
@@ -134,10 +140,12 @@ def task_row(task: NewTask) -> dict[str, Any]:
         "created_at": stamp,
         "updated_at": stamp,
     }
-    for key in ("idempotency_key", "request_hash", "unique_key"):
+    for key in ("idempotency_key", "request_hash", "unique_key", "schedule_id"):
         value = getattr(task, key)
         if value is not None:
             row[key] = value
+    if task.scheduled_for is not None:
+        row["scheduled_for"] = utc(task.scheduled_for)
     return row
 
 
@@ -230,6 +238,14 @@ class Driver(abc.ABC):
                 holder = conn.execute(
                     select(task_table).where(
                         T.owner == task.owner, T.idempotency_key == task.idempotency_key
+                    )
+                ).first()
+            if holder is None and task.schedule_id is not None:
+                assert task.scheduled_for is not None
+                holder = conn.execute(
+                    select(task_table).where(
+                        T.schedule_id == task.schedule_id,
+                        T.scheduled_for == utc(task.scheduled_for),
                     )
                 ).first()
             if holder is None and task.unique_key is not None:
@@ -855,9 +871,153 @@ class Driver(abc.ABC):
             touched.append(row.task_id)
         return self.task_changes(conn, touched)
 
-    def _locking_skip(self, query: Any) -> Any:
-        """``query`` locking the job rows it reads, passing over rows others hold."""
+    def _locking_skip(self, query: Any, of: Any = job_table) -> Any:
+        """``query`` locking the rows of ``of`` it reads, passing over rows others hold."""
         return query
+
+    # == schedules ===========================================================================
+    # Owner-scoped like the task records: ``owner`` None means any owner (admin code).
+    def schedule_insert(self, conn: Connection, row: Mapping[str, Any], limit: int | None) -> bool:
+        """Insert a schedule, unless its owner already has ``limit`` schedules (then
+        nothing is written: False). Creates of one owner take turns until commit, so
+        concurrent ones cannot pass the limit together."""
+        if limit is not None:
+            self._serialize_owner(conn, row["owner"])
+            held = conn.execute(
+                select(func.count())
+                .select_from(schedule_table)
+                .where(S.owner == row["owner"], S.code_key.is_(None))
+            ).scalar_one()
+            if held >= limit:
+                return False
+        conn.execute(insert(schedule_table).values(dict(row)))
+        return True
+
+    def _serialize_owner(self, conn: Connection, owner: str) -> None:
+        """Make this owner's schedule creates take turns until this transaction ends.
+        SQLite's writers take turns already."""
+        return None
+
+    def schedule_get(
+        self, conn: Connection, schedule_id: str, owner: str | None
+    ) -> Schedule | None:
+        query = select(schedule_table).where(S.id == schedule_id, *_scheduled_by(owner))
+        row = conn.execute(query).first()
+        return None if row is None else codec.schedule(row._mapping)
+
+    def schedule_list(
+        self, conn: Connection, owner: str | None, limit: int, after: str | None
+    ) -> list[Schedule]:
+        """The owner's schedules (every owner's, for None) in id order (oldest first),
+        ``limit`` of them after the id ``after``."""
+        query = select(schedule_table).where(*_scheduled_by(owner))
+        if after is not None:
+            query = query.where(S.id > after)
+        rows = conn.execute(query.order_by(S.id).limit(limit))
+        return [codec.schedule(r._mapping) for r in rows]
+
+    def schedule_set_paused(
+        self,
+        conn: Connection,
+        schedule_id: str,
+        owner: str | None,
+        paused: bool,
+        next_run_at: Callable[[Schedule], float | None],
+        now: datetime,
+    ) -> Schedule | None:
+        """Pause or resume a schedule (a change only if it is not so already): paused,
+        it has no next tick; resumed, its next tick is ``next_run_at(schedule)``. The
+        schedule after the change; None when there is no such schedule (for this
+        owner)."""
+        found = self.schedule_get(conn, schedule_id, owner)
+        if found is None or found.paused == paused:
+            return found
+        conn.execute(
+            update(schedule_table)
+            .where(S.id == schedule_id)
+            .values(
+                paused=paused,
+                next_run_at=None if paused else next_run_at(found),
+                updated_at=now,
+            )
+        )
+        return self.schedule_get(conn, schedule_id, owner)
+
+    def schedule_delete(self, conn: Connection, schedule_id: str, owner: str | None) -> bool:
+        """Delete a schedule (the tasks it created stay). False: no such schedule."""
+        query = delete(schedule_table).where(S.id == schedule_id, *_scheduled_by(owner))
+        return bool(conn.execute(query).rowcount)
+
+    def schedule_next_due(self, conn: Connection, names: Sequence[str]) -> float | None:
+        """The earliest next tick among running schedules of ``names``."""
+        query = select(func.min(S.next_run_at)).where(S.paused.is_(False), S.name.in_(list(names)))
+        return conn.execute(query).scalar()
+
+    def schedule_due(
+        self, conn: Connection, names: Sequence[str], now: float, limit: int
+    ) -> list[tuple[Schedule, float]]:
+        """Up to ``limit`` running schedules of ``names`` whose next tick is due, each
+        with that tick as stored (the guard of ``schedule_fired``), locked until commit
+        (PostgreSQL passes over schedules another worker is firing)."""
+        query = (
+            select(schedule_table)
+            .where(S.paused.is_(False), S.next_run_at <= now, S.name.in_(list(names)))
+            .order_by(S.next_run_at)
+            .limit(limit)
+        )
+        rows = conn.execute(self._locking_skip(query, of=schedule_table))
+        return [(codec.schedule(r._mapping), r.next_run_at) for r in rows]
+
+    def schedule_fired(
+        self,
+        conn: Connection,
+        schedule_id: str,
+        tick: float,
+        next_tick: float,
+        task_id: str | None,
+        now: datetime,
+    ) -> bool:
+        """Move a schedule from the tick ``tick`` to ``next_tick``, noting the task that
+        tick created (None: it was created before). Guarded by the tick: False when
+        another worker moved it first."""
+        values: dict[str, Any] = {"next_run_at": next_tick, "updated_at": now}
+        if task_id is not None:
+            values |= {"last_task_id": task_id, "last_run_at": utc(tick)}
+        query = (
+            update(schedule_table)
+            .where(S.id == schedule_id, S.next_run_at == tick, S.paused.is_(False))
+            .values(values)
+        )
+        return bool(conn.execute(query).rowcount)
+
+    def schedule_declared(self, conn: Connection) -> dict[str, tuple[Schedule, str | None]]:
+        """The schedules declared in code: key → (schedule, hash of its definition)."""
+        rows = conn.execute(select(schedule_table).where(S.code_key.is_not(None)))
+        return {r.code_key: (codec.schedule(r._mapping), r.definition) for r in rows}
+
+    def schedule_declare(
+        self, conn: Connection, row: Mapping[str, Any], replaces: str | None
+    ) -> None:
+        """Write a schedule declared in code: a new row, or (``replaces``: its id) a new
+        definition of the row under its key (its state — paused, last run — stays)."""
+        if replaces is None:
+            conn.execute(insert(schedule_table).values(dict(row)))
+            return
+        keep = ("id", "created_at", "paused", "last_task_id", "last_run_at")
+        values = {k: v for k, v in row.items() if k not in keep}
+        conn.execute(update(schedule_table).where(S.id == replaces).values(values))
+
+    def schedule_undeclare(self, conn: Connection, keys: Sequence[str]) -> int:
+        """Delete the schedules declared in code under ``keys``; how many went."""
+        if not keys:
+            return 0
+        query = delete(schedule_table).where(S.code_key.in_(list(keys)))
+        return conn.execute(query).rowcount or 0
+
+    def worker_declarations(self, conn: Connection, since: datetime) -> list[dict[str, str]]:
+        """What the code of each worker seen since ``since`` declares: key → hash."""
+        rows = conn.execute(select(W.schedules).where(W.seen_at >= since))
+        return [r.schedules or {} for r in rows]
 
     # == the worker registry and the admin figures =========================================
     def worker_register(self, conn: Connection, row: Mapping[str, Any]) -> None:
@@ -890,7 +1050,8 @@ class Driver(abc.ABC):
 
     def worker_alive(self, conn: Connection, since: datetime) -> list[dict[str, Any]]:
         """Workers seen since ``since``, each with the tasks it holds leases on."""
-        shown = [c for c in worker_table.c if c.name != "process_key"]  # internal to liveness
+        # process_key is internal to liveness, schedules to the schedules' reconciling.
+        shown = [c for c in worker_table.c if c.name not in ("process_key", "schedules")]
         workers = [
             dict(r._mapping, running=[])
             for r in conn.execute(select(*shown).where(W.seen_at >= since).order_by(W.id))

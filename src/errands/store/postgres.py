@@ -283,6 +283,8 @@ _CLAIM_CHOSEN = _compiled(_claim_statement(chosen=True))
 _DROP_JOBS = delete(job_table).where(J.task_id.in_(_ids("_ids")))
 # Claims under caps take turns (the key is errands' own constant).
 _CAPS_LOCK = text("SELECT pg_advisory_xact_lock(7245106329)")
+# An owner's schedule creates take turns (the first key is errands' own constant).
+_OWNER_LOCK = text("SELECT pg_advisory_xact_lock(724510633, hashtext(:owner))")
 
 
 # -- an attempt's writes, fenced (see ``store/driver.py``) --------------------------------
@@ -443,8 +445,11 @@ class PostgresDriver(Driver):
     def _locking(self, query: Any) -> Any:
         return query.with_for_update()
 
-    def _locking_skip(self, query: Any) -> Any:
-        return query.with_for_update(of=job_table, skip_locked=True)
+    def _locking_skip(self, query: Any, of: Any = job_table) -> Any:
+        return query.with_for_update(of=of, skip_locked=True)
+
+    def _serialize_owner(self, conn: Connection, owner: str) -> None:
+        conn.execute(_OWNER_LOCK, {"owner": owner})
 
     # -- an attempt's writes ----------------------------------------------------------------
     def _report(

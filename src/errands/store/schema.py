@@ -123,6 +123,10 @@ task_table = Table(
     # Each claim of a task that ran before raises it past every item stored so far, so
     # it also identifies the attempt that holds the lease (its writes are fenced by it).
     Column("output_floor", Integer, nullable=False, server_default=text("0")),
+    # A task a schedule created: the schedule and the tick it was created for. The
+    # unique index makes one task per tick, whatever the number of workers firing it.
+    Column("schedule_id", ID),
+    Column("scheduled_for", UTCDateTime),
     # Ids are time-ordered, so (owner, id) serves "my tasks, newest first".
     Index("ix_errands_task_owner_id", "owner", "id"),
     Index("ix_errands_task_status_id", "status", "id"),
@@ -141,6 +145,13 @@ task_table = Table(
         "ux_errands_task_unique", "owner", "unique_key", unique=True, where=_ACTIVE_UNIQUE
     ),
     _partial_index("ix_errands_task_expires_at", "expires_at", where="expires_at IS NOT NULL"),
+    _partial_index(
+        "ux_errands_task_tick",
+        "schedule_id",
+        "scheduled_for",
+        unique=True,
+        where="schedule_id IS NOT NULL",
+    ),
 )
 
 job_table = Table(
@@ -172,6 +183,38 @@ job_table = Table(
     sqlite_with_rowid=False,
 )
 
+# Schedules: a task created on every tick of a cron expression or an interval. A user's
+# schedules are theirs (``owner``, as for tasks); schedules declared in code
+# (``app.schedule``) carry their ``code_key`` and are reconciled by workers at start-up.
+schedule_table = Table(
+    "errands_schedule",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("cron", String(255)),
+    Column("every_seconds", Float),
+    Column("timezone", String(64), nullable=False),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    # The next tick (Unix seconds): a worker that finds it due creates that tick's task
+    # and moves it to the first tick after the present (missed ticks: one catch-up).
+    Column("next_run_at", Float),
+    Column("last_task_id", ID),
+    Column("last_run_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # Declared in code (``app.schedule``): its key, and a hash of its definition (see
+    # ``errands.schedules.ticker``: workers reconcile the rows with their code).
+    Column("code_key", String(255)),
+    Column("definition", String(64)),
+    Index("ix_errands_schedule_owner_id", "owner", "id"),
+    _partial_index("ix_errands_schedule_due", "next_run_at", where="NOT paused"),
+    _partial_index(
+        "ux_errands_schedule_code", "code_key", unique=True, where="code_key IS NOT NULL"
+    ),
+)
+
 output_table = Table(
     "errands_output",
     metadata,
@@ -196,4 +239,6 @@ worker_table = Table(
     # Which process this is, beyond its pid (see ``errands.liveness``): a worker on the
     # same host tells from it whether this one is still alive.
     Column("process_key", String(160)),
+    # The schedules its code declares: key → hash of the definition.
+    Column("schedules", JSON),
 )

@@ -24,7 +24,7 @@ from ..records import Change, Status, TaskRecord
 from . import codec
 from .codec import json_text, sqlite_time, to_json, utc
 from .driver import Driver, _cursor
-from .schema import task_table
+from .schema import UTCDateTime, task_table
 from .values import Carrier, Claimed, NewTask, Outcome, OutputItem, Report
 
 _TASK_COLUMNS = (
@@ -106,7 +106,7 @@ _SELECT_TASK = f"SELECT {', '.join(_READ_COLUMNS)} FROM errands_task WHERE id = 
 _SELECT_OWNED = _SELECT_TASK + " AND owner = ?"
 _SELECT_VERSION = "SELECT version FROM errands_task WHERE id = ?"
 _SELECT_VERSION_OWNED = _SELECT_VERSION + " AND owner = ?"
-_TIME_COLUMNS = ("run_at", "created_at", "updated_at", "started_at", "finished_at", "expires_at")
+_TIME_COLUMNS = tuple(c.name for c in task_table.c if isinstance(c.type, UTCDateTime))
 
 
 def _marks(n: int) -> str:

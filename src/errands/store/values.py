@@ -6,11 +6,13 @@ Times are Unix seconds (floats) unless a field says otherwise; JSON values are w
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..records import Status
+from ..records import Progress, Status, TaskRecord
+from .codec import utc
 
 #: (current, total, message) of a task's progress.
 ProgressValue = tuple[float | None, float | None, str | None]
@@ -36,11 +38,18 @@ class NewTask:
     request_hash: str | None = None
     #: Unique tasks: a hash of (name, payload).
     unique_key: str | None = None
+    #: A schedule's tick: the schedule and the tick's time (one task per tick).
+    schedule_id: str | None = None
+    scheduled_for: float | None = None
 
     @property
     def keyed(self) -> bool:
-        """Does it carry an idempotency key or a unique key?"""
-        return self.idempotency_key is not None or self.unique_key is not None
+        """Does it carry a key a unique index holds (idempotency, unique, tick)?"""
+        return (
+            self.idempotency_key is not None
+            or self.unique_key is not None
+            or self.schedule_id is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +132,35 @@ class Carrier:
     messages: tuple[tuple[str, str], ...] = ()
     changes: tuple[str, str] | None = None
     chunk: int = 60
+
+
+# The tasks of one submit share their times: each is converted once.
+_stamp = functools.lru_cache(maxsize=64)(utc)
+
+
+def record_of(task: NewTask) -> TaskRecord:
+    """The record a new task reads as once inserted."""
+    stamp = _stamp(task.created_at)
+    return TaskRecord(
+        id=task.id,
+        owner=task.owner,
+        name=task.name,
+        payload=task.payload,
+        status=Status.QUEUED,
+        progress=Progress(),
+        result=None,
+        error=None,
+        attempts=0,
+        max_attempts=task.max_attempts,
+        priority=task.priority,
+        run_at=_stamp(task.run_at),
+        cancel_requested=False,
+        version=1,
+        created_at=stamp,
+        updated_at=stamp,
+        started_at=None,
+        finished_at=None,
+        expires_at=None,
+        schedule_id=task.schedule_id,
+        scheduled_for=None if task.scheduled_for is None else _stamp(task.scheduled_for),
+    )
