@@ -256,3 +256,29 @@ async def test_a_unique_task_is_not_doubled_by_its_schedule(db_url: str) -> None
         assert after.next_run_at is not None and after.next_run_at.timestamp() == start + 2
     finally:
         app.close()
+
+
+@pytest.mark.celery  # the ticks' tasks are published to the broker like any submit
+async def test_a_code_schedule_runs_its_tasks_on_every_engine(
+    app: Errands, run_worker: Any
+) -> None:
+    @app.task
+    async def pulse(ctx: TaskContext, payload: dict[str, Any]) -> str:
+        return f"{ctx.owner}:{payload['n']}"
+
+    app.schedule("pulse", {"n": 1}, every=0.5, key="half-second")
+    app.db.ensure_schema()
+    async with run_worker(app, poll_interval=0.1):
+
+        async def two_done() -> bool:
+            page = await app.list(owner="system", status="succeeded")
+            return len(page.items) >= 2
+
+        await eventually_async(two_done, "two ticks run", timeout=30)
+    page = await app.list(owner="system", status="succeeded")
+    assert {r.result for r in page.items} == {"system:1"}
+    listed = await app.schedules.list(owner=ANY_OWNER)
+    assert [(s.code_key, s.owner, s.every) for s in listed] == [
+        ("half-second", "system", timedelta(seconds=0.5))
+    ]
+    assert {r.schedule_id for r in page.items} == {listed[0].id}

@@ -61,13 +61,16 @@ def counts(app: Errands) -> dict[str, int]:
         }
 
 
-def rows(*, task: int, job: int, output: int = 0, worker: int = 0) -> dict[str, int]:
+def rows(
+    *, task: int, job: int, output: int = 0, worker: int = 0, schedule: int = 0
+) -> dict[str, int]:
     """What ``counts`` answers for these numbers of rows."""
     return {
         "errands_task": task,
         "errands_job": job,
         "errands_output": output,
         "errands_worker": worker,
+        "errands_schedule": schedule,
     }
 
 

@@ -293,6 +293,7 @@ class Worker:
                     self.id,
                     self.names,
                     poll_interval=s.poll_interval,
+                    reconcile_interval=s.heartbeat_interval or s.lease_seconds / 3,
                     alive_within=2 * s.lease_seconds,
                 ).run(),
                 name="errands-schedules",

@@ -8,13 +8,15 @@ import contextvars
 from collections.abc import Iterator
 from typing import Any
 
-from ..operations import ANY_OWNER
+from ..app import SYSTEM_OWNER
+from ..owners import ANY_OWNER
 
-#: The owner of tasks enqueued outside a request with a signed-in user and outside an
-#: ``owner()`` block (management commands, the shell, tasks started by other tasks'
-#: code without one). Users' owner ids are ``str(user.pk)``: an integer or UUID primary
-#: key never equals it, so no user ever sees these tasks.
-SYSTEM_OWNER = "system"
+# SYSTEM_OWNER (errands' own, also the owner of schedules declared in code) owns tasks
+# enqueued outside a request with a signed-in user and outside an ``owner()`` block
+# (management commands, the shell, tasks started by other tasks' code without one).
+# Users' owner ids are ``str(user.pk)``: an integer or UUID primary key never equals
+# it, so no user ever sees these tasks.
+__all__ = ["SYSTEM_OWNER", "current_owner", "owner", "reading_owner"]
 
 _owner: contextvars.ContextVar[Any] = contextvars.ContextVar("errands_django_owner", default=None)
 
