@@ -53,7 +53,10 @@ class Site(DemoClient):
         CSRF token unless ``fields`` gives one)."""
         data = {"repeat": "daily", "at": "08:30", "timezone": BERLIN} | fields
         data.setdefault("csrf", self.csrf(f"/tasks/{task_id}"))
-        return self.client.post(f"/tasks/{task_id}/repeat", data=data, follow_redirects=False)
+        r: httpx.Response = self.client.post(
+            f"/tasks/{task_id}/repeat", data=data, follow_redirects=False
+        )
+        return r
 
     def repeat(self, task_id: str, **fields: str) -> Schedule:
         """Repeat the search through the form; the schedule it made."""
@@ -66,7 +69,8 @@ class Site(DemoClient):
 
     def post(self, path: str, **fields: str) -> httpx.Response:
         data = {"csrf": self.csrf("/schedules")} | fields
-        return self.client.post(path, data=data, follow_redirects=False)
+        r: httpx.Response = self.client.post(path, data=data, follow_redirects=False)
+        return r
 
     def rows(self, path: str = "/schedules") -> dict[str, str]:
         """The schedules a list page shows: id → the row's text, tags dropped."""
