@@ -4,21 +4,32 @@ its questions: who is an administrator (a signed-in account marked so), how to s
 owner (the user's e-mail address), what the owner filter's text names (an e-mail
 address, an owner id or a user number), a task's title, and the demo's 404 page for
 everyone else (so that ``/admin`` looks like any other missing page).
+
+Beside the dashboard, ``/admin/schedules`` lists every schedule (``admin_schedules``):
+the users' ("Repeat this search") and those declared in code, with their owners, their
+times, and a link to the dashboard's page of the task each last created. It is the
+demo's own page, behind the same check and the same 404 page.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
-from .. import Errands
+from .. import ANY_OWNER, Errands
 from ..web.dashboard import Dashboard, UnknownOwner, dashboard
 from . import store
+from .schedules import listing
 from .store import User
 from .tasks import task_title
+
+#: Every method: a non-administrator gets the 404 page whatever the method, as on the
+#: dashboard's paths (a 405 would tell that something is there).
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 class Site(Protocol):
@@ -29,6 +40,10 @@ class Site(Protocol):
     def not_found(self, request: Request) -> Response: ...
 
     async def signed_in(self, request: Request) -> User | None: ...
+
+    def render(
+        self, request: Request, template: str, status_code: int = 200, **context: Any
+    ) -> Response: ...
 
 
 def admin_dashboard(demo: Site) -> Dashboard:
@@ -63,3 +78,31 @@ def admin_dashboard(demo: Site) -> Dashboard:
         not_found=demo.not_found,
         home_url="/",
     )
+
+
+def admin_schedules(demo: Site) -> Route:
+    """The page of every schedule, at ``/admin/schedules`` (to be routed before the
+    dashboard's mount at ``/admin``)."""
+    app = demo.errands
+
+    async def page(request: Request) -> Response:
+        user = await demo.signed_in(request)
+        if user is None or not user.is_admin:
+            return demo.not_found(request)
+        if request.method not in ("GET", "HEAD"):
+            return PlainTextResponse(
+                "Method Not Allowed", status_code=405, headers={"Allow": "GET, HEAD"}
+            )
+        after = request.query_params.get("after") or None
+        found, more = await listing(app, ANY_OWNER, after)
+        labels = await app.db.aread(store.users_by_owner, sorted({s.owner for s in found}))
+        return demo.render(
+            request,
+            "admin_schedules.html",
+            schedules=found,
+            more=more,
+            after=after,
+            labels=labels,
+        )
+
+    return Route("/admin/schedules", page, methods=ALL_METHODS)

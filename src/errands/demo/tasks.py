@@ -166,8 +166,15 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
 
 def task_title(record: TaskRecord) -> str:
     """A one-line description of a task for lists."""
-    if record.name == "search":
-        return f"search “{record.payload.get('query', '')}” in {record.payload.get('glob', '')}"
-    if record.name == "export":
-        return f"export of search {str(record.payload.get('search_id', ''))[:8]}"
-    return record.name
+    return title_of(record.name, record.payload)
+
+
+def title_of(name: str, payload: Any) -> str:
+    """A one-line description of a task of ``name`` with ``payload`` (a task's, or the
+    one a schedule gives the tasks it creates)."""
+    fields = payload if isinstance(payload, dict) else {}
+    if name == "search":
+        return f"search “{fields.get('query', '')}” in {fields.get('glob', '')}"
+    if name == "export":
+        return f"export of search {str(fields.get('search_id', ''))[:8]}"
+    return name

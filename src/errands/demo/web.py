@@ -4,8 +4,8 @@ tasks, API tokens and (in ``admin.py``) the library's admin dashboard.
 It is an ordinary user of errands: tasks are submitted and read through the
 :class:`~errands.Errands` API with the signed-in user's owner id, the browser talks to
 ``errands.web.task_api`` mounted at ``/api``, and the task page shows a task with the
-``<errands-task>`` element. ``create_app`` builds it; ``errands demo`` serves it with a
-worker in the same process.
+``<errands-task>`` element. Searches can be repeated on a schedule (``schedules.py``).
+``create_app`` builds it; ``errands demo`` serves it with a worker in the same process.
 """
 
 from __future__ import annotations
@@ -35,17 +35,19 @@ from .. import (
     DatabaseUnavailable,
     Errands,
     InvalidPayload,
+    ScheduleNotFound,
     Status,
     StorageFull,
     TaskNotFound,
     TaskRecord,
 )
 from ..metrics import metrics_app
+from ..schedules.service import DEFAULT_MAX_PER_OWNER
 from ..store.database import log_failure
 from ..web import task_api
-from . import accounts, tasks
+from . import accounts, schedules, tasks
 from .accounts import AccountError, Accounts
-from .admin import admin_dashboard
+from .admin import admin_dashboard, admin_schedules
 from .store import User
 
 log = logging.getLogger("errands.demo")
@@ -85,6 +87,8 @@ class DemoSettings:
     worker_options: dict[str, Any] = field(default_factory=dict)
     #: Mark session cookies Secure (serve over HTTPS).
     https_only: bool = False
+    #: How many schedules ("Repeat this search") one account may have (None: no limit).
+    max_schedules_per_user: int | None = DEFAULT_MAX_PER_OWNER
 
 
 class Demo:
@@ -93,7 +97,10 @@ class Demo:
     def __init__(self, settings: DemoSettings) -> None:
         self.settings = settings
         url = settings.database_url or os.environ.get("ERRANDS_DATABASE_URL")
-        self.errands = Errands(url or "sqlite:///errands-demo.db")
+        self.errands = Errands(
+            url or "sqlite:///errands-demo.db",
+            max_schedules_per_owner=settings.max_schedules_per_user,
+        )
         self.data_dir = settings.data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.exports = self.data_dir / "exports"
@@ -102,7 +109,10 @@ class Demo:
         self.accounts = Accounts(self.errands)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals["status_names"] = [s.value for s in Status]
-        self.templates.env.filters.update(title=tasks.task_title, when=_when, eta=_eta)
+        self.templates.env.filters.update(
+            title=tasks.task_title, when=_when, eta=_eta, **schedules.FILTERS
+        )
+        self.templates.env.globals["weekdays"] = list(schedules.WEEKDAYS)
 
     def setup(self) -> None:
         self.errands.migrate()
@@ -127,6 +137,33 @@ class Demo:
 
     def not_found(self, request: Request) -> Response:
         return self.render(request, "not_found.html", status_code=404)
+
+    async def task_page(
+        self,
+        request: Request,
+        user: User,
+        record: TaskRecord,
+        status_code: int = 200,
+        repeat_error: str | None = None,
+        repeat_form: dict[str, str] | None = None,
+    ) -> Response:
+        """A task's page; with the "Repeat this search" form's message and the fields
+        submitted when that form was refused."""
+        app = self.errands
+        hits: list[tuple[int, Any]] = []
+        if record.name == "search":
+            hits = await app.outputs(record.id, owner=user.owner, limit=HITS_ON_PAGE)
+        return self.render(
+            request,
+            "task.html",
+            status_code,
+            task=record,
+            hits=hits,
+            hits_cap=HITS_ON_PAGE,
+            origin=await schedules.origin(app, record, user.owner),
+            repeat=schedules.form_values(repeat_form),
+            repeat_error=repeat_error,
+        )
 
     async def signed_in(self, request: Request) -> User | None:
         """The user, also kept on ``request.state`` for the templates."""
@@ -159,8 +196,8 @@ class Demo:
 
     def members(self, handler: MemberHandler) -> Endpoint:
         """A page for signed-in users: others go to the login page; a POST must carry
-        the session's CSRF token; a task that is not the user's gets the not-found page.
-        ``handler(request, user, form)``."""
+        the session's CSRF token; a task or a schedule that is not the user's gets the
+        not-found page. ``handler(request, user, form)``."""
 
         async def endpoint(request: Request) -> Response:
             user = await self.signed_in(request)
@@ -171,7 +208,7 @@ class Demo:
                 return self.csrf_refused(request)
             try:
                 return await handler(request, user, form)
-            except TaskNotFound:  # missing, or another user's: the same page
+            except (TaskNotFound, ScheduleNotFound):  # missing, or another user's: the same page
                 return self.not_found(request)
 
         return endpoint
@@ -242,7 +279,9 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
     site.router.routes.append(Route("/metrics", metrics))  # Mount alone misses a bare /metrics
     site.mount("/metrics", metrics)
     site.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    # The admin dashboard at /admin (and /admin itself, not only /admin/…).
+    # Every schedule, for administrators, then the admin dashboard at /admin (and
+    # /admin itself, not only /admin/…).
+    site.router.routes.append(admin_schedules(demo))
     site.router.routes.extend(admin_dashboard(demo).routes("/admin"))
     site.mount("/", pages)
     site.add_middleware(
@@ -338,10 +377,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
     # -- tasks -------------------------------------------------------------------------
     async def task_page(request: Request, user: User, data: dict[str, str]) -> Response:
         record = await app.get(request.path_params["task_id"], owner=user.owner)
-        hits: list[tuple[int, Any]] = []
-        if record.name == "search":
-            hits = await app.outputs(record.id, owner=user.owner, limit=HITS_ON_PAGE)
-        return demo.render(request, "task.html", task=record, hits=hits, hits_cap=HITS_ON_PAGE)
+        return await demo.task_page(request, user, record)
 
     async def cancel(request: Request, user: User, data: dict[str, str]) -> Response:
         task_id = request.path_params["task_id"]
@@ -404,6 +440,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
     pages.add_route("/exports/{task_id}.csv", demo.members(download), methods=["GET"])
     pages.add_route("/tokens", demo.members(tokens_page), methods=["GET", "POST"])
     pages.add_route("/tokens/{token_id:int}/revoke", demo.members(revoke_token), methods=["POST"])
+    schedules.add_pages(pages, demo)
 
 
 def _when(value: datetime | None) -> str:
