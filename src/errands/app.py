@@ -56,7 +56,7 @@ from .schedules.timing import timing
 from .store.callers import is_async_caller, on_commit, run_in_caller
 from .store.database import Database
 from .store.values import NewTask
-from .submission import prepare_many
+from .submission import prepare_group, prepare_many
 from .watchers import Watchers
 from .worker import Worker, WorkerSettings
 
@@ -342,6 +342,52 @@ class Errands:
         tasks = self._tasks(name, payloads, owner=owner, priority=priority, run_at=run_at)
         return await self._submit(tasks, connection)
 
+    def _group(
+        self, name: str, payloads: Iterable[Any], owner: str, then: str | None, priority: int | None
+    ) -> tuple[NewTask, builtins.list[NewTask], NewTask | None]:
+        return prepare_group(
+            self.registry,
+            self.max_payload_bytes,
+            name,
+            payloads,
+            owner=owner,
+            then=then,
+            priority=priority,
+        )
+
+    async def submit_group(
+        self,
+        name: str,
+        payloads: Iterable[Any],
+        *,
+        owner: str,
+        then: str | None = None,
+        priority: int | None = None,
+    ) -> TaskRecord:
+        """Run one task of ``name`` per payload as one *group*; returns the group's own
+        record, which is watched like any task (``get``, ``wait``, ``cancel``, the HTTP
+        resource and its live events).
+
+        The group is ``running`` while its parts run; its progress counts the parts that
+        succeeded plus each running part's share done (it never goes back); its output
+        holds every part's items as ``{"part", "task_id", "item"}``. It succeeds when
+        every part has succeeded and then the ``then`` task (if any), which gets
+        ``{"results": [...]}``, the parts' results in the payloads' order; the group's
+        result is ``then``'s, else that list. A part that fails (after its retries) or
+        is cancelled fails the group and cancels the other parts; cancelling the group
+        cancels every part. Every payload is checked first: if one is refused, nothing
+        is written. All of it is one transaction."""
+        group, parts, follow = self._group(name, payloads, owner, then, priority)
+        return await self.db.arun(self._ops.submit_group, group, parts, follow, write=True)
+
+    async def parts(
+        self, group_id: str, *, owner: str, after: int = -1, limit: int = 100
+    ) -> builtins.list[TaskRecord]:
+        """A group's parts in order (its ``then`` task last), ``limit`` (1–500) at a time
+        after the place ``after`` (a part's ``group_index``); ``TaskNotFound`` when there
+        is no such group for this owner."""
+        return await self.db.arun(self._ops.parts, group_id, owner, after, limit)
+
     async def _submit(self, tasks: Sequence[NewTask], connection: Any) -> builtins.list[TaskRecord]:
         ops = self._ops
         if connection is None:
@@ -503,6 +549,23 @@ class SyncErrands:
     ) -> builtins.list[TaskRecord]:
         tasks = self._app._tasks(name, payloads, owner=owner, priority=priority, run_at=run_at)
         return self._ops.submit(tasks, connection)
+
+    def submit_group(
+        self,
+        name: str,
+        payloads: Iterable[Any],
+        *,
+        owner: str,
+        then: str | None = None,
+        priority: int | None = None,
+    ) -> TaskRecord:
+        group, parts, follow = self._app._group(name, payloads, owner, then, priority)
+        return self._ops.submit_group(group, parts, follow)
+
+    def parts(
+        self, group_id: str, *, owner: str, after: int = -1, limit: int = 100
+    ) -> builtins.list[TaskRecord]:
+        return self._ops.parts(group_id, owner, after, limit)
 
     def get(self, task_id: str, *, owner: str) -> TaskRecord:
         return self._ops.get(task_id, owner)

@@ -132,6 +132,26 @@ class Operations:
         on_commit(sync_obj, partial(self.submitted, records, results, carrier is not None))
         return records
 
+    def submit_group(
+        self, group: NewTask, parts: Sequence[NewTask], then: NewTask | None
+    ) -> TaskRecord:
+        """Write a group's record, its parts and its ``then`` task in one transaction;
+        the group's record."""
+        now = group.created_at
+        self.db.write(self.db.driver.group_create, group, parts, then, now)
+        self.runtime.announce([record_of(p) for p in parts])
+        record = self.get(group.id, group.owner)
+        self.runtime.notifier.publish_changes([Change.of(record)])
+        return record
+
+    def parts(self, group_id: str, owner: object, after: int, limit: int) -> list[TaskRecord]:
+        """A group's parts (and its ``then`` task, last) after place ``after``."""
+        who = task_scope(group_id, owner)
+        if not 1 <= limit <= 500:
+            raise ValueError("limit must be between 1 and 500")
+        found = self.db.read(self.db.driver.group_parts, group_id, who, after, limit)
+        return [self._loaded(r) for r in _found(found)]
+
     # -- reading -----------------------------------------------------------------------
     def get(self, task_id: str, owner: object) -> TaskRecord:
         who = task_scope(task_id, owner)

@@ -127,6 +127,16 @@ class TaskRecord:
     #: A task a schedule created: the schedule's id and the tick it was created for.
     schedule_id: str | None = None
     scheduled_for: datetime | None = None
+    #: A part of a group: the group's id and the part's place (0-based; the group's
+    #: ``then`` task comes after the last part).
+    parent_id: str | None = None
+    group_index: int | None = None
+    #: A group's own record: its number of parts (None for any other task).
+    group_size: int | None = None
+
+    @property
+    def is_group(self) -> bool:
+        return self.group_size is not None
 
     @property
     def done(self) -> bool:

@@ -7,12 +7,14 @@ task name, a payload its model rejects or larger than the app's limit, a bad own
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import PayloadTooLarge
+from .ids import new_task_id
 from .owners import owner_of
 from .registry import Registry
 from .store.values import NewTask
@@ -73,3 +75,53 @@ def prepare_many(
             )
         )
     return tasks
+
+
+def prepare_group(
+    registry: Registry,
+    max_payload_bytes: int,
+    name: str,
+    payloads: Iterable[Any],
+    *,
+    owner: str,
+    then: str | None = None,
+    priority: int | None = None,
+) -> tuple[NewTask, list[NewTask], NewTask | None]:
+    """A group's record, its parts (one task of ``name`` per payload, checked as a
+    submit checks them) and its ``then`` task (its payload is the parts' results, given
+    when they have all succeeded)."""
+    parts = prepare_many(
+        registry, max_payload_bytes, name, payloads, owner=owner, priority=priority
+    )
+    if not parts:
+        raise ValueError("a group needs at least one payload")
+    now = parts[0].created_at
+    rank = parts[0].priority
+    summary = {"parts": len(parts), "then": then}
+    group = NewTask(
+        id=new_task_id(now),
+        owner=owner,
+        name=name,
+        payload=summary,
+        payload_json=json.dumps(summary),
+        max_attempts=1,
+        priority=rank,
+        run_at=now,
+        created_at=now,
+    )
+    if then is None:
+        return group, parts, None
+    definition = registry.get(then)
+    waiting = {"results": None}
+    follow = NewTask(
+        id=new_task_id(now),
+        owner=owner,
+        name=then,
+        payload=waiting,
+        payload_json=json.dumps(waiting),
+        max_attempts=definition.max_attempts,
+        priority=definition.priority if priority is None else int(priority),
+        run_at=now,
+        created_at=now,
+    )
+    return group, parts, follow

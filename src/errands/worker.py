@@ -433,6 +433,19 @@ class Worker:
         self.source.claimed(claimed)
         return claimed, bool(again), sent
 
+    def _queued_by_groups(
+        self,
+        changed: Sequence[Change],
+        batch: list[tuple[Attempt, Outcome]],
+        releases: list[Attempt],
+    ) -> None:
+        """Tell the engine of the tasks a round queued besides its retries and
+        hand-backs: groups' ``then`` tasks, queued when their last part succeeded."""
+        own = {a.task_id for a, _ in batch} | {a.task_id for a in releases}
+        queued = [c.task_id for c in changed if c.status is Status.QUEUED and c.task_id not in own]
+        if queued:
+            self.runtime.publisher.queued([(task_id, time.time()) for task_id in queued])
+
     def _write_round(
         self,
         batch: list[tuple[Attempt, Outcome]],
@@ -451,7 +464,10 @@ class Worker:
         both (SQLite: one lock, one sync)."""
         db = self.runtime.db
         settles = bool(batch or releases)
-        lone = not (outputs or releases) and all(o.status.done for _, o in batch)
+        # (A group's part ends in a transaction with its group's update.)
+        lone = not (outputs or releases) and all(
+            o.status.done and a.job.parent_id is None for a, o in batch
+        )
         carrier = None
         if settles and lone and db.driver.carries:
             carrier = self.runtime.notifier.carrier(written=True)
@@ -469,6 +485,7 @@ class Worker:
                 autocommit=(lone or not settles) and not (limit and self.caps),
             )
             self._publish([c for c in changed if carrier is None or not c.status.done])
+            self._queued_by_groups(changed, batch, releases)
             return claimed, due, None
         db.write(self._round_txn, batch, outputs, releases, 0, carrier, autocommit=True)
         try:
@@ -571,8 +588,9 @@ class Worker:
         if batch:
             outcomes = [o for _, o in batch]
             items = [item for item, _ in outputs]
+            parents = {a.task_id: a.job.parent_id for a, _ in batch if a.job.parent_id}
             changed += driver.attempt_finish(
-                conn, self.id, outcomes, now=now, outputs=items, carrier=carrier
+                conn, self.id, outcomes, now=now, outputs=items, carrier=carrier, parents=parents
             )
             written = {c.task_id for c in changed}
             for attempt, _ in batch:
@@ -705,6 +723,7 @@ class Worker:
                     reports,
                     [item for item, _ in outputs],
                     now=time.time(),
+                    parents={t: a.job.parent_id for t, a in attempts.items() if a.job.parent_id},
                     durable=False,  # synced by the outcome's commit, which follows in order
                 )
             except Exception as exc:

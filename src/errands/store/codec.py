@@ -85,6 +85,9 @@ def record(m: Mapping[Any, Any]) -> TaskRecord:
         output_floor=m["output_floor"],
         schedule_id=m["schedule_id"],
         scheduled_for=m["scheduled_for"],
+        parent_id=m["parent_id"],
+        group_index=m["group_index"],
+        group_size=m["group_size"],
     )
 
 

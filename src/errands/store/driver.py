@@ -50,6 +50,7 @@ Times given as floats are Unix seconds; times written to the record are datetime
 from __future__ import annotations
 
 import abc
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -58,6 +59,7 @@ from sqlalchemy import (
     Connection,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -159,6 +161,7 @@ _RENEW = (
     .values(lease_expires_at=bindparam("_until"))
     .returning(J.task_id)
 )
+_LINK_PART = update(task_table).where(T.id == bindparam("_id")).values(group_index=bindparam("_i"))
 _CANCEL_ASKED = select(T.id).where(T.id.in_(_ids("_ids")), T.cancel_requested.is_(True))
 _UNSENT = (
     select(J.task_id, J.run_at)
@@ -342,19 +345,25 @@ class Driver(abc.ABC):
         ``expiry_for(name)`` gives the purge time of a record that ends now.
         """
         current = conn.execute(
-            select(T.status, T.cancel_requested, T.name)
+            select(T.status, T.cancel_requested, T.name, T.parent_id, T.group_size)
             .where(_owned(task_id, owner))
             .with_for_update()
         ).first()
         if current is None:
             return None, False, False
         status, requested = Status(current.status), bool(current.cancel_requested)
+        if current.group_size is not None:  # a group: it ends now, with its parts
+            return self._cancel_group(conn, task_id, owner, status, now, expiry_for)
         ask_worker = ended = False
         if status is Status.QUEUED:
             gone = conn.execute(
                 delete(job_table).where(J.task_id == task_id, J.lease_owner.is_(None))
             ).rowcount
-            if gone:
+            # A group's ``then`` task waits with no job until its parts have succeeded.
+            dormant = (
+                not gone and not conn.execute(select(J.task_id).where(J.task_id == task_id)).first()
+            )
+            if gone or dormant:
                 conn.execute(
                     update(task_table)
                     .where(T.id == task_id, T.status == Status.QUEUED.value)
@@ -370,6 +379,9 @@ class Driver(abc.ABC):
                     )
                 )
                 ended = True
+                if current.parent_id is not None:
+                    expiry = {task_id: expiry_for(current.name)}
+                    self._parts_ended(conn, [task_id], now.timestamp(), expiry)
             else:  # claimed between our read and the delete: treat it as running
                 status = Status.RUNNING
         if status is Status.RUNNING and not requested:
@@ -380,6 +392,27 @@ class Driver(abc.ABC):
             )
             ask_worker = True
         return self.task_get(conn, task_id, owner), ask_worker, ended
+
+    def _cancel_group(
+        self,
+        conn: Connection,
+        group_id: str,
+        owner: str | None,
+        status: Status,
+        now: datetime,
+        expiry_for: Callable[[str], datetime | None],
+    ) -> tuple[TaskRecord | None, bool, bool]:
+        """Cancel a running group and its parts (see ``task_cancel``); the running parts
+        hear of it at their next heartbeat."""
+        if status is not Status.RUNNING:
+            return self.task_get(conn, group_id, owner), False, False
+        name = conn.execute(select(T.name).where(T.id == group_id)).scalar_one()
+        keep = expiry_for(name)
+        at = now.timestamp()
+        self._group_end(conn, group_id, Status.CANCELLED, at, keep, error=CANCELLED_ERROR)
+        conn.execute(update(task_table).where(T.id == group_id).values(cancel_requested=True))
+        self._cancel_parts(conn, group_id, at, keep)
+        return self.task_get(conn, group_id, owner), False, True
 
     def task_delete_finished(self, conn: Connection, task_id: str, owner: str | None) -> bool:
         """Delete a finished task and its outputs. Active tasks are not deleted."""
@@ -655,17 +688,27 @@ class Driver(abc.ABC):
         outputs: Sequence[OutputItem],
         *,
         now: float,
+        parents: Mapping[str, str] | None = None,
     ) -> list[Change]:
         """Write running attempts' progress and emitted items.
 
         Every reported record gets a new version; a task with items must be reported.
         Only attempts that still hold their lease are written: the changes returned name
-        them, and a reported task missing from them lost its lease.
+        them, and a reported task missing from them lost its lease. ``parents``: the
+        group of each reported task that is a group's part (its progress and items
+        reach the group, whose change is returned too).
         """
         if not reports:
             return []
         changed = self._report(conn, worker_id, reports, now)
-        self._insert_accepted(conn, outputs, changed, now)
+        self._insert_accepted(conn, outputs, changed, now, parents)
+        if parents:
+            written = {c.task_id for c in changed}
+            groups = {parents[r.task_id] for r in reports if r.task_id in parents}
+            groups &= {parents[t] for t in written if t in parents}
+            if groups:
+                self._group_progress(conn, sorted(groups), now)
+                changed += self.task_changes(conn, sorted(groups))
         return changed
 
     @abc.abstractmethod
@@ -675,12 +718,49 @@ class Driver(abc.ABC):
         """The fenced record writes of ``attempt_report``: the records changed."""
 
     def _insert_accepted(
-        self, conn: Connection, outputs: Sequence[OutputItem], changed: Sequence[Change], now: float
+        self,
+        conn: Connection,
+        outputs: Sequence[OutputItem],
+        changed: Sequence[Change],
+        now: float,
+        parents: Mapping[str, str] | None = None,
     ) -> None:
         accepted = {c.task_id for c in changed}
         items = [o for o in outputs if o.task_id in accepted]
-        if items:
-            self.output_insert(conn, items, now)
+        if not items:
+            return
+        self.output_insert(conn, items, now)
+        if parents:
+            self._group_items(conn, [o for o in items if o.task_id in parents], parents, now)
+
+    def _group_items(
+        self, conn: Connection, items: list[OutputItem], parents: Mapping[str, str], now: float
+    ) -> None:
+        """Parts' items, also in their groups' output: ``{"part": place, "task_id",
+        "item"}``, numbered after the group's newest item (under the group's row lock)."""
+        by_group: dict[str, list[OutputItem]] = {}
+        for item in items:
+            by_group.setdefault(parents[item.task_id], []).append(item)
+        for group_id, group_items in sorted(by_group.items()):
+            conn.execute(self._locking(select(T.id).where(T.id == group_id))).first()
+            places = dict(
+                conn.execute(
+                    select(T.id, T.group_index).where(T.id.in_({i.task_id for i in group_items}))
+                ).all()
+            )
+            top = self.output_top(conn, group_id)
+            copies = [
+                OutputItem(
+                    group_id,
+                    top + k,
+                    None
+                    if item.ref
+                    else {"part": places[item.task_id], "task_id": item.task_id, "item": item.data},
+                    item.ref,
+                )
+                for k, item in enumerate(group_items, start=1)
+            ]
+            self.output_insert(conn, copies, now)
 
     # == ending an attempt ===============================================================
     def attempt_finish(
@@ -692,9 +772,11 @@ class Driver(abc.ABC):
         now: float,
         outputs: Sequence[OutputItem] = (),
         carrier: Carrier | None = None,
+        parents: Mapping[str, str] | None = None,
     ) -> list[Change]:
         """Record how attempts ended, for the attempts that still hold their lease, with
-        the items they emitted last.
+        the items they emitted last (``parents``: the group of each task that is a
+        group's part; what its end does to the group is written in this transaction).
 
         Terminal outcomes delete the job; retries hand it back for ``retry_at``. An
         outcome of an attempt that lost its lease is left out, and so are its items.
@@ -709,7 +791,11 @@ class Driver(abc.ABC):
                 change = self._retry(conn, worker_id, o, now)
                 if change is not None:
                     changed.append(change)
-        self._insert_accepted(conn, outputs, changed, now)
+        self._insert_accepted(conn, outputs, changed, now, parents)
+        if parents:
+            ended = [c.task_id for c in changed if c.status.done and c.task_id in parents]
+            expiry = {o.task_id: o.expires_at for o in terminal}
+            changed += self._parts_ended(conn, ended, now, expiry)
         return changed
 
     @abc.abstractmethod
@@ -826,7 +912,15 @@ class Driver(abc.ABC):
         goes back to ``queued`` at once; one whose attempts are spent ends ``failed``.
         """
         query = (
-            select(J.task_id, J.name, J.lease_owner, J.attempt, T.max_attempts, T.cancel_requested)
+            select(
+                J.task_id,
+                J.name,
+                J.lease_owner,
+                J.attempt,
+                T.max_attempts,
+                T.cancel_requested,
+                T.parent_id,
+            )
             .join(task_table, T.id == J.task_id)
             .where(J.lease_owner.is_not(None), J.lease_expires_at < now)
             .limit(limit)
@@ -834,6 +928,7 @@ class Driver(abc.ABC):
         expired = conn.execute(self._locking_skip(query)).all()
         stamp = utc(now)
         touched: list[str] = []
+        parts_ended: dict[str, datetime | None] = {}
         for row in expired:
             still_expired = (
                 (J.task_id == row.task_id)
@@ -855,6 +950,8 @@ class Driver(abc.ABC):
                     "finished_at": stamp,
                     "expires_at": expiry_for(row.name),
                 }
+                if row.parent_id is not None:
+                    parts_ended[row.task_id] = values["expires_at"]
             else:
                 if not conn.execute(
                     update(job_table)
@@ -869,11 +966,278 @@ class Driver(abc.ABC):
                 .values(values | {"updated_at": stamp, "version": T.version + 1})
             )
             touched.append(row.task_id)
-        return self.task_changes(conn, touched)
+        groups = self._parts_ended(conn, parts_ended, now, parts_ended)
+        return self.task_changes(conn, touched) + groups
 
     def _locking_skip(self, query: Any, of: Any = job_table) -> Any:
         """``query`` locking the rows of ``of`` it reads, passing over rows others hold."""
         return query
+
+    # == groups ==============================================================================
+    # A group is a record of its own (running from its creation, with no job: no worker
+    # runs it) and its parts, ordinary tasks linked to it (``parent_id``, ``group_index``).
+    # Whatever ends a part — an outcome, the reaper, a cancel — calls ``_parts_ended`` in
+    # the same transaction, so the group hears of every end exactly once: it counts the
+    # succeeded parts, fails on the first part that does not succeed (cancelling the
+    # others), and when every part has succeeded queues its ``then`` task (created with
+    # the group, waiting without a job) or succeeds itself. Locks: a part's rows first,
+    # then its group's row; a group's cascade over its parts passes over rows others
+    # hold (they are ending: their own group update follows).
+    def group_create(
+        self,
+        conn: Connection,
+        group: NewTask,
+        parts: Sequence[NewTask],
+        then: NewTask | None,
+        now: float,
+    ) -> None:
+        """Insert a group's record (running, with no job), its parts (queued) and its
+        ``then`` task (queued, with no job until every part has succeeded)."""
+        stamp = utc(now)
+        row = task_row(group) | {
+            "status": Status.RUNNING.value,
+            "started_at": stamp,
+            "progress_current": 0.0,
+            "progress_total": float(len(parts)),
+            "group_size": len(parts),
+            "group_done": 0,
+            "group_then": None if then is None else then.name,
+        }
+        conn.execute(insert(task_table).values(row))
+        self.task_insert(conn, parts)
+        links = [{"_id": p.id, "_i": i} for i, p in enumerate(parts)]
+        if then is not None:
+            conn.execute(insert(task_table).values(task_row(then)))
+            links.append({"_id": then.id, "_i": len(parts)})
+        conn.execute(_LINK_PART.values(parent_id=group.id), links)
+
+    def group_parts(
+        self, conn: Connection, group_id: str, owner: str | None, after: int, limit: int
+    ) -> list[TaskRecord] | None:
+        """The group's parts (and its ``then`` task, last) after place ``after``, in
+        order; None when there is no such group for this owner."""
+        found = conn.execute(
+            select(T.group_size).where(_owned(group_id, owner), T.group_size.is_not(None))
+        ).first()
+        if found is None:
+            return None
+        rows = conn.execute(
+            select(task_table)
+            .where(T.parent_id == group_id, T.group_index > after)
+            .order_by(T.group_index)
+            .limit(limit)
+        )
+        return [codec.record(r._mapping) for r in rows]
+
+    def _parts_ended(
+        self,
+        conn: Connection,
+        task_ids: Iterable[str],
+        now: float,
+        expiry: Mapping[str, datetime | None],
+    ) -> list[Change]:
+        """What the end of these tasks does to their groups (the tasks that are parts;
+        ``expiry``: when each ended task may be purged, which its group follows). The
+        groups' changes."""
+        ids = list(task_ids)
+        if not ids:
+            return []
+        parts = conn.execute(
+            select(T.id, T.parent_id, T.group_index, T.status, T.error_type, T.error_message)
+            .where(T.id.in_(ids), T.parent_id.is_not(None))
+            .order_by(T.parent_id, T.group_index)
+        ).all()
+        touched: list[str] = []
+        for group_id, ended in itertools.groupby(parts, key=lambda p: p.parent_id):
+            touched += self._group_after(conn, group_id, list(ended), now, expiry)
+        return self.task_changes(conn, touched)
+
+    def _group_after(
+        self,
+        conn: Connection,
+        group_id: str,
+        ended: list[Any],
+        now: float,
+        expiry: Mapping[str, datetime | None],
+    ) -> list[str]:
+        """The records changed: the group's, and its ``then`` task's when it is queued."""
+        group = conn.execute(
+            self._locking(
+                select(T.status, T.group_size, T.group_done, T.group_then).where(T.id == group_id)
+            )
+        ).first()
+        if group is None or group.status != Status.RUNNING.value:
+            return []  # ended already (a part ending after its group failed or was cancelled)
+        size = group.group_size
+        keep = expiry.get(ended[-1].id)
+        then = [p for p in ended if p.group_index == size]
+        if then:
+            t = then[0]
+            if t.status == Status.SUCCEEDED.value:
+                result = conn.execute(select(T.result, T.result_ref).where(T.id == t.id)).one()
+                self._group_end(conn, group_id, Status.SUCCEEDED, now, keep, result=result)
+            else:
+                error = TaskError(t.error_type or "Error", t.error_message or "")
+                self._group_end(conn, group_id, Status.FAILED, now, keep, error=error)
+            return [group_id]
+        lost = [p for p in ended if p.status != Status.SUCCEEDED.value]
+        if lost:
+            p = lost[0]
+            error = TaskError(
+                "PartFailed",
+                f"part {p.group_index} ended {p.status}: {p.error_type}: {p.error_message}",
+            )
+            self._group_end(conn, group_id, Status.FAILED, now, keep, error=error)
+            self._cancel_parts(conn, group_id, now, keep)
+            return [group_id]
+        done = group.group_done + len(ended)
+        conn.execute(
+            update(task_table)
+            .where(T.id == group_id)
+            .values(group_done=done, updated_at=utc(now), version=T.version + 1)
+        )
+        self._group_progress(conn, [group_id], now)
+        if done < size:
+            return [group_id]
+        results = [
+            None if r.result_ref else r.result
+            for r in conn.execute(
+                select(T.result, T.result_ref)
+                .where(T.parent_id == group_id, T.group_index < size)
+                .order_by(T.group_index)
+            )
+        ]
+        if group.group_then is None:
+            self._group_end(conn, group_id, Status.SUCCEEDED, now, keep, result=(results, None))
+            return [group_id]
+        then_row = conn.execute(
+            select(T.id, T.name, T.owner, T.priority).where(
+                T.parent_id == group_id, T.group_index == size, T.status == Status.QUEUED.value
+            )
+        ).one()
+        conn.execute(
+            update(task_table)
+            .where(T.id == then_row.id)
+            .values(payload={"results": results}, run_at=utc(now), updated_at=utc(now))
+        )
+        job = NewTask(
+            id=then_row.id,
+            owner=then_row.owner,
+            name=then_row.name,
+            payload=None,
+            payload_json="null",
+            max_attempts=1,
+            priority=then_row.priority,
+            run_at=now,
+            created_at=now,
+        )
+        self._jobs_insert(conn, [job])
+        return [group_id, then_row.id]
+
+    def _group_end(
+        self,
+        conn: Connection,
+        group_id: str,
+        status: Status,
+        now: float,
+        expires_at: datetime | None,
+        *,
+        result: Any = None,
+        error: TaskError | None = None,
+    ) -> None:
+        values: dict[str, Any] = {
+            "status": status.value,
+            "finished_at": utc(now),
+            "updated_at": utc(now),
+            "expires_at": expires_at,
+            "version": T.version + 1,
+        }
+        if result is not None:
+            values |= {"result": result[0], "result_ref": result[1]}
+        if status is Status.SUCCEEDED:
+            values["progress_current"] = T.progress_total
+        if error is not None:
+            values |= {"error_type": error.type, "error_message": error.message}
+        conn.execute(
+            update(task_table)
+            .where(T.id == group_id, T.status == Status.RUNNING.value)
+            .values(values)
+        )
+
+    def _cancel_parts(
+        self, conn: Connection, group_id: str, now: float, expires_at: datetime | None
+    ) -> list[str]:
+        """Cancel a group's parts that have not ended: queued ones at once, running ones
+        asked to stop (rows another transaction holds are passed over: they are ending).
+        The ids of the running parts asked to stop."""
+        stamp = utc(now)
+        queued = select(T.id).where(T.parent_id == group_id, T.status == Status.QUEUED.value)
+        ids = list(conn.execute(self._locking_skip(queued, of=task_table)).scalars())
+        if ids:
+            conn.execute(delete(job_table).where(J.task_id.in_(ids), J.lease_owner.is_(None)))
+            conn.execute(
+                update(task_table)
+                .where(T.id.in_(ids), T.status == Status.QUEUED.value)
+                .where(~exists().where(J.task_id == T.id))
+                .values(
+                    status=Status.CANCELLED.value,
+                    cancel_requested=True,
+                    error_type=CANCELLED_ERROR.type,
+                    error_message=CANCELLED_ERROR.message,
+                    finished_at=stamp,
+                    expires_at=expires_at,
+                    updated_at=stamp,
+                    version=T.version + 1,
+                )
+            )
+        running = select(T.id).where(
+            T.parent_id == group_id,
+            T.status == Status.RUNNING.value,
+            T.cancel_requested.is_(False),
+        )
+        asked = list(conn.execute(self._locking_skip(running, of=task_table)).scalars())
+        if asked:
+            conn.execute(
+                update(task_table)
+                .where(T.id.in_(asked))
+                .values(cancel_requested=True, updated_at=stamp, version=T.version + 1)
+            )
+        return asked
+
+    def group_progress(self, conn: Connection, group_ids: Iterable[str], now: float) -> None:
+        """Bring running groups' progress up to date: their succeeded parts plus each
+        running part's share done (never lower than it was)."""
+        self._group_progress(conn, list(group_ids), now)
+
+    def _group_progress(self, conn: Connection, group_ids: list[str], now: float) -> None:
+        if not group_ids:
+            return
+        c = task_table.alias("c")
+        share = case(
+            (c.c.progress_current >= c.c.progress_total, 1.0),
+            (c.c.progress_current <= 0, 0.0),
+            else_=c.c.progress_current / c.c.progress_total,
+        )
+        running = (
+            select(func.coalesce(func.sum(share), 0.0))
+            .where(
+                c.c.parent_id == T.id,
+                c.c.status == Status.RUNNING.value,
+                c.c.progress_total > 0,
+                c.c.progress_current.is_not(None),
+            )
+            .scalar_subquery()
+        )
+        now_done = T.group_done + running
+        conn.execute(
+            update(task_table)
+            .where(
+                T.id.in_(group_ids),
+                T.status == Status.RUNNING.value,
+                T.progress_current < now_done,
+            )
+            .values(progress_current=now_done, updated_at=utc(now), version=T.version + 1)
+        )
 
     # == schedules ===========================================================================
     # Owner-scoped like the task records: ``owner`` None means any owner (admin code).

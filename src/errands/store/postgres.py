@@ -180,6 +180,7 @@ _STARTED = (
     T.version,
     T.cancel_requested,
     T.output_floor,
+    T.parent_id,
 )
 
 
@@ -437,7 +438,7 @@ class PostgresDriver(Driver):
         orphans = [r[0] for r in rows if r[0] is not None and r[1] is None]
         if orphans:  # a job whose record is no longer queued: drop it
             conn.execute(_DROP_JOBS, {"_ids": orphans})
-        return [Claimed(*r[1:10]) for r in rows if r[1] is not None], due
+        return [Claimed(*r[1:11]) for r in rows if r[1] is not None], due
 
     def _serialize_capped_claims(self, conn: Connection) -> None:
         conn.execute(_CAPS_LOCK)

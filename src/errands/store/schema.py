@@ -127,6 +127,14 @@ task_table = Table(
     # unique index makes one task per tick, whatever the number of workers firing it.
     Column("schedule_id", ID),
     Column("scheduled_for", UTCDateTime),
+    # Groups (``app.submit_group``): a part's group and its place in it (the group's
+    # ``then`` task is placed after the last part); on the group's own record, its
+    # number of parts, how many have succeeded, and the ``then`` task's name.
+    Column("parent_id", ID),
+    Column("group_index", Integer),
+    Column("group_size", Integer),
+    Column("group_done", Integer),
+    Column("group_then", String(255)),
     # Ids are time-ordered, so (owner, id) serves "my tasks, newest first".
     Index("ix_errands_task_owner_id", "owner", "id"),
     Index("ix_errands_task_status_id", "status", "id"),
@@ -145,6 +153,16 @@ task_table = Table(
         "ux_errands_task_unique", "owner", "unique_key", unique=True, where=_ACTIVE_UNIQUE
     ),
     _partial_index("ix_errands_task_expires_at", "expires_at", where="expires_at IS NOT NULL"),
+    # A group's parts in order (its children listing, its results), and its running
+    # parts (its progress: never a scan of every part).
+    _partial_index(
+        "ix_errands_task_parent", "parent_id", "group_index", where="parent_id IS NOT NULL"
+    ),
+    _partial_index(
+        "ix_errands_task_parent_running",
+        "parent_id",
+        where="parent_id IS NOT NULL AND status = 'running'",
+    ),
     _partial_index(
         "ux_errands_task_tick",
         "schedule_id",

@@ -255,13 +255,15 @@ class SQLiteDriver(Driver):
             rows = cur.execute(
                 _START + f"WHERE id IN ({_marks(len(leased))}) AND status = 'queued' "
                 "RETURNING id, name, owner, payload, attempts, max_attempts, version, "
-                "cancel_requested, output_floor",
+                "cancel_requested, output_floor, parent_id",
                 (at, at, *leased),
             ).fetchall()
             if len(rows) != len(leased):  # a job whose record is no longer queued: drop it
                 _delete_jobs(cur, list(set(leased) - {r[0] for r in rows}))
             claimed = [
-                Claimed(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], bool(r[7]), r[8])
+                Claimed(
+                    r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], bool(r[7]), r[8], r[9]
+                )
                 for r in rows
             ]
         due = self.job_next_due(conn, names) if len(claimed) < limit else None

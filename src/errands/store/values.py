@@ -67,6 +67,8 @@ class Claimed:
     #: The attempt's output floor: its items are numbered from ``output_floor + 1``, and
     #: its writes are fenced by it (see ``store/driver.py``).
     output_floor: int = 0
+    #: A part of a group: the group's id (its end, progress and items reach the group).
+    parent_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
