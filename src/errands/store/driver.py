@@ -64,6 +64,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal_column,
     or_,
     select,
     tuple_,
@@ -160,6 +161,52 @@ _RENEW = (
     .where(J.lease_owner == bindparam("_worker"), J.task_id.in_(_ids("_ids")))
     .values(lease_expires_at=bindparam("_until"))
     .returning(J.task_id)
+)
+
+
+def _group_progress_statement() -> Any:
+    """A running group's progress brought up to date (see ``Driver.group_progress``)."""
+    c = task_table.alias("c")
+    share = case(
+        (c.c.progress_current >= c.c.progress_total, 1.0),
+        (c.c.progress_current <= 0, 0.0),
+        else_=c.c.progress_current / c.c.progress_total,
+    )
+    running = (
+        select(func.coalesce(func.sum(share), 0.0))
+        .where(
+            c.c.parent_id == T.id,
+            # Written out, so that SQLite sees it is its partial index's condition.
+            c.c.status == literal_column("'running'"),
+            c.c.progress_total > 0,
+            c.c.progress_current.is_not(None),
+        )
+        .scalar_subquery()
+    )
+    now_done = T.group_done + running
+    return (
+        update(task_table)
+        .where(
+            T.id.in_(_ids("_ids")),
+            T.status == Status.RUNNING.value,
+            T.progress_current < now_done,
+        )
+        .values(progress_current=now_done, updated_at=bindparam("_at"), version=T.version + 1)
+    )
+
+
+_GROUP_PROGRESS = _group_progress_statement()
+_PARTS_OF = (
+    select(T.id, T.parent_id, T.group_index, T.status, T.error_type, T.error_message)
+    .where(T.id.in_(_ids("_ids")), T.parent_id.is_not(None))
+    .order_by(T.parent_id, T.group_index)
+)
+_GROUP_ROW = select(T.status, T.group_size, T.group_done, T.group_then).where(
+    T.id == bindparam("_id")
+)
+# (The version and time change with the progress, in the statement that follows.)
+_GROUP_DONE = (
+    update(task_table).where(T.id == bindparam("_id")).values(group_done=bindparam("_done"))
 )
 _LINK_PART = update(task_table).where(T.id == bindparam("_id")).values(group_index=bindparam("_i"))
 _CANCEL_ASKED = select(T.id).where(T.id.in_(_ids("_ids")), T.cancel_requested.is_(True))
@@ -1005,11 +1052,16 @@ class Driver(abc.ABC):
         }
         conn.execute(insert(task_table).values(row))
         self.task_insert(conn, parts)
-        links = [{"_id": p.id, "_i": i} for i, p in enumerate(parts)]
+        ids = [p.id for p in parts]
         if then is not None:
             conn.execute(insert(task_table).values(task_row(then)))
-            links.append({"_id": then.id, "_i": len(parts)})
-        conn.execute(_LINK_PART.values(parent_id=group.id), links)
+            ids.append(then.id)
+        self._link_parts(conn, group.id, ids)
+
+    def _link_parts(self, conn: Connection, group_id: str, ids: Sequence[str]) -> None:
+        """Make the tasks ``ids`` the group's parts, in this order."""
+        links = [{"_id": task_id, "_i": i} for i, task_id in enumerate(ids)]
+        conn.execute(_LINK_PART.values(parent_id=group_id), links)
 
     def group_parts(
         self, conn: Connection, group_id: str, owner: str | None, after: int, limit: int
@@ -1042,11 +1094,7 @@ class Driver(abc.ABC):
         ids = list(task_ids)
         if not ids:
             return []
-        parts = conn.execute(
-            select(T.id, T.parent_id, T.group_index, T.status, T.error_type, T.error_message)
-            .where(T.id.in_(ids), T.parent_id.is_not(None))
-            .order_by(T.parent_id, T.group_index)
-        ).all()
+        parts = conn.execute(_PARTS_OF, {"_ids": ids}).all()
         touched: list[str] = []
         for group_id, ended in itertools.groupby(parts, key=lambda p: p.parent_id):
             touched += self._group_after(conn, group_id, list(ended), now, expiry)
@@ -1061,11 +1109,7 @@ class Driver(abc.ABC):
         expiry: Mapping[str, datetime | None],
     ) -> list[str]:
         """The records changed: the group's, and its ``then`` task's when it is queued."""
-        group = conn.execute(
-            self._locking(
-                select(T.status, T.group_size, T.group_done, T.group_then).where(T.id == group_id)
-            )
-        ).first()
+        group = conn.execute(self._locking(_GROUP_ROW), {"_id": group_id}).first()
         if group is None or group.status != Status.RUNNING.value:
             return []  # ended already (a part ending after its group failed or was cancelled)
         size = group.group_size
@@ -1091,11 +1135,7 @@ class Driver(abc.ABC):
             self._cancel_parts(conn, group_id, now, keep)
             return [group_id]
         done = group.group_done + len(ended)
-        conn.execute(
-            update(task_table)
-            .where(T.id == group_id)
-            .values(group_done=done, updated_at=utc(now), version=T.version + 1)
-        )
+        conn.execute(_GROUP_DONE, {"_id": group_id, "_done": done})
         self._group_progress(conn, [group_id], now)
         if done < size:
             return [group_id]
@@ -1210,34 +1250,8 @@ class Driver(abc.ABC):
         self._group_progress(conn, list(group_ids), now)
 
     def _group_progress(self, conn: Connection, group_ids: list[str], now: float) -> None:
-        if not group_ids:
-            return
-        c = task_table.alias("c")
-        share = case(
-            (c.c.progress_current >= c.c.progress_total, 1.0),
-            (c.c.progress_current <= 0, 0.0),
-            else_=c.c.progress_current / c.c.progress_total,
-        )
-        running = (
-            select(func.coalesce(func.sum(share), 0.0))
-            .where(
-                c.c.parent_id == T.id,
-                c.c.status == Status.RUNNING.value,
-                c.c.progress_total > 0,
-                c.c.progress_current.is_not(None),
-            )
-            .scalar_subquery()
-        )
-        now_done = T.group_done + running
-        conn.execute(
-            update(task_table)
-            .where(
-                T.id.in_(group_ids),
-                T.status == Status.RUNNING.value,
-                T.progress_current < now_done,
-            )
-            .values(progress_current=now_done, updated_at=utc(now), version=T.version + 1)
-        )
+        if group_ids:
+            conn.execute(_GROUP_PROGRESS, {"_ids": group_ids, "_at": utc(now)})
 
     # == schedules ===========================================================================
     # Owner-scoped like the task records: ``owner`` None means any owner (admin code).

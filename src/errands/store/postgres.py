@@ -284,6 +284,11 @@ _CLAIM_CHOSEN = _compiled(_claim_statement(chosen=True))
 _DROP_JOBS = delete(job_table).where(J.task_id.in_(_ids("_ids")))
 # Claims under caps take turns (the key is errands' own constant).
 _CAPS_LOCK = text("SELECT pg_advisory_xact_lock(7245106329)")
+# A group's parts, in order: one statement whatever their number.
+_LINK_PARTS = (
+    "UPDATE errands_task t SET parent_id = %s, group_index = u.i - 1 "
+    "FROM unnest(%s::text[]) WITH ORDINALITY AS u (id, i) WHERE t.id = u.id"
+)
 # An owner's schedule creates take turns (the first key is errands' own constant).
 _OWNER_LOCK = text("SELECT pg_advisory_xact_lock(724510633, hashtext(:owner))")
 
@@ -448,6 +453,9 @@ class PostgresDriver(Driver):
 
     def _locking_skip(self, query: Any, of: Any = job_table) -> Any:
         return query.with_for_update(of=of, skip_locked=True)
+
+    def _link_parts(self, conn: Connection, group_id: str, ids: Sequence[str]) -> None:
+        _cursor(conn).execute(_LINK_PARTS, (group_id, list(ids)))
 
     def _serialize_owner(self, conn: Connection, owner: str) -> None:
         conn.execute(_OWNER_LOCK, {"owner": owner})
