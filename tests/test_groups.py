@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from errands import (
     Errands,
     InvalidPayload,
+    InvalidTransition,
     Status,
     TaskNotFound,
     UnknownTask,
@@ -112,6 +113,8 @@ async def test_a_failing_part_fails_the_group_and_cancels_the_rest(
     assert statuses[0] is Status.FAILED
     assert Status.CANCELLED in statuses  # the rest did not all run
     assert parts[-1].status is Status.CANCELLED  # then never ran
+    with pytest.raises(InvalidTransition):  # its payload is a summary, not a task's
+        await app.retry(group.id, owner="ann")
 
 
 async def test_cancelling_the_group_cancels_every_part(gapp: Errands, run_worker: Any) -> None:

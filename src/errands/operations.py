@@ -214,6 +214,8 @@ class Operations:
     def retryable(self, task_id: str, owner: object) -> TaskRecord:
         """The record of a task to submit again: failed or cancelled."""
         record = self.get(task_id, owner)
+        if record.is_group:
+            raise InvalidTransition("a group cannot be retried: submit its parts again")
         if record.status not in (Status.FAILED, Status.CANCELLED):
             raise InvalidTransition(
                 f"only a failed or cancelled task can be retried; this one is {record.status.value}"
