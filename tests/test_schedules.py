@@ -183,8 +183,15 @@ def stored_next(app: Errands, schedule_id: str) -> float:
         return float(value)
 
 
-def fire_once(app: Errands, now: float) -> None:
-    Ticker(app.runtime, "test", app.registry.names()).fire(now)
+def make_due(app: Errands, schedule_id: str, tick: float) -> None:
+    """Move the schedule's next tick to ``tick`` (in the past: firing with a clock
+    ahead would date this process's later task ids in the future)."""
+    with app.db.engine.begin() as conn:
+        conn.execute(update(schedule_table).where(S.id == schedule_id).values(next_run_at=tick))
+
+
+def fire_once(app: Errands, now: float | None = None) -> None:
+    Ticker(app.runtime, "test", app.registry.names()).fire(time.time() if now is None else now)
 
 
 async def test_missed_ticks_make_one_catch_up_task(sched_app: Errands) -> None:
@@ -210,11 +217,13 @@ async def test_a_paused_schedule_makes_no_tasks(sched_app: Errands) -> None:
     app = sched_app
     s = await app.schedules.create("export", {"folder": "a"}, owner="ann", every=1)
     await app.schedules.pause(s.id, owner="ann")
-    fire_once(app, time.time() + 10)
+    make_due(app, s.id, time.time() - 10)
+    fire_once(app)
     assert scheduled_tasks(app, s.id) == []
     resumed = await app.schedules.resume(s.id, owner="ann")
-    assert resumed.next_run_at is not None
-    fire_once(app, stored_next(app, s.id))
+    assert resumed.next_run_at is not None and resumed.next_run_at.timestamp() > time.time()
+    make_due(app, s.id, time.time() - 0.5)
+    fire_once(app)
     assert len(scheduled_tasks(app, s.id)) == 1
 
 
@@ -223,7 +232,6 @@ def test_workers_firing_together_make_one_task_per_tick(sched_app: Errands) -> N
     task (the database's unique index and the guarded move decide)."""
     app = sched_app
     s = app.sync.schedules.create("export", {"folder": "a"}, owner="ann", every=1)
-    start = stored_next(app, s.id)
     tickers = [Ticker(app.runtime, f"w{i}", ["export"]) for i in range(8)]
     errors: list[BaseException] = []
 
@@ -233,15 +241,19 @@ def test_workers_firing_together_make_one_task_per_tick(sched_app: Errands) -> N
         except BaseException as exc:
             errors.append(exc)
 
-    for k in range(10):
-        threads = [threading.Thread(target=run, args=(t, start + k + 0.5)) for t in tickers]
+    made: list[float] = []
+    for _ in range(10):
+        made.append(round(time.time() - 0.5, 3))
+        make_due(app, s.id, made[-1])
+        now = time.time()
+        threads = [threading.Thread(target=run, args=(t, now)) for t in tickers]
         for th in threads:
             th.start()
         for th in threads:
             th.join()
     assert errors == []
-    ticks = [r.scheduled_for.timestamp() for r in scheduled_tasks(app, s.id)]
-    assert [round(t - start, 3) for t in ticks] == list(range(10))
+    ticks = [round(r.scheduled_for.timestamp(), 3) for r in scheduled_tasks(app, s.id)]
+    assert ticks == made
 
 
 async def test_a_unique_task_is_not_doubled_by_its_schedule(db_url: str) -> None:
@@ -254,11 +266,13 @@ async def test_a_unique_task_is_not_doubled_by_its_schedule(db_url: str) -> None
     try:
         app.db.ensure_schema()
         s = await app.schedules.create("sync_inbox", {}, owner="ann", every=1)
-        start = stored_next(app, s.id)
-        fire_once(app, start)
-        fire_once(app, start + 1)  # the first is still queued: no second task
+        start = time.time() - 5
+        make_due(app, s.id, start)
+        fire_once(app)
+        make_due(app, s.id, start + 1)
+        fire_once(app)  # the first is still queued: no second task
         assert len(scheduled_tasks(app, s.id)) == 1
-        assert stored_next(app, s.id) == start + 2
+        assert stored_next(app, s.id) > time.time()
     finally:
         app.close()
 
