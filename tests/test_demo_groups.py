@@ -67,7 +67,7 @@ PART_ROW = re.compile(
     r'<tr data-task-id="([0-9a-f-]{36})"(?: data-part="\d+"| class="merge")>\s*'
     r'<td><a href="/tasks/\1">([^<]+)</a></td>\s*'
     r'<td><span class="badge" data-status="(\w+)">\3</span></td>\s*<td>[^<]*</td>\s*'
-    r'<td class="number files">([^<]*)</td>\s*<td class="number hits">([^<]*)</td>'
+    r'<td class="number files-count">([^<]*)</td>\s*<td class="number hits-count">([^<]*)</td>'
 )
 #: A row of a task list: id, its class (group, part or none), its group, its title, status.
 LIST_ROW = re.compile(

@@ -80,7 +80,13 @@ if (task && !task.dataset.initiallyDone) {
   });
 }
 
-if (task && parts && !task.dataset.initiallyDone && "EventSource" in window) {
+// The parts' rows follow their tasks until every one has ended (after a cancelled
+// group, its running parts take a moment to stop).
+const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+const partsRunning = () =>
+  Array.from(parts.querySelectorAll(".badge")).some((b) => !FINISHED.has(b.dataset.status));
+
+if (parts && partsRunning() && "EventSource" in window) {
   const source = new EventSource("/api/events");
   source.addEventListener("task", (event) => {
     let doc;
@@ -101,13 +107,12 @@ if (task && parts && !task.dataset.initiallyDone && "EventSource" in window) {
       percent.textContent = `${Math.round(doc.progress.percent)}%`;
     }
     if (doc.status === "succeeded" && doc.result && typeof doc.result === "object") {
-      const files = row.querySelector(".files");
-      const found = row.querySelector(".hits");
+      const files = row.querySelector(".files-count");
+      const found = row.querySelector(".hits-count");
       if (files && typeof doc.result.files === "number") files.textContent = String(doc.result.files);
       if (found && typeof doc.result.hits === "number") found.textContent = String(doc.result.hits);
     }
+    if (!partsRunning()) source.close();
   });
-  const close = () => source.close();
-  window.addEventListener("pagehide", close);
-  task.addEventListener("errands:done", close);
+  window.addEventListener("pagehide", () => source.close());
 }
