@@ -360,6 +360,14 @@ def test_bad_folders_are_refused_with_a_message_and_nothing_is_written(
     assert site.count(ALICE) == 0
 
 
+def test_a_bad_query_in_several_folders_writes_nothing(site: Site) -> None:
+    r = site.post_search(query="(unclosed", regex="on", folders="pkg, docs")
+    assert r.status_code == 422
+    alert = re.search(r'<div class="error" role="alert">(.*?)</div>', r.text, re.S)
+    assert alert and text_of(alert[1]).startswith("query: Value error, not a valid regular")
+    assert site.count(ALICE) == 0
+
+
 def test_the_api_refuses_a_folder_outside_and_the_search_checks_again(
     site: Site, tmp_path: Path
 ) -> None:

@@ -39,7 +39,7 @@ MAX_LINE = 300
 MATCH_SECONDS = 0.5
 #: Folders one search may look in at once (one search each, run as one group).
 MAX_FOLDERS = 8
-MAX_FOLDER = 200
+MAX_FOLDER_LENGTH = 200
 #: The task that merges the searches of a search in several folders.
 MERGE = "search_merge"
 
@@ -61,8 +61,8 @@ def folder_problem(folder: str) -> str | None:
     """Why ``folder`` cannot name a folder inside the corpus, or None when it can: a
     relative path with ``/`` between its parts, none of them empty, ``.``, ``..``,
     hidden or one the search skips."""
-    if len(folder) > MAX_FOLDER:
-        return f"a folder's name has at most {MAX_FOLDER} characters"
+    if len(folder) > MAX_FOLDER_LENGTH:
+        return f"a folder's name has at most {MAX_FOLDER_LENGTH} characters"
     if folder.startswith("/") or "\\" in folder or re.match(r"[A-Za-z]:", folder):
         return "a folder is a path inside the searched directory, not an absolute path"
     parts = folder.split("/")
@@ -99,7 +99,7 @@ def parse_folders(text: str, corpus: Path) -> list[str]:
     for folder in folders:
         problem = folder_problem(folder)
         if problem is not None:
-            raise FolderError(f"“{folder[:MAX_FOLDER]}”: {problem}.")
+            raise FolderError(f"“{folder[:MAX_FOLDER_LENGTH]}”: {problem}.")
         if folder_path(corpus, folder) is None:
             raise FolderError(f"“{folder}” is not a folder of the searched directory.")
     for folder in folders:
@@ -130,7 +130,9 @@ class SearchIn(BaseModel):
     #: Seconds to linger on each file, so a person can watch the search run.
     pause: float = Field(0.0, ge=0.0, le=0.05)
     folder: str = Field(
-        "", max_length=MAX_FOLDER, description="A folder inside the corpus (empty: all of it)"
+        "",
+        max_length=MAX_FOLDER_LENGTH,
+        description="A folder inside the corpus (empty: all of it)",
     )
 
     @field_validator("folder")
