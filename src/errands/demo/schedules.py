@@ -182,7 +182,7 @@ def add_pages(pages: Router, demo: Demo) -> None:
 
     async def repeat(request: Request, user: User, data: dict[str, str]) -> Response:
         record = await app.get(request.path_params["task_id"], owner=user.owner)
-        if record.name != "search":
+        if record.name != "search" or record.is_group:  # a group cannot be scheduled
             return _redirect(f"/tasks/{record.id}")
         try:
             when = repeat_of(data)

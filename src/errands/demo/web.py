@@ -4,7 +4,8 @@ tasks, API tokens and (in ``admin.py``) the library's admin dashboard.
 It is an ordinary user of errands: tasks are submitted and read through the
 :class:`~errands.Errands` API with the signed-in user's owner id, the browser talks to
 ``errands.web.task_api`` mounted at ``/api``, and the task page shows a task with the
-``<errands-task>`` element. Searches can be repeated on a schedule (``schedules.py``).
+``<errands-task>`` element. Searches can be repeated on a schedule (``schedules.py``),
+and run in several folders at once as a group of searches (``groups.py``).
 ``create_app`` builds it; ``errands demo`` serves it with a worker in the same process.
 """
 
@@ -45,7 +46,7 @@ from ..metrics import metrics_app
 from ..schedules.service import DEFAULT_MAX_PER_OWNER
 from ..store.database import log_failure
 from ..web import task_api
-from . import accounts, schedules, tasks
+from . import accounts, groups, schedules, tasks
 from .accounts import AccountError, Accounts
 from .admin import admin_dashboard, admin_schedules
 from .store import User
@@ -148,17 +149,27 @@ class Demo:
         repeat_form: dict[str, str] | None = None,
     ) -> Response:
         """A task's page; with the "Repeat this search" form's message and the fields
-        submitted when that form was refused."""
+        submitted when that form was refused. A search in several folders (a group)
+        also shows its parts; a part links to its group."""
         app = self.errands
         hits: list[tuple[int, Any]] = []
         if record.name == "search":
             hits = await app.outputs(record.id, owner=user.owner, limit=HITS_ON_PAGE)
+        found = None
+        if record.is_group:
+            found = await groups.folder_search(app, record, user.owner)
+            if record.done:
+                hits = groups.sorted_hits(hits)
         return self.render(
             request,
             "task.html",
             status_code,
             task=record,
+            title=found.title(record) if found else tasks.task_title(record),
+            found=found,
+            group=await groups.parent_of(app, record, user.owner),
             hits=hits,
+            hits_last=max((seq for seq, _ in hits), default=0),
             hits_cap=HITS_ON_PAGE,
             origin=await schedules.origin(app, record, user.owner),
             repeat=schedules.form_values(repeat_form),
@@ -347,7 +358,14 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         """The search form, beside the user's recent tasks."""
         recent = await app.list(owner=user.owner, limit=5)
         return demo.render(
-            request, "home.html", status_code, recent=recent.items, corpus=demo.corpus, **context
+            request,
+            "home.html",
+            status_code,
+            recent=groups.rows(recent.items),
+            corpus=demo.corpus,
+            some_folders=await run_in_threadpool(tasks.top_folders, demo.corpus),
+            max_folders=tasks.MAX_FOLDERS,
+            **context,
         )
 
     async def home(request: Request) -> Response:
@@ -365,7 +383,13 @@ def _add_pages(pages: Router, demo: Demo) -> None:
             "pause": 0.005 if data.get("slow") == "on" else 0.0,
         }
         try:
-            record = await app.submit("search", payload, owner=user.owner)
+            folders = await run_in_threadpool(
+                tasks.parse_folders, data.get("folders", ""), demo.corpus
+            )
+        except tasks.FolderError as exc:
+            return await home_page(request, user, 422, form=data, errors=[str(exc)])
+        try:
+            record = await groups.submit_search(app, payload, folders, user.owner)
         except InvalidPayload as exc:
             errors = [
                 f"{'.'.join(str(p) for p in e.get('loc', [])) or 'search'}: {e.get('msg')}"
@@ -412,7 +436,8 @@ def _add_pages(pages: Router, demo: Demo) -> None:
             page = await app.list(owner=user.owner, status=status, limit=PAGE_SIZE, cursor=cursor)
         except ValueError:
             page = await app.list(owner=user.owner, status=status, limit=PAGE_SIZE)
-        return demo.render(request, "tasks.html", page=page, status=status or "")
+        rows = groups.rows(page.items)
+        return demo.render(request, "tasks.html", page=page, rows=rows, status=status or "")
 
     # -- API tokens --------------------------------------------------------------------
     async def tokens_page(request: Request, user: User, data: dict[str, str]) -> Response:

@@ -2,9 +2,43 @@
 // events; a new attempt of the task (`errands:attempt`, e.g. a retry) drops the hits of
 // the earlier one. When the task finishes, the page reloads once to show what comes
 // next (the export button, the download link), all of which is rendered on the server.
+//
+// A search in several folders is a group: its output is every part's hits, each as
+// {part, task_id, item}, shown with the part's folder (the list's data-folders). Its
+// table of parts follows their changes on the user's event stream (/api/events).
 const task = document.getElementById("task");
 const hits = document.getElementById("hits");
 const count = document.getElementById("hit-count");
+const parts = document.getElementById("parts");
+const folders = (() => {
+  try {
+    return hits && hits.dataset.folders ? JSON.parse(hits.dataset.folders) : null;
+  } catch {
+    return null;
+  }
+})();
+
+function hitItem(seq, data) {
+  const li = document.createElement("li");
+  li.dataset.seq = String(seq);
+  const where = document.createElement("code");
+  if (folders && data && typeof data.part === "number") {
+    const hit = data.item || {};
+    li.dataset.part = String(data.part);
+    const folder = document.createElement("span");
+    folder.className = "folder";
+    folder.textContent = folders[data.part] ?? "";
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = hit.text ?? "";
+    where.textContent = `${hit.path}:${hit.line}`;
+    li.append(folder, where, " ", text);
+    return li;
+  }
+  where.textContent = `${data.path}:${data.line}`;
+  li.append(where, " ", data.text);
+  return li;
+}
 
 if (task && hits) {
   let last = Number(hits.dataset.lastSeq || 0);
@@ -15,12 +49,7 @@ if (task && hits) {
     const { seq, data } = event.detail;
     if (seq <= last) return;
     last = seq;
-    const li = document.createElement("li");
-    li.dataset.seq = String(seq);
-    const where = document.createElement("code");
-    where.textContent = `${data.path}:${data.line}`;
-    li.append(where, " ", data.text);
-    hits.append(li);
+    hits.append(hitItem(seq, data));
     counted();
   });
   task.addEventListener("errands:attempt", (event) => {
@@ -49,4 +78,41 @@ if (task && !task.dataset.initiallyDone) {
   task.addEventListener("errands:done", () => {
     setTimeout(() => window.location.reload(), 300);
   });
+}
+
+// The parts' rows follow their tasks until every one has ended (after a cancelled
+// group, its running parts take a moment to stop).
+const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+const partsRunning = () =>
+  Array.from(parts.querySelectorAll(".badge")).some((b) => !FINISHED.has(b.dataset.status));
+
+if (parts && partsRunning() && "EventSource" in window) {
+  const source = new EventSource("/api/events");
+  source.addEventListener("task", (event) => {
+    let doc;
+    try {
+      doc = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    const row = parts.querySelector(`tr[data-task-id="${doc.id}"]`);
+    if (!row) return;
+    const badge = row.querySelector(".badge");
+    if (badge) {
+      badge.textContent = doc.status;
+      badge.dataset.status = doc.status;
+    }
+    const percent = row.children[2];
+    if (percent && doc.progress && typeof doc.progress.percent === "number") {
+      percent.textContent = `${Math.round(doc.progress.percent)}%`;
+    }
+    if (doc.status === "succeeded" && doc.result && typeof doc.result === "object") {
+      const files = row.querySelector(".files-count");
+      const found = row.querySelector(".hits-count");
+      if (files && typeof doc.result.files === "number") files.textContent = String(doc.result.files);
+      if (found && typeof doc.result.hits === "number") found.textContent = String(doc.result.hits);
+    }
+    if (!partsRunning()) source.close();
+  });
+  window.addEventListener("pagehide", () => source.close());
 }
