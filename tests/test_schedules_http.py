@@ -178,7 +178,12 @@ def test_create_read_list_pause_resume_delete(server: LiveServer, app: Errands) 
         # Delete: 204, then the schedule is gone on every verb.
         r = ann.delete(location)
         assert r.status_code == 204 and r.content == b""
-        for method, kwargs in (("GET", {}), ("PATCH", {"json": {"paused": True}}), ("DELETE", {})):
+        verbs: list[tuple[str, dict[str, Any]]] = [
+            ("GET", {}),
+            ("PATCH", {"json": {"paused": True}}),
+            ("DELETE", {}),
+        ]
+        for method, kwargs in verbs:
             gone = assert_problem(ann.request(method, location, **kwargs), 404)
             assert gone["detail"] == "No such schedule."
         listed = ann.get("/api/schedules").json()["items"]
@@ -293,13 +298,14 @@ def test_no_identity_is_401_everywhere(server: LiveServer, app: Errands) -> None
     bodies = set()
     with client(server, None) as anonymous:
         for sid in (doc["id"], new_task_id()):
-            for method, path, kwargs in [
+            requests: list[tuple[str, str, dict[str, Any]]] = [
                 ("POST", "/api/schedules", {"json": {"name": "steps", "every": 600}}),
                 ("GET", "/api/schedules", {}),
                 ("GET", f"/api/schedules/{sid}", {}),
                 ("PATCH", f"/api/schedules/{sid}", {"json": {"paused": True}}),
                 ("DELETE", f"/api/schedules/{sid}", {}),
-            ]:
+            ]
+            for method, path, kwargs in requests:
                 r = anonymous.request(method, path, **kwargs)
                 assert_problem(r, 401)
                 bodies.add(r.content)
@@ -466,13 +472,14 @@ def test_list_oldest_first_in_pages(server: LiveServer) -> None:
         after = ann.get("/api/schedules", params={"cursor": made[-1]}).json()
         assert after == {"items": [], "next_cursor": None}
 
-        for params, field in [
+        bad: list[tuple[dict[str, Any], str]] = [
             ({"limit": 0}, "limit"),
             ({"limit": 501}, "limit"),
             ({"limit": "many"}, "limit"),
             ({"cursor": "x"}, "cursor"),
             ({"owner": "bob"}, "owner"),
-        ]:
+        ]
+        for params, field in bad:
             doc = assert_problem(ann.get("/api/schedules", params=params), 422)
             assert [e["field"] for e in doc["errors"]] == [field], params
 
@@ -516,7 +523,11 @@ def test_openapi_documents_the_schedules_and_the_answers_conform(
         sid = r.json()["id"]
         fire(app, when(r.json()["next_run_at"]).timestamp())
         one = "/api/schedules/{schedule_id}"
-        for method, kwargs in (("GET", {}), ("PATCH", {"json": {"paused": True}})):
+        reads: list[tuple[str, dict[str, Any]]] = [
+            ("GET", {}),
+            ("PATCH", {"json": {"paused": True}}),
+        ]
+        for method, kwargs in reads:
             conforms(
                 method, one, ann.request(method, f"/api/schedules/{sid}", **kwargs), schedule_id=sid
             )

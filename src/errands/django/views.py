@@ -20,6 +20,7 @@ Options: ``settings.ERRANDS["API"]`` takes ``task_api``'s ``submit_rate``,
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +29,7 @@ from django.conf import settings as django_settings
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, get_script_prefix, get_urlconf, reverse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..web.problems import Problem
@@ -124,14 +125,20 @@ def _collections(request: HttpRequest) -> tuple[str, str | None]:
     schedules, where the project does not mount it)."""
     match = request.resolver_match
     namespace = f"{match.namespace}:" if match is not None and match.namespace else ""
+    where = (get_urlconf(), get_script_prefix())
     if match is not None and match.app_name == SCHEDULES_APP:
-        return _reversed("errands:tasks") or "", reverse(f"{namespace}schedules").rstrip("/")
-    return reverse(f"{namespace}tasks").rstrip("/"), _reversed(f"{SCHEDULES_APP}:schedules")
+        tasks = _reversed("errands:tasks", *where) or ""
+        return tasks, reverse(f"{namespace}schedules").rstrip("/")
+    return reverse(f"{namespace}tasks").rstrip("/"), _reversed(f"{SCHEDULES_APP}:schedules", *where)
 
 
-def _reversed(name: str) -> str | None:
+@functools.lru_cache(maxsize=64)
+def _reversed(name: str, urlconf: Any, prefix: str) -> str | None:
+    """The path of ``name`` in the URLconf ``urlconf`` under the script prefix
+    ``prefix`` (the request's: they are the cache's key), or None where it is not
+    mounted."""
     try:
-        url: str = reverse(name)
+        url: str = reverse(name, urlconf=urlconf)
     except NoReverseMatch:
         return None
     return url.rstrip("/")
