@@ -15,8 +15,8 @@ import pytest
 
 from errands import ANY_OWNER, Errands, ScheduleNotFound
 from errands.ids import new_task_id
-from errands.schedules.ticker import Ticker
 from tests.test_cli import APP, Result, run_cli
+from tests.test_schedules_http import tick_now
 
 pytestmark = [pytest.mark.slow, pytest.mark.databases("sqlite", "postgresql")]
 
@@ -45,12 +45,9 @@ def test_ls_lists_every_owners_schedules(db_url: str, e2e_app: Errands) -> None:
     time.sleep(0.002)
     halves = app.sync.schedules.create("slow_once", {}, owner="u1", every=90.5)
     app.sync.schedules.pause(halves.id, owner="u1")
-    weekly = app.sync.schedules.pause(weekly.id, owner="u1")  # (not fired below)
-    assert hourly.next_run_at is not None
-    Ticker(app.runtime, "test", app.registry.names()).fire(hourly.next_run_at.timestamp() + 0.001)
+    tick_now(app, hourly.id)
     hourly = app.sync.schedules.get(hourly.id, owner="u2")
     assert hourly.last_task_id is not None
-    weekly = app.sync.schedules.resume(weekly.id, owner="u1")
 
     listed, mine, page, rest = run_cli(
         db_url,

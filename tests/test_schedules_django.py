@@ -26,8 +26,8 @@ from django.urls import include, path  # noqa: E402
 from errands.django import get_app  # noqa: E402
 from errands.django.urls import schedule_urls  # noqa: E402
 from errands.ids import new_task_id  # noqa: E402
-from errands.schedules.ticker import Ticker  # noqa: E402
 from tests.apps import django_tasks  # noqa: E402, F401 (registers the tasks)
+from tests.test_schedules_http import tick_now  # noqa: E402
 
 ECHO = "tests.apps.django_tasks.echo"
 JSON = "application/json"
@@ -70,14 +70,6 @@ def _create(client: Client, body: Any, prefix: str = "", **headers: str) -> Any:
     data = body if isinstance(body, bytes | str) else json.dumps(body)
     ctype = headers.pop("ctype", JSON)
     return client.post(f"{prefix}/schedules/", data, content_type=ctype, headers=headers)
-
-
-def _fire(schedule_id: str, owner: str) -> None:
-    """What a worker does once the schedule's tick is due."""
-    app = get_app()
-    when = app.sync.schedules.get(schedule_id, owner=owner).next_run_at
-    assert when is not None
-    Ticker(app.runtime, "test", app.registry.names()).fire(when.timestamp() + 0.001)
 
 
 @pytest.mark.usefixtures("mounted")
@@ -166,7 +158,7 @@ def test_errors_are_problem_documents_that_write_nothing() -> None:
 def test_a_ticks_task_and_its_schedule_link_each_other() -> None:
     ann = _client("sched-ann4")
     doc = _create(ann, {"name": ECHO, "payload": {"args": [1]}, "every": 60}).json()
-    _fire(doc["id"], _owner("sched-ann4"))
+    tick_now(get_app(), doc["id"])
     doc = ann.get(doc["links"]["self"]).json()
     task_id = doc["last_task_id"]
     assert task_id is not None and doc["last_run_at"] is not None
@@ -187,7 +179,7 @@ def _namespaced_prefixed_mount() -> None:
     assert created.status_code == 201, created.content
     sid = created.json()["id"]
     assert created["Location"] == f"/v1/schedules/{sid}"
-    _fire(sid, _owner("sched-ann5"))
+    tick_now(get_app(), sid)
     doc = ann.get(f"/v1/schedules/{sid}").json()
     assert doc["links"]["last_task"] == f"/v1/tasks/{doc['last_task_id']}"
     task = ann.get(doc["links"]["last_task"]).json()
@@ -200,7 +192,7 @@ def test_a_project_without_the_schedules_include_links_none() -> None:
     made it, but links no schedule URL."""
     owner = str(User.objects.get_or_create(username="sched-ann6")[0].pk)
     schedule = get_app().sync.schedules.create(ECHO, {"args": [2]}, owner=owner, every=60)
-    _fire(schedule.id, owner)
+    tick_now(get_app(), schedule.id)
     task_id = get_app().sync.schedules.get(schedule.id, owner=owner).last_task_id
     task = _client("sched-ann6").get(f"/tasks/{task_id}").json()
     assert task["schedule_id"] == schedule.id

@@ -19,7 +19,7 @@ from errands.ids import new_task_id
 from tests.apps.web import install
 from tests.conftest import LiveServer
 from tests.test_flask_api import FlaskServer, without_ws_link
-from tests.test_schedules_http import BAD_CHANGES, BAD_CREATES, FIELDS, LIMIT, MAX_PAYLOAD, fire
+from tests.test_schedules_http import BAD_CHANGES, BAD_CREATES, FIELDS, LIMIT, MAX_PAYLOAD, tick_now
 from tests.test_web_api import PROBLEM, assert_problem, counts
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
@@ -40,12 +40,6 @@ def server(app: Errands) -> Iterator[FlaskServer]:
     live = FlaskServer(app, submit_rate=None, max_body_bytes=MAX_BODY)
     yield live
     live.stop()
-
-
-def next_tick(app: Errands, schedule_id: str) -> float:
-    when = app.sync.schedules.get(schedule_id, owner="ann").next_run_at
-    assert when is not None
-    return when.timestamp()
 
 
 def test_create_read_list_pause_resume_delete(server: FlaskServer, app: Errands) -> None:
@@ -128,7 +122,7 @@ def test_links_follow_the_blueprints_prefix(app: Errands) -> None:
             assert r.status_code == 201, r.text
             location = f"/v2/errands/schedules/{r.json()['id']}"
             assert r.headers["location"] == r.json()["links"]["self"] == location
-            fire(app, next_tick(app, r.json()["id"]))
+            tick_now(app, r.json()["id"])
             doc = ann.get(location).json()
             task = f"/v2/errands/tasks/{doc['last_task_id']}"
             assert doc["links"] == {"self": location, "last_task": task}
@@ -162,7 +156,7 @@ def test_answers_are_byte_for_byte_fastapis(server: FlaskServer, app: Errands) -
 
             made = ann[0].post("/api/schedules", json={"name": "steps", "every": 60}).json()
             sid = made["id"]
-            fire(app, next_tick(app, sid))
+            tick_now(app, sid)
             task_id = ann[0].get(f"/api/schedules/{sid}").json()["last_task_id"]
             assert same(ann, "GET", f"/api/schedules/{sid}") == 200
             assert same(ann, "GET", "/api/schedules") == 200

@@ -364,7 +364,8 @@ class TaskAPI:
         call = await self.call(request, "/schedules/{schedule_id}")
         return _response(await self.schedules.delete(call, schedule_id))
 
-    def schedule_routes(self, router: APIRouter) -> None:
+    def schedule_router(self) -> APIRouter:
+        router = APIRouter(route_class=ProblemRoute, tags=["schedules"])
         schedule = {
             200: {"model": ScheduleResource},
             **problem_responses(401, 404, 431, subject="schedule"),
@@ -378,19 +379,16 @@ class TaskAPI:
                 **problem_responses(401, 413, 415, 422, 431),
             },
             openapi_extra=_json_body(_schedule_schema(self.protocol.errands)),
-            tags=["schedules"],
         )(self.create_schedule)
         router.get(
             "/schedules",
             summary="List the caller's schedules, oldest first",
             responses={200: {"model": SchedulePage}, **problem_responses(401, 422, 431)},
-            tags=["schedules"],
         )(self.list_schedules)
         router.get(
             "/schedules/{schedule_id}",
             summary="Read a schedule",
             responses=schedule,
-            tags=["schedules"],
         )(self.get_schedule)
         router.patch(
             "/schedules/{schedule_id}",
@@ -401,7 +399,6 @@ class TaskAPI:
                 **problem_responses(401, 404, 413, 415, 422, 431, subject="schedule"),
             },
             openapi_extra=_json_body(ScheduleChange),
-            tags=["schedules"],
         )(self.change_schedule)
         router.delete(
             "/schedules/{schedule_id}",
@@ -411,8 +408,8 @@ class TaskAPI:
                 204: {"description": "Deleted"},
                 **problem_responses(401, 404, 431, subject="schedule"),
             },
-            tags=["schedules"],
         )(self.delete_schedule)
+        return router
 
     # -- the router ----------------------------------------------------------------------
     def router(self) -> APIRouter:
@@ -505,7 +502,7 @@ class TaskAPI:
             responses={200: _event_stream(["task"]), **problem_responses(401, 431)},
         )(self.owner_events)
         router.add_api_websocket_route("/tasks/{task_id}/ws", self.task_ws)
-        self.schedule_routes(router)
+        router.routes.extend(self.schedule_router().routes)
         return router
 
 
