@@ -9,9 +9,9 @@ request, and the event streams answer ``501``: clients poll ``GET tasks/<id>`` w
 Who is asking: the request's signed-in user (``str(user.pk)``), whatever
 authentication the project uses (sessions, or its own middleware setting
 ``request.user``); anonymous requests get 401. Superusers are the API's administrators
-(every owner's tasks and schedules; tracebacks). Requests carrying the session cookie must carry the
-CSRF token on writes (``X-CSRFToken``, or ``X-CSRF-Token`` as ``<errands-task>`` sends
-it); a refusal is a problem document like every other error.
+(every owner's tasks and schedules; tracebacks). Requests carrying the session cookie
+must carry the CSRF token on writes (``X-CSRFToken``, or ``X-CSRF-Token`` as
+``<errands-task>`` sends it); a refusal is a problem document like every other error.
 
 Options: ``settings.ERRANDS["API"]`` takes ``task_api``'s ``submit_rate``,
 ``submit_burst``, ``max_body_bytes``, ``poll_interval``, ``keepalive`` and

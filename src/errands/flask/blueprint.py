@@ -5,8 +5,8 @@ resources, the problem documents, the 404 bytes for someone else's task or sched
 ``ETag``/``304`` and the Server-Sent Event streams all come from
 :class:`~errands.web.protocol.TaskProtocol` and
 :class:`~errands.web.schedules.ScheduleProtocol`; this module only says who is asking
-and turns their answers into Flask responses. There is no
-WebSocket (WSGI has none), so task resources link none.
+and turns their answers into Flask responses. There is no WebSocket (WSGI has none),
+so task resources link none.
 
 The protocol is async and Flask is not: every request awaits its protocol call on the
 app's event loop thread (:func:`errands.flask.loop.loop_for`) and blocks its own

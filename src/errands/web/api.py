@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Union
 from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter
 from pydantic import create_model as _create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -48,7 +48,13 @@ from .protocol import (
     too_large,
 )
 from .resources import OutputPage, SchedulePage, ScheduleResource, TaskPage, TaskResource
-from .schedules import MAX_EVERY, NEW_SCHEDULE, ScheduleChange, ScheduleProtocol, ScheduleQuery
+from .schedules import (
+    NEW_SCHEDULE,
+    NewSchedule,
+    ScheduleChange,
+    ScheduleProtocol,
+    ScheduleQuery,
+)
 from .streams import MAX_INT, race, until_disconnected
 
 #: ``current_owner`` and ``is_admin``: take the request (or WebSocket), return a value
@@ -148,13 +154,10 @@ def _submit_schema(app: Errands) -> dict[str, Any]:
 
 
 def _schedule_schema(app: Errands) -> dict[str, Any]:
-    """The request body of ``POST /schedules``."""
-    every = Annotated[float, Field(le=MAX_EVERY)] | None
-    fields = {
-        "cron": (Annotated[str, Field(max_length=255)] | None, None),
-        "every": (every, None),
-        "timezone": (Annotated[str, Field(min_length=1, max_length=64)], "UTC"),
-    }
+    """The request body of ``POST /schedules`` (its fields beside the task's are
+    ``NewSchedule``'s)."""
+    own = NewSchedule.model_fields
+    fields = {name: (own[name].annotation, own[name]) for name in ("cron", "every", "timezone")}
     return _per_task_schema(app, "Schedule_", NEW_SCHEDULE, **fields)
 
 
