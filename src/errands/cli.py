@@ -1,8 +1,9 @@
 """The ``errands`` command line.
 
-Commands that act on tasks (``ls``, ``show``, ``cancel``) are administrative: they see
-every owner's tasks unless ``--owner`` narrows them. Exit codes: 0 success; 1 the task
-failed or was cancelled (``submit --wait``); 2 bad usage or input; 3 not found;
+Commands that act on tasks (``ls``, ``show``, ``cancel``) and on users' schedules
+(``schedules ls|pause|resume|rm``) are administrative: they see every owner's unless
+``--owner`` narrows them. Exit codes: 0 success; 1 the task failed or was cancelled
+(``submit --wait``); 2 bad usage or input; 3 not found (a task or a schedule);
 4 ``--wait`` timed out; 5 the database cannot be reached (or is not answering); 6 the
 database is out of space.
 """
@@ -20,12 +21,19 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from .app import ANY_OWNER, Errands
-from .errors import DatabaseUnavailable, ErrandsError, StorageFull, TaskNotFound, WaitTimeout
-from .records import Status, TaskRecord
+from .errors import (
+    DatabaseUnavailable,
+    ErrandsError,
+    ScheduleNotFound,
+    StorageFull,
+    TaskNotFound,
+    WaitTimeout,
+)
+from .records import Schedule, Status, TaskRecord
 from .store.database import driver_reason
 
 
@@ -61,6 +69,15 @@ def record_dict(record: TaskRecord, *, admin: bool = True) -> dict[str, Any]:
         data[key] = None if data[key] is None else data[key].isoformat()
     if not admin:
         data.pop("error_detail", None)
+    return data
+
+
+def schedule_dict(schedule: Schedule) -> dict[str, Any]:
+    """A schedule as ``errands schedules ls --json`` prints it (``every`` in seconds)."""
+    data = asdict(schedule)
+    data["every"] = None if schedule.every is None else schedule.every.total_seconds()
+    for key in ("next_run_at", "last_run_at", "created_at", "updated_at"):
+        data[key] = None if data[key] is None else data[key].isoformat()
     return data
 
 
@@ -206,6 +223,67 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(when: datetime | None) -> str:
+    return "-" if when is None else f"{when.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def _timing(s: Schedule) -> str:
+    """A cron expression in quotes (``"0 8 * * 1"``), or an interval (``3600s``)."""
+    if s.every is None:
+        return f'"{s.cron}"'
+    seconds = s.every.total_seconds()
+    return f"{int(seconds) if seconds.is_integer() else seconds}s"
+
+
+def schedule_line(s: Schedule) -> str:
+    """One line of ``errands schedules ls``: id, owner, name, timing (a quoted cron
+    expression, or an interval such as ``3600s``), time zone, ``active`` or ``paused``,
+    next run (UTC), last task."""
+    timing = _timing(s)
+    state = "paused" if s.paused else "active"
+    return (
+        f"{s.id}  {s.owner:<16}  {s.name}  {timing:<18}  {s.timezone}  {state}  "
+        f"next {_when(s.next_run_at)}  last {s.last_task_id or '-'}"
+    )
+
+
+def cmd_schedules_ls(args: argparse.Namespace) -> int:
+    app = _app_from(args)
+    items = app.sync.schedules.list(
+        owner=args.owner or ANY_OWNER, limit=args.limit, cursor=args.cursor
+    )
+    next_cursor = items[-1].id if len(items) == args.limit else None
+    if args.json:
+        _print_json({"items": [schedule_dict(s) for s in items], "next_cursor": next_cursor})
+        return 0
+    for s in items:
+        print(schedule_line(s))
+    if next_cursor:
+        print(f"-- more: --cursor {next_cursor}", file=sys.stderr)
+    return 0
+
+
+def cmd_schedules_pause(args: argparse.Namespace) -> int:
+    app = _app_from(args)
+    schedule = app.sync.schedules.pause(args.id, owner=args.owner or ANY_OWNER)
+    print(f"{schedule.id}: paused")
+    return 0
+
+
+def cmd_schedules_resume(args: argparse.Namespace) -> int:
+    app = _app_from(args)
+    schedule = app.sync.schedules.resume(args.id, owner=args.owner or ANY_OWNER)
+    print(f"{schedule.id}: active, next run {_when(schedule.next_run_at)}")
+    return 0
+
+
+def cmd_schedules_rm(args: argparse.Namespace) -> int:
+    app = _app_from(args)
+    app.sync.schedules.delete(args.id, owner=args.owner or ANY_OWNER)
+    print(f"{args.id}: deleted")
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     app = _app_from(args)
     app.migrate()
@@ -313,7 +391,31 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "purge":
             add_purge_options(p)
         p.set_defaults(func=func)
+    add_schedule_commands(sub)
     return parser
+
+
+def add_schedule_commands(sub: Any) -> None:
+    """``errands schedules ls|pause|resume|rm``: users' schedules, every owner's unless
+    ``--owner`` narrows them."""
+    group = sub.add_parser("schedules", help="list, pause, resume or delete users' schedules")
+    actions = group.add_subparsers(dest="action", required=True)
+    for name, func, text in (
+        ("ls", cmd_schedules_ls, "list schedules, oldest first"),
+        ("pause", cmd_schedules_pause, "pause a schedule"),
+        ("resume", cmd_schedules_resume, "resume a schedule (its next tick is after now)"),
+        ("rm", cmd_schedules_rm, "delete a schedule (the tasks it created stay)"),
+    ):
+        p = actions.add_parser(name, help=text)
+        p.add_argument("--app", default=None, metavar="MODULE:ATTR", help="use this app's database")
+        if name != "ls":
+            p.add_argument("id")
+        p.add_argument("--owner", default=None, help="only this owner's schedules")
+        if name == "ls":
+            p.add_argument("--limit", type=int, default=50)
+            p.add_argument("--cursor", default=None)
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -339,6 +441,8 @@ def failure(exc: Exception) -> tuple[int, str] | None:
     errands' expected failures, a bug to show with its traceback)."""
     if isinstance(exc, TaskNotFound):
         return 3, "task not found"
+    if isinstance(exc, ScheduleNotFound):
+        return 3, "schedule not found"
     if isinstance(exc, DatabaseUnavailable):  # the driver's words: an operator reads them
         return 5, f"cannot use the database: {driver_reason(exc)}"
     if isinstance(exc, StorageFull):

@@ -4,11 +4,17 @@ With that include: list and submit at ``tasks/``, a task at ``tasks/<id>``, its
 output, cancel and events at ``tasks/<id>/output``, ``…/cancel`` and ``…/events``, and
 the signed-in user's live changes at ``tasks/events``. URL names are in the ``errands``
 namespace (``reverse("errands:task", args=[id])``).
+
+Users' schedules are a second include, beside the first:
+``path("schedules/", include(errands.django.urls.schedule_urls))`` — list and create at
+``schedules/``, read, pause or resume (``PATCH``) and delete at ``schedules/<id>``;
+URL names in the ``errands_schedules`` namespace (``reverse("errands_schedules:schedule",
+args=[id])``). Schedules link the tasks they created through the first include.
 """
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import URLPattern, path
 
 from . import views
 
@@ -21,3 +27,10 @@ urlpatterns = [
     path("<str:task_id>/cancel", views.cancel, name="cancel"),
     path("<str:task_id>/events", views.task_events, name="task-events"),
 ]
+
+schedule_urlpatterns: list[URLPattern] = [
+    path("", views.schedules, name="schedules"),
+    path("<str:schedule_id>", views.schedule, name="schedule"),
+]
+#: ``include(schedule_urls)``: the schedules' URLs, in their own namespace.
+schedule_urls = (schedule_urlpatterns, views.SCHEDULES_APP)

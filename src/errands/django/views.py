@@ -1,4 +1,5 @@
-"""errands' HTTP API as Django views: the adapter of ``errands.web.protocol``.
+"""errands' HTTP API as Django views: the adapter of ``errands.web.protocol`` (tasks)
+and ``errands.web.schedules`` (schedules; mounted apart, see ``errands.django.urls``).
 
 The views are async. Under ASGI (uvicorn, daphne, granian) every resource works, the
 Server-Sent Events included; under WSGI, Django runs them in a loop of their own per
@@ -8,9 +9,9 @@ request, and the event streams answer ``501``: clients poll ``GET tasks/<id>`` w
 Who is asking: the request's signed-in user (``str(user.pk)``), whatever
 authentication the project uses (sessions, or its own middleware setting
 ``request.user``); anonymous requests get 401. Superusers are the API's administrators
-(every owner's tasks; tracebacks). Requests carrying the session cookie must carry the
-CSRF token on writes (``X-CSRFToken``, or ``X-CSRF-Token`` as ``<errands-task>`` sends
-it); a refusal is a problem document like every other error.
+(every owner's tasks and schedules; tracebacks). Requests carrying the session cookie
+must carry the CSRF token on writes (``X-CSRFToken``, or ``X-CSRF-Token`` as
+``<errands-task>`` sends it); a refusal is a problem document like every other error.
 
 Options: ``settings.ERRANDS["API"]`` takes ``task_api``'s ``submit_rate``,
 ``submit_burst``, ``max_body_bytes``, ``poll_interval``, ``keepalive`` and
@@ -19,6 +20,7 @@ Options: ``settings.ERRANDS["API"]`` takes ``task_api``'s ``submit_rate``,
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,7 +29,7 @@ from django.conf import settings as django_settings
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
-from django.urls import reverse
+from django.urls import NoReverseMatch, get_script_prefix, get_urlconf, reverse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..web.problems import Problem
@@ -45,9 +47,14 @@ from ..web.protocol import (
     problem_reply,
     too_large,
 )
+from ..web.schedules import ScheduleProtocol, ScheduleQuery
 from .conf import get_app, settings
 
+#: The URL namespace of the schedules' URLs (``errands.django.urls.schedule_urls``).
+SCHEDULES_APP = "errands_schedules"
+
 _protocol: TaskProtocol | None = None
+_schedules: ScheduleProtocol | None = None
 _lock = threading.Lock()
 _API_OPTIONS = {
     "submit_rate",
@@ -71,6 +78,14 @@ def protocol() -> TaskProtocol:
                     raise ValueError(f"settings.ERRANDS['API']: unknown keys {sorted(unknown)}")
                 _protocol = TaskProtocol.configured(get_app(), ws=False, **options)
     return _protocol
+
+
+def schedule_protocol() -> ScheduleProtocol:
+    """The schedules' handlers, beside :func:`protocol`."""
+    global _schedules
+    if _schedules is None:
+        _schedules = ScheduleProtocol.of(protocol())
+    return _schedules
 
 
 def _response(reply: Reply) -> HttpResponse:
@@ -98,12 +113,35 @@ async def _call(request: HttpRequest) -> Call:
     owner = check_owner(str(user.pk) if user.is_authenticated else None)
     if _csrf_refused(request):
         raise Problem(403, "The CSRF token is missing or wrong.")
-    match = request.resolver_match
-    namespace = f"{match.namespace}:" if match is not None and match.namespace else ""
-    collection = reverse(f"{namespace}tasks").rstrip("/")
+    tasks, schedules = _collections(request)
     headers = {k.lower(): v for k, v in request.headers.items()}
     query = {k: request.GET[k] for k in request.GET}
-    return Call(owner, bool(user.is_superuser), collection, headers, query)
+    return Call(owner, bool(user.is_superuser), tasks, headers, query, schedules)
+
+
+def _collections(request: HttpRequest) -> tuple[str, str | None]:
+    """The URL paths of the task and schedule collections: the one the request came to
+    by its own namespace, the other by its application's (``""`` for tasks, None for
+    schedules, where the project does not mount it)."""
+    match = request.resolver_match
+    namespace = f"{match.namespace}:" if match is not None and match.namespace else ""
+    where = (get_urlconf(), get_script_prefix())
+    if match is not None and match.app_name == SCHEDULES_APP:
+        tasks = _reversed("errands:tasks", *where) or ""
+        return tasks, reverse(f"{namespace}schedules").rstrip("/")
+    return reverse(f"{namespace}tasks").rstrip("/"), _reversed(f"{SCHEDULES_APP}:schedules", *where)
+
+
+@functools.lru_cache(maxsize=64)
+def _reversed(name: str, urlconf: Any, prefix: str) -> str | None:
+    """The path of ``name`` in the URLconf ``urlconf`` under the script prefix
+    ``prefix`` (the request's: they are the cache's key), or None where it is not
+    mounted."""
+    try:
+        url: str = reverse(name, urlconf=urlconf)
+    except NoReverseMatch:
+        return None
+    return url.rstrip("/")
 
 
 Handler = Callable[..., Awaitable[HttpResponse]]
@@ -199,11 +237,48 @@ async def _owner_events(request: HttpRequest) -> HttpResponse:
     return _stream(protocol().owner_stream(call))
 
 
+async def _create_schedule(request: HttpRequest) -> HttpResponse:
+    api = schedule_protocol()
+    call = await _call(request)
+    return _response(await api.create(call, _body(request, api.body_limit)))
+
+
+async def _list_schedules(request: HttpRequest) -> HttpResponse:
+    call = await _call(request)
+    query = parse_query(ScheduleQuery, call.query)
+    return _response(await schedule_protocol().list(call, query))
+
+
+async def _get_schedule(request: HttpRequest, schedule_id: str) -> HttpResponse:
+    return _response(await schedule_protocol().get(await _call(request), schedule_id))
+
+
+async def _change_schedule(request: HttpRequest, schedule_id: str) -> HttpResponse:
+    api = schedule_protocol()
+    call = await _call(request)
+    return _response(await api.change(call, schedule_id, _body(request, api.body_limit)))
+
+
+async def _delete_schedule(request: HttpRequest, schedule_id: str) -> HttpResponse:
+    return _response(await schedule_protocol().delete(await _call(request), schedule_id))
+
+
 tasks = _view({"GET": _list, "POST": _submit})
 task = _view({"GET": _get, "DELETE": _delete})
 output = _view({"GET": _output})
 cancel = _view({"POST": _cancel})
 task_events = _view({"GET": _task_events})
 owner_events = _view({"GET": _owner_events})
+schedules = _view({"GET": _list_schedules, "POST": _create_schedule})
+schedule = _view({"GET": _get_schedule, "PATCH": _change_schedule, "DELETE": _delete_schedule})
 
-__all__ = ["cancel", "output", "owner_events", "task", "task_events", "tasks"]
+__all__ = [
+    "cancel",
+    "output",
+    "owner_events",
+    "schedule",
+    "schedules",
+    "task",
+    "task_events",
+    "tasks",
+]

@@ -1,10 +1,12 @@
 """``task_blueprint``: the errands HTTP API as a Flask blueprint, for WSGI applications.
 
-The same API as ``errands.web.task_api`` (FastAPI): the resources, the problem
-documents, the 404 bytes for someone else's task, ``ETag``/``304`` and the Server-Sent
-Event streams all come from :class:`~errands.web.protocol.TaskProtocol`; this module
-only says who is asking and turns its answers into Flask responses. There is no
-WebSocket (WSGI has none), so task resources link none.
+The same API as ``errands.web.task_api`` (FastAPI), tasks and schedules: the
+resources, the problem documents, the 404 bytes for someone else's task or schedule,
+``ETag``/``304`` and the Server-Sent Event streams all come from
+:class:`~errands.web.protocol.TaskProtocol` and
+:class:`~errands.web.schedules.ScheduleProtocol`; this module only says who is asking
+and turns their answers into Flask responses. There is no WebSocket (WSGI has none),
+so task resources link none.
 
 The protocol is async and Flask is not: every request awaits its protocol call on the
 app's event loop thread (:func:`errands.flask.loop.loop_for`) and blocks its own
@@ -44,6 +46,7 @@ from ..web.protocol import (
     run_blocking,
     too_large,
 )
+from ..web.schedules import ScheduleProtocol, ScheduleQuery
 from .loop import loop_for
 
 #: ``current_owner`` and ``is_admin`` take Flask's request (they run in the request's
@@ -74,13 +77,15 @@ def task_blueprint(
     delete_wait: float = 10.0,
     name: str = "errands",
 ) -> Blueprint:
-    """The errands HTTP API for ``app`` as a blueprint named ``name``. Register it with
+    """The errands HTTP API for ``app`` (tasks at ``/tasks``, schedules at
+    ``/schedules``) as a blueprint named ``name``. Register it with
     ``flask_app.register_blueprint(task_blueprint(app, current_owner=...),
     url_prefix="/api")``.
 
     - ``current_owner(request)``: the caller's owner id, or None (→ 401).
     - ``is_admin(request)``: True for administrators, who may read and change every
-      task, list any owner's (``?owner=…`` or ``?owner=*``) and see tracebacks.
+      task and schedule, list any owner's (``?owner=…`` or ``?owner=*``) and see
+      tracebacks.
     - ``submit_rate`` / ``submit_burst``: per owner, submits per second after a burst
       (``None``: no limit); over it, 429 with ``Retry-After``.
     - ``max_body_bytes``: the largest request body (default: the app's payload limit
@@ -118,14 +123,18 @@ class FlaskTaskAPI:
         #: The same API with the same options and rate limiter, run in the request's
         #: thread (no hop to the loop): every view but the event streams.
         self.now = dataclasses.replace(protocol, app=Blocking(protocol.errands))
+        #: The schedules' views, also in the request's thread.
+        self.schedules = ScheduleProtocol.of(self.now)
         self.current_owner = current_owner
         self.is_admin = is_admin
 
     def call(self) -> Call:
-        """Who is asking, and where (the collection is the blueprint's ``/tasks``)."""
+        """Who is asking, and where (the collections are the blueprint's ``/tasks`` and
+        ``/schedules``)."""
         owner = check_owner(self.current_owner(request))
         admin = bool(self.is_admin(request)) if self.is_admin is not None else False
-        return Call(owner, admin, url_for(".tasks"), _headers(), _query())
+        tasks, schedules = url_for(".tasks"), url_for(".schedules")
+        return Call(owner, admin, tasks, _headers(), _query(), schedules)
 
     def run(self, work: Coroutine[Any, Any, Reply]) -> Response:
         """A call of ``self.now``, run in this thread; its reply as a response."""
@@ -169,6 +178,26 @@ class FlaskTaskAPI:
     def owner_events(self) -> Response:
         return self.stream(self.protocol.owner_stream(self.call()))
 
+    def create_schedule(self) -> Response:
+        call = self.call()
+        body = _read_body(self.protocol.body_limit)
+        return self.run(self.schedules.create(call, body))
+
+    def list_schedules(self) -> Response:
+        query = parse_query(ScheduleQuery, _query())
+        return self.run(self.schedules.list(self.call(), query))
+
+    def get_schedule(self, schedule_id: str) -> Response:
+        return self.run(self.schedules.get(self.call(), schedule_id))
+
+    def change_schedule(self, schedule_id: str) -> Response:
+        call = self.call()
+        body = _read_body(self.protocol.body_limit)
+        return self.run(self.schedules.change(call, schedule_id, body))
+
+    def delete_schedule(self, schedule_id: str) -> Response:
+        return self.run(self.schedules.delete(self.call(), schedule_id))
+
     # -- the blueprint -------------------------------------------------------------------
     def blueprint(self, name: str) -> Blueprint:
         bp = Blueprint(name, __name__)
@@ -181,6 +210,11 @@ class FlaskTaskAPI:
             ("/tasks/<task_id>/cancel", "cancel", self.cancel_task, ["POST"]),
             ("/tasks/<task_id>/events", "task_events", self.task_events, ["GET"]),
             ("/events", "owner_events", self.owner_events, ["GET"]),
+            ("/schedules", "schedules", self.list_schedules, ["GET"]),
+            ("/schedules", "create_schedule", self.create_schedule, ["POST"]),
+            ("/schedules/<schedule_id>", "schedule", self.get_schedule, ["GET"]),
+            ("/schedules/<schedule_id>", "change_schedule", self.change_schedule, ["PATCH"]),
+            ("/schedules/<schedule_id>", "delete_schedule", self.delete_schedule, ["DELETE"]),
         ]
         for rule, endpoint, view, methods in routes:
             bp.add_url_rule(rule, endpoint, _answering(view), methods=methods)

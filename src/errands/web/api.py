@@ -1,4 +1,5 @@
-"""``task_api``: the HTTP API of an errands app, as a FastAPI router any ASGI app mounts.
+"""``task_api``: the HTTP API of an errands app, as a FastAPI router any ASGI app mounts:
+its tasks (``/tasks``, ``/events``) and its users' schedules (``/schedules``).
 
 The host application says who is asking (``current_owner``) and, optionally, who is an
 administrator (``is_admin``); everything else — validation, ownership, live events —
@@ -20,7 +21,7 @@ from typing import Annotated, Any, Literal, Union
 from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import AwareDatetime, ConfigDict, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter
 from pydantic import create_model as _create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -46,7 +47,14 @@ from .protocol import (
     problem_reply,
     too_large,
 )
-from .resources import OutputPage, TaskPage, TaskResource
+from .resources import OutputPage, SchedulePage, ScheduleResource, TaskPage, TaskResource
+from .schedules import (
+    NEW_SCHEDULE,
+    NewSchedule,
+    ScheduleChange,
+    ScheduleProtocol,
+    ScheduleQuery,
+)
 from .streams import MAX_INT, race, until_disconnected
 
 #: ``current_owner`` and ``is_admin``: take the request (or WebSocket), return a value
@@ -112,22 +120,24 @@ def _inline(schema: Any, defs: dict[str, Any], depth: int = 0) -> Any:
     return schema
 
 
-def _submit_schema(app: Errands) -> dict[str, Any]:
-    """The request body of ``POST /tasks``: one variant per registered task, with its
-    payload schema, told apart by ``name``."""
+def _per_task_schema(
+    app: Errands, prefix: str, fallback: TypeAdapter[Any], **fields: Any
+) -> dict[str, Any]:
+    """A request body naming a task (``name``) and its ``payload``, beside ``fields``:
+    one variant per registered task, with its payload schema, told apart by ``name``
+    (``fallback``'s schema when no task is registered)."""
     variants: list[Any] = [
         _create_model(
-            "Submit_" + re.sub(r"\W", "_", definition.name),
+            prefix + re.sub(r"\W", "_", definition.name),
             __config__=ConfigDict(extra="forbid"),
             name=(Literal[definition.name], ...),  # type: ignore[valid-type,arg-type]
             payload=(definition.payload_model or dict[str, Any], None),
-            priority=(int | None, None),
-            run_at=(AwareDatetime | None, None),
+            **fields,
         )
         for definition in app.registry
     ]
     if not variants:
-        schema = ENVELOPE.json_schema()
+        schema = fallback.json_schema()
     elif len(variants) == 1:
         schema = variants[0].model_json_schema()
     else:
@@ -135,6 +145,27 @@ def _submit_schema(app: Errands) -> dict[str, Any]:
         schema = TypeAdapter(union).json_schema()  # type: ignore[arg-type]
         schema.pop("discriminator", None)
     return _inline(schema, schema.get("$defs", {}))  # type: ignore[no-any-return]
+
+
+def _submit_schema(app: Errands) -> dict[str, Any]:
+    """The request body of ``POST /tasks``."""
+    fields = {"priority": (int | None, None), "run_at": (AwareDatetime | None, None)}
+    return _per_task_schema(app, "Submit_", ENVELOPE, **fields)
+
+
+def _schedule_schema(app: Errands) -> dict[str, Any]:
+    """The request body of ``POST /schedules`` (its fields beside the task's are
+    ``NewSchedule``'s)."""
+    own = NewSchedule.model_fields
+    fields = {name: (own[name].annotation, own[name]) for name in ("cron", "every", "timezone")}
+    return _per_task_schema(app, "Schedule_", NEW_SCHEDULE, **fields)
+
+
+def _json_body(schema: dict[str, Any] | type[BaseModel]) -> dict[str, Any]:
+    """The ``openapi_extra`` of a route whose required body is JSON of ``schema``."""
+    if not isinstance(schema, dict):
+        schema = _inline(schema.model_json_schema(), {})
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def task_api(
@@ -149,14 +180,15 @@ def task_api(
     keepalive: float = 15.0,
     delete_wait: float = 10.0,
 ) -> APIRouter:
-    """The errands HTTP API for ``app``. Mount it with
-    ``api.include_router(task_api(app, current_owner=...), prefix="/api")``.
+    """The errands HTTP API for ``app``: its tasks and its users' schedules. Mount it
+    with ``api.include_router(task_api(app, current_owner=...), prefix="/api")``.
 
     - ``current_owner(request)``: the caller's owner id, or None (→ 401). Sync
       functions run in a thread pool (they may block); async ones on the loop. For a
       WebSocket it gets the ``WebSocket`` (same headers, cookies and query).
     - ``is_admin(request)``: True for administrators, who may read and change every
-      task, list any owner's (``?owner=…`` or ``?owner=*``) and see tracebacks.
+      task and schedule, list any owner's (``?owner=…`` or ``?owner=*``) and see
+      tracebacks.
     - ``submit_rate`` / ``submit_burst``: per owner, submits per second after a burst
       (``None``: no limit); over it, 429 with ``Retry-After``.
     - ``max_body_bytes``: the largest request body (default: the app's payload limit
@@ -189,6 +221,7 @@ class TaskAPI:
         self, protocol: TaskProtocol, current_owner: OwnerFn, is_admin: AdminFn | None
     ) -> None:
         self.protocol = protocol
+        self.schedules = ScheduleProtocol.of(protocol)
         self.current_owner = current_owner
         self.is_admin = is_admin
 
@@ -196,12 +229,14 @@ class TaskAPI:
         """Who is asking, and where: ``rel`` is the route's own path."""
         owner = check_owner(await call_hook(self.current_owner, conn))
         admin = bool(await call_hook(self.is_admin, conn)) if self.is_admin is not None else False
+        base = _base(conn, rel)
         return Call(
             owner,
             admin,
-            _base(conn, rel) + "/tasks",
+            base + "/tasks",
             conn.headers,
             conn.query_params,
+            schedules=base + "/schedules",
         )
 
     # -- the routes ----------------------------------------------------------------------
@@ -297,6 +332,88 @@ class TaskAPI:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await race(work, watcher)
 
+    # -- the schedule routes ---------------------------------------------------------------
+    async def create_schedule(self, request: Request) -> Response:
+        call = await self.call(request, "/schedules")
+        body = await _read_body(request, self.protocol.body_limit)
+        return _response(await self.schedules.create(call, body))
+
+    async def list_schedules(
+        self,
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=500, description="Schedules per page")] = 50,
+        cursor: Annotated[
+            str | None, Query(description="`next_cursor` of the previous page")
+        ] = None,
+        owner_param: Annotated[
+            str | None,
+            Query(alias="owner", description="Administrators: an owner's id, or `*` for all"),
+        ] = None,
+    ) -> Response:
+        call = await self.call(request, "/schedules")
+        query = ScheduleQuery(limit=limit, cursor=cursor, owner=owner_param)
+        return _response(await self.schedules.list(call, query))
+
+    async def get_schedule(self, request: Request, schedule_id: str) -> Response:
+        call = await self.call(request, "/schedules/{schedule_id}")
+        return _response(await self.schedules.get(call, schedule_id))
+
+    async def change_schedule(self, request: Request, schedule_id: str) -> Response:
+        call = await self.call(request, "/schedules/{schedule_id}")
+        body = await _read_body(request, self.protocol.body_limit)
+        return _response(await self.schedules.change(call, schedule_id, body))
+
+    async def delete_schedule(self, request: Request, schedule_id: str) -> Response:
+        call = await self.call(request, "/schedules/{schedule_id}")
+        return _response(await self.schedules.delete(call, schedule_id))
+
+    def schedule_router(self) -> APIRouter:
+        router = APIRouter(route_class=ProblemRoute, tags=["schedules"])
+        schedule = {
+            200: {"model": ScheduleResource},
+            **problem_responses(401, 404, 431, subject="schedule"),
+        }
+        router.post(
+            "/schedules",
+            status_code=201,
+            summary="Create a schedule: a task on every tick of `cron` or every `every` seconds",
+            responses={
+                201: {"model": ScheduleResource, "description": "Created; `Location` names it"},
+                **problem_responses(401, 413, 415, 422, 431),
+            },
+            openapi_extra=_json_body(_schedule_schema(self.protocol.errands)),
+        )(self.create_schedule)
+        router.get(
+            "/schedules",
+            summary="List the caller's schedules, oldest first",
+            responses={200: {"model": SchedulePage}, **problem_responses(401, 422, 431)},
+        )(self.list_schedules)
+        router.get(
+            "/schedules/{schedule_id}",
+            summary="Read a schedule",
+            responses=schedule,
+        )(self.get_schedule)
+        router.patch(
+            "/schedules/{schedule_id}",
+            summary='Pause (`{"paused": true}`) or resume a schedule',
+            description="A resumed schedule's next tick is the first after now.",
+            responses={
+                **schedule,
+                **problem_responses(401, 404, 413, 415, 422, 431, subject="schedule"),
+            },
+            openapi_extra=_json_body(ScheduleChange),
+        )(self.change_schedule)
+        router.delete(
+            "/schedules/{schedule_id}",
+            status_code=204,
+            summary="Delete a schedule (the tasks it created stay)",
+            responses={
+                204: {"description": "Deleted"},
+                **problem_responses(401, 404, 431, subject="schedule"),
+            },
+        )(self.delete_schedule)
+        return router
+
     # -- the router ----------------------------------------------------------------------
     def router(self) -> APIRouter:
         router = APIRouter(route_class=ProblemRoute, tags=["tasks"])
@@ -388,6 +505,7 @@ class TaskAPI:
             responses={200: _event_stream(["task"]), **problem_responses(401, 431)},
         )(self.owner_events)
         router.add_api_websocket_route("/tasks/{task_id}/ws", self.task_ws)
+        router.routes.extend(self.schedule_router().routes)
         return router
 
 

@@ -72,6 +72,8 @@ class Problem(Exception):
 
 #: The one answer for a task that is missing or not the caller's.
 NOT_FOUND_DETAIL = "No such task."
+#: The one answer for a schedule that is missing or not the caller's.
+SCHEDULE_NOT_FOUND_DETAIL = "No such schedule."
 
 
 def field_name(loc: Sequence[Any]) -> str:
@@ -94,11 +96,12 @@ def validation_problem(errors: Sequence[Any], prefix: Sequence[Any] = ()) -> Pro
     )
 
 
-def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problem answers an endpoint can give."""
+def problem_responses(*codes: int, subject: str = "task") -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem answers an endpoint can give (``subject``: what
+    its path names, for the 404's description)."""
     described = {
         401: "No identity: the caller is not signed in.",
-        404: "No such task (or it is not the caller's: the answer is the same).",
+        404: f"No such {subject} (or it is not the caller's: the answer is the same).",
         409: "The task is not in a state that allows this, or the `Idempotency-Key` was "
         "used before for a different request.",
         413: "The body or the payload is too large.",

@@ -3,11 +3,13 @@ answers, byte for byte.
 
 ``task_api`` (FastAPI), ``errands.django.urls`` and ``errands.flask.task_blueprint``
 are adapters: each says who is asking (a :class:`Call`: the owner, whether an
-administrator, the request's headers and query, the URL of the task collection),
-awaits one :class:`TaskProtocol` method and turns its :class:`Reply` (or the
-:class:`~errands.web.problems.Problem` it raises: see :func:`problem_reply`) into the
-framework's response. So the JSON, the problem documents, the 404 bytes for someone
-else's task, the ``ETag``s and the live events are the same in every framework.
+administrator, the request's headers and query, the URLs of the task and schedule
+collections), awaits one :class:`TaskProtocol` method (or one of
+:class:`~errands.web.schedules.ScheduleProtocol`, for schedules) and turns its
+:class:`Reply` (or the :class:`~errands.web.problems.Problem` it raises: see
+:func:`problem_reply`) into the framework's response. So the JSON, the problem
+documents, the 404 bytes for someone else's task, the ``ETag``s and the live events
+are the same in every framework.
 
 Every read and change goes through the :class:`~errands.Errands` facade with the
 caller's owner, so ownership is enforced in the store's queries.
@@ -35,6 +37,7 @@ from ..errors import (
     InvalidPayload,
     InvalidTransition,
     PayloadTooLarge,
+    ScheduleNotFound,
     StorageFull,
     TaskNotFound,
     UnknownTask,
@@ -45,7 +48,7 @@ from ..records import Status, TaskRecord
 from ..store.database import log_failure
 from .hub import ChangeHub, hub_for
 from .problems import MEDIA_TYPE as PROBLEM
-from .problems import NOT_FOUND_DETAIL, Problem, validation_problem
+from .problems import NOT_FOUND_DETAIL, SCHEDULE_NOT_FOUND_DETAIL, Problem, validation_problem
 from .ratelimit import SubmitLimiter
 from .resources import dumps, resource
 from .streams import MAX_INT, Cursor, Event, task_events
@@ -75,8 +78,9 @@ class Call:
     """One request, as the API needs it.
 
     ``collection`` is the URL path of the task collection (``/api/tasks``): a task's
-    links are ``{collection}/{id}``, ``{collection}/{id}/events`` and so on. ``headers``
-    is read with lower-case names.
+    links are ``{collection}/{id}``, ``{collection}/{id}/events`` and so on.
+    ``schedules`` is the URL path of the schedule collection (``/api/schedules``), or
+    None where the adapter serves none. ``headers`` is read with lower-case names.
     """
 
     owner: str
@@ -84,6 +88,7 @@ class Call:
     collection: str
     headers: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
+    schedules: str | None = None
 
     @property
     def who(self) -> Any:
@@ -104,6 +109,7 @@ def check_owner(owner: object) -> str:
 
 
 _NOT_FOUND_BODY = Problem(404, NOT_FOUND_DETAIL).body()
+_NO_SCHEDULE_BODY = Problem(404, SCHEDULE_NOT_FOUND_DETAIL).body()
 _UNAVAILABLE = Problem(
     503, "The task database is unavailable; try again shortly.", headers={"Retry-After": "1"}
 )
@@ -118,6 +124,8 @@ def problem_reply(exc: BaseException, what: str = "") -> Reply | None:
         return Reply(exc.status, exc.body(), dict(exc.headers), PROBLEM)
     if isinstance(exc, TaskNotFound):
         return Reply(404, _NOT_FOUND_BODY, {}, PROBLEM)
+    if isinstance(exc, ScheduleNotFound):
+        return Reply(404, _NO_SCHEDULE_BODY, {}, PROBLEM)
     if isinstance(exc, DatabaseUnavailable | StorageFull):
         # One line in the log; the answer never names the database, its host or files.
         log_failure(log, exc, "errands: %s failed", what or "a request")
@@ -192,6 +200,21 @@ def _storable(when: datetime) -> bool:
 
 def _bad_body(what: str) -> Problem:
     return Problem(422, f"The body is {what}.", errors=[{"field": "body", "message": what}])
+
+
+def json_body(call: Call, body: bytes, limit: int, what: str) -> Any:
+    """The JSON document a request sends (``what``: "the task", in the 415 message);
+    415 unless it says it is JSON, 413 over ``limit`` bytes, 422 if it is not JSON."""
+    if not _JSON_TYPE.match(call.headers.get("content-type", "")):
+        raise Problem(415, f"Send {what} as JSON (Content-Type: application/json).")
+    if len(body) > limit:
+        raise too_large(limit)
+    try:
+        return json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise _bad_body("nested too deeply") from None
+    except (ValueError, UnicodeDecodeError):
+        raise _bad_body("not valid JSON") from None
 
 
 #: The largest header section the API reads (its names, values and line ends).
@@ -352,7 +375,8 @@ class TaskProtocol:
         return self._hub
 
     def resource(self, call: Call, record: TaskRecord) -> dict[str, Any]:
-        return resource(record, call.collection, datetime.now(UTC), call.admin, ws=self.ws)
+        now = datetime.now(UTC)
+        return resource(record, call.collection, now, call.admin, self.ws, call.schedules)
 
     async def load(self, call: Call, task_id: str) -> TaskRecord:
         try:
@@ -363,16 +387,7 @@ class TaskProtocol:
     # -- submit ----------------------------------------------------------------------
     async def submit(self, call: Call, body: bytes) -> Reply:
         """``POST /tasks``: ``body`` is the request's body (at most ``body_limit``)."""
-        if not _JSON_TYPE.match(call.headers.get("content-type", "")):
-            raise Problem(415, "Send the task as JSON (Content-Type: application/json).")
-        if len(body) > self.body_limit:
-            raise too_large(self.body_limit)
-        try:
-            doc = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
-        except RecursionError:
-            raise _bad_body("nested too deeply") from None
-        except (ValueError, UnicodeDecodeError):
-            raise _bad_body("not valid JSON") from None
+        doc = json_body(call, body, self.body_limit, "the task")
         try:
             envelope = ENVELOPE.validate_python(doc)
         except ValidationError as exc:
@@ -512,6 +527,7 @@ class TaskProtocol:
             cursor=cursor,
             keepalive=self.keepalive,
             ws=self.ws,
+            schedules=call.schedules,
         )
 
     async def events_stream(self, call: Call, task_id: str) -> AsyncIterator[bytes] | None:
@@ -564,6 +580,7 @@ __all__ = [
     "TaskProtocol",
     "check_header_size",
     "check_owner",
+    "json_body",
     "parse_query",
     "problem_reply",
     "too_large",

@@ -1,12 +1,15 @@
-"""The task resource: what the HTTP API shows of a record.
+"""The task and schedule resources: what the HTTP API shows of a record or a schedule.
 
 Modelled on AIP-151's long-running operation: ``done`` tells whether the task has
 finished, and a finished task carries exactly one of ``result`` (succeeded) or
 ``error`` (failed or cancelled). Errors are the record's user-safe type and message,
-never a traceback; administrators also see ``owner`` and ``error.detail``.
+never a traceback; administrators also see ``owner`` and ``error.detail``. A task a
+schedule created also carries ``schedule_id``, ``scheduled_for`` (its tick) and a
+``schedule`` link; other tasks' resources have none of these.
 
 The pydantic models document the shape in ``/openapi.json``; responses are built as
-plain dicts by :func:`resource` (the models are not run per request).
+plain dicts by :func:`resource` and :func:`schedule_resource` (the models are not run
+per request).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..records import CANCELLED_ERROR, Status, TaskError, TaskRecord
+from ..records import CANCELLED_ERROR, Schedule, Status, TaskError, TaskRecord
 
 
 class ProgressModel(BaseModel):
@@ -42,6 +45,7 @@ class LinksModel(BaseModel):
     output: str
     cancel: str
     ws: str | None = Field(None, description="The WebSocket, where the framework serves one")
+    schedule: str | None = Field(None, description="The schedule that created the task")
 
 
 class TaskResource(BaseModel):
@@ -69,6 +73,12 @@ class TaskResource(BaseModel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    schedule_id: str | None = Field(
+        None, description="The schedule that created the task (absent for other tasks)"
+    )
+    scheduled_for: datetime | None = Field(
+        None, description="The schedule's tick the task was created for"
+    )
     owner: str | None = Field(None, description="Administrators only")
     links: LinksModel
 
@@ -92,6 +102,35 @@ class OutputPage(BaseModel):
     )
 
 
+class ScheduleLinksModel(BaseModel):
+    self: str
+    last_task: str | None = Field(None, description="The task the last tick created")
+
+
+class ScheduleResource(BaseModel):
+    """A schedule: a task of ``name`` with ``payload``, created for ``owner`` on every
+    tick of ``cron`` (read in ``timezone``) or every ``every`` seconds."""
+
+    id: str
+    owner: str
+    name: str
+    payload: Any = None
+    cron: str | None = Field(description="Five fields (null for an interval)")
+    every: float | None = Field(description="Seconds between ticks (null for cron)")
+    timezone: str = Field(description="The time zone cron is read in, e.g. Europe/Berlin")
+    paused: bool
+    next_run_at: datetime | None = Field(description="The next tick; null while paused")
+    last_task_id: str | None = Field(description="The task the last tick created")
+    last_run_at: datetime | None = Field(description="The last tick that created a task")
+    created_at: datetime
+    links: ScheduleLinksModel
+
+
+class SchedulePage(BaseModel):
+    items: list[ScheduleResource]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page")
+
+
 _FAILED = TaskError("Error", "The task failed.")
 #: What the resource (and the dashboard) shows of a record's progress, in this order.
 PROGRESS_FIELDS = ("current", "total", "percent", "message")
@@ -102,12 +141,29 @@ _LINKS = ("events", "output", "cancel")
 _WS_LINKS = (*_LINKS, "ws")
 
 
+def member(collection: str, item_id: str) -> str:
+    """The URL path of ``item_id`` in ``collection`` (``/api/tasks`` → ``/api/tasks/ID``)."""
+    return f"{collection.rstrip('/')}/{item_id}"
+
+
+def iso(when: datetime | None) -> str | None:
+    """A time as the resources show it (ISO 8601, with its offset), or None."""
+    return None if when is None else when.isoformat()
+
+
 def resource(
-    record: TaskRecord, collection: str, now: datetime, admin: bool = False, ws: bool = True
+    record: TaskRecord,
+    collection: str,
+    now: datetime,
+    admin: bool = False,
+    ws: bool = True,
+    schedules: str | None = None,
 ) -> dict[str, Any]:
     """The resource of ``record``; ``collection`` is the URL path of the task collection
-    (``/api/tasks``); ``ws``: link the task's WebSocket (only where one is served)."""
-    self_link = f"{collection.rstrip('/')}/{record.id}"
+    (``/api/tasks``); ``ws``: link the task's WebSocket (only where one is served);
+    ``schedules``: the URL path of the schedule collection, where one is served (a task
+    a schedule created links it)."""
+    self_link = member(collection, record.id)
     progress = {k: getattr(record.progress, k) for k in PROGRESS_FIELDS}
     doc: dict[str, Any] = {
         "id": record.id,
@@ -128,13 +184,42 @@ def resource(
     for name in _AS_IS:
         doc[name] = getattr(record, name)
     for name in _TIMES:
-        when: datetime | None = getattr(record, name)
-        doc[name] = None if when is None else when.isoformat()
+        doc[name] = iso(getattr(record, name))
+    if record.schedule_id is not None:
+        doc["schedule_id"] = record.schedule_id
+        doc["scheduled_for"] = iso(record.scheduled_for)
     if admin:
         doc["owner"] = record.owner
     links = {link: f"{self_link}/{link}" for link in (_WS_LINKS if ws else _LINKS)}
     doc["links"] = {"self": self_link, **links}
+    if record.schedule_id is not None and schedules is not None:
+        doc["links"]["schedule"] = member(schedules, record.schedule_id)
     return doc
+
+
+def schedule_resource(schedule: Schedule, schedules: str, tasks: str | None) -> dict[str, Any]:
+    """The resource of ``schedule``; ``schedules`` and ``tasks`` are the URL paths of
+    the schedule and task collections (``tasks`` None: no task link)."""
+    every = None if schedule.every is None else schedule.every.total_seconds()
+    links = {"self": member(schedules, schedule.id)}
+    if schedule.last_task_id is not None and tasks is not None:
+        links["last_task"] = member(tasks, schedule.last_task_id)
+    return {
+        "id": schedule.id,
+        "owner": schedule.owner,
+        "name": schedule.name,
+        "payload": schedule.payload,
+        "cron": schedule.cron,
+        # Whole seconds as an integer (3600, not 3600.0).
+        "every": int(every) if every is not None and every.is_integer() else every,
+        "timezone": schedule.timezone,
+        "paused": schedule.paused,
+        "next_run_at": iso(schedule.next_run_at),
+        "last_task_id": schedule.last_task_id,
+        "last_run_at": iso(schedule.last_run_at),
+        "created_at": iso(schedule.created_at),
+        "links": links,
+    }
 
 
 def dumps(doc: Any) -> bytes:

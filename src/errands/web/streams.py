@@ -79,11 +79,19 @@ class Event:
         return f'{{"event":"{self.kind}","id":"{self.id}","data":{self.data}}}'
 
 
-def _encoded(feed: TaskFeed, record: TaskRecord, collection: str, admin: bool, ws: bool) -> str:
-    key = (record.version, collection, admin, ws)
+def _encoded(
+    feed: TaskFeed,
+    record: TaskRecord,
+    collection: str,
+    admin: bool,
+    ws: bool,
+    schedules: str | None,
+) -> str:
+    key = (record.version, collection, admin, ws, schedules)
     text = feed.cache.get(key)
     if text is None:
-        text = dumps(resource(record, collection, datetime.now(UTC), admin, ws)).decode()
+        now = datetime.now(UTC)
+        text = dumps(resource(record, collection, now, admin, ws, schedules)).decode()
         feed.cache[key] = text
     return text  # type: ignore[no-any-return]
 
@@ -97,10 +105,11 @@ async def task_events(
     cursor: Cursor,
     keepalive: float,
     ws: bool = True,
+    schedules: str | None = None,
 ) -> AsyncGenerator[Event | None, None]:
     """The events of the task after ``cursor``, watching it (``hub.task``) while
     iterated; None now and then when nothing happened for ``keepalive`` seconds (the
-    transport sends a keep-alive)."""
+    transport sends a keep-alive). ``ws`` and ``schedules``: as for ``resource``."""
     async with hub.task(task) as feed:
         version, seq = cursor.version, cursor.seq
         if (version, seq) == (0, 0) and feed.record is not None:
@@ -137,7 +146,7 @@ async def task_events(
                 # has the final version but not every item).
                 if feed.complete and seq >= feed.top:
                     final = max(record.version, version)
-                    text = _encoded(feed, record, collection, admin, ws)
+                    text = _encoded(feed, record, collection, admin, ws, schedules)
                     yield Event("done", f"{final}-{seq}", text)
                     return
             elif record is not None and record.version > version:
@@ -145,7 +154,11 @@ async def task_events(
                 kind = "progress" if only_progress else "status"
                 version = record.version
                 last_status, last_progress = record.status, record.progress
-                yield Event(kind, f"{version}-{seq}", _encoded(feed, record, collection, admin, ws))
+                yield Event(
+                    kind,
+                    f"{version}-{seq}",
+                    _encoded(feed, record, collection, admin, ws, schedules),
+                )
                 continue
             try:
                 # asyncio.timeout, not wait_for: no extra task per wait (a thousand watchers
