@@ -99,6 +99,8 @@ def test_intervals_keep_step_from_their_anchor() -> None:
         ({"every": -5}, "every"),
         ({"every": float("nan")}, "every"),
         ({"every": "10"}, "every"),
+        ({"every": 1e300}, "every"),
+        ({"cron": "0 0 30 2 *"}, "cron"),  # 30 February
         ({"every": timedelta(seconds=30), "min_interval": 60}, "every"),
         ({"cron": "0 8 * * *", "every": 60}, "cron"),
         ({}, "cron"),

@@ -463,3 +463,21 @@ def test_claim_round_says_when_the_next_job_is_due(store_app: Errands, autocommi
     claimed, due = claim_round(10, at=now + 61)
     assert [c.task_id for c in claimed] == [later] and due is None
     assert job_count(store_app) == 4  # the orphan's job is gone; the four leased remain
+
+
+def test_payloads_holding_nul_go_through_every_submit_path(store_app: Errands) -> None:
+    """JSON may escape a NUL character; PostgreSQL's JSON operators refuse to read one
+    (the batch insert passes such payloads as text), and its json type keeps it."""
+    app = store_app
+    odd = {"x": "a\x00b", "y": "\\u0000 as text"}
+    single = app.sync.submit("job", odd, owner="ann")
+    keyed = app.sync.submit("job", odd, owner="ann", idempotency_key="nul")
+    batch = app.sync.submit_many("job", [odd, {"x": "plain"}], owner="ann")
+    mixed = app.sync.submit_many("job", [odd, {"x": "plain"}], owner="bob")
+    group = app.sync.submit_group("job", [odd, {"x": "plain"}], owner="ann")
+    parts = app.sync.parts(group.id, owner="ann")
+    for record in [single, keyed, *batch, *mixed, *parts]:
+        stored = app.sync.get(record.id, owner=record.owner)
+        assert stored.payload == record.payload
+    assert app.sync.get(single.id, owner="ann").payload == odd
+    assert [p.payload for p in parts] == [odd, {"x": "plain"}]

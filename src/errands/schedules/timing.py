@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from ..errors import InvalidSchedule
 
 #: How many ticks ahead the shortest gap between two ticks of a cron is looked for.
 _GAP_SAMPLES = 50
+#: The longest interval (100 years): its ticks stay within what the store keeps.
+_LONGEST = 100 * 365.25 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,8 @@ def timing(
             raise InvalidSchedule("every", "must be a timedelta or a number of seconds")
         if not math.isfinite(seconds) or seconds <= 0:
             raise InvalidSchedule("every", "must be a positive interval")
+        if seconds > _LONGEST:
+            raise InvalidSchedule("every", "must be at most 100 years")
         if min_interval is not None and seconds < min_interval:
             raise InvalidSchedule("every", f"must be at least {min_interval:g} seconds")
         return Timing(None, float(seconds), timezone)
@@ -111,6 +115,10 @@ def timing(
     if not croniter.is_valid(cron):
         raise InvalidSchedule("cron", f"not a valid cron expression: {cron!r}")
     result = Timing(" ".join(cron.split()), None, timezone)
+    try:
+        result.next_tick(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+    except (CroniterBadDateError, InvalidSchedule):
+        raise InvalidSchedule("cron", f"{cron!r} never happens") from None
     if min_interval is not None:
         gap = _shortest_gap(result)
         if gap < min_interval:

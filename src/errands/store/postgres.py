@@ -51,7 +51,8 @@ _TASK_COLUMNS = (
 )
 _JOB_COLUMNS = "task_id, name, owner, priority, run_at"
 _X = (
-    "x AS (SELECT r.e->>0 AS task_id, r.e->>1 AS owner, r.e->>2 AS name, r.e->3 AS payload, "
+    "x AS (SELECT r.e->>0 AS task_id, r.e->>1 AS owner, r.e->>2 AS name, "
+    "coalesce((r.e->>9)::json, r.e->3) AS payload, "
     "(r.e->>4)::int AS max_attempts, (r.e->>5)::int AS priority, "
     "(r.e->>6)::timestamptz AS run_stamp, (r.e->>7)::timestamptz AS created_at, "
     "(r.e->>8)::float8 AS run_at, r.ord FROM json_array_elements(%s::json) "
@@ -64,8 +65,13 @@ _NEW_RECORDS = (
 )
 
 
-def _rows(tasks: Sequence[NewTask]) -> str:
-    """The JSON parameter of ``_X`` (the payloads as they were encoded when checked)."""
+_NUL = "\\u0000"
+
+
+def _rows(tasks: Sequence[NewTask], *, payloads: bool = True) -> str:
+    """The JSON parameter of ``_X`` (the payloads as they were encoded when checked;
+    without ``payloads``, null: inserting jobs alone needs none, and a payload's text
+    may hold what PostgreSQL cannot turn into text, such as an escaped NUL)."""
     # The tasks of one submit mostly share their owner, name and times: each distinct
     # value is encoded once.
     texts: dict[object, str] = {}
@@ -77,11 +83,21 @@ def _rows(tasks: Sequence[NewTask]) -> str:
             found = texts[value] = json.dumps(raw)
         return found
 
+    # A payload holding an escaped NUL travels as a JSON string (its 10th element):
+    # PostgreSQL's JSON operators refuse to read "\u0000" anywhere in a row they read
+    # from, while the json type stores it.
+    def payload(t: NewTask) -> str:
+        return t.payload_json if payloads and _NUL not in t.payload_json else "null"
+
+    def unparsed(t: NewTask) -> str:
+        return f",{json.dumps(t.payload_json)}" if payloads and _NUL in t.payload_json else ""
+
     return (
         "["
         + ",".join(
-            f'["{t.id}",{text(t.owner)},{text(t.name)},{t.payload_json},{t.max_attempts},'
-            f"{t.priority},{text(t.run_at)},{text(t.created_at)},{t.run_at!r}]"
+            f'["{t.id}",{text(t.owner)},{text(t.name)},{payload(t)},'
+            f"{t.max_attempts},{t.priority},{text(t.run_at)},{text(t.created_at)},{t.run_at!r}"
+            f"{unparsed(t)}]"
             for t in tasks
         )
         + "]"
@@ -407,11 +423,12 @@ class PostgresDriver(Driver):
             _cursor(conn).execute(sql, [_rows(tasks), *group, group[1], *notes])
 
     def _jobs_insert(self, conn: Connection, tasks: Sequence[NewTask]) -> None:
+        rows = _rows(tasks, payloads=False)
         group = _one_group(tasks)
         if group is None:
-            _cursor(conn).execute(_statement("jobs"), [_rows(tasks)])
+            _cursor(conn).execute(_statement("jobs"), [rows])
         else:
-            _cursor(conn).execute(_statement("jobs, one group"), [_rows(tasks), *group, group[1]])
+            _cursor(conn).execute(_statement("jobs, one group"), [rows, *group, group[1]])
 
     # -- claims -------------------------------------------------------------------------
     def _lease(
