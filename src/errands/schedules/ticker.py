@@ -123,7 +123,7 @@ class Ticker:
     def _fire_txn(self, conn: Connection, now: float) -> tuple[list[TaskRecord], bool]:
         driver = self.runtime.db.driver
         due = driver.schedule_due(conn, self.names, now, _BATCH)
-        created: list[TaskRecord] = []
+        ticks = []
         for schedule, tick in due:
             definition = self.runtime.registry.find(schedule.name)
             assert definition is not None
@@ -136,12 +136,10 @@ class Ticker:
                 run_at=now,
                 tick=(schedule.id, tick),
             )
-            held = driver.task_create(conn, [task])[0]
-            moved = driver.schedule_fired(
-                conn, schedule.id, tick, following, task.id if held is None else None, utc(now)
-            )
-            if held is None and moved:
-                created.append(record_of(task))
+            ticks.append((task, tick, following))
+        created = (
+            [record_of(t) for t in driver.schedule_fire(conn, ticks, utc(now))] if ticks else []
+        )
         return created, len(due) == _BATCH
 
     # -- reconciling ---------------------------------------------------------------------

@@ -74,7 +74,14 @@ from sqlalchemy import (
 from ..records import CANCELLED_ERROR, BlobRef, Change, Schedule, Status, TaskError, TaskRecord
 from . import codec
 from .codec import utc
-from .schema import job_table, output_table, schedule_table, task_table, worker_table
+from .schema import (
+    UTCDateTime,
+    job_table,
+    output_table,
+    schedule_table,
+    task_table,
+    worker_table,
+)
 from .values import Carrier, Claimed, NewTask, Outcome, OutputItem, Report
 
 T = task_table.c
@@ -207,6 +214,22 @@ _GROUP_ROW = select(T.status, T.group_size, T.group_done, T.group_then).where(
 # (The version and time change with the progress, in the statement that follows.)
 _GROUP_DONE = (
     update(task_table).where(T.id == bindparam("_id")).values(group_done=bindparam("_done"))
+)
+# A fired schedule moved to its next tick (guarded by the tick), noting the tick's task
+# when one was created.
+_SCHEDULE_MOVE = (
+    update(schedule_table)
+    .where(
+        S.id == bindparam("_id"),
+        S.next_run_at == bindparam("_tick"),
+        S.paused.is_(False),
+    )
+    .values(
+        next_run_at=bindparam("_next"),
+        updated_at=bindparam("_now"),
+        last_task_id=func.coalesce(bindparam("_task"), S.last_task_id),
+        last_run_at=func.coalesce(bindparam("_at", type_=UTCDateTime), S.last_run_at),
+    )
 )
 _LINK_PART = update(task_table).where(T.id == bindparam("_id")).values(group_index=bindparam("_i"))
 _CANCEL_ASKED = select(T.id).where(T.id.in_(_ids("_ids")), T.cancel_requested.is_(True))
@@ -1346,27 +1369,41 @@ class Driver(abc.ABC):
         rows = conn.execute(self._locking_skip(query, of=schedule_table))
         return [(codec.schedule(r._mapping), r.next_run_at) for r in rows]
 
-    def schedule_fired(
+    def schedule_fire(
         self,
         conn: Connection,
-        schedule_id: str,
-        tick: float,
-        next_tick: float,
-        task_id: str | None,
+        ticks: Sequence[tuple[NewTask, float, float]],
         now: datetime,
-    ) -> bool:
-        """Move a schedule from the tick ``tick`` to ``next_tick``, noting the task that
-        tick created (None: it was created before). Guarded by the tick: False when
-        another worker moved it first."""
-        values: dict[str, Any] = {"next_run_at": next_tick, "updated_at": now}
-        if task_id is not None:
-            values |= {"last_task_id": task_id, "last_run_at": utc(tick)}
-        query = (
-            update(schedule_table)
-            .where(S.id == schedule_id, S.next_run_at == tick, S.paused.is_(False))
-            .values(values)
-        )
-        return bool(conn.execute(query).rowcount)
+    ) -> list[NewTask]:
+        """Create the tasks of due ticks and move their schedules on: per tick, (its
+        task, the tick, the schedule's next tick). The schedules are those
+        ``schedule_due`` locked in this transaction, so no other worker fires them
+        meanwhile; tasks that carry no other key are inserted together (the tick's
+        unique index still refuses a second task of a tick: the transaction fails), a
+        unique task's one by one (an equal active task makes none). The tasks created."""
+        created: list[NewTask] = []
+        plain = [task for task, _, _ in ticks if task.unique_key is None]
+        if plain:
+            conn.execute(insert(task_table), [task_row(t) for t in plain])
+            self._jobs_insert(conn, plain)
+            created += plain
+        for task, _, _ in ticks:
+            if task.unique_key is not None and self.task_insert_keyed(conn, task) is None:
+                created.append(task)
+        made = {t.id for t in created}
+        moves = [
+            {
+                "_id": task.schedule_id,
+                "_tick": tick,
+                "_next": following,
+                "_now": now,
+                "_task": task.id if task.id in made else None,
+                "_at": utc(tick) if task.id in made else None,
+            }
+            for task, tick, following in ticks
+        ]
+        conn.execute(_SCHEDULE_MOVE, moves)
+        return created
 
     def schedule_declared(self, conn: Connection) -> dict[str, tuple[Schedule, str | None]]:
         """The schedules declared in code: key → (schedule, hash of its definition)."""
