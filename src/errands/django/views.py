@@ -37,6 +37,7 @@ from ..web.protocol import (
     SSE,
     SSE_HEADERS,
     Call,
+    ChildrenQuery,
     ListQuery,
     OutputQuery,
     Reply,
@@ -201,6 +202,12 @@ async def _output(request: HttpRequest, task_id: str) -> HttpResponse:
     return _response(await protocol().output(call, task_id, parse_query(OutputQuery, call.query)))
 
 
+async def _children(request: HttpRequest, task_id: str) -> HttpResponse:
+    call = await _call(request)
+    query = parse_query(ChildrenQuery, call.query)
+    return _response(await protocol().children(call, task_id, query))
+
+
 async def _cancel(request: HttpRequest, task_id: str) -> HttpResponse:
     return _response(await protocol().cancel(await _call(request), task_id))
 
@@ -266,6 +273,7 @@ async def _delete_schedule(request: HttpRequest, schedule_id: str) -> HttpRespon
 tasks = _view({"GET": _list, "POST": _submit})
 task = _view({"GET": _get, "DELETE": _delete})
 output = _view({"GET": _output})
+children = _view({"GET": _children})
 cancel = _view({"POST": _cancel})
 task_events = _view({"GET": _task_events})
 owner_events = _view({"GET": _owner_events})
@@ -274,6 +282,7 @@ schedule = _view({"GET": _get_schedule, "PATCH": _change_schedule, "DELETE": _de
 
 __all__ = [
     "cancel",
+    "children",
     "output",
     "owner_events",
     "schedule",

@@ -35,6 +35,7 @@ from ..web.protocol import (
     SSE_HEADERS,
     Blocking,
     Call,
+    ChildrenQuery,
     ListQuery,
     OutputQuery,
     Reply,
@@ -162,6 +163,10 @@ class FlaskTaskAPI:
         query = parse_query(OutputQuery, _query())
         return self.run(self.now.output(self.call(), task_id, query))
 
+    def task_children(self, task_id: str) -> Response:
+        query = parse_query(ChildrenQuery, _query())
+        return self.run(self.now.children(self.call(), task_id, query))
+
     def cancel_task(self, task_id: str) -> Response:
         return self.run(self.now.cancel(self.call(), task_id))
 
@@ -207,6 +212,7 @@ class FlaskTaskAPI:
             ("/tasks/<task_id>", "task", self.get_task, ["GET"]),
             ("/tasks/<task_id>", "delete", self.delete_task, ["DELETE"]),
             ("/tasks/<task_id>/output", "output", self.task_output, ["GET"]),
+            ("/tasks/<task_id>/children", "children", self.task_children, ["GET"]),
             ("/tasks/<task_id>/cancel", "cancel", self.cancel_task, ["POST"]),
             ("/tasks/<task_id>/events", "task_events", self.task_events, ["GET"]),
             ("/events", "owner_events", self.owner_events, ["GET"]),

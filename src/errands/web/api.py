@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Union
 from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic import create_model as _create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..app import Errands
 from ..records import Status
+from .groups import MAX_INDEX, MAX_PARTS, ChildrenQuery
 from .problems import MEDIA_TYPE as PROBLEM
 from .problems import Problem, problem_responses, validation_problem
 from .protocol import (
@@ -47,7 +48,14 @@ from .protocol import (
     problem_reply,
     too_large,
 )
-from .resources import OutputPage, SchedulePage, ScheduleResource, TaskPage, TaskResource
+from .resources import (
+    ChildrenPage,
+    OutputPage,
+    SchedulePage,
+    ScheduleResource,
+    TaskPage,
+    TaskResource,
+)
 from .schedules import (
     NEW_SCHEDULE,
     NewSchedule,
@@ -120,19 +128,23 @@ def _inline(schema: Any, defs: dict[str, Any], depth: int = 0) -> Any:
     return schema
 
 
+#: The fields of a request body naming a task, beside ``name``, given the task's
+#: payload type.
+Fields = Callable[[Any], dict[str, Any]]
+
+
 def _per_task_schema(
-    app: Errands, prefix: str, fallback: TypeAdapter[Any], **fields: Any
+    app: Errands, prefix: str, fallback: TypeAdapter[Any], fields: Fields
 ) -> dict[str, Any]:
-    """A request body naming a task (``name``) and its ``payload``, beside ``fields``:
-    one variant per registered task, with its payload schema, told apart by ``name``
-    (``fallback``'s schema when no task is registered)."""
+    """A request body naming a task (``name``) beside ``fields``: one variant per
+    registered task, with its payload schema, told apart by ``name`` (``fallback``'s
+    schema when no task is registered)."""
     variants: list[Any] = [
         _create_model(
             prefix + re.sub(r"\W", "_", definition.name),
             __config__=ConfigDict(extra="forbid"),
             name=(Literal[definition.name], ...),  # type: ignore[valid-type,arg-type]
-            payload=(definition.payload_model or dict[str, Any], None),
-            **fields,
+            **fields(definition.payload_model or dict[str, Any]),
         )
         for definition in app.registry
     ]
@@ -148,9 +160,33 @@ def _per_task_schema(
 
 
 def _submit_schema(app: Errands) -> dict[str, Any]:
-    """The request body of ``POST /tasks``."""
-    fields = {"priority": (int | None, None), "run_at": (AwareDatetime | None, None)}
-    return _per_task_schema(app, "Submit_", ENVELOPE, **fields)
+    """The request body of ``POST /tasks``: a task (``payload``), or a group of one
+    part per payload (``payloads``, with ``then``)."""
+
+    def fields(payload: Any) -> dict[str, Any]:
+        parts = Field(
+            None,
+            min_length=1,
+            max_length=MAX_PARTS,
+            description="A group: one part per payload (instead of `payload`; "
+            "not with `run_at` or `Idempotency-Key`)",
+        )
+        then = Field(
+            None,
+            min_length=1,
+            max_length=255,
+            description="With `payloads`: the task run once every part has succeeded, "
+            'with `{"results": [...]}`',
+        )
+        return {
+            "payload": (payload, None),
+            "payloads": (list[payload] | None, parts),  # type: ignore[valid-type]
+            "then": (str | None, then),
+            "priority": (int | None, None),
+            "run_at": (AwareDatetime | None, None),
+        }
+
+    return _per_task_schema(app, "Submit_", ENVELOPE, fields)
 
 
 def _schedule_schema(app: Errands) -> dict[str, Any]:
@@ -158,7 +194,9 @@ def _schedule_schema(app: Errands) -> dict[str, Any]:
     ``NewSchedule``'s)."""
     own = NewSchedule.model_fields
     fields = {name: (own[name].annotation, own[name]) for name in ("cron", "every", "timezone")}
-    return _per_task_schema(app, "Schedule_", NEW_SCHEDULE, **fields)
+    return _per_task_schema(
+        app, "Schedule_", NEW_SCHEDULE, lambda payload: {"payload": (payload, None), **fields}
+    )
 
 
 def _json_body(schema: dict[str, Any] | type[BaseModel]) -> dict[str, Any]:
@@ -277,6 +315,24 @@ class TaskAPI:
         call = await self.call(request, "/tasks/{task_id}/output")
         query = OutputQuery(after=after, limit=limit)
         return _response(await self.protocol.output(call, task_id, query))
+
+    async def task_children(
+        self,
+        request: Request,
+        task_id: str,
+        after: Annotated[
+            int,
+            Query(
+                ge=-1,
+                le=MAX_INDEX,
+                description="The `group_index` of the last part read (`next_cursor`)",
+            ),
+        ] = -1,
+        limit: Annotated[int, Query(ge=1, le=500, description="Parts per page")] = 100,
+    ) -> Response:
+        call = await self.call(request, "/tasks/{task_id}/children")
+        query = ChildrenQuery(after=after, limit=limit)
+        return _response(await self.protocol.children(call, task_id, query))
 
     async def cancel_task(self, request: Request, task_id: str) -> Response:
         call = await self.call(request, "/tasks/{task_id}/cancel")
@@ -420,7 +476,7 @@ class TaskAPI:
         router.post(
             "/tasks",
             status_code=202,
-            summary="Submit a task",
+            summary="Submit a task, or a group (`payloads`: one part per payload)",
             responses={
                 202: {"model": TaskResource, "description": "Queued; `Location` names it"},
                 **problem_responses(401, 409, 413, 415, 422, 429, 431),
@@ -463,6 +519,16 @@ class TaskAPI:
             summary="Items the task's current attempt emitted after sequence number `after`",
             responses={200: {"model": OutputPage}, **problem_responses(401, 404, 422, 431)},
         )(self.task_output)
+        router.get(
+            "/tasks/{task_id}/children",
+            summary="A group's parts, in order (its `then` task last)",
+            description=(
+                "The parts after `after` (a `group_index`), `limit` at a time; "
+                "`next_cursor` is the last one's `group_index` when the page is full, "
+                "else null. 404 for a task that is not a group."
+            ),
+            responses={200: {"model": ChildrenPage}, **problem_responses(401, 404, 422, 431)},
+        )(self.task_children)
         router.post(
             "/tasks/{task_id}/cancel",
             summary="Cancel a task",

@@ -46,6 +46,7 @@ from ..errors import (
 from ..ids import is_task_id
 from ..records import Status, TaskRecord
 from ..store.database import log_failure
+from .groups import MAX_PARTS, ChildrenQuery, group_refusals, refused_part, then_without_payloads
 from .hub import ChangeHub, hub_for
 from .problems import MEDIA_TYPE as PROBLEM
 from .problems import NOT_FOUND_DETAIL, SCHEDULE_NOT_FOUND_DETAIL, Problem, validation_problem
@@ -140,6 +141,8 @@ class _Envelope(BaseModel):
 
     name: str = Field(min_length=1, max_length=255)
     payload: Any = None
+    payloads: list[Any] | None = Field(None, min_length=1, max_length=MAX_PARTS)
+    then: str | None = Field(None, min_length=1, max_length=255)
     priority: int | None = Field(None, ge=-1_000_000, le=1_000_000)
     run_at: AwareDatetime | None = None
 
@@ -268,6 +271,12 @@ class Blocking:
     async def submit(self, name: str, payload: Any, **options: Any) -> TaskRecord:
         return self.sync.submit(name, payload, **options)
 
+    async def submit_group(self, name: str, payloads: Any, **options: Any) -> TaskRecord:
+        return self.sync.submit_group(name, payloads, **options)
+
+    async def parts(self, group_id: str, **args: Any) -> list[TaskRecord]:
+        return self.sync.parts(group_id, **args)
+
     async def get(self, task_id: str, *, owner: str) -> TaskRecord:
         return self.sync.get(task_id, owner=owner)
 
@@ -386,7 +395,8 @@ class TaskProtocol:
 
     # -- submit ----------------------------------------------------------------------
     async def submit(self, call: Call, body: bytes) -> Reply:
-        """``POST /tasks``: ``body`` is the request's body (at most ``body_limit``)."""
+        """``POST /tasks``: a task, or with ``payloads`` a group (answered with the
+        group's own task); ``body`` is the request's body (at most ``body_limit``)."""
         doc = json_body(call, body, self.body_limit, "the task")
         try:
             envelope = ENVELOPE.validate_python(doc)
@@ -399,6 +409,17 @@ class TaskProtocol:
             raise validation_problem(
                 [{"loc": ["Idempotency-Key"], "msg": "must be 1 to 255 characters"}]
             )
+        group = envelope.payloads is not None
+        if group:
+            errors = group_refusals(
+                payload_given="payload" in envelope.model_fields_set,
+                run_at=envelope.run_at is not None,
+                key=key,
+            )
+            if errors:
+                raise validation_problem(errors)
+        elif envelope.then is not None:
+            raise then_without_payloads()
         wait = self.limiter.take(call.owner) if self.limiter is not None else 0.0
         if wait:
             raise Problem(
@@ -407,29 +428,45 @@ class TaskProtocol:
                 headers={"Retry-After": SubmitLimiter.retry_after(wait)},
             )
         try:
-            record = await self.app.submit(
-                envelope.name,
-                envelope.payload,
-                owner=call.owner,
-                priority=envelope.priority,
-                run_at=envelope.run_at,
-                idempotency_key=key,
-            )
+            record = await self._submitted(call, envelope, key)
         except IdempotencyConflict as exc:
             raise Problem(409, exc.message) from None
         except UnknownTask as exc:
+            field = "then" if group and exc.name != envelope.name else "name"
             raise Problem(
                 422,
                 exc.message,
-                errors=[{"field": "name", "message": "no task is registered under this name"}],
+                errors=[{"field": field, "message": "no task is registered under this name"}],
             ) from None
         except PayloadTooLarge as exc:
             raise Problem(413, exc.message) from None
         except InvalidPayload as exc:
+            if envelope.payloads is not None:
+                registry = self.errands.registry
+                raise refused_part(registry, envelope.name, envelope.payloads, exc) from None
             raise validation_problem(exc.errors or [{"msg": exc.message}], ["payload"]) from None
         doc = self.resource(call, record)
         headers = {"Location": doc["links"]["self"], "ETag": etag(record.version), **PRIVATE}
         return _json(doc, 202, headers)
+
+    async def _submitted(self, call: Call, envelope: _Envelope, key: str | None) -> TaskRecord:
+        """The task ``envelope`` asks for, submitted: one task, or a group."""
+        if envelope.payloads is not None:
+            return await self.app.submit_group(
+                envelope.name,
+                envelope.payloads,
+                owner=call.owner,
+                then=envelope.then,
+                priority=envelope.priority,
+            )
+        return await self.app.submit(
+            envelope.name,
+            envelope.payload,
+            owner=call.owner,
+            priority=envelope.priority,
+            run_at=envelope.run_at,
+            idempotency_key=key,
+        )
 
     # -- reading -------------------------------------------------------------------
     async def get(self, call: Call, task_id: str) -> Reply:
@@ -482,6 +519,17 @@ class TaskProtocol:
             "last_seq": page.items[-1][0] if page.items else max(after, page.floor),
             "output_floor": page.floor,
         }
+        return _json(doc, 200, PRIVATE)
+
+    async def children(self, call: Call, task_id: str, query: ChildrenQuery) -> Reply:
+        """``GET /tasks/{id}/children``: a group's parts in order (its ``then`` task
+        last) after the part ``query.after`` (a ``group_index``); ``next_cursor`` is
+        the last one's ``group_index`` when the page is full. A task that is not a group
+        is missing here."""
+        parts = await self.app.parts(task_id, owner=call.who, after=query.after, limit=query.limit)
+        items = [self.resource(call, r) for r in parts]
+        full = len(parts) == query.limit
+        doc = {"items": items, "next_cursor": parts[-1].group_index if full else None}
         return _json(doc, 200, PRIVATE)
 
     # -- changing ------------------------------------------------------------------
@@ -574,6 +622,7 @@ __all__ = [
     "SSE",
     "SSE_HEADERS",
     "Call",
+    "ChildrenQuery",
     "ListQuery",
     "OutputQuery",
     "Reply",

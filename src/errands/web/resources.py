@@ -5,7 +5,10 @@ finished, and a finished task carries exactly one of ``result`` (succeeded) or
 ``error`` (failed or cancelled). Errors are the record's user-safe type and message,
 never a traceback; administrators also see ``owner`` and ``error.detail``. A task a
 schedule created also carries ``schedule_id``, ``scheduled_for`` (its tick) and a
-``schedule`` link; other tasks' resources have none of these.
+``schedule`` link; a group's own task carries ``group`` (``{"size"}``, its number of
+parts) and a ``children`` link; a part of a group (or its ``then`` task) carries
+``parent_id``, ``group_index`` and a ``group`` link. Other tasks' resources have none
+of these.
 
 The pydantic models document the shape in ``/openapi.json``; responses are built as
 plain dicts by :func:`resource` and :func:`schedule_resource` (the models are not run
@@ -46,6 +49,12 @@ class LinksModel(BaseModel):
     cancel: str
     ws: str | None = Field(None, description="The WebSocket, where the framework serves one")
     schedule: str | None = Field(None, description="The schedule that created the task")
+    children: str | None = Field(None, description="A group's parts, in order")
+    group: str | None = Field(None, description="The group the task is a part of")
+
+
+class GroupModel(BaseModel):
+    size: int = Field(description="The group's number of parts (its `then` task aside)")
 
 
 class TaskResource(BaseModel):
@@ -79,6 +88,15 @@ class TaskResource(BaseModel):
     scheduled_for: datetime | None = Field(
         None, description="The schedule's tick the task was created for"
     )
+    group: GroupModel | None = Field(
+        None, description="Present on a group's own task (absent for other tasks)"
+    )
+    parent_id: str | None = Field(
+        None, description="The group the task is a part of (absent for other tasks)"
+    )
+    group_index: int | None = Field(
+        None, description="The part's place in its group, from 0; its `then` task is last"
+    )
     owner: str | None = Field(None, description="Administrators only")
     links: LinksModel
 
@@ -86,6 +104,15 @@ class TaskResource(BaseModel):
 class TaskPage(BaseModel):
     items: list[TaskResource]
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page")
+
+
+class ChildrenPage(BaseModel):
+    items: list[TaskResource] = Field(description="The group's parts, in order")
+    next_cursor: int | None = Field(
+        None,
+        description="The last item's `group_index` when the page is full: pass it as "
+        "`after` for the next page (null: no more)",
+    )
 
 
 class OutputItem(BaseModel):
@@ -188,12 +215,21 @@ def resource(
     if record.schedule_id is not None:
         doc["schedule_id"] = record.schedule_id
         doc["scheduled_for"] = iso(record.scheduled_for)
+    if record.group_size is not None:
+        doc["group"] = {"size": record.group_size}
+    if record.parent_id is not None:
+        doc["parent_id"] = record.parent_id
+        doc["group_index"] = record.group_index
     if admin:
         doc["owner"] = record.owner
     links = {link: f"{self_link}/{link}" for link in (_WS_LINKS if ws else _LINKS)}
     doc["links"] = {"self": self_link, **links}
     if record.schedule_id is not None and schedules is not None:
         doc["links"]["schedule"] = member(schedules, record.schedule_id)
+    if record.group_size is not None:
+        doc["links"]["children"] = f"{self_link}/children"
+    if record.parent_id is not None:
+        doc["links"]["group"] = member(collection, record.parent_id)
     return doc
 
 
