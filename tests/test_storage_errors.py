@@ -246,10 +246,12 @@ async def test_a_worker_keeps_an_outcome_it_cannot_write_until_space_is_freed(
     release, returned = threading.Event(), threading.Event()
 
     @app.task(max_attempts=1)
-    def gated(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, int]:
+    def gated(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
         release.wait(30)
         returned.set()
-        return {"n": payload["n"]}
+        # Larger than the room a refused submit leaves in the journal (an outcome
+        # smaller than the smallest submit could still fit there).
+        return {"n": payload["n"], "pad": "r" * 24_000}
 
     try:
         record = await app.submit("gated", {"n": 7}, owner="alice")
@@ -277,7 +279,7 @@ async def test_a_worker_keeps_an_outcome_it_cannot_write_until_space_is_freed(
 
             (small_disk / "filler").unlink()
             done = await app.wait(record.id, owner="alice", timeout=30, poll=0.1)
-        assert done.status is Status.SUCCEEDED and done.result == {"n": 7}
+        assert done.status is Status.SUCCEEDED and done.result == {"n": 7, "pad": "r" * 24_000}
     finally:
         release.set()
         app.close()

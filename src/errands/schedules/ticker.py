@@ -112,12 +112,15 @@ class Ticker:
         db = self.runtime.db
         if not self.names:
             return None
-        while True:
+        # A write transaction only when a tick is due: on SQLite an empty one still
+        # takes the database's write lock.
+        next_due: float | None = db.read(db.driver.schedule_next_due, self.names)
+        while next_due is not None and next_due <= now:
             created, more = db.write(self._fire_txn, now)
             self.runtime.announce(created)
             if not more:
+                next_due = db.read(db.driver.schedule_next_due, self.names)
                 break
-        next_due: float | None = db.read(db.driver.schedule_next_due, self.names)
         return next_due
 
     def _fire_txn(self, conn: Connection, now: float) -> tuple[list[TaskRecord], bool]:
