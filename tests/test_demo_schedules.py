@@ -12,7 +12,7 @@ import html
 import re
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -156,7 +156,8 @@ def test_repeat_this_search_daily_and_weekly_in_the_zone_sent(site: Site) -> Non
 
 def test_only_a_finished_search_offers_repeat_and_only_a_search_is_repeated(site: Site) -> None:
     site.log_in(ALICE)
-    waiting = site.submit("search", {"query": "later"}, run_at="2999-01-01T00:00:00Z")
+    later = (datetime.now(UTC) + timedelta(days=7)).isoformat()
+    waiting = site.submit("search", {"query": "later"}, run_at=later)
     page = site.client.get(f"/tasks/{waiting}").text
     assert 'id="repeat"' not in page and "Repeat this search" not in page
     search_id = finished_search(site)

@@ -43,7 +43,9 @@ def app(db_url: str) -> Iterator[Errands]:
 
 @pytest.fixture
 def server(app: Errands) -> Iterator[LiveServer]:
-    live = LiveServer(app, submit_rate=None, poll_interval=0.2, keepalive=1.0)
+    live = LiveServer(
+        app, submit_rate=None, poll_interval=0.2, keepalive=1.0, max_client_priority=5
+    )
     yield live
     live.stop()
 

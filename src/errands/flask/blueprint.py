@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from flask import Blueprint, Request, Response, request, send_file, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..app import Errands
+from ..web.limits import DEFAULT_MAX_RUN_AT_DELAY
 from ..web.problems import MEDIA_TYPE as PROBLEM
 from ..web.problems import Problem
 from ..web.protocol import (
@@ -76,6 +78,9 @@ def task_blueprint(
     poll_interval: float = 1.0,
     keepalive: float = 15.0,
     delete_wait: float = 10.0,
+    allowed_priorities: Collection[int] | None = None,
+    max_client_priority: int | None = None,
+    max_run_at_delay: timedelta | float | None = DEFAULT_MAX_RUN_AT_DELAY,
     name: str = "errands",
 ) -> Blueprint:
     """The errands HTTP API for ``app`` (tasks at ``/tasks``, schedules at
@@ -96,6 +101,10 @@ def task_blueprint(
     - ``keepalive``: seconds between SSE keep-alive comments (also how soon a stream
       whose client left is noticed and closed).
     - ``delete_wait``: how long ``DELETE`` waits for a running task to stop.
+    - ``allowed_priorities`` / ``max_client_priority``: the priorities callers who
+      are not administrators may set (by default none: a priority puts a task ahead of
+      every other user's); ``max_run_at_delay``: how far ahead their ``run_at`` may be
+      (default 30 days; None: no limit). Refused: 422 naming the field.
 
     Besides the API, the blueprint serves ``<errands-task>``'s script as
     ``errands-task.js``.
@@ -108,6 +117,9 @@ def task_blueprint(
         poll_interval=poll_interval,
         keepalive=keepalive,
         delete_wait=delete_wait,
+        allowed_priorities=allowed_priorities,
+        max_client_priority=max_client_priority,
+        max_run_at_delay=max_run_at_delay,
         ws=False,
     )
     return FlaskTaskAPI(protocol, current_owner, is_admin).blueprint(name)

@@ -15,7 +15,8 @@ import contextlib
 import inspect
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
+from datetime import timedelta
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Query
@@ -32,6 +33,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..app import Errands
 from ..records import Status
 from .groups import MAX_INDEX, MAX_PARTS, ChildrenQuery
+from .limits import DEFAULT_MAX_RUN_AT_DELAY
 from .problems import MEDIA_TYPE as PROBLEM
 from .problems import Problem, problem_responses, validation_problem
 from .protocol import (
@@ -217,6 +219,9 @@ def task_api(
     poll_interval: float = 1.0,
     keepalive: float = 15.0,
     delete_wait: float = 10.0,
+    allowed_priorities: Collection[int] | None = None,
+    max_client_priority: int | None = None,
+    max_run_at_delay: timedelta | float | None = DEFAULT_MAX_RUN_AT_DELAY,
 ) -> APIRouter:
     """The errands HTTP API for ``app``: its tasks and its users' schedules. Mount it
     with ``api.include_router(task_api(app, current_owner=...), prefix="/api")``.
@@ -235,6 +240,10 @@ def task_api(
       ``Retry-After`` hint of unfinished tasks.
     - ``keepalive``: seconds between SSE keep-alive comments.
     - ``delete_wait``: how long ``DELETE`` waits for a running task to stop.
+    - ``allowed_priorities`` / ``max_client_priority``: the priorities callers who
+      are not administrators may set (by default none: a priority puts a task ahead of
+      every other user's); ``max_run_at_delay``: how far ahead their ``run_at`` may be
+      (default 30 days; None: no limit). Refused: 422 naming the field.
 
     Tasks registered before this call appear in ``/openapi.json`` with their payload
     schemas; tasks registered later are accepted but not documented.
@@ -247,6 +256,9 @@ def task_api(
         poll_interval=poll_interval,
         keepalive=keepalive,
         delete_wait=delete_wait,
+        allowed_priorities=allowed_priorities,
+        max_client_priority=max_client_priority,
+        max_run_at_delay=max_run_at_delay,
     )
     return TaskAPI(protocol, current_owner, is_admin).router()
 

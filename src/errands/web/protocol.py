@@ -23,9 +23,10 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
+import time
+from collections.abc import AsyncIterator, Collection, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -48,6 +49,7 @@ from ..records import Status, TaskRecord
 from ..store.database import log_failure
 from .groups import MAX_PARTS, ChildrenQuery, group_refusals, refused_part, then_without_payloads
 from .hub import ChangeHub, hub_for
+from .limits import DEFAULT_MAX_RUN_AT_DELAY, ClientLimits
 from .problems import MEDIA_TYPE as PROBLEM
 from .problems import NOT_FOUND_DETAIL, SCHEDULE_NOT_FOUND_DETAIL, Problem, validation_problem
 from .ratelimit import SubmitLimiter
@@ -329,6 +331,8 @@ class TaskProtocol:
     - ``keepalive``: seconds between SSE keep-alive comments.
     - ``delete_wait``: how long ``DELETE`` waits for a running task to stop.
     - ``ws``: whether the task resource links a WebSocket (``/ws``).
+    - ``limits``: the priority and ``run_at`` a caller who is not an administrator
+      may ask for (``web/limits.py``).
     """
 
     app: Errands | Blocking
@@ -338,6 +342,7 @@ class TaskProtocol:
     keepalive: float = 15.0
     delete_wait: float = 10.0
     ws: bool = True
+    limits: ClientLimits = field(default_factory=ClientLimits)
     _hub: ChangeHub | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -356,10 +361,14 @@ class TaskProtocol:
         keepalive: float = 15.0,
         delete_wait: float = 10.0,
         ws: bool = True,
+        allowed_priorities: Collection[int] | None = None,
+        max_client_priority: int | None = None,
+        max_run_at_delay: timedelta | float | None = DEFAULT_MAX_RUN_AT_DELAY,
     ) -> TaskProtocol:
         """The API from the options every adapter takes (``task_api``'s): a per-owner
         submit rate (``None``: no limit), the largest body (default: the payload limit
-        plus 16 KiB), and the timings."""
+        plus 16 KiB), the timings, and what callers who are not administrators may ask
+        (``web/limits.py``)."""
         return cls(
             app,
             limiter=SubmitLimiter(submit_rate, submit_burst) if submit_rate else None,
@@ -368,6 +377,7 @@ class TaskProtocol:
             keepalive=keepalive,
             delete_wait=delete_wait,
             ws=ws,
+            limits=ClientLimits.of(allowed_priorities, max_client_priority, max_run_at_delay),
         )
 
     @property
@@ -404,6 +414,10 @@ class TaskProtocol:
             raise validation_problem(exc.errors(include_url=False)) from None
         if envelope.run_at is not None and not _storable(envelope.run_at):
             raise validation_problem([{"loc": ["run_at"], "msg": "must be in years 1–9999 UTC"}])
+        if not call.admin:
+            refused = self.limits.refusals(envelope.priority, envelope.run_at, time.time())
+            if refused:
+                raise validation_problem(refused)
         key = call.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 255:
             raise validation_problem(
