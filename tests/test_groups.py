@@ -141,6 +141,53 @@ async def test_cancelling_the_group_cancels_every_part(gapp: Errands, run_worker
     assert (await app.get(group.id, owner="ann")).status is Status.CANCELLED
 
 
+async def test_cancelling_the_group_stops_its_running_parts_at_once(
+    gapp: Errands, run_worker: Any
+) -> None:
+    """The running parts are told at once, not at their worker's next heartbeat (here
+    one a minute, longer than the wait below)."""
+    app = gapp
+    payloads = [{"n": n, "steps": 1000, "delay": 0.05} for n in range(3)]  # 50 s each
+    group = await app.submit_group("part", payloads, owner="ann")
+    async with run_worker(app, concurrency=3, heartbeat_interval=60, lease_seconds=120):
+
+        async def all_running() -> bool:
+            parts = await app.parts(group.id, owner="ann")
+            return all(p.status is Status.RUNNING for p in parts)
+
+        await eventually_async(all_running, "every part to run", timeout=30)
+        await app.cancel(group.id, owner="ann")
+
+        async def all_cancelled() -> bool:
+            parts = await app.parts(group.id, owner="ann")
+            return all(p.status is Status.CANCELLED for p in parts)
+
+        await eventually_async(all_cancelled, "every part to be cancelled", timeout=20)
+
+
+@pytest.mark.sql_engine_only("no worker needed: a queued part is cancelled")
+async def test_cancelling_a_queued_part_tells_the_groups_watchers(gapp: Errands) -> None:
+    app = gapp
+    heard: list[Any] = []
+    app.runtime.notifier.subscribe_changes(heard.extend)
+    group = await app.submit_group("part", [{"n": 0}, {"n": 1}], owner="ann")
+    first = (await app.parts(group.id, owner="ann"))[0]
+    await app.cancel(first.id, owner="ann")
+    ended = await app.get(group.id, owner="ann")
+    assert ended.status is Status.FAILED
+
+    def told(task_id: str, status: Status) -> bool:
+        return any(c.task_id == task_id and c.status is status for c in heard)
+
+    await eventually_async(
+        lambda: told(group.id, Status.FAILED), "the group's change to be published", timeout=10
+    )
+    other = (await app.parts(group.id, owner="ann"))[1]
+    await eventually_async(
+        lambda: told(other.id, Status.CANCELLED), "the other part's change", timeout=10
+    )
+
+
 @pytest.mark.sql_engine_only("no worker needed: reads only")
 async def test_another_owner_sees_neither_the_group_nor_its_parts(gapp: Errands) -> None:
     app = gapp

@@ -301,3 +301,33 @@ async def test_a_code_schedule_runs_its_tasks_on_every_engine(
         ("half-second", "system", timedelta(seconds=0.5))
     ]
     assert {r.schedule_id for r in page.items} == {listed[0].id}
+
+
+@pytest.mark.databases("sqlite")
+def test_reconciling_unchanged_schedules_takes_no_write_lock(db_url: str) -> None:
+    """Every worker reconciles each heartbeat; on SQLite a write transaction, even an
+    empty one, takes the database's one write lock. Once the stored schedules match the
+    code, reconciling only reads: it runs while another connection holds that lock."""
+    import sqlite3
+
+    app = Errands(db_url, min_schedule_interval=0)
+
+    @app.task
+    async def pulse(ctx: TaskContext, payload: dict[str, Any]) -> str:
+        return "ok"
+
+    app.schedule("pulse", {"n": 1}, every=60, key="minutely")
+    app.db.ensure_schema()
+    try:
+        ticker = Ticker(app.runtime, "w1", ["pulse"])
+        ticker.reconcile(time.time())  # stores the declaration: a write
+        assert schedule_count(app) == 1
+        holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held
+        try:
+            ticker.reconcile(time.time())  # nothing differs: reads only
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    finally:
+        app.close()

@@ -191,15 +191,13 @@ class Operations:
         who = task_scope(task_id, owner)
         now = time.time()
         expiry = partial(self.runtime.expiry, now=now)
-        found, ask_worker, ended = self.db.write(
-            self.db.driver.task_cancel, task_id, who, utc(now), expiry
-        )
-        record = _found(found)
-        if ended:  # a queued task: no worker will report it
+        done = self.db.write(self.db.driver.task_cancel, task_id, who, utc(now), expiry)
+        record = _found(done.record)
+        if done.ended:  # a queued task or a group: no worker will report it
             self.runtime.observers.emit("finished", record.id, record.name, record.status, None)
-        if ask_worker:
-            self.engine.request_cancel([record.id])
-        self.runtime.notifier.publish_changes([Change.of(record)])
+        if done.asked:
+            self.engine.request_cancel(done.asked)
+        self.runtime.notifier.publish_changes([Change.of(record), *done.changes])
         return record
 
     def delete(self, task_id: str, owner: object) -> None:

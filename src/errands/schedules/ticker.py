@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection
 
 from ..ids import new_task_id
-from ..records import TaskRecord
+from ..records import Schedule, TaskRecord
 from ..registry import DeclaredSchedule
 from ..runtime import Runtime
 from ..store.codec import json_text, utc
@@ -44,6 +44,8 @@ from ..store.values import record_of
 from .service import timing_of
 from .timing import Timing
 
+#: A declaration to write: key, definition, its hash, and the stored schedule and hash.
+_Change = tuple[str, DeclaredSchedule, str, tuple[Schedule, str | None] | None]
 log = logging.getLogger("errands.worker")
 
 #: Schedules fired per transaction.
@@ -93,7 +95,7 @@ class Ticker:
             if time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + self.reconcile_interval
                 try:
-                    await db.awrite(self._reconcile_txn, time.time())
+                    await db.arun(self.reconcile, time.time(), write=True)
                 except Exception as exc:
                     log_failure(log, exc, "worker %s: reconciling schedules failed", self.worker_id)
             wait = self.poll_interval
@@ -146,7 +148,18 @@ class Ticker:
         return created, len(due) == _BATCH
 
     # -- reconciling ---------------------------------------------------------------------
-    def _reconcile_txn(self, conn: Connection, now: float) -> None:
+    def reconcile(self, now: float) -> None:
+        """Bring the code schedules in line with the live workers' declarations (on the
+        database's write thread). A write transaction only when something differs: on
+        SQLite an empty one still takes the database's write lock."""
+        db = self.runtime.db
+        gone, changed = db.read(self._differences, now)
+        if gone or changed:
+            db.write(self._reconcile_txn, now)
+
+    def _differences(self, conn: Connection, now: float) -> tuple[list[str], list[_Change]]:
+        """The stored code schedules no live worker declares, and this process's
+        declarations to write: ``(key, definition, hash, stored or None)``."""
         driver = self.runtime.db.driver
         mine = self.runtime.registry.schedules
         live = driver.worker_declarations(conn, utc(now - self.alive_within))
@@ -156,13 +169,21 @@ class Ticker:
                 hashes.setdefault(key, set()).add(digest)
         stored = driver.schedule_declared(conn)
         gone = [key for key in stored if key not in hashes and key not in mine]
-        if driver.schedule_undeclare(conn, gone):
-            log.info("worker %s: schedule(s) no longer declared: %s", self.worker_id, gone)
+        changed = []
         for key, d in mine.items():
             digest = definition_hash(d)
             held = stored.get(key)
             if held is not None and (held[1] == digest or hashes.get(key, {digest}) != {digest}):
                 continue  # as declared, or live workers disagree: leave it
+            changed.append((key, d, digest, held))
+        return gone, changed
+
+    def _reconcile_txn(self, conn: Connection, now: float) -> None:
+        driver = self.runtime.db.driver
+        gone, changed = self._differences(conn, now)
+        if driver.schedule_undeclare(conn, gone):
+            log.info("worker %s: schedule(s) no longer declared: %s", self.worker_id, gone)
+        for key, d, digest, held in changed:
             timing = Timing(d.cron, d.every, d.timezone)
             kept = held[0] if held is not None else None
             stamp = utc(now)

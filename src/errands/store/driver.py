@@ -53,7 +53,7 @@ import abc
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -172,7 +172,7 @@ _RENEW = (
 
 
 def _group_progress_statement() -> Any:
-    """A running group's progress brought up to date (see ``Driver.group_progress``)."""
+    """A running group's progress brought up to date (see ``Driver._group_progress``)."""
     c = task_table.alias("c")
     share = case(
         (c.c.progress_current >= c.c.progress_total, 1.0),
@@ -203,6 +203,21 @@ def _group_progress_statement() -> Any:
 
 
 _GROUP_PROGRESS = _group_progress_statement()
+
+
+class Cancelled(NamedTuple):
+    """What ``Driver.task_cancel`` did."""
+
+    #: The record after the change; None when there is no such task for this owner.
+    record: TaskRecord | None
+    #: Running tasks asked to stop (their workers must be told).
+    asked: list[str]
+    #: Whether the task ended now (it was queued, or a group): no worker reports it.
+    ended: bool
+    #: The other records it changed (a part's group, a group's parts).
+    changes: list[Change]
+
+
 _PARTS_OF = (
     select(T.id, T.parent_id, T.group_index, T.status, T.error_type, T.error_message)
     .where(T.id.in_(_ids("_ids")), T.parent_id.is_not(None))
@@ -406,12 +421,9 @@ class Driver(abc.ABC):
         owner: str | None,
         now: datetime,
         expiry_for: Callable[[str], datetime | None],
-    ) -> tuple[TaskRecord | None, bool, bool]:
-        """Cancel a queued task at once, or ask a running one to stop.
-
-        Returns the record after the change (None when there is no such task for this
-        owner), whether a running task was asked to stop (the worker must be told), and
-        whether a queued task ended now. A finished task is left as it is.
+    ) -> Cancelled:
+        """Cancel a queued task at once, or ask a running one to stop; a group with its
+        parts, and a part's group with the part. A finished task is left as it is.
         ``expiry_for(name)`` gives the purge time of a record that ends now.
         """
         current = conn.execute(
@@ -420,11 +432,13 @@ class Driver(abc.ABC):
             .with_for_update()
         ).first()
         if current is None:
-            return None, False, False
+            return Cancelled(None, [], False, [])
         status, requested = Status(current.status), bool(current.cancel_requested)
         if current.group_size is not None:  # a group: it ends now, with its parts
             return self._cancel_group(conn, task_id, owner, status, now, expiry_for)
-        ask_worker = ended = False
+        asked: list[str] = []
+        changes: list[Change] = []
+        ended = False
         if status is Status.QUEUED:
             gone = conn.execute(
                 delete(job_table).where(J.task_id == task_id, J.lease_owner.is_(None))
@@ -451,7 +465,9 @@ class Driver(abc.ABC):
                 ended = True
                 if current.parent_id is not None:
                     expiry = {task_id: expiry_for(current.name)}
-                    self._parts_ended(conn, [task_id], now.timestamp(), expiry)
+                    changes = self._parts_ended(conn, [task_id], now.timestamp(), expiry)
+                    # the group failed: its running parts were asked to stop
+                    asked += [c.task_id for c in changes if c.status is Status.RUNNING]
             else:  # claimed between our read and the delete: treat it as running
                 status = Status.RUNNING
         if status is Status.RUNNING and not requested:
@@ -460,8 +476,8 @@ class Driver(abc.ABC):
                 .where(T.id == task_id, T.status == Status.RUNNING.value)
                 .values(cancel_requested=True, updated_at=now, version=T.version + 1)
             )
-            ask_worker = True
-        return self.task_get(conn, task_id, owner), ask_worker, ended
+            asked.append(task_id)
+        return Cancelled(self.task_get(conn, task_id, owner), asked, ended, changes)
 
     def _cancel_group(
         self,
@@ -471,18 +487,18 @@ class Driver(abc.ABC):
         status: Status,
         now: datetime,
         expiry_for: Callable[[str], datetime | None],
-    ) -> tuple[TaskRecord | None, bool, bool]:
-        """Cancel a running group and its parts (see ``task_cancel``); the running parts
-        hear of it at their next heartbeat."""
+    ) -> Cancelled:
+        """Cancel a running group and its parts (see ``task_cancel``)."""
         if status is not Status.RUNNING:
-            return self.task_get(conn, group_id, owner), False, False
+            return Cancelled(self.task_get(conn, group_id, owner), [], False, [])
         name = conn.execute(select(T.name).where(T.id == group_id)).scalar_one()
         keep = expiry_for(name)
         at = now.timestamp()
         self._group_end(conn, group_id, Status.CANCELLED, at, keep, error=CANCELLED_ERROR)
         conn.execute(update(task_table).where(T.id == group_id).values(cancel_requested=True))
-        self._cancel_parts(conn, group_id, at, keep)
-        return self.task_get(conn, group_id, owner), False, True
+        ended, asked = self._cancel_parts(conn, group_id, at, keep)
+        changes = self.task_changes(conn, ended + asked)
+        return Cancelled(self.task_get(conn, group_id, owner), asked, True, changes)
 
     def task_delete_finished(self, conn: Connection, task_id: str, owner: str | None) -> bool:
         """Delete a finished task and its outputs. Active tasks are not deleted."""
@@ -1155,8 +1171,8 @@ class Driver(abc.ABC):
                 f"part {p.group_index} ended {p.status}: {p.error_type}: {p.error_message}",
             )
             self._group_end(conn, group_id, Status.FAILED, now, keep, error=error)
-            self._cancel_parts(conn, group_id, now, keep)
-            return [group_id]
+            ended_now, asked = self._cancel_parts(conn, group_id, now, keep)
+            return [group_id, *ended_now, *asked]
         done = group.group_done + len(ended)
         conn.execute(_GROUP_DONE, {"_id": group_id, "_done": done})
         self._group_progress(conn, [group_id], now)
@@ -1229,10 +1245,10 @@ class Driver(abc.ABC):
 
     def _cancel_parts(
         self, conn: Connection, group_id: str, now: float, expires_at: datetime | None
-    ) -> list[str]:
+    ) -> tuple[list[str], list[str]]:
         """Cancel a group's parts that have not ended: queued ones at once, running ones
         asked to stop (rows another transaction holds are passed over: they are ending).
-        The ids of the running parts asked to stop."""
+        The ids of the parts cancelled and of the running parts asked to stop."""
         stamp = utc(now)
         queued = select(T.id).where(T.parent_id == group_id, T.status == Status.QUEUED.value)
         ids = list(conn.execute(self._locking_skip(queued, of=task_table)).scalars())
@@ -1265,14 +1281,11 @@ class Driver(abc.ABC):
                 .where(T.id.in_(asked))
                 .values(cancel_requested=True, updated_at=stamp, version=T.version + 1)
             )
-        return asked
-
-    def group_progress(self, conn: Connection, group_ids: Iterable[str], now: float) -> None:
-        """Bring running groups' progress up to date: their succeeded parts plus each
-        running part's share done (never lower than it was)."""
-        self._group_progress(conn, list(group_ids), now)
+        return ids, asked
 
     def _group_progress(self, conn: Connection, group_ids: list[str], now: float) -> None:
+        """Bring running groups' progress up to date: their succeeded parts plus each
+        running part's share done (never lower than it was)."""
         if group_ids:
             conn.execute(_GROUP_PROGRESS, {"_ids": group_ids, "_at": utc(now)})
 
