@@ -184,7 +184,7 @@ def test_status_filter(site: Site) -> None:
         assert '<option value="" selected>all</option>' in html
     # The filter form is a GET to the same page: a link one can keep.
     assert re.search(r'<form method="get" action="/tasks" class="filters">', html)
-    assert '<select name="status" onchange="this.form.submit()">' in html
+    assert '<select name="status" data-submit-on-change>' in html  # static/forms.js
 
 
 def test_my_tasks_pages_through_older_tasks(site: Site) -> None:

@@ -56,9 +56,13 @@ class Site(DemoClient):
         return export_id
 
     def create_token(self, name: str) -> tuple[str, int]:
-        """A new API token of the signed-in user and its id (for revoking)."""
-        r = self.client.post("/tokens", data={"name": name, "csrf": self.csrf("/tokens")})
-        assert r.status_code == 200, r.text
+        """A new API token of the signed-in user and its id (for revoking): the POST
+        redirects to the tokens page, which shows it."""
+        r = self.client.post(
+            "/tokens", data={"name": name, "csrf": self.csrf("/tokens")}, follow_redirects=False
+        )
+        assert r.status_code == 303 and r.headers["location"] == "/tokens", r.text
+        r = self.client.get("/tokens")
         token = re.search(r'<pre id="new-token">(ert_[^<]+)</pre>', r.text)
         ids = re.findall(r'action="/tokens/(\d+)/revoke"', r.text)
         assert token and ids, r.text

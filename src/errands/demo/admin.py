@@ -9,6 +9,11 @@ Beside the dashboard, ``/admin/schedules`` lists every schedule (``admin_schedul
 the users' ("Repeat this search") and those declared in code, with their owners, their
 times, and a link to the dashboard's page of the task each last created. It is the
 demo's own page, behind the same check and the same 404 page.
+
+``/metrics`` (Prometheus, ``errands.metrics``) is behind it too (``admin_metrics``):
+the figures tell how busy the site is and which tasks fail, which is no one else's
+business. A scraper sends an administrator's API token (``Authorization: Bearer …``);
+a signed-in administrator's browser may look too. Everyone else gets the 404 page.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import ANY_OWNER, Errands
 from ..web.dashboard import Dashboard, UnknownOwner, dashboard
@@ -106,3 +112,27 @@ def admin_schedules(demo: Site) -> Route:
         )
 
     return Route("/admin/schedules", page, methods=ALL_METHODS)
+
+
+class AdminOnly:
+    """An ASGI app that passes administrators' requests to ``app`` (signed in, or
+    with an API token) and answers everyone else with the 404 page."""
+
+    def __init__(self, demo: Site, app: ASGIApp) -> None:
+        self.demo = demo
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        user = await self.demo.signed_in(request)  # the session's user, or the token's
+        if user is None or not user.is_admin:
+            await self.demo.not_found(request)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def admin_metrics(demo: Site, metrics: ASGIApp) -> list[BaseRoute]:
+    """``metrics`` at ``/metrics`` (and under it), for administrators only."""
+    guarded = AdminOnly(demo, metrics)
+    # A Mount alone misses a bare /metrics.
+    return [Route("/metrics", guarded), Mount("/metrics", app=guarded)]

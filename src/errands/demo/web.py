@@ -7,6 +7,11 @@ It is an ordinary user of errands: tasks are submitted and read through the
 ``<errands-task>`` element. Searches can be repeated on a schedule (``schedules.py``),
 and run in several folders at once as a group of searches (``groups.py``).
 ``create_app`` builds it; ``errands demo`` serves it with a worker in the same process.
+
+Every answer carries the security headers of ``security.py`` (a Content-Security-Policy
+that runs no inline script: templates keep scripts and styles in ``static/``). The API's
+documentation at ``/api/docs`` works offline (``apidocs.py``), and ``/metrics`` answers
+administrators only (``admin.py``).
 """
 
 from __future__ import annotations
@@ -46,9 +51,10 @@ from ..metrics import metrics_app
 from ..schedules.service import DEFAULT_MAX_PER_OWNER
 from ..store.database import log_failure
 from ..web import task_api
-from . import accounts, groups, schedules, tasks
+from . import accounts, apidocs, groups, schedules, tasks
 from .accounts import AccountError, Accounts
-from .admin import admin_dashboard, admin_schedules
+from .admin import admin_dashboard, admin_metrics, admin_schedules
+from .security import SecurityHeaders
 from .store import User
 
 log = logging.getLogger("errands.demo")
@@ -57,6 +63,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 HERE = Path(__file__).parent
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PAGE_SIZE = 20
+#: The session's key for a token just created, until the tokens page shows it.
+NEW_TOKEN = "new_token"
 HITS_ON_PAGE = 500
 #: The message page's title and text for each status code it is sent with.
 MESSAGES = {
@@ -79,6 +87,9 @@ class DemoSettings:
     database_url: str | None = None
     #: The directory searched (default: this interpreter's standard library).
     corpus: Path | None = None
+    #: What the pages call the corpus; default: "the Python standard library" for the
+    #: default corpus, else the directory's own name (never its path on the server).
+    corpus_name: str | None = None
     #: Where exports and the session secret are kept.
     data_dir: Path = Path(".errands-demo")
     #: Signs session cookies; default: kept in ``data_dir/secret``.
@@ -106,6 +117,7 @@ class Demo:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.exports = self.data_dir / "exports"
         self.corpus = (settings.corpus or tasks.default_corpus()).resolve()
+        self.corpus_name = settings.corpus_name or corpus_name(self.corpus)
         tasks.register(self.errands, corpus=self.corpus, exports=self.exports)
         self.accounts = Accounts(self.errands)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -246,7 +258,8 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
                     await runner
             demo.errands.close()
 
-    site = FastAPI(title="errands demo", lifespan=lifespan, docs_url="/api/docs")
+    # The docs page is the demo's own (apidocs.py); ReDoc would load from a CDN.
+    site = FastAPI(title="errands demo", lifespan=lifespan, docs_url=None, redoc_url=None)
     site.state.demo = demo
     # The pages' answer (the API under /api answers problem documents itself).
     site.add_exception_handler(DatabaseUnavailable, demo.database_failed)
@@ -286,9 +299,9 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
 
     pages = Router(default=page_not_found)
     _add_pages(pages, demo)
-    metrics = metrics_app(demo.errands)
-    site.router.routes.append(Route("/metrics", metrics))  # Mount alone misses a bare /metrics
-    site.mount("/metrics", metrics)
+    site.router.routes.extend(admin_metrics(demo, metrics_app(demo.errands)))
+    site.router.routes.extend(apidocs.api_docs_routes(site, demo, files=apidocs.swagger_ui_files()))
+    site.router.routes.append(Route("/favicon.ico", _favicon, methods=["GET"]))
     site.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     # Every schedule, for administrators, then the admin dashboard at /admin (and
     # /admin itself, not only /admin/…).
@@ -303,7 +316,23 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
         https_only=demo.settings.https_only,
         max_age=accounts.SESSION_SECONDS,
     )
+    site.add_middleware(SecurityHeaders)  # the outermost: on every answer
     return site
+
+
+def corpus_name(corpus: Path) -> str:
+    """The corpus as the pages name it: never its path on the server."""
+    if corpus == tasks.default_corpus().resolve():
+        return "the Python standard library"
+    return corpus.name or "the searched directory"
+
+
+async def _favicon(request: Request) -> Response:
+    return FileResponse(
+        HERE / "static" / "favicon.ico",
+        media_type="image/x-icon",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
 
 
 def _redirect(url: str) -> Response:
@@ -362,7 +391,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
             "home.html",
             status_code,
             recent=groups.rows(recent.items),
-            corpus=demo.corpus,
+            corpus=demo.corpus_name,
             some_folders=await run_in_threadpool(tasks.top_folders, demo.corpus),
             max_folders=tasks.MAX_FOLDERS,
             **context,
@@ -441,12 +470,21 @@ def _add_pages(pages: Router, demo: Demo) -> None:
 
     # -- API tokens --------------------------------------------------------------------
     async def tokens_page(request: Request, user: User, data: dict[str, str]) -> Response:
-        created = None
+        """The list and the form; its POST creates a token and redirects here (no
+        refresh creates another), where the new token is shown once: the session
+        keeps it until this page's next GET takes it out. Starlette's session is a
+        signed cookie, so the token crosses to its owner's browser as the page would
+        have carried it, HttpOnly, and leaves it with that GET's answer."""
         if request.method == "POST":
             name = data.get("name", "")
             created = await run_in_threadpool(demo.accounts.create_token, user, name)
+            request.session[NEW_TOKEN] = created
+            return _redirect("/tokens")
+        shown = request.session.pop(NEW_TOKEN, None)
         tokens = await run_in_threadpool(demo.accounts.tokens, user)
-        return demo.render(request, "tokens.html", tokens=tokens, created=created)
+        return demo.render(
+            request, "tokens.html", tokens=tokens, created=shown if isinstance(shown, str) else None
+        )
 
     async def revoke_token(request: Request, user: User, data: dict[str, str]) -> Response:
         token_id = request.path_params["token_id"]

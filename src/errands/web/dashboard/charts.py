@@ -68,13 +68,14 @@ def _e(text: object) -> str:
 
 
 def _fill(color: str) -> str:
-    """The attribute, and the same as an inline style: a page's stylesheet that paints
-    every ``rect`` one colour must not repaint the series (a style beats its rules)."""
-    return f'fill="{color}" style="fill:{color}"'
+    """The colour as an attribute; ``dashboard.css`` gives each series' class the same
+    colour, so that no other rule repaints it. No ``style=`` attribute: the host's
+    Content-Security-Policy may (and the demo's does) refuse inline styles."""
+    return f'fill="{color}"'
 
 
 def _stroke(color: str) -> str:
-    return f'fill="none" stroke="{color}" style="fill:none;stroke:{color}"'
+    return f'fill="none" stroke="{color}"'
 
 
 def _n(value: float) -> str:
@@ -136,7 +137,7 @@ def _frame(
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{_e(title)}" '
-        f'font-family="{_e(FONT)}" font-size="11" style="max-width:100%;height:auto">',
+        f'font-family="{_e(FONT)}" font-size="11">',
         f"<title>{_e(title)}</title>",
         '<g class="grid">',
     ]
