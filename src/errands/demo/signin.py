@@ -58,7 +58,7 @@ def throttle_keys(request: Request, email: str) -> tuple[str, str]:
 
 def add_pages(pages: Router, demo: Demo) -> None:
     async def form_page(request: Request, template: str, **context: Any) -> Response | None:
-        """The GET answer, the CSRF refusal, or None for a POST to go on with."""
+        """The form (GET), or None for a POST to go on with."""
         await demo.signed_in(request)
         if request.method == "GET":
             return demo.render(request, template, **context)

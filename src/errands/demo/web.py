@@ -6,7 +6,8 @@ It is an ordinary user of errands: tasks are submitted and read through the
 ``errands.web.task_api`` mounted at ``/api``, and the task page shows a task with the
 ``<errands-task>`` element. Searches can be repeated on a schedule (``schedules.py``),
 and run in several folders at once as a group of searches (``groups.py``). The register,
-login and logout pages are in ``signin.py``.
+login and logout pages are in ``signin.py``. ``create_app`` builds it; ``errands demo``
+serves it with a worker in the same process.
 
 Fairness and abuse: at most ``max_running_per_user`` of one user's tasks of one kind run
 at once (a task held back says so: ``waiting.py``); the search form, the export button
@@ -16,7 +17,6 @@ rate; over it the form answers "You are starting searches too fast" with 429 and
 schedule, not a task: the number of schedules is limited instead
 (``max_schedules_per_user``). Logins are throttled (``throttle.py``) and their password
 hashes run in a lane of their own (``lane.py``).
-``create_app`` builds it; ``errands demo`` serves it with a worker in the same process.
 """
 
 from __future__ import annotations
