@@ -42,13 +42,15 @@ MESSAGE = re.compile(r'<h1>([^<]*)</h1>\s*<p class="error">([^<]*)</p>')
 FLOOD = 50
 
 
-def build(tmp_path: Path, **settings: Any) -> FastAPI:
-    """The demo on a SQLite file in ``tmp_path`` searching a two-file corpus, with
-    Alice and Bob registered."""
+def build(tmp_path: Path, *, big: int = 0, **settings: Any) -> FastAPI:
+    """The demo on a SQLite file in ``tmp_path`` searching a two-file corpus (and
+    ``big`` more files in ``big/``), with Alice and Bob registered."""
     corpus = tmp_path / "corpus"
-    corpus.mkdir()
+    (corpus / "big").mkdir(parents=True)
     (corpus / "one.py").write_text("NEEDLE = 1\n")
     (corpus / "two.py").write_text("# a needle\n")
+    for n in range(big):
+        (corpus / "big" / f"mod_{n:04d}.py").write_text(f"VALUE = {n}  # needle\n")
     app = create_app(
         DemoSettings(
             database_url=f"sqlite:///{tmp_path}/d.db",
@@ -154,6 +156,44 @@ def test_search_form_export_and_api_share_one_rate_a_burst_then_429(
         # Each user has a burst of their own.
         s.log_in(BOB)
         s.search()
+
+
+# -- the per-user running cap ---------------------------------------------------------------
+def test_a_search_held_back_by_the_users_own_running_searches_says_so(
+    tmp_path: Path, cheap_hashes: None
+) -> None:
+    # 1500 files at 5 ms each ("slow"): a search runs for about 8 s.
+    with site(tmp_path, big=1500) as s:
+        s.log_in(ALICE)
+        slow = [s.search(folders="big", slow="on") for _ in range(3)]
+
+        def running() -> list[str]:
+            return [s.record(t).status.value for t in slow]
+
+        eventually(lambda: running() == ["running", "running", "queued"], "two of three to run")
+        note = "Waiting: you already have 2 searches running."
+        page = s.client.get(f"/tasks/{slow[2]}").text
+        assert f'data-src="/tasks/{slow[2]}/waiting">{note}</p>' in page
+        assert s.client.get(f"/tasks/{slow[2]}/waiting").json() == {
+            "status": "queued",
+            "waiting": note,
+        }
+        # The worker has slots to spare: another user's search does not wait.
+        s.log_in(BOB)
+        assert s.finished(s.search()).status.value == "succeeded"
+        assert running()[2] == "queued"
+
+        s.demo.errands.sync.cancel(slow[0], owner=s.owner(ALICE))
+        eventually(lambda: running()[2] == "running", "the third to start")
+        s.log_in(ALICE)
+        assert s.client.get(f"/tasks/{slow[2]}/waiting").json() == {
+            "status": "running",
+            "waiting": None,
+        }
+        page = s.client.get(f"/tasks/{slow[2]}").text
+        assert re.search(r'<p id="waiting"[^>]* hidden></p>', page), page  # an empty note
+        for task_id in slow[1:]:
+            s.demo.errands.sync.cancel(task_id, owner=s.owner(ALICE))
 
 
 # -- login throttling -----------------------------------------------------------------------
