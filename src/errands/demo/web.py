@@ -5,13 +5,23 @@ It is an ordinary user of errands: tasks are submitted and read through the
 :class:`~errands.Errands` API with the signed-in user's owner id, the browser talks to
 ``errands.web.task_api`` mounted at ``/api``, and the task page shows a task with the
 ``<errands-task>`` element. Searches can be repeated on a schedule (``schedules.py``),
-and run in several folders at once as a group of searches (``groups.py``).
-``create_app`` builds it; ``errands demo`` serves it with a worker in the same process.
+and run in several folders at once as a group of searches (``groups.py``). The register,
+login and logout pages are in ``signin.py``. ``create_app`` builds it; ``errands demo``
+serves it with a worker in the same process.
 
 Every answer carries the security headers of ``security.py`` (a Content-Security-Policy
 that runs no inline script: templates keep scripts and styles in ``static/``). The API's
 documentation at ``/api/docs`` works offline (``apidocs.py``), and ``/metrics`` answers
 administrators only (``admin.py``).
+
+Fairness and abuse: at most ``max_running_per_user`` of one user's tasks of one kind run
+at once (a task held back says so: ``waiting.py``); the search form, the export button
+and the API share one per-user submit rate (``SubmitLimiter``: a burst, then a steady
+rate; over it the form answers "You are starting searches too fast" with 429 and
+``Retry-After``), so mixing them does not double it. "Repeat this search" creates a
+schedule, not a task: the number of schedules is limited instead
+(``max_schedules_per_user``). Logins are throttled (``throttle.py``) and their password
+hashes run in a lane of their own (``lane.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -50,12 +60,16 @@ from .. import (
 from ..metrics import metrics_app
 from ..schedules.service import DEFAULT_MAX_PER_OWNER
 from ..store.database import log_failure
-from ..web import task_api
-from . import accounts, apidocs, groups, schedules, tasks
-from .accounts import AccountError, Accounts
+from ..web.api import TaskAPI
+from ..web.protocol import TaskProtocol
+from ..web.ratelimit import SubmitLimiter
+from . import accounts, apidocs, groups, schedules, signin, tasks, waiting
+from .accounts import Accounts
 from .admin import admin_dashboard, admin_metrics, admin_schedules
+from .lane import Lane
 from .security import SecurityHeaders
 from .store import User
+from .throttle import Logins, Rules
 
 log = logging.getLogger("errands.demo")
 MemberHandler = Callable[[Request, User, dict[str, str]], Awaitable[Response]]
@@ -101,6 +115,20 @@ class DemoSettings:
     https_only: bool = False
     #: How many schedules ("Repeat this search") one account may have (None: no limit).
     max_schedules_per_user: int | None = DEFAULT_MAX_PER_OWNER
+    #: How many of one user's tasks of one kind (searches, exports) run at once, of the
+    #: worker's slots (4 by default); None: no limit.
+    max_running_per_user: int | None = 2
+    #: Per user, tasks started per second after a burst, through the pages and the API
+    #: together (None: no limit).
+    submit_rate: float | None = 2.0
+    submit_burst: int = 30
+    #: Login and registration attempts per e-mail address typed, and per client address.
+    account_throttle: Rules = field(default_factory=lambda: Rules(attempts=5))
+    address_throttle: Rules = field(default_factory=lambda: Rules(attempts=20))
+    #: Threads hashing passwords, and how many more hashes may wait for them (beyond
+    #: that a login is answered "busy" at once).
+    hash_threads: int = 1
+    hash_queue: int = 8
 
 
 class Demo:
@@ -112,14 +140,20 @@ class Demo:
         self.errands = Errands(
             url or "sqlite:///errands-demo.db",
             max_schedules_per_owner=settings.max_schedules_per_user,
+            max_running_per_owner=settings.max_running_per_user,
         )
+        rate = settings.submit_rate
+        #: One per-user submit rate for the pages and the API.
+        self.submits = SubmitLimiter(rate, settings.submit_burst) if rate else None
+        self.logins = Logins.of(settings.account_throttle, settings.address_throttle)
         self.data_dir = settings.data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.exports = self.data_dir / "exports"
         self.corpus = (settings.corpus or tasks.default_corpus()).resolve()
         self.corpus_name = settings.corpus_name or corpus_name(self.corpus)
         tasks.register(self.errands, corpus=self.corpus, exports=self.exports)
-        self.accounts = Accounts(self.errands)
+        lane = Lane("errands-demo-hash", threads=settings.hash_threads, queue=settings.hash_queue)
+        self.accounts = Accounts(self.errands, lane)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals["status_names"] = [s.value for s in Status]
         self.templates.env.filters.update(
@@ -172,6 +206,7 @@ class Demo:
             found = await groups.folder_search(app, record, user.owner)
             if record.done:
                 hits = groups.sorted_hits(hits)
+        held = found.searches if found else [record]
         return self.render(
             request,
             "task.html",
@@ -186,6 +221,7 @@ class Demo:
             origin=await schedules.origin(app, record, user.owner),
             repeat=schedules.form_values(repeat_form),
             repeat_error=repeat_error,
+            waiting=await waiting.note(app, held, user.owner),
         )
 
     async def signed_in(self, request: Request) -> User | None:
@@ -216,6 +252,18 @@ class Demo:
         """The page that explains a refusal or a failure (``MESSAGES``)."""
         title, message = MESSAGES[status_code]
         return self.render(request, "message.html", status_code, title=title, message=message)
+
+    def too_fast(self, request: Request, owner: str, what: str) -> Response | None:
+        """Take one of ``owner``'s submits: None when allowed, else the page saying
+        "You are starting ``what`` too fast" (429, ``Retry-After``)."""
+        wait = self.submits.take(owner) if self.submits is not None else 0.0
+        if not wait:
+            return None
+        seconds = SubmitLimiter.retry_after(wait)
+        message = f"You are starting {what} too fast; try again in {seconds} s."
+        response = self.render(request, "message.html", 429, title="Too fast", message=message)
+        response.headers["Retry-After"] = seconds
+        return response
 
     def members(self, handler: MemberHandler) -> Endpoint:
         """A page for signed-in users: others go to the login page; a POST must carry
@@ -256,6 +304,7 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
                 except TimeoutError:
                     worker.stop()
                     await runner
+            demo.accounts.lane.close()
             demo.errands.close()
 
     # The docs page is the demo's own (apidocs.py); ReDoc would load from a CDN.
@@ -288,9 +337,10 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
         user = getattr(conn.state, "user", None)
         return bool(user is not None and user.is_admin)
 
-    site.include_router(
-        task_api(demo.errands, current_owner=api_owner, is_admin=api_admin), prefix="/api"
-    )
+    # ``task_api``'s router, with the pages' submit rate limiter.
+    protocol = TaskProtocol.configured(demo.errands, submit_rate=None)
+    protocol.limiter = demo.submits
+    site.include_router(TaskAPI(protocol, api_owner, api_admin).router(), prefix="/api")
 
     async def page_not_found(scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -339,48 +389,8 @@ def _redirect(url: str) -> Response:
     return RedirectResponse(url, status_code=303)
 
 
-def _safe_next(target: str | None) -> str:
-    """Only local paths: no open redirects."""
-    return target if target and target.startswith("/") and not target.startswith("//") else "/"
-
-
 def _add_pages(pages: Router, demo: Demo) -> None:
     app = demo.errands
-
-    # -- accounts --------------------------------------------------------------------
-    async def account_page(
-        request: Request, template: str, sign_in: Callable[[str, str], User], **context: Any
-    ) -> Response:
-        """The register or login form, and its POST: ``sign_in(email, password)`` gives
-        the user to log in, who goes on to the form's ``next`` page (login) or home."""
-        await demo.signed_in(request)
-        if request.method == "GET":
-            return demo.render(request, template, **context)
-        data = await demo.form(request)
-        if data is None:
-            return demo.csrf_refused(request)
-        email = data.get("email", "")
-        try:
-            user = await run_in_threadpool(sign_in, email, data.get("password", ""))
-        except AccountError as exc:
-            return demo.render(
-                request, template, status_code=400, error=str(exc), email=email, **context
-            )
-        await run_in_threadpool(demo.accounts.log_in, request, user)
-        return _redirect(_safe_next(data.get("next")) if "next" in context else "/")
-
-    async def register_page(request: Request) -> Response:
-        return await account_page(request, "register.html", demo.accounts.register)
-
-    async def login_page(request: Request) -> Response:
-        next_url = _safe_next(request.query_params.get("next"))
-        return await account_page(request, "login.html", demo.accounts.authenticate, next=next_url)
-
-    async def logout(request: Request) -> Response:
-        if await demo.form(request) is None:
-            return demo.csrf_refused(request)
-        await run_in_threadpool(demo.accounts.log_out, request)
-        return _redirect("/login")
 
     # -- searching -------------------------------------------------------------------
     async def home_page(request: Request, user: User, status_code: int, **context: Any) -> Response:
@@ -417,6 +427,9 @@ def _add_pages(pages: Router, demo: Demo) -> None:
             )
         except tasks.FolderError as exc:
             return await home_page(request, user, 422, form=data, errors=[str(exc)])
+        refused = demo.too_fast(request, user.owner, "searches")
+        if refused is not None:
+            return refused
         try:
             record = await groups.submit_search(app, payload, folders, user.owner)
         except InvalidPayload as exc:
@@ -442,8 +455,21 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         source = await app.get(task_id, owner=user.owner)
         if source.name != "search" or source.status is not Status.SUCCEEDED:
             return _redirect(f"/tasks/{task_id}")
+        refused = demo.too_fast(request, user.owner, "exports")
+        if refused is not None:
+            return refused
         record = await app.submit("export", {"search_id": source.id}, owner=user.owner)
         return _redirect(f"/tasks/{record.id}")
+
+    async def waiting_note(request: Request, user: User, data: dict[str, str]) -> Response:
+        """Why the task waits (``waiting.py``), for the task page's script."""
+        record = await app.get(request.path_params["task_id"], owner=user.owner)
+        held = [record]
+        if record.is_group:
+            held = (await groups.folder_search(app, record, user.owner)).searches
+        note = await waiting.note(app, held, user.owner)
+        body = {"status": record.status.value, "waiting": note}
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     async def download(request: Request, user: User, data: dict[str, str]) -> Response:
         record = await app.get(request.path_params["task_id"], owner=user.owner)
@@ -492,14 +518,13 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         return _redirect("/tokens")
 
     pages.add_route("/", home, methods=["GET"])
-    pages.add_route("/register", register_page, methods=["GET", "POST"])
-    pages.add_route("/login", login_page, methods=["GET", "POST"])
-    pages.add_route("/logout", logout, methods=["POST"])
+    signin.add_pages(pages, demo)
     pages.add_route("/search", demo.members(search), methods=["POST"])
     pages.add_route("/tasks", demo.members(my_tasks), methods=["GET"])
     pages.add_route("/tasks/{task_id}", demo.members(task_page), methods=["GET"])
     pages.add_route("/tasks/{task_id}/cancel", demo.members(cancel), methods=["POST"])
     pages.add_route("/tasks/{task_id}/export", demo.members(export), methods=["POST"])
+    pages.add_route("/tasks/{task_id}/waiting", demo.members(waiting_note), methods=["GET"])
     pages.add_route("/exports/{task_id}.csv", demo.members(download), methods=["GET"])
     pages.add_route("/tokens", demo.members(tokens_page), methods=["GET", "POST"])
     pages.add_route("/tokens/{token_id:int}/revoke", demo.members(revoke_token), methods=["POST"])
