@@ -46,7 +46,7 @@ from ..metrics import metrics_app
 from ..schedules.service import DEFAULT_MAX_PER_OWNER
 from ..store.database import log_failure
 from ..web import task_api
-from . import accounts, groups, schedules, tasks
+from . import accounts, groups, schedules, summaries, tasks
 from .accounts import AccountError, Accounts
 from .admin import admin_dashboard, admin_schedules
 from .store import User
@@ -90,6 +90,10 @@ class DemoSettings:
     https_only: bool = False
     #: How many schedules ("Repeat this search") one account may have (None: no limit).
     max_schedules_per_user: int | None = DEFAULT_MAX_PER_OWNER
+    #: A search skips files larger than this.
+    max_file_bytes: int = tasks.MAX_FILE_BYTES
+    #: The time a search with a regular expression may spend matching.
+    search_seconds: float = tasks.SEARCH_SECONDS
 
 
 class Demo:
@@ -106,12 +110,25 @@ class Demo:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.exports = self.data_dir / "exports"
         self.corpus = (settings.corpus or tasks.default_corpus()).resolve()
-        tasks.register(self.errands, corpus=self.corpus, exports=self.exports)
+        tasks.register(
+            self.errands,
+            corpus=self.corpus,
+            exports=self.exports,
+            max_file_bytes=settings.max_file_bytes,
+            search_seconds=settings.search_seconds,
+        )
         self.accounts = Accounts(self.errands)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals["status_names"] = [s.value for s in Status]
         self.templates.env.filters.update(
-            title=tasks.task_title, when=_when, eta=_eta, **schedules.FILTERS
+            title=tasks.task_title,
+            when=_when,
+            eta=_eta,
+            final_line=summaries.final_line,
+            summary=summaries.summarize,
+            hit_count=summaries.hit_count,
+            error_text=summaries.error_text,
+            **schedules.FILTERS,
         )
         self.templates.env.globals["weekdays"] = list(schedules.WEEKDAYS)
 
@@ -403,6 +420,11 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         record = await app.get(request.path_params["task_id"], owner=user.owner)
         return await demo.task_page(request, user, record)
 
+    async def outcome(request: Request, user: User, data: dict[str, str]) -> Response:
+        """A task's outcome alone (``_outcome.html``), for its page's script."""
+        record = await app.get(request.path_params["task_id"], owner=user.owner)
+        return demo.render(request, "_outcome.html", task=record)
+
     async def cancel(request: Request, user: User, data: dict[str, str]) -> Response:
         task_id = request.path_params["task_id"]
         await app.cancel(task_id, owner=user.owner)
@@ -413,7 +435,12 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         source = await app.get(task_id, owner=user.owner)
         if source.name != "search" or source.status is not Status.SUCCEEDED:
             return _redirect(f"/tasks/{task_id}")
-        record = await app.submit("export", {"search_id": source.id}, owner=user.owner)
+        if source.is_group:
+            words = (await groups.folder_search(app, source, user.owner)).words
+        else:
+            words = tasks.search_words(source.payload)
+        payload = {"search_id": source.id, "search": words}
+        record = await app.submit("export", payload, owner=user.owner)
         return _redirect(f"/tasks/{record.id}")
 
     async def download(request: Request, user: User, data: dict[str, str]) -> Response:
@@ -424,7 +451,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         return FileResponse(
             path,
             media_type="text/csv",
-            filename=f"search-{record.payload['search_id'][:8]}.csv",
+            filename=tasks.export_file_name(record.payload),
             headers={"Cache-Control": "private, no-store"},
         )
 
@@ -460,6 +487,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
     pages.add_route("/search", demo.members(search), methods=["POST"])
     pages.add_route("/tasks", demo.members(my_tasks), methods=["GET"])
     pages.add_route("/tasks/{task_id}", demo.members(task_page), methods=["GET"])
+    pages.add_route("/tasks/{task_id}/outcome", demo.members(outcome), methods=["GET"])
     pages.add_route("/tasks/{task_id}/cancel", demo.members(cancel), methods=["POST"])
     pages.add_route("/tasks/{task_id}/export", demo.members(export), methods=["POST"])
     pages.add_route("/exports/{task_id}.csv", demo.members(download), methods=["GET"])
