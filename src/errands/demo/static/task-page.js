@@ -43,8 +43,12 @@ function hitItem(seq, data) {
 
 if (task && hits) {
   let last = Number(hits.dataset.lastSeq || 0);
+  // The hits listed, until the task's outcome gives the search's own count (a page
+  // that loads finished lists its first hits, then its element brings the rest).
   const counted = () => {
-    if (count) count.textContent = String(hits.children.length);
+    const outcome = document.getElementById("outcome");
+    const final = outcome ? outcome.dataset.hitCount : "";
+    if (count) count.textContent = final || String(hits.children.length);
   };
   task.addEventListener("errands:output", (event) => {
     const { seq, data } = event.detail;
