@@ -22,7 +22,7 @@ from argon2 import PasswordHasher
 from starlette.testclient import TestClient  # its httpx2 warning is ignored in pyproject
 
 from errands import ANY_OWNER, InvalidPayload, Status, TaskRecord
-from errands.demo import accounts, tasks
+from errands.demo import accounts, matching, tasks
 from errands.demo.web import Demo, DemoSettings, create_app
 from tests.apps.demo_site import PASSWORD, DemoClient, build_demo
 from tests.conftest import eventually
@@ -331,7 +331,7 @@ def test_a_runaway_regular_expression_fails_the_search_and_the_site_keeps_answer
     assert record.status is Status.FAILED
     assert record.error is not None and record.error.type == "TaskFailed"
     assert record.error.message == (
-        f"The regular expression took over {tasks.MATCH_SECONDS} s on line 2 of "
+        f"The regular expression took over {matching.MATCH_SECONDS} s on line 2 of "
         "lab/aaa.txt; try a simpler one."
     )
     assert served >= 2  # pages were served while the pattern ran (at least once per attempt)

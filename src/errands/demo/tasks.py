@@ -38,8 +38,6 @@ from .. import Errands, TaskContext, TaskFailed, TaskNotFound, TaskRecord
 from .matching import MATCH_SECONDS, SEARCH_SECONDS, Matcher
 from .reading import MAX_FILE_BYTES, SKIPPED_LISTED, Skipped, Skips, TextFile
 
-__all__ = ["MATCH_SECONDS", "MAX_FILE_BYTES", "SEARCH_SECONDS", "register"]
-
 #: Hits a search keeps (its output and its CSV); the summary says when it stopped early.
 MAX_HITS = 5000
 MAX_LINE = 300

@@ -46,7 +46,7 @@ from ..metrics import metrics_app
 from ..schedules.service import DEFAULT_MAX_PER_OWNER
 from ..store.database import log_failure
 from ..web import task_api
-from . import accounts, groups, schedules, summaries, tasks
+from . import accounts, groups, matching, reading, schedules, summaries, tasks
 from .accounts import AccountError, Accounts
 from .admin import admin_dashboard, admin_schedules
 from .store import User
@@ -91,9 +91,9 @@ class DemoSettings:
     #: How many schedules ("Repeat this search") one account may have (None: no limit).
     max_schedules_per_user: int | None = DEFAULT_MAX_PER_OWNER
     #: A search skips files larger than this.
-    max_file_bytes: int = tasks.MAX_FILE_BYTES
+    max_file_bytes: int = reading.MAX_FILE_BYTES
     #: The time a search with a regular expression may spend matching.
-    search_seconds: float = tasks.SEARCH_SECONDS
+    search_seconds: float = matching.SEARCH_SECONDS
 
 
 class Demo:
