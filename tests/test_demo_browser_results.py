@@ -221,6 +221,11 @@ def test_a_truncated_search_ends_at_100_percent_with_its_summary(
     expect(task.locator(".et-percent")).to_have_text("100%")
     expect(page.locator("#hit-count")).to_have_text("5,000+")
     expect(page.locator("#hit-limit")).to_be_visible()
+    # The reloaded page lists its first 500 hits and its element brings the rest: the
+    # count stays the search's, and the note about the first 500 goes.
+    expect(page.locator("#hits li")).to_have_count(tasks.MAX_HITS)
+    expect(page.locator("#hit-count")).to_have_text("5,000+")
+    expect(page.locator("#hits-shown")).to_be_hidden()
     expect(page.locator("#final-line")).to_have_text(done_line)
     expect(task.locator(".et-message")).to_be_hidden()
     facts = page.locator("#summary .facts")

@@ -219,6 +219,34 @@ def test_a_slow_pattern_stops_at_the_search_budget_with_a_clear_message(site: Si
     assert 'id="summary"' not in page and '<details class="as-json" id="as-json" hidden>' in page
 
 
+# -- a search in several folders ------------------------------------------------------------------
+def test_a_search_in_several_folders_sums_up_its_folders(site: Site) -> None:
+    group = site.run("zebra", glob="*.txt", folders="mixed, slow")
+    assert group.status is Status.SUCCEEDED and group.is_group
+    result = group.result
+    assert (result["files"], result["hits"], result["skipped"]) == (3, 3, 3)
+    assert result["skipped_reasons"] == {"not text": 2, "too large": 1}
+    assert [(f["folder"], f["files"], f["skipped"]) for f in result["folders"]] == [
+        ("mixed", 2, 3),
+        ("slow", 1, 0),
+    ]
+    # The group's page: the totals (its table of parts has the folders).
+    page = site.page(f"/tasks/{group.id}")
+    assert "Done: searched 3 files, skipped 3</p>" in page
+    assert "<dt>Hits</dt><dd>3 hits</dd><dt>Files searched</dt><dd>3</dd>" in page
+    assert 'id="summary-folders"' not in page
+    # The merge task's page: the totals and a row per folder.
+    merge = site.demo.errands.sync.parts(group.id, owner=ANY_OWNER)[-1]
+    page = site.page(f"/tasks/{merge.id}")
+    rows = re.search(r'<table class="tasks" id="summary-folders">(.*?)</table>', page, re.S)
+    assert rows and re.findall(
+        r"<tr><td>(\w+)</td>" + r'<td class="number">(\d+)</td>' * 3, rows[1]
+    ) == [
+        ("mixed", "2", "3", "3"),
+        ("slow", "1", "0", "0"),
+    ]
+
+
 # -- where a search stops ------------------------------------------------------------------------
 def test_a_truncated_search_ends_at_the_whole_bar_with_a_plus(site: Site) -> None:
     record = site.run("zebra", glob="many/*.log")

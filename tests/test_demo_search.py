@@ -282,7 +282,7 @@ def test_a_search_stops_at_max_hits_and_says_so(site: Site) -> None:
     assert '<span class="muted" id="hit-count">5,000+</span>' in page
     assert '<span class="muted" id="hit-limit">stopped at the limit</span>' in page
     assert "<dt>Hits</dt><dd>5,000+ hits, stopped at the limit</dd>" in page
-    assert "The first 500 are shown here" in page
+    assert 'id="hits-shown" data-total="5000">The first 500 are listed here' in page
     assert page.count("<li data-seq=") == 500
 
 

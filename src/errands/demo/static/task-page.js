@@ -49,6 +49,8 @@ if (task && hits) {
     const outcome = document.getElementById("outcome");
     const final = outcome ? outcome.dataset.hitCount : "";
     if (count) count.textContent = final || String(hits.children.length);
+    const note = document.getElementById("hits-shown"); // "the first 500 are listed"
+    if (note) note.hidden = hits.children.length >= Number(note.dataset.total);
   };
   task.addEventListener("errands:output", (event) => {
     const { seq, data } = event.detail;
