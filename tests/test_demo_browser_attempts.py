@@ -99,8 +99,8 @@ def searching_twice(gates: Gates, register: Callable[..., None]) -> Callable[...
     """``errands.demo.tasks.register`` with the demo's search wrapped (see the module's
     docstring)."""
 
-    def register_twice(app: Any, *, corpus: Path, exports: Path) -> None:
-        register(app, corpus=corpus, exports=exports)
+    def register_twice(app: Any, *, corpus: Path, exports: Path, **options: Any) -> None:
+        register(app, corpus=corpus, exports=exports, **options)
         definition = app.registry.get("search")
         search = definition.fn
 

@@ -22,7 +22,7 @@ from argon2 import PasswordHasher
 from starlette.testclient import TestClient  # its httpx2 warning is ignored in pyproject
 
 from errands import ANY_OWNER, InvalidPayload, Status, TaskRecord
-from errands.demo import accounts, tasks
+from errands.demo import accounts, matching, tasks
 from errands.demo.web import Demo, DemoSettings, create_app
 from tests.apps.demo_site import PASSWORD, DemoClient, build_demo
 from tests.conftest import eventually
@@ -91,11 +91,14 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
 
 
 def summary(record: TaskRecord) -> dict[str, Any]:
-    """The search's result, with its time checked and set aside."""
+    """The search's result, with its time checked and set aside, and its skipped files
+    checked to be none (this corpus is all small text files)."""
     assert record.result is not None
     result = dict(record.result)
     seconds = result.pop("seconds")
     assert isinstance(seconds, float) and 0 <= seconds < 30, seconds
+    skipped = {k: result.pop(k) for k in ("skipped", "skipped_reasons", "skipped_files")}
+    assert skipped == {"skipped": 0, "skipped_reasons": {}, "skipped_files": []}, skipped
     return result
 
 
@@ -167,14 +170,15 @@ def test_the_glob_chooses_the_files_by_name_or_path(site: Site) -> None:
         assert record.payload["glob"] == glob
         assert hits == expected, glob
         assert summary(record) == {"files": len(files), "hits": len(expected), "truncated": False}
-        # The last file read is the progress message; a search of no file says so.
+        # The last progress message says the search is done, and how many files it read.
         progress = record.progress
         assert (progress.current, progress.total) == (len(files), len(files)), glob
-        assert progress.message == (files[-1] if files else "0 files to search"), glob
+        plural = "" if len(files) == 1 else "s"
+        assert progress.message == f"Done: searched {len(files)} file{plural}", glob
     # The glob is the payload's; the form's empty field means the default, *.py.
     record, _ = site.run("zebra", glob="")
     assert record.payload["glob"] == "*.py" and summary(record)["files"] == len(PY_FILES)
-    assert record.progress.message == PY_FILES[-1]
+    assert record.progress.message == f"Done: searched {len(PY_FILES)} files"
 
 
 # -- while it runs, and what it leaves ---------------------------------------------------------
@@ -205,29 +209,45 @@ def test_progress_per_file_hits_and_summary(site: Site) -> None:
         assert 0 <= current <= STEPS
         if current == 0:
             assert message == f"{STEPS} files to search"
+        elif message == f"Done: searched {STEPS} files":
+            assert current == STEPS
         else:
             assert message == order[int(current) - 1], (current, message)
     assert any(0 < c < STEPS for c in currents), seen
 
-    # At the end: every file read, the last one named; a hit per file, in file order.
+    # At the end: every file read, and words that say it is over (not the last file's
+    # name); a hit per file, in file order.
     assert (record.progress.current, record.progress.total) == (STEPS, STEPS)
-    assert record.progress.message == order[-1] and record.progress.percent == 100.0
+    assert record.progress.message == f"Done: searched {STEPS} files"
+    assert record.progress.percent == 100.0
     hits = site.hits(task_id)
     assert hits == [(path, 2, f"zebra step {i}") for i, path in enumerate(order)]
     result = record.result
-    assert result is not None and set(result) == {"files", "hits", "truncated", "seconds"}
+    assert result is not None and set(result) == {
+        "files",
+        "hits",
+        "truncated",
+        "seconds",
+        "skipped",
+        "skipped_reasons",
+        "skipped_files",
+    }
     assert result["files"] == STEPS and result["hits"] == STEPS and result["truncated"] is False
     assert isinstance(result["seconds"], float)
     assert 0.03 * STEPS <= result["seconds"] < 30  # it paused after every file
 
-    # The task page shows the same: status, 100%, the last file, the summary, the hits.
+    # The task page shows the same: status, 100%, the final line (not the last file),
+    # the summary, the result as JSON, the hits.
     page = site.client.get(f"/tasks/{task_id}").text
     assert '<span class="et-status badge" data-status="succeeded" role="status">' in page
     assert '<span class="et-percent">100%</span>' in page
-    assert f'<p class="et-message">{order[-1]}</p>' in page
-    result_shown = re.search(r'<pre class="et-result">(.*?)</pre>', page, re.S)
+    assert "et-message" not in page and order[-1] not in page.split('id="hits"')[0]
+    assert f'data-outcome="succeeded">Done: searched {STEPS} files</p>' in page
+    assert f"<dt>Files searched</dt><dd>{STEPS}</dd>" in page
+    result_shown = re.search(r'<pre class="et-result" data-errands-result>(.*?)</pre>', page, re.S)
     assert result_shown and json.loads(result_shown[1]) == result
-    assert f'<h2>Hits <span class="muted" id="hit-count">{STEPS}</span></h2>' in page
+    assert f'<h2>Hits <span class="muted" id="hit-count">{STEPS}</span> ' in page
+    assert '<span class="muted" id="hit-limit" hidden>stopped at the limit</span>' in page
     items = re.findall(r'<li data-seq="(\d+)"><code>([^<]+)</code> ([^<]*)</li>', page)
     assert items == [(str(i + 1), f"{path}:2", f"zebra step {i}") for i, path in enumerate(order)]
     # And the API's output endpoint, to its owner.
@@ -250,13 +270,19 @@ def test_a_search_stops_at_max_hits_and_says_so(site: Site) -> None:
     task_id = site.search("zebra", glob="*.log")
     record = site.succeeded(task_id)
     assert summary(record) == {"files": 1, "hits": tasks.MAX_HITS, "truncated": True}
-    assert record.progress.message == "zoo/many.log"
+    # It ends at the whole bar, though more.log was not read: the search is over.
+    assert record.progress.message == "Done: searched 1 file"
+    assert (record.progress.current, record.progress.total) == (2, 2)
+    assert record.progress.percent == 100.0
     sync = site.demo.errands.sync
     tail = sync.outputs(task_id, owner=ANY_OWNER, after=tasks.MAX_HITS - 1, limit=10)
     assert tail == [(tasks.MAX_HITS, {"path": "zoo/many.log", "line": 5000, "text": "zebra 5000"})]
-    # The page shows its first 500 hits and says there are more.
+    # The page shows its first 500 hits, the count of all, and that it stopped there.
     page = site.client.get(f"/tasks/{task_id}").text
-    assert '<span class="muted" id="hit-count">500+</span>' in page
+    assert '<span class="muted" id="hit-count">5,000+</span>' in page
+    assert '<span class="muted" id="hit-limit">stopped at the limit</span>' in page
+    assert "<dt>Hits</dt><dd>5,000+ hits, stopped at the limit</dd>" in page
+    assert 'id="hits-shown" data-total="5000">The first 500 are listed here' in page
     assert page.count("<li data-seq=") == 500
 
 
@@ -305,7 +331,7 @@ def test_a_runaway_regular_expression_fails_the_search_and_the_site_keeps_answer
     assert record.status is Status.FAILED
     assert record.error is not None and record.error.type == "TaskFailed"
     assert record.error.message == (
-        f"The regular expression took over {tasks.MATCH_SECONDS} s on line 2 of "
+        f"The regular expression took over {matching.MATCH_SECONDS} s on line 2 of "
         "lab/aaa.txt; try a simpler one."
     )
     assert served >= 2  # pages were served while the pattern ran (at least once per attempt)

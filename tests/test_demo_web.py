@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import html
 import io
 import re
 from collections.abc import Iterator
@@ -280,18 +281,19 @@ def test_export_download_is_served_to_its_owner_only(site: Site) -> None:
     export_id = site.export(search_id)
     record = site.finished(export_id)
     assert record.status is Status.SUCCEEDED, record.error
-    assert record.result == {
-        "rows": len(NEEDLES),
-        "search_id": search_id,
-        "file": f"{export_id}.csv",
-    }
+    # The result names no internal file: the download route finds it by the task's id.
+    size = (site.demo.exports / f"{export_id}.csv").stat().st_size
+    assert record.result == {"rows": len(NEEDLES), "search_id": search_id, "bytes": size}
+    assert record.payload == {"search_id": search_id, "search": "“needle” in *.py"}
     page = site.client.get(f"/tasks/{export_id}").text
+    assert "<h1>Export of “needle” in *.py</h1>" in html.unescape(page)
     assert f'href="/exports/{export_id}.csv"' in page
+    assert f"Download CSV ({len(NEEDLES)} rows, {size} bytes)" in page
 
     r = site.client.get(f"/exports/{export_id}.csv")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/csv")
-    assert f'filename="search-{search_id[:8]}.csv"' in r.headers["content-disposition"]
+    assert 'filename="needle-in-py.csv"' in r.headers["content-disposition"]
     assert "no-store" in r.headers["cache-control"]
     rows = list(csv.reader(io.StringIO(r.text)))
     assert rows == [["path", "line", "text"]] + [[p, str(n), t] for p, n, t in NEEDLES]

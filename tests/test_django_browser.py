@@ -222,7 +222,9 @@ def test_cancel_from_the_task_page(site: Site, alice: BrowserContext) -> None:
     expect(page.locator("#task .et-percent")).to_have_text(re.compile(r"^\d+%$"))
     page.click("#task .et-cancel")
     expect(status).to_have_attribute("data-status", "cancelled")
-    expect(page.locator("#task .et-error")).to_contain_text("TaskCancelled")
+    error = page.locator("#task .et-error")
+    expect(error).to_have_text("The task was cancelled.")  # the message, for the owner
+    expect(error).to_have_attribute("data-error-type", "TaskCancelled")
     record = site.record(task_id)
     assert record.status is Status.CANCELLED
     assert record.progress.percent is not None

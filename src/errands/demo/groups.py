@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import Errands, TaskNotFound, TaskRecord
-from .tasks import MERGE, hit_of, hit_order, task_title
+from .tasks import MERGE, hit_of, hit_order, search_words, task_title
 
 #: The most parts ``Errands.parts`` gives at once (the demo's groups have far fewer).
 PARTS_MAX = 500
@@ -49,8 +49,12 @@ class FolderSearch:
         query = self.query
         if not query:
             return task_title(group)
-        where = ", ".join(self.folders)
-        return f"search “{query.get('query', '')}” in {query.get('glob', '')} in {where}"
+        return f"search {self.words}"
+
+    @property
+    def words(self) -> str:
+        """What the searches look for, and where (``tasks.search_words``)."""
+        return search_words(self.query, self.folders)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,15 @@ parts, checked again when the search runs: one that leads outside the corpus (th
 symbolic link) fails the search. A search in several folders is a group of searches, one
 per folder, whose ``search_merge`` task adds up their counts (``groups.py``).
 
-Users' regular expressions run on the ``regex`` package, not ``re``: a match that
-backtracks for ever (``(a|aa)+$``) stops after ``MATCH_SECONDS`` and fails the search,
-and matching releases the GIL, so one bad pattern cannot stall the web process that
-hosts the demo's worker. Lines are split on ``\n`` only, so line numbers are the ones
-editors and ``grep -n`` show.
+Users' regular expressions run on the ``regex`` package, not ``re``, under a limit per
+line and a budget per search (``matching.py``). Files are read line by line, text only
+and up to a size (``reading.py``); the result counts the files skipped and names the
+first few. A search that reaches ``MAX_HITS`` ends at the whole bar (its result says
+``truncated``), as does every search that ends: its last progress message says it is
+done, not which file it read last.
+
+An export is named after the search it exports: the export form puts the search's
+words (``search_words``) in its payload, and its CSV is downloaded as a slug of them.
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ import regex
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from .. import Errands, TaskContext, TaskFailed, TaskNotFound, TaskRecord
+from .matching import MATCH_SECONDS, SEARCH_SECONDS, Matcher
+from .reading import MAX_FILE_BYTES, SKIPPED_LISTED, Skipped, Skips, TextFile
 
 #: Hits a search keeps (its output and its CSV); the summary says when it stopped early.
 MAX_HITS = 5000
 MAX_LINE = 300
-#: Longest a regular expression may take on one line before the search fails.
-MATCH_SECONDS = 0.5
 #: Folders one search may look in at once (one search each, run as one group).
 MAX_FOLDERS = 8
 MAX_FOLDER_LENGTH = 200
@@ -157,6 +161,8 @@ class SearchIn(BaseModel):
 
 class ExportIn(BaseModel):
     search_id: str = Field(min_length=36, max_length=36)
+    #: The search's words (``search_words``), for the export's title and file name.
+    search: str = Field("", max_length=2 * MAX_FOLDERS * MAX_FOLDER_LENGTH)
 
 
 class MergeIn(BaseModel):
@@ -174,16 +180,31 @@ def merged(results: list[dict[str, Any] | None]) -> dict[str, Any]:
             "files": int(r.get("files", 0)),
             "hits": int(r.get("hits", 0)),
             "truncated": bool(r.get("truncated", False)),
+            "skipped": int(r.get("skipped", 0)),
         }
         for r in (r or {} for r in results)
     ]
+    skips = Skips()
+    for r in (r or {} for r in results):
+        for reason, count in dict(r.get("skipped_reasons", {})).items():
+            skips.by_reason[reason] = skips.by_reason.get(reason, 0) + int(count)
+        listed = list(r.get("skipped_files", []))
+        skips.first.extend(listed[: SKIPPED_LISTED - len(skips.first)])
     return {
         "folders": folders,
         "files": sum(f["files"] for f in folders),
         "hits": sum(f["hits"] for f in folders),
         "truncated": any(f["truncated"] for f in folders),
         "seconds": max((float((r or {}).get("seconds", 0.0)) for r in results), default=0.0),
-    }
+    } | skips.result()
+
+
+def done_line(result: dict[str, Any]) -> str:
+    """The last progress message of a search (or of a search in several folders)."""
+    files = int(result.get("files", 0))
+    line = f"Done: searched {files:,} file{'' if files == 1 else 's'}"
+    skipped = int(result.get("skipped", 0))
+    return line + (f", skipped {skipped:,}" if skipped else "")
 
 
 def hit_of(item: Any) -> dict[str, Any]:
@@ -206,8 +227,17 @@ def _files(corpus: Path, glob: str) -> list[tuple[str, Path]]:
     return found
 
 
-def register(app: Errands, *, corpus: Path, exports: Path) -> None:
-    """Register ``search``, ``search_merge`` and ``export`` on ``app``."""
+def register(
+    app: Errands,
+    *,
+    corpus: Path,
+    exports: Path,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    search_seconds: float = SEARCH_SECONDS,
+) -> None:
+    """Register ``search``, ``search_merge`` and ``export`` on ``app``. A search skips
+    files over ``max_file_bytes``; one with a regular expression may spend
+    ``search_seconds`` matching."""
     exports.mkdir(parents=True, exist_ok=True)
     corpus = corpus.resolve()
 
@@ -221,62 +251,67 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
             pattern = regex.compile(query, flags)
         except regex.error as exc:  # another attempt would fail the same way
             raise TaskFailed(f"Not a valid regular expression: {exc}", retry=False) from None
-        # A user's pattern gets a time limit per line and releases the GIL while it
-        # matches; escaped plain text cannot backtrack, and skips that cost (4x the time).
-        guard: dict[str, Any] = (
-            {"timeout": MATCH_SECONDS, "concurrent": True} if payload.regex else {}
-        )
+        # A user's pattern is matched under a Matcher's limits, releasing the GIL;
+        # escaped plain text cannot backtrack, and skips that cost (4x the time).
+        match = Matcher(pattern, search_seconds).search if payload.regex else pattern.search
         root = folder_path(corpus, payload.folder) if payload.folder else corpus
         if root is None:
             raise TaskFailed(f"There is no folder “{payload.folder}” to search.", retry=False)
         prefix = f"{payload.folder}/" if payload.folder else ""
         files = [(prefix + rel, path) for rel, path in _files(root, payload.glob)]
         total = len(files)
-        ctx.progress(0, total, f"{total} files to search")
+        ctx.progress(0, total, f"{total:,} files to search")
         hits, scanned, truncated = 0, 0, False
+        skipped = Skips()
         for rel, path in files:
             ctx.raise_if_cancelled()
             try:
-                text = path.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                text = ""
-            # Without the newline that ends the file (an empty file has no lines).
-            lines = text.removesuffix("\n").split("\n") if text else []
-            for number, line in enumerate(lines, start=1):
-                ctx.raise_if_cancelled()
-                line = line.removesuffix("\r")
-                try:
-                    found = pattern.search(line, **guard)
-                except TimeoutError:
-                    raise TaskFailed(
-                        f"The regular expression took over {MATCH_SECONDS} s on line "
-                        f"{number} of {rel}; try a simpler one.",
-                        retry=False,
-                    ) from None
-                if found:
-                    if hits >= MAX_HITS:
-                        truncated = True
-                        break
-                    hits += 1
-                    ctx.emit({"path": rel, "line": number, "text": line.strip()[:MAX_LINE]})
-            scanned += 1
-            ctx.progress(scanned, total, rel)
+                for number, line in TextFile(path, max_file_bytes).lines():
+                    ctx.raise_if_cancelled()
+                    try:
+                        found = match(line)
+                    except TimeoutError:
+                        raise TaskFailed(
+                            f"The regular expression took over {MATCH_SECONDS} s on line "
+                            f"{number} of {rel}; try a simpler one.",
+                            retry=False,
+                        ) from None
+                    if found:
+                        if hits >= MAX_HITS:
+                            truncated = True
+                            break
+                        hits += 1
+                        ctx.emit({"path": rel, "line": number, "text": line.strip()[:MAX_LINE]})
+            except Skipped as exc:
+                skipped.add(rel, exc.reason)
+            else:
+                scanned += 1
+            ctx.progress(scanned + skipped.count, total, rel)
             if truncated:
                 break
             if payload.pause:
                 time.sleep(payload.pause)
         named = {"folder": payload.folder} if payload.folder else {}
-        return named | {
-            "files": scanned,
-            "hits": hits,
-            "truncated": truncated,
-            "seconds": round(time.monotonic() - started, 3),
-        }
+        result = (
+            named
+            | {
+                "files": scanned,
+                "hits": hits,
+                "truncated": truncated,
+                "seconds": round(time.monotonic() - started, 3),
+            }
+            | skipped.result()
+        )
+        # Finished, at its limit or not: the whole bar, and words that say it is over.
+        ctx.progress(total, total, done_line(result))
+        return result
 
     @app.task(name=MERGE, max_attempts=2, timeout=60, payload=MergeIn)
     def search_merge(ctx: TaskContext, payload: MergeIn) -> dict[str, Any]:
         """The result of a search in several folders, from its searches' results."""
-        return merged(payload.results)
+        result = merged(payload.results)
+        ctx.progress(1, 1, done_line(result))
+        return result
 
     @app.task(max_attempts=2, timeout=600, payload=ExportIn)
     def export(ctx: TaskContext, payload: ExportIn) -> dict[str, Any]:
@@ -309,11 +344,37 @@ def register(app: Errands, *, corpus: Path, exports: Path) -> None:
                 writer.writerow([hit["path"], hit["line"], hit["text"]])
                 rows += 1
         partial.replace(target)
-        return {"rows": rows, "search_id": source.id, "file": target.name}
+        size = target.stat().st_size
+        ctx.progress(1, 1, f"Done: wrote {rows:,} row{'' if rows == 1 else 's'}")
+        # The file's name is the task's id: the download route finds it without help.
+        return {"rows": rows, "search_id": source.id, "bytes": size}
 
 
 def hit_order(hit: dict[str, Any]) -> tuple[str, int]:
     return (str(hit.get("path", "")), int(hit.get("line", 0)))
+
+
+def search_words(payload: Any, folders: list[str] | None = None) -> str:
+    """What a search looks for, in words: ``“def” in *.py`` (``under pkg``, or ``in a,
+    b`` for a search in several folders)."""
+    fields = payload if isinstance(payload, dict) else {}
+    words = f"“{fields.get('query', '')}” in {fields.get('glob', '')}"
+    if folders:
+        return f"{words} in {', '.join(folders)}"
+    return words + (f" under {fields['folder']}" if fields.get("folder") else "")
+
+
+def slug(words: str, limit: int = 60) -> str:
+    """``words`` as a file name's stem: lower-case ASCII letters, digits and single
+    dashes (``“def” in *.py`` → ``def-in-py``); empty when nothing is left."""
+    return re.sub(r"[^a-z0-9]+", "-", words.lower()).strip("-")[:limit].rstrip("-")
+
+
+def export_file_name(payload: Any) -> str:
+    """The name an export's CSV is downloaded as: a slug of its search's words."""
+    fields = payload if isinstance(payload, dict) else {}
+    stem = slug(str(fields.get("search", "")))
+    return f"{stem or 'search-' + str(fields.get('search_id', ''))[:8]}.csv"
 
 
 def task_title(record: TaskRecord) -> str:
@@ -330,10 +391,11 @@ def title_of(name: str, payload: Any) -> str:
     one a schedule gives the tasks it creates)."""
     fields = payload if isinstance(payload, dict) else {}
     if name == "search":
-        where = f" under {fields['folder']}" if fields.get("folder") else ""
-        return f"search “{fields.get('query', '')}” in {fields.get('glob', '')}{where}"
+        return f"search {search_words(fields)}"
     if name == "export":
-        return f"export of search {str(fields.get('search_id', ''))[:8]}"
+        if fields.get("search"):
+            return f"Export of {fields['search']}"
+        return f"Export of search {str(fields.get('search_id', ''))[:8]}"
     if name == MERGE:
         return "merge of the folders' searches"
     return name

@@ -63,7 +63,18 @@ from ..store.database import log_failure
 from ..web.api import TaskAPI
 from ..web.protocol import TaskProtocol
 from ..web.ratelimit import SubmitLimiter
-from . import accounts, apidocs, groups, schedules, signin, tasks, waiting
+from . import (
+    accounts,
+    apidocs,
+    groups,
+    matching,
+    reading,
+    schedules,
+    signin,
+    summaries,
+    tasks,
+    waiting,
+)
 from .accounts import Accounts
 from .admin import admin_dashboard, admin_metrics, admin_schedules
 from .lane import Lane
@@ -129,6 +140,10 @@ class DemoSettings:
     #: that a login is answered "busy" at once).
     hash_threads: int = 1
     hash_queue: int = 8
+    #: A search skips files larger than this.
+    max_file_bytes: int = reading.MAX_FILE_BYTES
+    #: The time a search with a regular expression may spend matching.
+    search_seconds: float = matching.SEARCH_SECONDS
 
 
 class Demo:
@@ -151,13 +166,26 @@ class Demo:
         self.exports = self.data_dir / "exports"
         self.corpus = (settings.corpus or tasks.default_corpus()).resolve()
         self.corpus_name = settings.corpus_name or corpus_name(self.corpus)
-        tasks.register(self.errands, corpus=self.corpus, exports=self.exports)
+        tasks.register(
+            self.errands,
+            corpus=self.corpus,
+            exports=self.exports,
+            max_file_bytes=settings.max_file_bytes,
+            search_seconds=settings.search_seconds,
+        )
         lane = Lane("errands-demo-hash", threads=settings.hash_threads, queue=settings.hash_queue)
         self.accounts = Accounts(self.errands, lane)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals["status_names"] = [s.value for s in Status]
         self.templates.env.filters.update(
-            title=tasks.task_title, when=_when, eta=_eta, **schedules.FILTERS
+            title=tasks.task_title,
+            when=_when,
+            eta=_eta,
+            final_line=summaries.final_line,
+            summary=summaries.summarize,
+            hit_count=summaries.hit_count,
+            error_text=summaries.error_text,
+            **schedules.FILTERS,
         )
         self.templates.env.globals["weekdays"] = list(schedules.WEEKDAYS)
 
@@ -445,6 +473,11 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         record = await app.get(request.path_params["task_id"], owner=user.owner)
         return await demo.task_page(request, user, record)
 
+    async def outcome(request: Request, user: User, data: dict[str, str]) -> Response:
+        """A task's outcome alone (``_outcome.html``), for its page's script."""
+        record = await app.get(request.path_params["task_id"], owner=user.owner)
+        return demo.render(request, "_outcome.html", task=record)
+
     async def cancel(request: Request, user: User, data: dict[str, str]) -> Response:
         task_id = request.path_params["task_id"]
         await app.cancel(task_id, owner=user.owner)
@@ -458,7 +491,12 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         refused = demo.too_fast(request, user.owner, "exports")
         if refused is not None:
             return refused
-        record = await app.submit("export", {"search_id": source.id}, owner=user.owner)
+        if source.is_group:
+            words = (await groups.folder_search(app, source, user.owner)).words
+        else:
+            words = tasks.search_words(source.payload)
+        payload = {"search_id": source.id, "search": words}
+        record = await app.submit("export", payload, owner=user.owner)
         return _redirect(f"/tasks/{record.id}")
 
     async def waiting_note(request: Request, user: User, data: dict[str, str]) -> Response:
@@ -479,7 +517,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         return FileResponse(
             path,
             media_type="text/csv",
-            filename=f"search-{record.payload['search_id'][:8]}.csv",
+            filename=tasks.export_file_name(record.payload),
             headers={"Cache-Control": "private, no-store"},
         )
 
@@ -522,6 +560,7 @@ def _add_pages(pages: Router, demo: Demo) -> None:
     pages.add_route("/search", demo.members(search), methods=["POST"])
     pages.add_route("/tasks", demo.members(my_tasks), methods=["GET"])
     pages.add_route("/tasks/{task_id}", demo.members(task_page), methods=["GET"])
+    pages.add_route("/tasks/{task_id}/outcome", demo.members(outcome), methods=["GET"])
     pages.add_route("/tasks/{task_id}/cancel", demo.members(cancel), methods=["POST"])
     pages.add_route("/tasks/{task_id}/export", demo.members(export), methods=["POST"])
     pages.add_route("/tasks/{task_id}/waiting", demo.members(waiting_note), methods=["GET"])

@@ -556,10 +556,14 @@
       view.cancel.textContent = asked ? "Cancelling…" : "Cancel";
       view.cancel.setAttribute("aria-busy", String(this.#cancelling));
 
+      // The error's message is meant for the task's owner; its type (an exception's
+      // class name) is for administrators, kept in data-error-type.
       const error = doc && doc.error;
-      const text = error ? `${error.type}: ${error.message}` : this.#notice;
+      const text = error ? String(error.message || "The task failed.") : this.#notice;
       view.error.textContent = text;
       view.error.hidden = !text;
+      if (error && error.type) view.error.setAttribute("data-error-type", String(error.type));
+      else view.error.removeAttribute("data-error-type");
 
       const slot = this.querySelector("[data-errands-result]");
       const succeeded = Boolean(doc && doc.status === "succeeded" && "result" in doc);

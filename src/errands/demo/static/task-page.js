@@ -1,7 +1,8 @@
 // The task page: hits arrive through the <errands-task> element's `errands:output`
 // events; a new attempt of the task (`errands:attempt`, e.g. a retry) drops the hits of
-// the earlier one. When the task finishes, the page reloads once to show what comes
-// next (the export button, the download link), all of which is rendered on the server.
+// the earlier one. When the task finishes, the page shows its outcome at once (see
+// showOutcome), then reloads once to show what comes next (the export button, the
+// repeat form), all of which is rendered on the server.
 //
 // A search in several folders is a group: its output is every part's hits, each as
 // {part, task_id, item}, shown with the part's folder (the list's data-folders). Its
@@ -42,8 +43,14 @@ function hitItem(seq, data) {
 
 if (task && hits) {
   let last = Number(hits.dataset.lastSeq || 0);
+  // The hits listed, until the task's outcome gives the search's own count (a page
+  // that loads finished lists its first hits, then its element brings the rest).
   const counted = () => {
-    if (count) count.textContent = String(hits.children.length);
+    const outcome = document.getElementById("outcome");
+    const final = outcome ? outcome.dataset.hitCount : "";
+    if (count) count.textContent = final || String(hits.children.length);
+    const note = document.getElementById("hits-shown"); // "the first 500 are listed"
+    if (note) note.hidden = hits.children.length >= Number(note.dataset.total);
   };
   task.addEventListener("errands:output", (event) => {
     const { seq, data } = event.detail;
@@ -74,8 +81,45 @@ if (task && hits) {
   });
 }
 
+// A finished task: its last progress message (which names the last file read) gives
+// way to the outcome the server words (_outcome.html, also at /tasks/{id}/outcome): the
+// final line, the result's summary, the JSON under "as JSON"; and a search's hit count
+// becomes its result's ("5,000+" when it stopped at the limit).
+function showOutcome(outcome) {
+  const here = document.getElementById("outcome");
+  if (here && outcome) here.replaceWith(outcome);
+  if (!outcome || !count) return;
+  if (outcome.dataset.hitCount) count.textContent = outcome.dataset.hitCount;
+  const limit = document.getElementById("hit-limit");
+  if (limit) limit.hidden = outcome.dataset.hitLimit !== "yes";
+}
+
+async function fetchOutcome(id) {
+  try {
+    const response = await fetch(`/tasks/${encodeURIComponent(id)}/outcome`, {
+      credentials: "same-origin",
+      cache: "no-store",
+    });
+    if (!response.ok) return null;
+    const doc = new DOMParser().parseFromString(await response.text(), "text/html");
+    return doc.getElementById("outcome");
+  } catch {
+    return null;
+  }
+}
+
+if (task) {
+  task.addEventListener("errands:update", (event) => {
+    if (!event.detail || !event.detail.done) return;
+    const message = task.querySelector(".et-message");
+    if (message) message.hidden = true;
+  });
+}
+
 if (task && !task.dataset.initiallyDone) {
-  task.addEventListener("errands:done", () => {
+  task.addEventListener("errands:done", async () => {
+    showOutcome(await fetchOutcome(task.getAttribute("task-id")));
+    // Then what comes next (the export button, the repeat form), rendered on the server.
     setTimeout(() => window.location.reload(), 300);
   });
 }
