@@ -484,7 +484,7 @@ def test_cancelling_one_part_fails_its_group_and_stops_the_others(site: Site) ->
     assert [site.finished(p.id).status for p in parts] == [Status.CANCELLED] * 3
     page = site.page(f"/tasks/{group_id}")
     # The owner reads the error's message; its type is for the admin view.
-    assert '<p class="et-error error">part 0 ended cancelled' in page
+    assert '<p class="et-error error">part 0 was cancelled' in page
     assert "PartFailed" not in page
 
 

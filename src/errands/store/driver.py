@@ -205,6 +205,14 @@ def _group_progress_statement() -> Any:
 _GROUP_PROGRESS = _group_progress_statement()
 
 
+def _part_lost(index: int, status: str, message: str | None) -> str:
+    """The message of a group failed by its part ``index`` (in words for the group's
+    watchers: the part's error type is on the part's own record)."""
+    if status == Status.CANCELLED.value:
+        return f"part {index} was cancelled"
+    return f"part {index} failed: {message}" if message else f"part {index} failed"
+
+
 class Cancelled(NamedTuple):
     """What ``Driver.task_cancel`` did."""
 
@@ -1166,10 +1174,7 @@ class Driver(abc.ABC):
         lost = [p for p in ended if p.status != Status.SUCCEEDED.value]
         if lost:
             p = lost[0]
-            error = TaskError(
-                "PartFailed",
-                f"part {p.group_index} ended {p.status}: {p.error_type}: {p.error_message}",
-            )
+            error = TaskError("PartFailed", _part_lost(p.group_index, p.status, p.error_message))
             self._group_end(conn, group_id, Status.FAILED, now, keep, error=error)
             ended_now, asked = self._cancel_parts(conn, group_id, now, keep)
             return [group_id, *ended_now, *asked]
