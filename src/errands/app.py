@@ -31,7 +31,15 @@ from .engines import Engine, SqlEngine
 from .errors import ConfigurationError, WaitTimeout
 from .events import Notifier, notifier_for
 from .observers import Observers
-from .operations import ANY_OWNER, Operations, chosen, list_args, owner_filter, task_scope
+from .operations import (
+    ANY_OWNER,
+    Operations,
+    chosen,
+    count_args,
+    list_args,
+    owner_filter,
+    task_scope,
+)
 from .owners import owner_of
 from .records import OutputPage, Page, Status, TaskRecord
 from .registry import (
@@ -427,6 +435,13 @@ class Errands:
         args = list_args(owner, status, name, limit, cursor)
         return await self.db.arun(self._ops.list, args)
 
+    async def count(
+        self, *, owner: str, status: Status | str | None = None, name: str | None = None
+    ) -> int:
+        """How many tasks ``list`` pages through with the same filters (only the
+        owner's: someone else's are never counted)."""
+        return await self.db.arun(self._ops.count, count_args(owner, status, name))
+
     async def outputs(
         self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
     ) -> builtins.list[tuple[int, Any]]:
@@ -586,6 +601,11 @@ class SyncErrands:
         cursor: str | None = None,
     ) -> Page:
         return self._ops.list(list_args(owner, status, name, limit, cursor))
+
+    def count(
+        self, *, owner: str, status: Status | str | None = None, name: str | None = None
+    ) -> int:
+        return self._ops.count(count_args(owner, status, name))
 
     def outputs(
         self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000

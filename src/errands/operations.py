@@ -70,6 +70,17 @@ def list_args(
     }
 
 
+def count_args(owner: object, status: Status | str | None, name: str | None) -> dict[str, Any]:
+    """Checked keyword arguments of the driver's ``task_count``."""
+    if name is not None and "\x00" in name:
+        raise ValueError("name must not contain NUL characters")
+    return {
+        "owner": owner_filter(owner),
+        "status": Status(status) if status is not None else None,
+        "name": name,
+    }
+
+
 class Operations:
     def __init__(self, runtime: Runtime, engine: Publisher) -> None:
         self.runtime = runtime
@@ -176,6 +187,9 @@ class Operations:
     def list(self, args: dict[str, Any]) -> Page:
         items, next_cursor = self.db.read(self.db.driver.task_list, **args)
         return Page([self._loaded(r) for r in items], next_cursor)
+
+    def count(self, args: dict[str, Any]) -> int:
+        return self.db.read(self.db.driver.task_count, **args)
 
     def output_page(self, task_id: str, owner: object, after: int, limit: int) -> OutputPage:
         who = task_scope(task_id, owner)

@@ -114,6 +114,12 @@ def _of(owner: str | None) -> tuple[Any, ...]:
     return () if owner is None else (T.owner == owner,)
 
 
+def _wanted(status: Status | None, name: str | None) -> tuple[Any, ...]:
+    """The WHERE terms of a task list's filters (none for those left out)."""
+    wanted = ((T.status, None if status is None else status.value), (T.name, name))
+    return tuple(c == v for c, v in wanted if v is not None)
+
+
 def _owned(task_id: str, owner: str | None) -> Any:
     return and_(T.id == task_id, *_of(owner))
 
@@ -369,14 +375,25 @@ class Driver(abc.ABC):
         cursor: str | None = None,
     ) -> tuple[list[TaskRecord], str | None]:
         """One page, newest first. The cursor is the last id of the previous page."""
-        wanted = ((T.status, None if status is None else status.value), (T.name, name))
-        q = select(task_table).where(*_of(owner), *(c == v for c, v in wanted if v is not None))
+        q = select(task_table).where(*_of(owner), *_wanted(status, name))
         if cursor is not None:
             q = q.where(T.id < cursor)
         rows = conn.execute(q.order_by(T.id.desc()).limit(limit + 1)).all()
         records = [codec.record(r._mapping) for r in rows[:limit]]
         next_cursor = records[-1].id if len(rows) > limit and records else None
         return records, next_cursor
+
+    def task_count(
+        self,
+        conn: Connection,
+        *,
+        owner: str | None,
+        status: Status | None = None,
+        name: str | None = None,
+    ) -> int:
+        """How many records ``task_list`` would page through with these filters."""
+        q = select(func.count()).select_from(task_table).where(*_of(owner), *_wanted(status, name))
+        return int(conn.execute(q).scalar_one())
 
     def task_changes(self, conn: Connection, task_ids: Iterable[str]) -> list[Change]:
         """(id, owner, version, status) of these records."""
