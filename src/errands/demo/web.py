@@ -7,6 +7,13 @@ It is an ordinary user of errands: tasks are submitted and read through the
 ``<errands-task>`` element. Searches can be repeated on a schedule (``schedules.py``),
 and run in several folders at once as a group of searches (``groups.py``).
 ``create_app`` builds it; ``errands demo`` serves it with a worker in the same process.
+
+A refused search is said in words for people (``validation.py``) and shown after a
+redirect to the home page, once (``flash.py``: post/redirect/get, so a refresh does not
+post the form again). Times are rendered in UTC inside ``<time datetime>``;
+``static/local-times.js`` shows them in the reader's time zone with how long ago.
+"My tasks" counts the user's tasks (``Errands.count``) and filters them by kind and
+status.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import HTTPConnection, Request
@@ -46,7 +55,7 @@ from ..metrics import metrics_app
 from ..schedules.service import DEFAULT_MAX_PER_OWNER
 from ..store.database import log_failure
 from ..web import task_api
-from . import accounts, groups, schedules, tasks
+from . import accounts, flash, groups, schedules, tasks, validation
 from .accounts import AccountError, Accounts
 from .admin import admin_dashboard, admin_schedules
 from .store import User
@@ -57,6 +66,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 HERE = Path(__file__).parent
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PAGE_SIZE = 20
+#: The kinds of task "My tasks" filters by: task name → what the filter calls them (a
+#: search in several folders is a ``search`` too, with its parts).
+KINDS = {"search": "searches", "export": "CSV exports"}
 HITS_ON_PAGE = 500
 #: The message page's title and text for each status code it is sent with.
 MESSAGES = {
@@ -372,7 +384,14 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         user = await demo.signed_in(request)
         if user is None:
             return demo.render(request, "welcome.html")
-        return await home_page(request, user, 200, form={})
+        refused = flash.take(request, "/")  # a refused search's, once
+        return await home_page(request, user, 200, form=refused.form, errors=refused.errors)
+
+    def refuse(request: Request, data: dict[str, str], errors: list[str]) -> Response:
+        """A refused search: its errors and fields are shown once on the home page,
+        after a redirect (a refresh there does not post the form again)."""
+        flash.keep(request, "/", errors, data)
+        return _redirect("/")
 
     async def search(request: Request, user: User, data: dict[str, str]) -> Response:
         payload = {
@@ -387,15 +406,11 @@ def _add_pages(pages: Router, demo: Demo) -> None:
                 tasks.parse_folders, data.get("folders", ""), demo.corpus
             )
         except tasks.FolderError as exc:
-            return await home_page(request, user, 422, form=data, errors=[str(exc)])
+            return refuse(request, data, [str(exc)])
         try:
             record = await groups.submit_search(app, payload, folders, user.owner)
         except InvalidPayload as exc:
-            errors = [
-                f"{'.'.join(str(p) for p in e.get('loc', [])) or 'search'}: {e.get('msg')}"
-                for e in exc.errors
-            ] or [exc.message]
-            return await home_page(request, user, 422, form=data, errors=errors)
+            return refuse(request, data, validation.readable(exc.errors, payload))
         return _redirect(f"/tasks/{record.id}")
 
     # -- tasks -------------------------------------------------------------------------
@@ -429,15 +444,36 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         )
 
     async def my_tasks(request: Request, user: User, data: dict[str, str]) -> Response:
+        """The user's tasks, newest first, a page at a time; filtered by status and by
+        kind (``KINDS``: a task name), with how many match and how many there are."""
         wanted = request.query_params.get("status")
         status = wanted if wanted in {s.value for s in Status} else None
+        kind = request.query_params.get("kind")
+        name = kind if kind in KINDS else None
         cursor = request.query_params.get("cursor") or None
+        owner = user.owner
         try:
-            page = await app.list(owner=user.owner, status=status, limit=PAGE_SIZE, cursor=cursor)
-        except ValueError:
-            page = await app.list(owner=user.owner, status=status, limit=PAGE_SIZE)
-        rows = groups.rows(page.items)
-        return demo.render(request, "tasks.html", page=page, rows=rows, status=status or "")
+            page = await app.list(
+                owner=owner, status=status, name=name, limit=PAGE_SIZE, cursor=cursor
+            )
+        except ValueError:  # a cursor that is not one: the first page
+            page = await app.list(owner=owner, status=status, name=name, limit=PAGE_SIZE)
+        matching = await app.count(owner=owner, status=status, name=name)
+        total = matching if status is None and name is None else await app.count(owner=owner)
+        query = {k: v for k, v in (("kind", name), ("status", status)) if v}
+        return demo.render(
+            request,
+            "tasks.html",
+            page=page,
+            rows=groups.rows(page.items),
+            status=status or "",
+            kind=name or "",
+            kinds=KINDS,
+            matching=matching,
+            total=total,
+            filtered=bool(query),
+            here=f"/tasks?{urlencode(query)}" if query else "/tasks",
+        )
 
     # -- API tokens --------------------------------------------------------------------
     async def tokens_page(request: Request, user: User, data: dict[str, str]) -> Response:
@@ -468,8 +504,16 @@ def _add_pages(pages: Router, demo: Demo) -> None:
     schedules.add_pages(pages, demo)
 
 
-def _when(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+def _when(value: datetime | None) -> Markup:
+    """A time as ``<time datetime="…" data-local>… UTC</time>``: the UTC text without
+    JavaScript; ``static/local-times.js`` shows it in the reader's time zone, with a
+    relative phrase ("2 minutes ago"), and the UTC text as its tooltip."""
+    if value is None:
+        return Markup("")
+    utc = value.astimezone(UTC)
+    return Markup('<time datetime="{}" data-local>{}</time>').format(
+        utc.isoformat(), utc.strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
 
 
 def _eta(record: TaskRecord) -> str:

@@ -1,10 +1,20 @@
 // "My tasks": keep the status column live from the API's stream of the user's changes,
-// and on the newest page, offer to show tasks created since the page was loaded.
+// and on the newest page, offer to show tasks created since the page was loaded. A
+// change of a filter applies it at once (the Filter button is for pages without
+// JavaScript).
 const table = document.getElementById("my-tasks");
 const fresh = document.getElementById("new-tasks");
+const filters = document.getElementById("task-filters");
 const query = new URLSearchParams(window.location.search);
 const newest = !query.get("cursor");
 const wanted = query.get("status") || "";
+const kind = query.get("kind") || "";
+
+if (filters) {
+  for (const select of filters.querySelectorAll("select")) {
+    select.addEventListener("change", () => filters.requestSubmit());
+  }
+}
 const since = (() => {
   const first = table && table.querySelector("tbody time[datetime]");
   return first ? Date.parse(first.getAttribute("datetime")) : -Infinity;
@@ -26,6 +36,7 @@ function update(row, task) {
 function announce(task) {
   if (!fresh || !newest || arrived.has(task.id)) return;
   if (wanted && task.status !== wanted) return;
+  if (kind && task.name !== kind) return;
   if (!(Date.parse(task.created_at) > since)) return; // an older task, not on this page
   arrived.add(task.id);
   const link = fresh.querySelector("a");
