@@ -125,6 +125,11 @@ def test_times_show_in_the_readers_zone_with_how_long_ago(
     page.clock.run_for(60_000)
     expect(stamp).to_have_text(f"{local} GMT+9 · 3 minutes ago")
 
+    # A filter applies as soon as it is chosen (tasks-page.js submits the form).
+    page.locator("select[name=kind]").select_option("export")
+    page.wait_for_url(re.compile(r"/tasks\?kind=export$"))
+    expect(page.locator("#task-count")).to_have_text("0 of your 1 task match.")
+
     # The task's own page says the same.
     page.goto(f"/tasks/{record.id}")
     expect(page.locator("main p.muted time[data-local]")).to_have_text(

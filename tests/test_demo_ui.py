@@ -142,10 +142,17 @@ def listed(page: str) -> list[str]:
 
 
 def test_my_tasks_counts_and_filters_by_kind_and_status(site: DemoClient) -> None:
+    (site.demo.corpus / "docs").mkdir()
+    (site.demo.corpus / "docs" / "four.py").write_text("needle = 4\n")
     site.log_in(BOB)
     for _ in range(3):
         site.finished(site.search())  # Bob's tasks are never counted for Alice
     site.log_in(ALICE)
+    # A search in two folders: the group, its two searches and their merge (4 tasks).
+    group = site.search("needle", folders="pkg, docs")
+    site.finished(group)
+    parts = {p.id for p in site.demo.errands.sync.parts(group, owner=site.owner(ALICE))}
+    assert len(parts) == 3
     searches = [site.search(q) for q in ("needle", "hay", "import")]
     for task_id in searches:
         site.finished(task_id)
@@ -161,36 +168,46 @@ def test_my_tasks_counts_and_filters_by_kind_and_status(site: DemoClient) -> Non
     site.finished(second_export)
     waiting = site.submit("search", {"query": "later"}, run_at=LATER)
     site.client.post(f"/tasks/{waiting}/cancel", data={"csrf": site.csrf()})
+    one_folder = parts - {p for p in parts if site.record(p).name != "search"}
+    assert len(one_folder) == 2
 
     page = site.client.get("/tasks").text
-    assert count_line(page) == "6 tasks in all."
-    assert listed(page) == [waiting, second_export, export, *reversed(searches)]  # newest first
+    assert count_line(page) == "10 tasks in all."
+    newest = [waiting, second_export, export, *reversed(searches)]
+    assert listed(page)[:6] == newest  # newest first
+    assert set(listed(page)[6:]) == {group, *parts}
 
+    # Searches: in one folder, or in all of them (the parts of a search in several).
     page = site.client.get("/tasks?kind=search").text
-    assert count_line(page) == "4 of your 6 tasks match."
-    assert set(listed(page)) == {waiting, *searches}
-    assert '<option value="search" selected>' in page
+    assert count_line(page) == "6 of your 10 tasks match."
+    assert set(listed(page)) == {waiting, *searches, *one_folder}
+    assert re.search(r'<option value="search" [^>]*selected>searches</option>', page)
+
+    page = site.client.get("/tasks?kind=folders").text
+    assert count_line(page) == "1 of your 10 tasks matches."
+    assert listed(page) == [group]
 
     page = site.client.get("/tasks?kind=export").text
-    assert count_line(page) == "2 of your 6 tasks match."
+    assert count_line(page) == "2 of your 10 tasks match."
     assert listed(page) == [second_export, export]
 
     page = site.client.get("/tasks?status=cancelled").text
-    assert count_line(page) == "1 of your 6 tasks matches."
+    assert count_line(page) == "1 of your 10 tasks matches."
     assert listed(page) == [waiting]
 
     page = site.client.get("/tasks?kind=search&status=succeeded").text
-    assert count_line(page) == "3 of your 6 tasks match."
-    assert listed(page) == list(reversed(searches))
+    assert count_line(page) == "5 of your 10 tasks match."
+    assert listed(page)[:3] == list(reversed(searches))
+    assert set(listed(page)[3:]) == one_folder
     assert '<option value="succeeded" selected>' in page
 
     page = site.client.get("/tasks?kind=export&status=failed").text
-    assert count_line(page) == "0 of your 6 tasks match."
+    assert count_line(page) == "0 of your 10 tasks match."
     assert listed(page) == [] and "No tasks match these filters" in page
 
     # Unknown values are no filter at all.
     page = site.client.get("/tasks?kind=nonsense&status=whatever").text
-    assert count_line(page) == "6 tasks in all."
+    assert count_line(page) == "10 tasks in all."
 
 
 def test_my_tasks_pages_keep_the_filters(site: DemoClient, monkeypatch: pytest.MonkeyPatch) -> None:

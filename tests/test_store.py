@@ -516,3 +516,22 @@ async def test_count_on_the_event_loop(store_app: Errands) -> None:
     await store_app.submit("job", {}, owner="alice")
     assert await store_app.count(owner="alice", name="job") == 1
     assert await store_app.count(owner="alice", name="nothing") == 0
+
+
+def test_lists_and_counts_of_groups_or_all_but_them(store_app: Errands) -> None:
+    """``is_group``: True keeps groups' own records, False every other record (their
+    parts included); the count says the same as the list."""
+    (single,) = submit(store_app, 1)
+    group = store_app.sync.submit_group("job", [{"i": 1}, {"i": 2}], owner="alice")
+    store_app.sync.submit_group("job", [{"i": 3}], owner="bob")
+    parts = {p.id for p in store_app.sync.parts(group.id, owner="alice")}
+    assert len(parts) == 2
+    for is_group, expected in ((True, {group.id}), (False, {single, *parts}), (None, None)):
+        listed = store_app.sync.list(owner="alice", is_group=is_group, limit=500).items
+        if expected is not None:
+            assert {r.id for r in listed} == expected, is_group
+        assert store_app.sync.count(owner="alice", is_group=is_group) == len(listed)
+    assert store_app.sync.count(owner="alice", name="job", is_group=True) == 1
+    assert store_app.sync.count(owner="alice", status=group.status, is_group=True) == 1
+    assert store_app.sync.count(owner="alice", status="succeeded", is_group=True) == 0
+    assert store_app.sync.count(owner=ANY_OWNER, is_group=True) == 2

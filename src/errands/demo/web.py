@@ -66,9 +66,25 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 HERE = Path(__file__).parent
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PAGE_SIZE = 20
-#: The kinds of task "My tasks" filters by: task name → what the filter calls them (a
-#: search in several folders is a ``search`` too, with its parts).
-KINDS = {"search": "searches", "export": "CSV exports"}
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A kind of task "My tasks" filters by: what the filter calls it, the task name,
+    and whether it is a group (a search in several folders is a group of ``search``
+    tasks; its parts are searches in one folder each)."""
+
+    label: str
+    name: str
+    is_group: bool | None = None
+
+
+#: The kinds "My tasks" filters by, by the value of its ``kind`` parameter.
+KINDS = {
+    "search": Kind("searches", "search", is_group=False),
+    "folders": Kind("searches in several folders", "search", is_group=True),
+    "export": Kind("CSV exports", "export"),
+}
 HITS_ON_PAGE = 500
 #: The message page's title and text for each status code it is sent with.
 MESSAGES = {
@@ -448,30 +464,31 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         kind (``KINDS``: a task name), with how many match and how many there are."""
         wanted = request.query_params.get("status")
         status = wanted if wanted in {s.value for s in Status} else None
-        kind = request.query_params.get("kind")
-        name = kind if kind in KINDS else None
+        wanted_kind = request.query_params.get("kind", "")
+        kind = KINDS.get(wanted_kind)
+        filters: dict[str, Any] = {"owner": user.owner, "status": status}
+        if kind is not None:
+            filters |= {"name": kind.name, "is_group": kind.is_group}
         cursor = request.query_params.get("cursor") or None
-        owner = user.owner
         try:
-            page = await app.list(
-                owner=owner, status=status, name=name, limit=PAGE_SIZE, cursor=cursor
-            )
+            page = await app.list(**filters, limit=PAGE_SIZE, cursor=cursor)
         except ValueError:  # a cursor that is not one: the first page
-            page = await app.list(owner=owner, status=status, name=name, limit=PAGE_SIZE)
-        matching = await app.count(owner=owner, status=status, name=name)
-        total = matching if status is None and name is None else await app.count(owner=owner)
-        query = {k: v for k, v in (("kind", name), ("status", status)) if v}
+            page = await app.list(**filters, limit=PAGE_SIZE)
+        matching = await app.count(**filters)
+        filtered = status is not None or kind is not None
+        total = await app.count(owner=user.owner) if filtered else matching
+        query = {k: v for k, v in (("kind", kind and wanted_kind), ("status", status)) if v}
         return demo.render(
             request,
             "tasks.html",
             page=page,
             rows=groups.rows(page.items),
             status=status or "",
-            kind=name or "",
+            kind=wanted_kind if kind else "",
             kinds=KINDS,
             matching=matching,
             total=total,
-            filtered=bool(query),
+            filtered=filtered,
             here=f"/tasks?{urlencode(query)}" if query else "/tasks",
         )
 
