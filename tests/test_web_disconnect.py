@@ -10,7 +10,9 @@ log of the whole process is captured.
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -62,6 +64,27 @@ def test_a_client_leaving_a_long_stream_is_not_logged(
         got = leave_early(port, f"/api/tasks/{task_id}{path}")
         assert got.startswith(b"HTTP/1.1 200") and b"event: output" in got
     # The streams ended: nothing of them is left watching the task.
+    eventually(lambda: not server.hub.feeds, "the streams to let go of the task")
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loud == [], [f"{r.name}: {r.getMessage()}" for r in loud[:5]]
+
+
+def test_a_client_leaving_a_long_websocket_is_not_logged(
+    app: Errands, serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same on the WebSocket (the handshake by hand: the client resets the
+    connection mid-stream, without a closing handshake)."""
+    server = serve()
+    task_id = finished_task(app)
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    caplog.set_level(logging.DEBUG)
+    upgrade = (
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+    )
+    for _ in range(3):
+        got = leave_early(port, f"/api/tasks/{task_id}/ws", upgrade)
+        assert got.startswith(b"HTTP/1.1 101") and b'"event":"output"' in got
     eventually(lambda: not server.hub.feeds, "the streams to let go of the task")
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert loud == [], [f"{r.name}: {r.getMessage()}" for r in loud[:5]]

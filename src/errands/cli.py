@@ -224,7 +224,8 @@ def follow(
                 hinted = True
                 note = f"waiting: no worker has claimed the task yet; start one with:\n  {hint}"
                 out.write(("\r\x1b[2K" if tty else "") + note + "\n")
-                last = ""
+                if tty:
+                    last = ""  # the progress line again, below the note
             if line != last:
                 out.write(("\r\x1b[2K" + line) if tty else line + "\n")
                 out.flush()
