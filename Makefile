@@ -1,8 +1,10 @@
 # `make test` sets up everything it needs (a virtual environment in .venv, Debian's
 # Chromium for the browser tests) and runs the linters, the type checker and the whole
-# test suite. `make demo` sets up and serves the demo application (`errands demo`);
-# `make cli-demo` runs the command-line example; `make chaos` kills workers while they
-# work and checks every record (bench/README.md, "Chaos").
+# test suite. `make demo` sets up and serves the demo application (`errands demo`) in a
+# virtual environment of its own, .venv-demo, with only what the demo needs;
+# `make cli-demo` runs the command-line example (in .venv-demo too, on its own
+# database); `make chaos` kills workers while they work and checks every record
+# (bench/README.md, "Chaos").
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -73,15 +75,29 @@ brokers:
 		"import socket; socket.create_connection(('127.0.0.1', 5672), 2)" 2>/dev/null && break; \
 		sleep 1; done )
 
-demo: $(BIN)/.installed
-	$(BIN)/errands demo --port $(PORT)
+# The demo's own environment: errands with its `demo` extra (the web application, the
+# metrics, password hashing), and the PostgreSQL driver only when ERRANDS_DATABASE_URL
+# names a PostgreSQL database; none of the development tool chain. One stamp per set of
+# extras: a later `make demo` on PostgreSQL adds the driver.
+comma := ,
+DEMO_VENV ?= .venv-demo
+DEMO_EXTRAS := demo$(if $(filter postgresql%,$(ERRANDS_DATABASE_URL)),$(comma)postgresql)
+DEMO_STAMP := $(DEMO_VENV)/.installed-$(subst $(comma),+,$(DEMO_EXTRAS))
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(DEMO_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/pip install --quiet -e '.[$(DEMO_EXTRAS)]'
+	touch $@
+
+demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/errands demo --port $(PORT)
 
 # The README's pictures of the demo, taken by its browser test.
 screenshots: $(BIN)/.installed chromium
 	ERRANDS_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_demo_browser.py -k screenshots
 
-cli-demo: $(BIN)/.installed
-	bash examples/demo.sh
+cli-demo: $(DEMO_STAMP)
+	BIN=$(DEMO_VENV)/bin bash examples/demo.sh
 
 bench: $(BIN)/.installed postgres
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
@@ -99,4 +115,4 @@ chaos: $(BIN)/.installed
 	exit $$rc
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_VENV) .pytest_cache .mypy_cache .ruff_cache

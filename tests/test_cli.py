@@ -174,6 +174,83 @@ def test_submit_bad_input_exits_2_and_writes_nothing(db_url: str, e2e_app: Erran
     assert len(e2e_app.sync.list(owner=ANY_OWNER)) == 0
 
 
+def test_submit_wait_without_a_worker_says_it_is_queued_and_how_to_start_one(
+    db_url: str, e2e_app: Errands
+) -> None:
+    """No worker runs: the wait says, once the task has stayed queued a few seconds, that
+    no worker has claimed it, and how to start one; at the timeout, that it is still
+    queued (not "running"), with the same command."""
+    (waited,) = run_cli(
+        db_url, ["submit", APP, "slow", '{"steps": 1}', "--owner", "u1", "--wait", "--timeout", "7"]
+    )
+    assert waited.returncode == 4, waited.stderr
+    task_id = submitted_id(waited.stderr)
+    start = f"errands worker {APP} --database-url "
+    assert "waiting: no worker has claimed the task yet; start one with:\n  " + start in (
+        waited.stderr
+    )
+    last = waited.stderr.rstrip().splitlines()
+    assert last[-2] == (
+        f"errands: task {task_id} is still queued after 7.0 s: no worker has claimed it. "
+        "Is a worker running on this database? Start one with:"
+    )
+    assert last[-1].startswith(f"  {start}sqlite:///") and "still running" not in waited.stderr
+    assert e2e_app.sync.get(task_id, owner="u1").status is Status.QUEUED
+
+
+def test_submit_wait_timing_out_on_a_running_task_says_it_runs(
+    cli: Callable[..., Result], e2e_app: Errands, worker: WorkerProcess
+) -> None:
+    result = cli(
+        "submit",
+        APP,
+        "slow",
+        '{"steps": 40, "delay": 0.5}',
+        "--owner",
+        "u1",
+        "--wait",
+        "--timeout",
+        "4",
+    )
+    assert result.returncode == 4, result.stderr
+    task_id = submitted_id(result.stderr)
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"errands: task {task_id} is still running after 4.0 s (a worker has it")
+    assert last.endswith(f"it goes on: see it with errands show {task_id}")
+    assert "no worker" not in result.stderr
+    e2e_app.sync.cancel(task_id, owner="u1")
+
+
+def test_database_url_after_the_subcommand(cli: Callable[..., Result], tmp_path: Path) -> None:
+    """``--database-url`` before or after the subcommand; after wins; absent after, the
+    one before (or ``$ERRANDS_DATABASE_URL``) stays."""
+    first, second = tmp_path / "first.db", tmp_path / "second.db"
+    made = cli("migrate", "--database-url", f"sqlite:///{first}")
+    assert made.returncode == 0 and f"sqlite:///{first}" in made.stdout, made.stderr
+    both = cli(
+        "--database-url", f"sqlite:///{first}", "migrate", "--database-url", f"sqlite:///{second}"
+    )
+    assert both.returncode == 0 and f"sqlite:///{second}" in both.stdout, both.stderr
+    before = cli("--database-url", f"sqlite:///{first}", "ls")
+    assert before.returncode == 0 and before.stdout == "", before.stderr
+    submitted = cli(
+        "submit", APP, "slow", "{}", "--owner", "u1", "--database-url", f"sqlite:///{second}"
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = json.loads(submitted.stdout)["id"]
+    for args in (
+        ("ls", "--database-url", f"sqlite:///{second}"),
+        ("show", task_id, "--database-url", f"sqlite:///{second}"),
+        ("schedules", "ls", "--database-url", f"sqlite:///{second}"),
+        ("schedules", "--database-url", f"sqlite:///{second}", "ls"),
+    ):
+        result = cli(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        if args[0] != "schedules":
+            assert task_id in result.stdout, args
+    assert cli("show", task_id, "--database-url", f"sqlite:///{first}").returncode == 3
+
+
 # -- ls, show, cancel ----------------------------------------------------------------------
 def test_ls_show_and_cancel_queued(
     db_url: str, cli: Callable[..., Result], e2e_app: Errands

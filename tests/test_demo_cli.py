@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import signal
 import socket
 import subprocess
@@ -129,3 +131,116 @@ def _split_huge_header(port: int) -> bytes:
     head = answer.partition(b"\r\n\r\n")[0]
     assert b"content-type: application/problem+json" in head.lower(), answer[:500]
     return head
+
+
+@pytest.mark.slow  # `errands createadmin` processes, hashing with the production hasher
+def test_createadmin_reads_a_new_accounts_password_from_standard_input(tmp_path: Path) -> None:
+    """Not a terminal (a script): the password is standard input's first line."""
+    data = str(tmp_path / "data")
+    args = [sys.executable, "-m", "errands", "createadmin", "new@example.com", "--data", data]
+    made = subprocess.run(
+        args,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        input="s3cret-pass\nignored\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == "new@example.com is an administrator"
+    assert "s3cret-pass" not in made.stdout + made.stderr
+    # An existing account is not asked for anything.
+    again = subprocess.run(
+        args,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stderr
+    # Nothing on standard input: no password, nothing created.
+    empty = subprocess.run(
+        [*args[:4], "other@example.com", "--data", data],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert empty.returncode == 2 and "give a password" in empty.stderr
+
+
+def _read_until(fd: int, text: bytes, timeout: float = 30) -> bytes:
+    """What the terminal ``fd`` shows, up to and with ``text``."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    while text not in got:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {text!r} on the terminal: {got!r}"
+        got += os.read(fd, 1024)
+    return got
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("second", "made"), [("s3cret-pass", True), ("other-pass", False)])
+def test_createadmin_asks_for_a_new_accounts_password_twice_on_a_terminal(
+    tmp_path: Path, second: str, made: bool
+) -> None:
+    """On a terminal (a pseudo-terminal here, as the process's standard input and
+    error; a new session, so no other terminal is its /dev/tty), ``getpass`` asks twice
+    without echoing; two different answers create nothing."""
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "errands",
+            "createadmin",
+            "tty@example.com",
+            "--data",
+            str(tmp_path / "data"),
+        ],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdin=child,
+        stdout=subprocess.PIPE,
+        stderr=child,
+        start_new_session=True,
+    )
+    os.close(child)
+    try:
+        shown = _read_until(main, b"Password for the new account tty@example.com: ")
+        os.write(main, b"s3cret-pass\n")
+        shown += _read_until(main, b"The same password again: ")
+        os.write(main, second.encode() + b"\n")
+        out, _ = proc.communicate(timeout=60)
+        shown += _drain(main)
+    finally:
+        os.close(main)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert b"s3cret-pass" not in shown and second.encode() not in shown  # not echoed
+    if made:
+        assert proc.returncode == 0, shown
+        assert out.decode().strip() == "tty@example.com is an administrator"
+    else:
+        assert proc.returncode == 2
+        assert b"The two passwords differ; nothing was changed." in shown
+
+
+def _drain(fd: int) -> bytes:
+    got = b""
+    while select.select([fd], [], [], 0.2)[0]:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # the other side closed
+            break
+        if not chunk:
+            break
+        got += chunk
+    return got

@@ -31,7 +31,12 @@ def test_every_example_file_is_run_here() -> None:
 
 
 def test_demo_script_follows_a_task_to_its_result(tmp_path: Path) -> None:
-    env = os.environ | {"BIN": str(BIN), "ERRANDS_DATABASE_URL": f"sqlite:///{tmp_path}/demo.db"}
+    # Its own database: never the web demo's (ERRANDS_DATABASE_URL).
+    env = os.environ | {
+        "BIN": str(BIN),
+        "ERRANDS_CLI_DEMO_DATABASE_URL": f"sqlite:///{tmp_path}/cli-demo.db",
+        "ERRANDS_DATABASE_URL": f"sqlite:///{tmp_path}/web-demo.db",
+    }
     out = subprocess.run(
         ["bash", str(EXAMPLES / "demo.sh")],
         cwd=ROOT,
@@ -53,6 +58,7 @@ def test_demo_script_follows_a_task_to_its_result(tmp_path: Path) -> None:
     assert f"submitted {task_id[1]}" in out.stderr
     assert re.search(r"\] +100% succeeded +step 200 of 200$", out.stderr, re.M), out.stderr
     assert "started: count, fail" in out.stderr
+    assert (tmp_path / "cli-demo.db").exists() and not (tmp_path / "web-demo.db").exists()
 
 
 def test_fail_task_fails_with_its_reason(

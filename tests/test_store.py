@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy
 
-from errands import Errands, Status, TaskContext
+from errands import ANY_OWNER, Errands, Status, TaskContext
 from errands.records import Change
 from errands.store.driver import Driver
 from errands.store.schema import task_table
@@ -481,3 +481,57 @@ def test_payloads_holding_nul_go_through_every_submit_path(store_app: Errands) -
         assert stored.payload == record.payload
     assert app.sync.get(single.id, owner="ann").payload == odd
     assert [p.payload for p in parts] == [odd, {"x": "plain"}]
+
+
+def test_count_is_the_owners_records_with_the_lists_filters(store_app: Errands) -> None:
+    @store_app.task
+    def other(ctx: TaskContext, payload: dict[str, Any]) -> None:
+        return None
+
+    a, b, _ = submit(store_app, 3)
+    store_app.sync.submit("other", {}, owner="alice")
+    store_app.sync.submit("job", {}, owner="bob")
+    store_app.sync.submit("other", {}, owner="bob")
+    store_app.sync.cancel(a, owner="alice")
+    store_app.sync.cancel(b, owner="alice")
+    count = store_app.sync.count
+    assert count(owner="alice") == 4
+    assert count(owner="alice", name="job") == 3
+    assert count(owner="alice", status="cancelled") == 2
+    assert count(owner="alice", status=Status.QUEUED, name="job") == 1
+    assert count(owner="alice", status="running") == 0
+    assert count(owner="bob") == 2  # never alice's
+    assert count(owner="carol") == 0
+    assert count(owner=ANY_OWNER, name="other") == 2
+    # The same numbers as the lists they count.
+    for status in (None, "queued", "cancelled"):
+        for name in (None, "job", "other"):
+            listed = store_app.sync.list(owner="alice", status=status, name=name, limit=500)
+            assert count(owner="alice", status=status, name=name) == len(listed.items)
+    with pytest.raises(ValueError):
+        count(owner="alice", status="nonsense")
+
+
+async def test_count_on_the_event_loop(store_app: Errands) -> None:
+    await store_app.submit("job", {}, owner="alice")
+    assert await store_app.count(owner="alice", name="job") == 1
+    assert await store_app.count(owner="alice", name="nothing") == 0
+
+
+def test_lists_and_counts_of_groups_or_all_but_them(store_app: Errands) -> None:
+    """``is_group``: True keeps groups' own records, False every other record (their
+    parts included); the count says the same as the list."""
+    (single,) = submit(store_app, 1)
+    group = store_app.sync.submit_group("job", [{"i": 1}, {"i": 2}], owner="alice")
+    store_app.sync.submit_group("job", [{"i": 3}], owner="bob")
+    parts = {p.id for p in store_app.sync.parts(group.id, owner="alice")}
+    assert len(parts) == 2
+    for is_group, expected in ((True, {group.id}), (False, {single, *parts}), (None, None)):
+        listed = store_app.sync.list(owner="alice", is_group=is_group, limit=500).items
+        if expected is not None:
+            assert {r.id for r in listed} == expected, is_group
+        assert store_app.sync.count(owner="alice", is_group=is_group) == len(listed)
+    assert store_app.sync.count(owner="alice", name="job", is_group=True) == 1
+    assert store_app.sync.count(owner="alice", status=group.status, is_group=True) == 1
+    assert store_app.sync.count(owner="alice", status="succeeded", is_group=True) == 0
+    assert store_app.sync.count(owner=ANY_OWNER, is_group=True) == 2

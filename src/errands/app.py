@@ -31,7 +31,15 @@ from .engines import Engine, SqlEngine
 from .errors import ConfigurationError, WaitTimeout
 from .events import Notifier, notifier_for
 from .observers import Observers
-from .operations import ANY_OWNER, Operations, chosen, list_args, owner_filter, task_scope
+from .operations import (
+    ANY_OWNER,
+    Operations,
+    chosen,
+    count_args,
+    list_args,
+    owner_filter,
+    task_scope,
+)
 from .owners import owner_of
 from .records import OutputPage, Page, Status, TaskRecord
 from .registry import (
@@ -422,10 +430,26 @@ class Errands:
         name: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        is_group: bool | None = None,
     ) -> Page:
-        """The owner's tasks, newest first, ``limit`` (1–500) at a time."""
-        args = list_args(owner, status, name, limit, cursor)
+        """The owner's tasks, newest first, ``limit`` (1–500) at a time; only those of
+        ``status``, of ``name``, and (``is_group``) only groups' own records (True) or
+        all but them (False)."""
+        args = list_args(owner, status, name, limit, cursor, is_group)
         return await self.db.arun(self._ops.list, args)
+
+    async def count(
+        self,
+        *,
+        owner: str,
+        status: Status | str | None = None,
+        name: str | None = None,
+        is_group: bool | None = None,
+    ) -> int:
+        """How many tasks ``list`` pages through with the same filters (only the
+        owner's: someone else's are never counted)."""
+        args = count_args(owner, status, name, is_group)
+        return await self.db.arun(self._ops.count, args)
 
     async def outputs(
         self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000
@@ -584,8 +608,19 @@ class SyncErrands:
         name: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        is_group: bool | None = None,
     ) -> Page:
-        return self._ops.list(list_args(owner, status, name, limit, cursor))
+        return self._ops.list(list_args(owner, status, name, limit, cursor, is_group))
+
+    def count(
+        self,
+        *,
+        owner: str,
+        status: Status | str | None = None,
+        name: str | None = None,
+        is_group: bool | None = None,
+    ) -> int:
+        return self._ops.count(count_args(owner, status, name, is_group))
 
     def outputs(
         self, task_id: str, *, owner: str, after: int = 0, limit: int = 1000

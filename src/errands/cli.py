@@ -128,10 +128,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _print_json(record_dict(record, admin=False))
         return 0
     print(f"submitted {record.id}", file=sys.stderr)
+    hint = worker_hint(app, args.app)
     try:
-        final = follow(app, record.id, args.owner, timeout=args.timeout, out=sys.stderr)
-    except WaitTimeout:
-        print(f"errands: task {record.id} is still running after {args.timeout} s", file=sys.stderr)
+        final = follow(app, record.id, args.owner, timeout=args.timeout, out=sys.stderr, hint=hint)
+    except WaitTimeout as exc:
+        print(timed_out(exc.record, args.timeout, hint), file=sys.stderr)
         return 4
     if final.status is Status.SUCCEEDED:
         _print_json(final.result)
@@ -140,6 +141,43 @@ def cmd_submit(args: argparse.Namespace) -> int:
     detail = f"{error.type}: {error.message}" if error else final.status.value
     print(f"task {final.status.value}: {detail}", file=sys.stderr)
     return 1
+
+
+#: Seconds a followed task may stay queued before ``follow`` says that no worker has
+#: claimed it (and how to start one).
+QUEUED_HINT_AFTER = 5.0
+
+
+def worker_hint(app: Errands, app_path: str) -> str:
+    """How to start a worker for ``app`` (loaded from ``app_path``), on its database."""
+    url = app.db.url.render_as_string(hide_password=True)
+    return f"errands worker {app_path} --database-url {url}"
+
+
+def timed_out(record: TaskRecord | None, timeout: float | None, hint: str) -> str:
+    """What ``submit --wait --timeout`` says when the task is not done in time: still
+    queued (no worker has claimed it: how to start one) or still running."""
+    task = "the task" if record is None else f"task {record.id}"
+    if record is not None and record.status is Status.QUEUED:
+        due = record.run_at is not None and record.run_at > datetime.now(UTC)
+        if due:
+            return (
+                f"errands: {task} is queued after {timeout} s: it is due at "
+                f"{_when(record.run_at)}, and a worker runs it then"
+            )
+        return (
+            f"errands: {task} is still queued after {timeout} s: no worker has claimed it."
+            f" Is a worker running on this database? Start one with:\n  {hint}"
+        )
+    percent = (
+        ""
+        if record is None or record.progress.percent is None
+        else (f", {record.progress.percent:.0f}% done")
+    )
+    return (
+        f"errands: {task} is still running after {timeout} s (a worker has it{percent});"
+        f" it goes on: see it with errands show {'ID' if record is None else record.id}"
+    )
 
 
 def render_progress(record: TaskRecord, width: int) -> str:
@@ -154,19 +192,40 @@ def render_progress(record: TaskRecord, width: int) -> str:
 
 
 def follow(
-    app: Errands, task_id: str, owner: str, *, timeout: float | None, out: TextIO
+    app: Errands,
+    task_id: str,
+    owner: str,
+    *,
+    timeout: float | None,
+    out: TextIO,
+    hint: str | None = None,
 ) -> TaskRecord:
-    """Show the task's progress live until it finishes; return the final record."""
+    """Show the task's progress live until it finishes; return the final record. When
+    the task is still queued (and due) after ``QUEUED_HINT_AFTER`` seconds, say once
+    that no worker has claimed it, with ``hint``: how to start one."""
     tty = out.isatty()
     changed = threading.Event()
-    deadline = None if timeout is None else time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
     last = ""
+    hinted = hint is None
     with app.watchers.watch(task_id, changed.set):
         while True:
             changed.clear()
             record = app.sync.get(task_id, owner=owner)
             width = shutil.get_terminal_size((100, 20)).columns
             line = render_progress(record, width)
+            if (
+                not hinted
+                and record.status is Status.QUEUED
+                and time.monotonic() - started >= QUEUED_HINT_AFTER
+                and (record.run_at is None or record.run_at <= datetime.now(UTC))
+            ):
+                hinted = True
+                note = f"waiting: no worker has claimed the task yet; start one with:\n  {hint}"
+                out.write(("\r\x1b[2K" if tty else "") + note + "\n")
+                if tty:
+                    last = ""  # the progress line again, below the note
             if line != last:
                 out.write(("\r\x1b[2K" + line) if tty else line + "\n")
                 out.flush()
@@ -326,24 +385,31 @@ def add_purge_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=500)
 
 
+DATABASE_HELP = (
+    "database URL (default: $ERRANDS_DATABASE_URL, else sqlite:///errands.db;"
+    " sqlite:///errands-demo.db for demo and createadmin)"
+)
+
+
+def add_database_option(parser: argparse.ArgumentParser) -> None:
+    """``--database-url`` after a subcommand too (``errands migrate --database-url U``):
+    absent there, it leaves the value given before the subcommand (``SUPPRESS``: the
+    subparser sets no default that would overwrite it)."""
+    parser.add_argument("--database-url", default=argparse.SUPPRESS, help=DATABASE_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="errands", description="Background tasks your users can watch."
     )
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        help=(
-            "database URL (default: $ERRANDS_DATABASE_URL, else sqlite:///errands.db;"
-            " sqlite:///errands-demo.db for demo and createadmin)"
-        ),
-    )
+    parser.add_argument("--database-url", default=None, help=DATABASE_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("worker", help="run a worker")
     p.add_argument("app", metavar="MODULE:ATTR", help="the Errands app, e.g. myproject.tasks:app")
     add_worker_options(p)
+    add_database_option(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="submit a task")
@@ -355,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delay", type=float, default=None, help="start after this many seconds")
     p.add_argument("--wait", action="store_true", help="show progress, then print the result")
     p.add_argument("--timeout", type=float, default=None, help="give up waiting after S s")
+    add_database_option(p)
     p.set_defaults(func=cmd_submit)
 
     # The demo is an application of its own (``python -m errands.demo``); these two
@@ -390,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--output", action="store_true", help="include emitted items")
         if name == "purge":
             add_purge_options(p)
+        add_database_option(p)
         p.set_defaults(func=func)
     add_schedule_commands(sub)
     return parser
@@ -399,6 +467,7 @@ def add_schedule_commands(sub: Any) -> None:
     """``errands schedules ls|pause|resume|rm``: users' schedules, every owner's unless
     ``--owner`` narrows them."""
     group = sub.add_parser("schedules", help="list, pause, resume or delete users' schedules")
+    add_database_option(group)
     actions = group.add_subparsers(dest="action", required=True)
     for name, func, text in (
         ("ls", cmd_schedules_ls, "list schedules, oldest first"),
@@ -415,6 +484,7 @@ def add_schedule_commands(sub: Any) -> None:
             p.add_argument("--limit", type=int, default=50)
             p.add_argument("--cursor", default=None)
             p.add_argument("--json", action="store_true")
+        add_database_option(p)
         p.set_defaults(func=func)
 
 

@@ -52,21 +52,35 @@ def _found(value: V | None) -> V:
 
 
 def list_args(
-    owner: object, status: Status | str | None, name: str | None, limit: int, cursor: str | None
+    owner: object,
+    status: Status | str | None,
+    name: str | None,
+    limit: int,
+    cursor: str | None,
+    is_group: bool | None = None,
 ) -> dict[str, Any]:
     """Checked keyword arguments of the driver's ``task_list``."""
     if not 1 <= limit <= 500:
         raise ValueError("limit must be between 1 and 500")
     if cursor is not None and not is_task_id(cursor):
         raise ValueError("invalid cursor")
+    return count_args(owner, status, name, is_group) | {"limit": limit, "cursor": cursor}
+
+
+def count_args(
+    owner: object, status: Status | str | None, name: str | None, is_group: bool | None = None
+) -> dict[str, Any]:
+    """Checked keyword arguments of the driver's ``task_count`` (the filters of
+    ``task_list``)."""
     if name is not None and "\x00" in name:
         raise ValueError("name must not contain NUL characters")
+    if is_group is not None and not isinstance(is_group, bool):
+        raise ValueError("is_group must be True, False or None")
     return {
         "owner": owner_filter(owner),
         "status": Status(status) if status is not None else None,
         "name": name,
-        "limit": limit,
-        "cursor": cursor,
+        "is_group": is_group,
     }
 
 
@@ -176,6 +190,9 @@ class Operations:
     def list(self, args: dict[str, Any]) -> Page:
         items, next_cursor = self.db.read(self.db.driver.task_list, **args)
         return Page([self._loaded(r) for r in items], next_cursor)
+
+    def count(self, args: dict[str, Any]) -> int:
+        return self.db.read(self.db.driver.task_count, **args)
 
     def output_page(self, task_id: str, owner: object, after: int, limit: int) -> OutputPage:
         who = task_scope(task_id, owner)

@@ -22,6 +22,13 @@ rate; over it the form answers "You are starting searches too fast" with 429 and
 schedule, not a task: the number of schedules is limited instead
 (``max_schedules_per_user``). Logins are throttled (``throttle.py``) and their password
 hashes run in a lane of their own (``lane.py``).
+
+A refused search is said in words for people (``validation.py``) and shown after a
+redirect to the home page, once (``flash.py``: post/redirect/get, so a refresh does not
+post the form again). Times are rendered in UTC inside ``<time datetime>``;
+``static/local-times.js`` shows them in the reader's time zone with how long ago.
+"My tasks" counts the user's tasks (``Errands.count``) and filters them by kind and
+status.
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import HTTPConnection, Request
@@ -66,6 +75,7 @@ from ..web.ratelimit import SubmitLimiter
 from . import (
     accounts,
     apidocs,
+    flash,
     groups,
     matching,
     reading,
@@ -73,6 +83,7 @@ from . import (
     signin,
     summaries,
     tasks,
+    validation,
     waiting,
 )
 from .accounts import Accounts
@@ -90,6 +101,25 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PAGE_SIZE = 20
 #: The session's key for a token just created, until the tokens page shows it.
 NEW_TOKEN = "new_token"
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A kind of task "My tasks" filters by: what the filter calls it, the task name,
+    and whether it is a group (a search in several folders is a group of ``search``
+    tasks; its parts are searches in one folder each)."""
+
+    label: str
+    name: str
+    is_group: bool | None = None
+
+
+#: The kinds "My tasks" filters by, by the value of its ``kind`` parameter.
+KINDS = {
+    "search": Kind("searches", "search", is_group=False),
+    "folders": Kind("searches in several folders", "search", is_group=True),
+    "export": Kind("CSV exports", "export"),
+}
 HITS_ON_PAGE = 500
 #: The message page's title and text for each status code it is sent with.
 MESSAGES = {
@@ -439,7 +469,14 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         user = await demo.signed_in(request)
         if user is None:
             return demo.render(request, "welcome.html")
-        return await home_page(request, user, 200, form={})
+        refused = flash.take(request, "/")  # a refused search's, once
+        return await home_page(request, user, 200, form=refused.form, errors=refused.errors)
+
+    def refuse(request: Request, data: dict[str, str], errors: list[str]) -> Response:
+        """A refused search: its errors and fields are shown once on the home page,
+        after a redirect (a refresh there does not post the form again)."""
+        flash.keep(request, "/", errors, data)
+        return _redirect("/")
 
     async def search(request: Request, user: User, data: dict[str, str]) -> Response:
         payload = {
@@ -454,18 +491,14 @@ def _add_pages(pages: Router, demo: Demo) -> None:
                 tasks.parse_folders, data.get("folders", ""), demo.corpus
             )
         except tasks.FolderError as exc:
-            return await home_page(request, user, 422, form=data, errors=[str(exc)])
+            return refuse(request, data, [str(exc)])
         refused = demo.too_fast(request, user.owner, "searches")
         if refused is not None:
             return refused
         try:
             record = await groups.submit_search(app, payload, folders, user.owner)
         except InvalidPayload as exc:
-            errors = [
-                f"{'.'.join(str(p) for p in e.get('loc', [])) or 'search'}: {e.get('msg')}"
-                for e in exc.errors
-            ] or [exc.message]
-            return await home_page(request, user, 422, form=data, errors=errors)
+            return refuse(request, data, validation.readable(exc.errors, payload))
         return _redirect(f"/tasks/{record.id}")
 
     # -- tasks -------------------------------------------------------------------------
@@ -522,15 +555,37 @@ def _add_pages(pages: Router, demo: Demo) -> None:
         )
 
     async def my_tasks(request: Request, user: User, data: dict[str, str]) -> Response:
+        """The user's tasks, newest first, a page at a time; filtered by status and by
+        kind (``KINDS``: a task name), with how many match and how many there are."""
         wanted = request.query_params.get("status")
         status = wanted if wanted in {s.value for s in Status} else None
+        wanted_kind = request.query_params.get("kind", "")
+        kind = KINDS.get(wanted_kind)
+        filters: dict[str, Any] = {"owner": user.owner, "status": status}
+        if kind is not None:
+            filters |= {"name": kind.name, "is_group": kind.is_group}
         cursor = request.query_params.get("cursor") or None
         try:
-            page = await app.list(owner=user.owner, status=status, limit=PAGE_SIZE, cursor=cursor)
-        except ValueError:
-            page = await app.list(owner=user.owner, status=status, limit=PAGE_SIZE)
-        rows = groups.rows(page.items)
-        return demo.render(request, "tasks.html", page=page, rows=rows, status=status or "")
+            page = await app.list(**filters, limit=PAGE_SIZE, cursor=cursor)
+        except ValueError:  # a cursor that is not one: the first page
+            page = await app.list(**filters, limit=PAGE_SIZE)
+        matching = await app.count(**filters)
+        filtered = status is not None or kind is not None
+        total = await app.count(owner=user.owner) if filtered else matching
+        query = {k: v for k, v in (("kind", kind and wanted_kind), ("status", status)) if v}
+        return demo.render(
+            request,
+            "tasks.html",
+            page=page,
+            rows=groups.rows(page.items),
+            status=status or "",
+            kind=wanted_kind if kind else "",
+            kinds=KINDS,
+            matching=matching,
+            total=total,
+            filtered=filtered,
+            here=f"/tasks?{urlencode(query)}" if query else "/tasks",
+        )
 
     # -- API tokens --------------------------------------------------------------------
     async def tokens_page(request: Request, user: User, data: dict[str, str]) -> Response:
@@ -570,8 +625,16 @@ def _add_pages(pages: Router, demo: Demo) -> None:
     schedules.add_pages(pages, demo)
 
 
-def _when(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+def _when(value: datetime | None) -> Markup:
+    """A time as ``<time datetime="…" data-local>… UTC</time>``: the UTC text without
+    JavaScript; ``static/local-times.js`` shows it in the reader's time zone, with a
+    relative phrase ("2 minutes ago"), and the UTC text as its tooltip."""
+    if value is None:
+        return Markup("")
+    utc = value.astimezone(UTC)
+    return Markup('<time datetime="{}" data-local>{}</time>').format(
+        utc.isoformat(), utc.strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
 
 
 def _eta(record: TaskRecord) -> str:

@@ -114,6 +114,16 @@ def _of(owner: str | None) -> tuple[Any, ...]:
     return () if owner is None else (T.owner == owner,)
 
 
+def _wanted(status: Status | None, name: str | None, is_group: bool | None) -> tuple[Any, ...]:
+    """The WHERE terms of a task list's filters (none for those left out): ``is_group``
+    True keeps groups' own records, False every other (their parts included)."""
+    wanted = ((T.status, None if status is None else status.value), (T.name, name))
+    terms = tuple(c == v for c, v in wanted if v is not None)
+    if is_group is None:
+        return terms
+    return (*terms, T.group_size.is_not(None) if is_group else T.group_size.is_(None))
+
+
 def _owned(task_id: str, owner: str | None) -> Any:
     return and_(T.id == task_id, *_of(owner))
 
@@ -388,18 +398,32 @@ class Driver(abc.ABC):
         owner: str | None,
         status: Status | None = None,
         name: str | None = None,
+        is_group: bool | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[TaskRecord], str | None]:
         """One page, newest first. The cursor is the last id of the previous page."""
-        wanted = ((T.status, None if status is None else status.value), (T.name, name))
-        q = select(task_table).where(*_of(owner), *(c == v for c, v in wanted if v is not None))
+        q = select(task_table).where(*_of(owner), *_wanted(status, name, is_group))
         if cursor is not None:
             q = q.where(T.id < cursor)
         rows = conn.execute(q.order_by(T.id.desc()).limit(limit + 1)).all()
         records = [codec.record(r._mapping) for r in rows[:limit]]
         next_cursor = records[-1].id if len(rows) > limit and records else None
         return records, next_cursor
+
+    def task_count(
+        self,
+        conn: Connection,
+        *,
+        owner: str | None,
+        status: Status | None = None,
+        name: str | None = None,
+        is_group: bool | None = None,
+    ) -> int:
+        """How many records ``task_list`` would page through with these filters."""
+        wanted = _wanted(status, name, is_group)
+        q = select(func.count()).select_from(task_table).where(*_of(owner), *wanted)
+        return int(conn.execute(q).scalar_one())
 
     def task_changes(self, conn: Connection, task_ids: Iterable[str]) -> list[Change]:
         """(id, owner, version, status) of these records."""

@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Union
 
@@ -27,7 +27,7 @@ from pydantic import create_model as _create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..app import Errands
@@ -38,8 +38,6 @@ from .problems import MEDIA_TYPE as PROBLEM
 from .problems import Problem, problem_responses, validation_problem
 from .protocol import (
     ENVELOPE,
-    SSE,
-    SSE_HEADERS,
     Call,
     ListQuery,
     OutputQuery,
@@ -65,6 +63,7 @@ from .schedules import (
     ScheduleProtocol,
     ScheduleQuery,
 )
+from .sse import sse_response
 from .streams import MAX_INT, race, until_disconnected
 
 #: ``current_owner`` and ``is_admin``: take the request (or WebSocket), return a value
@@ -393,6 +392,7 @@ class TaskAPI:
                 async for event in events:
                     if event is not None:
                         await websocket.send_text(event.ws())
+                        await asyncio.sleep(0)  # a lost connection is heard of at once
             await websocket.close(1000)
 
         work = asyncio.ensure_future(pump())
@@ -630,13 +630,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise too_large(limit)
     return bytes(body)
-
-
-def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
-    """A ``text/event-stream`` response. Starlette's streaming response watches for the
-    client's disconnect and cancels the stream; the generator is then closed, releasing
-    what it watched."""
-    return StreamingResponse(frames, headers=SSE_HEADERS, media_type=SSE)
 
 
 __all__ = ["PROBLEM", "task_api"]

@@ -1,10 +1,34 @@
 // "My tasks": keep the status column live from the API's stream of the user's changes,
-// and on the newest page, offer to show tasks created since the page was loaded.
+// and on the newest page, offer to show tasks created since the page was loaded. A
+// change of a filter applies it at once (the Filter button does the same, and is what
+// pages without JavaScript use).
 const table = document.getElementById("my-tasks");
 const fresh = document.getElementById("new-tasks");
+const filters = document.getElementById("task-filters");
 const query = new URLSearchParams(window.location.search);
 const newest = !query.get("cursor");
 const wanted = query.get("status") || "";
+// The kind shown (its task name, and whether it is a group), from the filter's option.
+const kind = (() => {
+  const option = filters && filters.querySelector("select[name=kind] option:checked");
+  return option && option.value ? option.dataset : null;
+})();
+
+if (filters) {
+  // The form's own GET, without the filters left at "all" (a shorter link to keep).
+  const selects = Array.from(filters.querySelectorAll("select"));
+  const apply = () => {
+    const params = new URLSearchParams();
+    for (const select of selects) if (select.value) params.set(select.name, select.value);
+    const search = params.toString();
+    window.location.assign(search ? `/tasks?${search}` : "/tasks");
+  };
+  for (const select of selects) select.addEventListener("change", apply);
+  filters.addEventListener("submit", (event) => {
+    event.preventDefault();
+    apply();
+  });
+}
 const since = (() => {
   const first = table && table.querySelector("tbody time[datetime]");
   return first ? Date.parse(first.getAttribute("datetime")) : -Infinity;
@@ -26,6 +50,8 @@ function update(row, task) {
 function announce(task) {
   if (!fresh || !newest || arrived.has(task.id)) return;
   if (wanted && task.status !== wanted) return;
+  if (kind && task.name !== kind.name) return;
+  if (kind && kind.group && (kind.group === "yes") !== Boolean(task.group)) return;
   if (!(Date.parse(task.created_at) > since)) return; // an older task, not on this page
   arrived.add(task.id);
   const link = fresh.querySelector("a");

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
+from markupsafe import Markup
+
 from ...admin import Bucket
 
 
@@ -22,8 +24,15 @@ def to_json(value: Any, *, indent: int | None = 2) -> str:
     return json.dumps(value, indent=indent, ensure_ascii=False, sort_keys=True, default=str)
 
 
-def fmt_time(value: datetime | None) -> str:
-    return "—" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def fmt_time(value: datetime | None) -> Markup:
+    """A time in UTC, as ``<time datetime="…">2026-06-01 08:00:00 UTC</time>``: the
+    dashboard's script gives it the reader's local time as its tooltip."""
+    if value is None:
+        return Markup("—")
+    utc = value.astimezone(UTC)
+    return Markup('<time datetime="{}">{}</time>').format(
+        utc.isoformat(), utc.strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
 
 
 def fmt_seconds(value: float | None) -> str:

@@ -33,7 +33,35 @@
     setTimeout(tick, EVERY_MS);
   }
 
+  // Times stay in UTC on the page (as in the logs); each <time> gets the reader's
+  // local time and how long ago as its tooltip, renewed every 30 seconds.
+  const RELATIVE = new Intl.RelativeTimeFormat("en", { numeric: "auto" });
+  const UNITS = [["day", 86400], ["hour", 3600], ["minute", 60]];
+
+  function ago(when, now) {
+    const seconds = (when - now) / 1000;
+    if (Math.abs(seconds) < 45) return "just now";
+    for (const [unit, size] of UNITS) {
+      if (Math.abs(seconds) >= size) return RELATIVE.format(Math.round(seconds / size), unit);
+    }
+    return RELATIVE.format(Math.round(seconds / 60), "minute");
+  }
+
+  function hints() {
+    const local = new Intl.DateTimeFormat(undefined, {
+      year: "numeric", month: "short", day: "numeric",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short",
+    });
+    const now = Date.now();
+    for (const el of document.querySelectorAll("time[datetime]")) {
+      const when = new Date(el.getAttribute("datetime"));
+      if (!Number.isNaN(when.getTime())) el.title = `${local.format(when)} · ${ago(when, now)}`;
+    }
+  }
+
   function start() {
+    hints();
+    setInterval(hints, 30000);
     // The overview: the rows of unfinished tasks.
     const rows = Array.from(document.querySelectorAll("tr[data-task-id][data-live]"));
     if (rows.length) {
