@@ -39,7 +39,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -396,8 +396,7 @@ def create_app(settings: DemoSettings | None = None) -> FastAPI:
         return bool(user is not None and user.is_admin)
 
     # ``task_api``'s router, with the pages' submit rate limiter.
-    protocol = TaskProtocol.configured(demo.errands, submit_rate=None)
-    protocol.limiter = demo.submits
+    protocol = replace(TaskProtocol.configured(demo.errands), limiter=demo.submits)
     site.include_router(TaskAPI(protocol, api_owner, api_admin).router(), prefix="/api")
 
     async def page_not_found(scope: Scope, receive: Receive, send: Send) -> None:
