@@ -158,11 +158,17 @@ async def test_cancelling_the_group_stops_its_running_parts_at_once(
         await eventually_async(all_running, "every part to run", timeout=30)
         await app.cancel(group.id, owner="ann")
 
+        seen: list[Any] = []
+
         async def all_cancelled() -> bool:
             parts = await app.parts(group.id, owner="ann")
+            seen[:] = [(p.status.value, p.cancel_requested, p.attempts) for p in parts]
             return all(p.status is Status.CANCELLED for p in parts)
 
-        await eventually_async(all_cancelled, "every part to be cancelled", timeout=20)
+        try:
+            await eventually_async(all_cancelled, "every part to be cancelled", timeout=20)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the parts: {seen}") from None
 
 
 @pytest.mark.sql_engine_only("no worker needed: a queued part is cancelled")

@@ -265,7 +265,16 @@ _SCHEDULE_MOVE = (
     )
 )
 _LINK_PART = update(task_table).where(T.id == bindparam("_id")).values(group_index=bindparam("_i"))
-_CANCEL_ASKED = select(T.id).where(T.id.in_(_ids("_ids")), T.cancel_requested.is_(True))
+_GROUP = task_table.alias("grp")
+#: Among running attempts, those to stop: cancel asked, or their group has ended.
+_CANCEL_ASKED = select(T.id).where(
+    T.id.in_(_ids("_ids")),
+    T.cancel_requested.is_(True)
+    | exists().where(
+        _GROUP.c.id == T.parent_id,
+        _GROUP.c.status.in_([Status.CANCELLED.value, Status.FAILED.value]),
+    ),
+)
 _UNSENT = (
     select(J.task_id, J.run_at)
     .where(
@@ -1303,11 +1312,15 @@ class Driver(abc.ABC):
             T.status == Status.RUNNING.value,
             T.cancel_requested.is_(False),
         )
-        asked = list(conn.execute(self._locking_skip(running, of=task_table)).scalars())
-        if asked:
+        asked = list(conn.execute(running).scalars())
+        # The flag on the rows no other transaction holds (a part reporting progress
+        # holds its row, then waits for the group's, which this one holds). The others
+        # hear of it all the same: a heartbeat stops a part whose group has ended.
+        flagged = list(conn.execute(self._locking_skip(running, of=task_table)).scalars())
+        if flagged:
             conn.execute(
                 update(task_table)
-                .where(T.id.in_(asked))
+                .where(T.id.in_(flagged))
                 .values(cancel_requested=True, updated_at=stamp, version=T.version + 1)
             )
         return ids, asked
