@@ -14,8 +14,6 @@ import json
 import math
 import os
 import re
-import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from argon2 import PasswordHasher
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -36,9 +32,24 @@ from playwright.sync_api import (
 )
 
 from errands import ANY_OWNER, Status
-from errands.demo import accounts
-from errands.demo.web import Demo, DemoSettings, create_app
-from tests.conftest import eventually, require_chromium
+from tests.browser import (
+    LIVELY_WORKER,
+    PASSWORD,
+    TASK_URL,
+    TIMEOUT_MS,
+    DemoServer,
+    Hit,
+    demo_served,
+    hit_lines,
+    log_in,
+    mark_page,
+    new_context,
+    register,
+    search_done,
+    use_chromium,
+    wait_reloaded,
+)
+from tests.browser import search as form_search
 
 pytestmark = pytest.mark.slow
 
@@ -48,22 +59,15 @@ REPO = Path(__file__).resolve().parent.parent
 #: folder, so running the tests leaves the working tree as it was.
 SCREENSHOTS = os.environ.get("ERRANDS_SCREENSHOTS")
 ELEMENT_DOC = REPO / "docs" / "errands-task.md"
-PASSWORD = "correct horse battery staple"
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
 ADMIN = "admin@example.com"
 WORD = "zebra"
 #: Files per group of the corpus, and every how many files one holds the word.
 GROUPS = {"big": (900, 9), "long": (1500, 15), "mid": (300, 10), "small": (36, 3)}
-TASK_URL = re.compile(r"/tasks/([0-9a-f-]{36})$")
-TIMEOUT_MS = 20_000
 FINISHED = ("succeeded", "failed", "cancelled")
 
-require_chromium()
-
-expect.set_options(timeout=TIMEOUT_MS)
-
-Hit = tuple[str, int, str]
+use_chromium()
 
 
 def build_corpus(root: Path) -> dict[str, list[Hit]]:
@@ -99,97 +103,22 @@ def build_corpus(root: Path) -> dict[str, list[Hit]]:
 
 
 @dataclass
-class Server:
-    url: str
-    demo: Demo
+class Server(DemoServer):
     hits: dict[str, list[Hit]]
     shared: dict[str, Any] = field(default_factory=dict)
-
-    def record(self, task_id: str) -> Any:
-        return self.demo.errands.sync.get(task_id, owner=ANY_OWNER)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("demo-browser")
     hits = build_corpus(tmp / "corpus")
-    with pytest.MonkeyPatch.context() as mp:
-        # Cheap password hashes: the module signs in a few times.
-        mp.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024))
-        app = create_app(
-            DemoSettings(
-                database_url=f"sqlite:///{tmp}/demo.db",
-                data_dir=tmp / "data",
-                corpus=tmp / "corpus",
-                worker=True,
-                worker_options={
-                    "poll_interval": 0.2,
-                    "heartbeat_interval": 0.25,
-                    "lease_seconds": 4,
-                    "progress_interval": 0.1,
-                },
-            )
-        )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="on",
-            ws="websockets-sansio",
-            timeout_graceful_shutdown=3,
-        )
-        uv = uvicorn.Server(config)
-        thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        try:
-            eventually(lambda: uv.started or not thread.is_alive(), "uvicorn to start", timeout=15)
-            assert uv.started, "uvicorn did not start"
-            yield Server(f"http://127.0.0.1:{port}", app.state.demo, hits)
-        finally:
-            uv.should_exit = True
-            thread.join(15)
-            sock.close()
-        assert not thread.is_alive(), "uvicorn did not stop"
-
-
-def new_context(browser: Browser, server: Server, **options: Any) -> BrowserContext:
-    context = browser.new_context(
-        base_url=server.url, viewport={"width": 1280, "height": 900}, **options
-    )
-    context.set_default_timeout(TIMEOUT_MS)
-    return context
-
-
-def register(context: BrowserContext, email: str) -> None:
-    """Create an account through the form; the context is then signed in."""
-    page = context.new_page()
-    page.goto("/register")
-    page.fill("input[name=email]", email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("form.form button[type=submit]")
-    page.wait_for_url("/")
-    expect(page.locator(".topbar .who")).to_have_text(email)
-    expect(page.locator("form.search-form")).to_be_visible()
-    page.close()
-
-
-def log_in(context: BrowserContext, email: str) -> None:
-    page = context.new_page()
-    page.goto("/login")
-    page.fill("input[name=email]", email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("form.form button[type=submit]")
-    page.wait_for_url("/")
-    expect(page.locator(".topbar .who")).to_have_text(email)
-    page.close()
+    with demo_served(tmp, worker=True, worker_options=LIVELY_WORKER) as served:
+        yield Server(served.url, served.demo, hits)
 
 
 @pytest.fixture(scope="module")
 def alice(chromium: Browser, server: Server) -> Iterator[BrowserContext]:
-    context = new_context(chromium, server)
+    context = new_context(chromium, server.url)
     register(context, ALICE)
     yield context
     context.close()
@@ -197,7 +126,7 @@ def alice(chromium: Browser, server: Server) -> Iterator[BrowserContext]:
 
 @pytest.fixture(scope="module")
 def bob(chromium: Browser, server: Server) -> Iterator[BrowserContext]:
-    context = new_context(chromium, server)
+    context = new_context(chromium, server.url)
     register(context, BOB)
     yield context
     context.close()
@@ -206,7 +135,7 @@ def bob(chromium: Browser, server: Server) -> Iterator[BrowserContext]:
 @pytest.fixture(scope="module")
 def admin(chromium: Browser, server: Server) -> Iterator[BrowserContext]:
     server.demo.accounts.make_admin(ADMIN, PASSWORD)
-    context = new_context(chromium, server)
+    context = new_context(chromium, server.url)
     log_in(context, ADMIN)
     yield context
     context.close()
@@ -214,37 +143,14 @@ def admin(chromium: Browser, server: Server) -> Iterator[BrowserContext]:
 
 def search(page: Page, glob: str, *, slow: bool, query: str = WORD) -> str:
     """Submit the search form; the new task's id (the page is on the task page)."""
-    page.goto("/")
-    page.fill("input[name=query]", query)
-    page.fill("input[name=glob]", glob)
-    page.set_checked("input[name=slow]", slow)
-    page.click("form.search-form button[type=submit]")
-    page.wait_for_url(TASK_URL)
-    found = TASK_URL.search(page.url)
-    assert found, page.url
-    return found[1]
-
-
-def hit_lines(hits: list[Hit]) -> list[str]:
-    """The hits as the task page lists them."""
-    return [f"{path}:{line} {text}" for path, line, text in hits]
-
-
-def mark_page(page: Page) -> None:
-    """Mark the loaded document, to tell when it is reloaded."""
-    page.evaluate("() => { window.__notReloaded = true; }")
-
-
-def wait_reloaded(page: Page) -> None:
-    page.wait_for_function("() => !window.__notReloaded && document.readyState === 'complete'")
+    return form_search(page, query, glob=glob, slow=slow)
 
 
 def finished_search(server: Server, context: BrowserContext, key: str) -> str:
     """A finished search of ``small/`` by the context's user (one per key, made once)."""
     if key not in server.shared:
         page = context.new_page()
-        task_id = search(page, "small/*.py", slow=False)
-        expect(page.locator("#export")).to_be_visible()  # done, and the page reloaded
+        task_id = search_done(page, WORD, glob="small/*.py", slow=False)
         page.close()
         assert server.record(task_id).status is Status.SUCCEEDED
         server.shared[key] = task_id
@@ -531,7 +437,7 @@ def test_falls_back_to_polling_without_event_stream(server: Server, alice: Brows
 # -- 7. without JavaScript -------------------------------------------------------------------
 def test_task_page_without_javascript_refreshes_itself(server: Server, chromium: Browser) -> None:
     expected = server.hits["mid"]
-    context = new_context(chromium, server, java_script_enabled=False)
+    context = new_context(chromium, server.url, java_script_enabled=False)
     try:
         log_in(context, ALICE)  # the forms work without scripts
         page = context.new_page()

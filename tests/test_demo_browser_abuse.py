@@ -16,39 +16,25 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
-from argon2 import PasswordHasher
 from playwright.sync_api import Browser, BrowserContext, expect
 
 from errands import ANY_OWNER, Status
-from errands.demo import accounts, store
-from errands.demo.web import Demo, DemoSettings, create_app
-from tests.apps.demo_server import served
-from tests.conftest import eventually, require_chromium
+from tests.browser import PASSWORD, DemoServer, demo_served, new_context, sign_in, use_chromium
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.slow
 
-PASSWORD = "correct horse battery staple"
 ALICE = "alice@example.com"
 CAROL = "carol@example.com"
-TIMEOUT_MS = 20_000
 #: Files of the corpus; with the form's slow motion (5 ms a file) a search of them
 #: runs for about 10 s, longer than the test needs them.
 FILES = 2000
 
-require_chromium()
-expect.set_options(timeout=TIMEOUT_MS)
+use_chromium()
 
 
 @dataclass
-class Server:
-    url: str
-    demo: Demo
-
-    def owner(self, email: str) -> str:
-        user = self.demo.errands.db.read(store.user_by_email, email)
-        assert user is not None
-        return user.owner
-
+class Server(DemoServer):
     def slow_search(self, email: str, run_at: timedelta | None = None) -> str:
         payload = {"query": "zebra", "glob": "*.py", "pause": 0.005}
         record = self.demo.errands.sync.submit(
@@ -57,7 +43,7 @@ class Server:
         return record.id
 
     def status(self, task_id: str) -> Status:
-        return self.demo.errands.sync.get(task_id, owner=ANY_OWNER).status
+        return self.record(task_id).status
 
 
 @pytest.fixture(scope="module")
@@ -67,28 +53,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     corpus.mkdir()
     for i in range(FILES):
         (corpus / f"mod_{i:04d}.py").write_text(f"VALUE = {i}  # zebra\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024))
-        app = create_app(
-            DemoSettings(
-                database_url=f"sqlite:///{tmp}/demo.db",
-                data_dir=tmp / "data",
-                corpus=corpus,
-                worker_options={"poll_interval": 0.2, "heartbeat_interval": 0.25},
-            )
-        )
-        demo: Demo = app.state.demo
-        assert demo.settings.max_running_per_user == 2  # the default
+    worker = {"poll_interval": 0.2, "heartbeat_interval": 0.25}
+    with demo_served(tmp, worker_options=worker) as served:
+        assert served.demo.settings.max_running_per_user == 2  # the default
         for email in (ALICE, CAROL):
-            demo.accounts.register(email, PASSWORD)
-        with served(app) as url:
-            yield Server(url, demo)
+            served.demo.accounts.register(email, PASSWORD)
+        yield Server(served.url, served.demo)
 
 
 @pytest.fixture
 def context(chromium: Browser, server: Server) -> Iterator[BrowserContext]:
-    context = chromium.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
+    context = new_context(chromium, server.url)
     yield context
     context.close()
 
@@ -114,11 +89,7 @@ def test_a_search_held_back_by_the_users_running_searches_says_so_until_it_start
     server: Server, context: BrowserContext
 ) -> None:
     page = context.new_page()
-    page.goto("/login")
-    page.fill("input[name=email]", ALICE)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("form.form button[type=submit]")
-    page.wait_for_url("/")
+    sign_in(page, "/login", ALICE)
 
     first, second = server.slow_search(ALICE), server.slow_search(ALICE)
     eventually(

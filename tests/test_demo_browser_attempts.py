@@ -26,18 +26,16 @@ from errands import ANY_OWNER, Status, TaskContext, TaskFailed
 from errands.demo import tasks as demo_tasks
 from errands.demo.tasks import SearchIn
 from tests import test_demo_browser as demo_browser
+from tests.browser import hit_lines, mark_page, wait_reloaded
 from tests.conftest import eventually
 from tests.test_demo_browser import (
     ALICE,
     RECORD_DONE,
     Server,
     csrf_of,
-    hit_lines,
     host_page,
-    mark_page,
     serve_host_pages,
     submit_search,
-    wait_reloaded,
 )
 from tests.test_demo_browser import search as search_form
 

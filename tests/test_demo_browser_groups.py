@@ -14,40 +14,40 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from argon2 import PasswordHasher
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from errands import ANY_OWNER, Status, TaskRecord
-from errands.demo import accounts
-from errands.demo.web import Demo, DemoSettings, create_app
-from tests.conftest import eventually, require_chromium
+from tests.browser import (
+    LIVELY_WORKER,
+    DemoServer,
+    Hit,
+    demo_served,
+    hit_lines,
+    mark_page,
+    new_context,
+    register,
+    search,
+    use_chromium,
+    wait_reloaded,
+)
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.slow
 
-require_chromium()
+use_chromium()
 
-PASSWORD = "correct horse battery staple"
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
 WORD = "zebra"
 #: The corpus's folders: files in each, and every how many files one holds the word. At
 #: 5 ms a file (slow motion) "beta" takes about three times as long as "alpha".
 FOLDERS = {"alpha": (120, 4), "beta": (360, 12), "gamma": (30, 3)}
-TASK_URL = re.compile(r"/tasks/([0-9a-f-]{36})$")
-TIMEOUT_MS = 20_000
-
-expect.set_options(timeout=TIMEOUT_MS)
-
-Hit = tuple[str, int, str]
 
 
 def build_corpus(root: Path) -> dict[str, list[Hit]]:
@@ -69,13 +69,8 @@ def build_corpus(root: Path) -> dict[str, list[Hit]]:
 
 
 @dataclass
-class Server:
-    url: str
-    demo: Demo
+class Server(DemoServer):
     hits: dict[str, list[Hit]]
-
-    def record(self, task_id: str) -> TaskRecord:
-        return self.demo.errands.sync.get(task_id, owner=ANY_OWNER)
 
     def parts(self, group_id: str) -> list[TaskRecord]:
         return self.demo.errands.sync.parts(group_id, owner=ANY_OWNER)
@@ -85,60 +80,14 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("demo-browser-groups")
     hits = build_corpus(tmp / "corpus")
-    with pytest.MonkeyPatch.context() as mp:
-        # Cheap password hashes: the module signs in a few times.
-        mp.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024))
-        app = create_app(
-            DemoSettings(
-                database_url=f"sqlite:///{tmp}/demo.db",
-                data_dir=tmp / "data",
-                corpus=tmp / "corpus",
-                worker=True,
-                worker_options={
-                    "poll_interval": 0.2,
-                    "heartbeat_interval": 0.25,
-                    "lease_seconds": 4,
-                    "progress_interval": 0.1,
-                },
-            )
-        )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="on",
-            ws="websockets-sansio",
-            timeout_graceful_shutdown=3,
-        )
-        uv = uvicorn.Server(config)
-        thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        try:
-            eventually(lambda: uv.started or not thread.is_alive(), "uvicorn to start", timeout=15)
-            assert uv.started, "uvicorn did not start"
-            yield Server(f"http://127.0.0.1:{port}", app.state.demo, hits)
-        finally:
-            uv.should_exit = True
-            thread.join(15)
-            sock.close()
-        assert not thread.is_alive(), "uvicorn did not stop"
+    with demo_served(tmp, worker=True, worker_options=LIVELY_WORKER) as served:
+        yield Server(served.url, served.demo, hits)
 
 
 def signed_up(browser: Browser, server: Server, email: str) -> BrowserContext:
     """A browser context of a new account, created through the form."""
-    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto("/register")
-    page.fill("input[name=email]", email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("form.form button[type=submit]")
-    page.wait_for_url("/")
-    expect(page.locator(".topbar .who")).to_have_text(email)
-    page.close()
+    context = new_context(browser, server.url)
+    register(context, email)
     return context
 
 
@@ -152,15 +101,7 @@ def alice(chromium: Browser, server: Server) -> Iterator[BrowserContext]:
 def search_folders(page: Page, folders: str) -> str:
     """Search the folders through the home page's form, in slow motion; the task's id
     (the page is on the task page)."""
-    page.goto("/")
-    page.fill("input[name=query]", WORD)
-    page.fill("textarea[name=folders]", folders)
-    page.set_checked("input[name=slow]", True)
-    page.click("form.search-form button[type=submit]")
-    page.wait_for_url(TASK_URL)
-    found = TASK_URL.search(page.url)
-    assert found, page.url
-    return found[1]
+    return search(page, WORD, folders=folders, slow=True)
 
 
 #: Samples the group's page every 25 ms until the group is finished: its one bar, the
@@ -188,10 +129,6 @@ SAMPLE_UNTIL_DONE = """() => new Promise((resolve) => {
 })"""
 
 
-def hit_lines(hits: list[Hit]) -> list[str]:
-    return [f"{path}:{line} {text}" for path, line, text in hits]
-
-
 def test_search_two_folders_and_watch_the_group(
     chromium: Browser, server: Server, alice: BrowserContext
 ) -> None:
@@ -206,7 +143,7 @@ def test_search_two_folders_and_watch_the_group(
         ["alpha", "beta", "all, merged"]
     )
 
-    page.evaluate("() => { window.__notReloaded = true; }")
+    mark_page(page)
     samples: list[dict[str, Any]] = page.evaluate(SAMPLE_UNTIL_DONE)
     assert samples[-1]["status"] == "succeeded", samples[-1]
     running = [s for s in samples if s["status"] == "running"]
@@ -228,7 +165,7 @@ def test_search_two_folders_and_watch_the_group(
     ]
 
     # Done: the page reloads and shows the merged hits (by path), the parts, the result.
-    page.wait_for_function("() => !window.__notReloaded && document.readyState === 'complete'")
+    wait_reloaded(page)
     expect(page.locator("#task .et-status")).to_have_attribute("data-status", "succeeded")
     expect(page.locator("#task .et-percent")).to_have_text("100%")
     expect(page.locator("#task .et-cancel")).to_be_hidden()
@@ -296,10 +233,10 @@ def test_cancel_the_group_from_its_page(server: Server, alice: BrowserContext) -
     status = page.locator("#task .et-status")
     expect(status).to_have_attribute("data-status", "running")
     expect(page.locator("#task .et-percent")).to_have_text(re.compile(r"^[1-9]\d*%$"))
-    page.evaluate("() => { window.__notReloaded = true; }")
+    mark_page(page)
     page.click("#task .et-cancel")
     expect(status).to_have_attribute("data-status", "cancelled")
-    page.wait_for_function("() => !window.__notReloaded && document.readyState === 'complete'")
+    wait_reloaded(page)
     parts = server.parts(group_id)
     assert server.record(group_id).status is Status.CANCELLED
     # Running parts stop soon after (the page's table follows them till then): beta and

@@ -18,32 +18,32 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from argon2 import PasswordHasher
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from errands import ANY_OWNER, Status, TaskRecord
-from errands.demo import accounts, tasks
-from errands.demo.web import Demo, DemoSettings, create_app
-from tests.conftest import eventually, require_chromium
+from errands import Status
+from errands.demo import tasks
+from tests.browser import (
+    LIVELY_WORKER,
+    TASK_URL,
+    DemoServer,
+    demo_served,
+    new_context,
+    register,
+    use_chromium,
+)
+from tests.browser import search as form_search
 
 pytestmark = pytest.mark.slow
 
-require_chromium()
+use_chromium()
 
-PASSWORD = "correct horse battery staple"
 ALICE = "alice@example.com"
 WORD = "zebra"
-TASK_URL = re.compile(r"/tasks/([0-9a-f-]{36})$")
-TIMEOUT_MS = 20_000
 #: Files without the word before the one with too many: at 5 ms a file (slow motion)
 #: the search runs for a few seconds before it reaches the limit.
 QUIET_FILES = 400
@@ -51,8 +51,6 @@ MAX_BYTES = 64 * 1024
 BUDGET = 1.0
 #: ``(.*a){12}`` fails on it after some 20 ms: only the search's budget stops it.
 SLOW_LINE = ("a" + "b" * 80) * 11
-
-expect.set_options(timeout=TIMEOUT_MS)
 
 #: Keeps what the task page showed when it unloads for its own reload (a page that
 #: loaded with its task finished does not reload; it keeps nothing).
@@ -83,15 +81,6 @@ addEventListener("beforeunload", () => {
 """
 
 
-@dataclass
-class Server:
-    url: str
-    demo: Demo
-
-    def record(self, task_id: str) -> TaskRecord:
-        return self.demo.errands.sync.get(task_id, owner=ANY_OWNER)
-
-
 def build_corpus(root: Path) -> None:
     many = root / "many"
     many.mkdir(parents=True)
@@ -105,80 +94,31 @@ def build_corpus(root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     tmp = tmp_path_factory.mktemp("demo-browser-results")
     build_corpus(tmp / "corpus")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024))
-        app = create_app(
-            DemoSettings(
-                database_url=f"sqlite:///{tmp}/demo.db",
-                data_dir=tmp / "data",
-                corpus=tmp / "corpus",
-                worker=True,
-                worker_options={
-                    "poll_interval": 0.2,
-                    "heartbeat_interval": 0.25,
-                    "lease_seconds": 4,
-                    "progress_interval": 0.1,
-                },
-                max_file_bytes=MAX_BYTES,
-                search_seconds=BUDGET,
-            )
-        )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="on",
-            ws="websockets-sansio",
-            timeout_graceful_shutdown=3,
-        )
-        uv = uvicorn.Server(config)
-        thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        try:
-            eventually(lambda: uv.started or not thread.is_alive(), "uvicorn to start", timeout=15)
-            assert uv.started, "uvicorn did not start"
-            yield Server(f"http://127.0.0.1:{port}", app.state.demo)
-        finally:
-            uv.should_exit = True
-            thread.join(15)
-            sock.close()
-        assert not thread.is_alive(), "uvicorn did not stop"
+    with demo_served(
+        tmp,
+        worker=True,
+        worker_options=LIVELY_WORKER,
+        max_file_bytes=MAX_BYTES,
+        search_seconds=BUDGET,
+    ) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
-def alice(chromium: Browser, server: Server) -> Iterator[BrowserContext]:
-    context = chromium.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
+def alice(chromium: Browser, server: DemoServer) -> Iterator[BrowserContext]:
+    context = new_context(chromium, server.url)
     context.add_init_script(KEEP_LIVE_VIEW)
-    page = context.new_page()
-    page.goto("/register")
-    page.fill("input[name=email]", ALICE)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("form.form button[type=submit]")
-    page.wait_for_url("/")
-    page.close()
+    register(context, ALICE)
     yield context
     context.close()
 
 
 def search(page: Page, glob: str, *, query: str = WORD, regex: bool = False) -> str:
     """Search through the home page's form in slow motion; the task's id."""
-    page.goto("/")
-    page.fill("input[name=query]", query)
-    page.fill("input[name=glob]", glob)
-    page.set_checked("input[name=regex]", regex)
-    page.set_checked("input[name=slow]", True)
-    page.click("form.search-form button[type=submit]")
-    page.wait_for_url(TASK_URL)
-    found = TASK_URL.search(page.url)
-    assert found, page.url
-    return found[1]
+    return form_search(page, query, glob=glob, regex=regex, slow=True)
 
 
 def live_view(page: Page, task_id: str) -> dict[str, Any] | None:
@@ -198,7 +138,7 @@ def live_view(page: Page, task_id: str) -> dict[str, Any] | None:
 
 
 def test_a_truncated_search_ends_at_100_percent_with_its_summary(
-    server: Server, alice: BrowserContext
+    server: DemoServer, alice: BrowserContext
 ) -> None:
     page = alice.new_page()
     task_id = search(page, "many/*.log")
@@ -265,7 +205,7 @@ def test_a_truncated_search_ends_at_100_percent_with_its_summary(
 
 
 def test_a_pattern_out_of_time_fails_with_its_message(
-    server: Server, alice: BrowserContext
+    server: DemoServer, alice: BrowserContext
 ) -> None:
     page = alice.new_page()
     task_id = search(page, "slow/*.txt", query="(.*a){12}", regex=True)

@@ -24,24 +24,21 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, expect
 from sqlalchemy import update
 
 from errands import ANY_OWNER, Errands, Schedule, Status
 from errands.store.schema import schedule_table
-from tests.conftest import eventually, require_chromium
+from tests.browser import new_context, register, search_done, use_chromium
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.slow
 
-require_chromium()
+use_chromium()
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT_MS = 20_000
 ALICE = "alice@example.com"
-PASSWORD = "correct horse battery staple"
 BERLIN = "Europe/Berlin"
-
-expect.set_options(timeout=TIMEOUT_MS)
 
 
 @dataclass
@@ -97,31 +94,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def alice(chromium: Browser, server: Server) -> Iterator[BrowserContext]:
-    context = chromium.new_context(
-        base_url=server.url, viewport={"width": 1280, "height": 900}, timezone_id=BERLIN
-    )
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto("/register")
-    page.fill("input[name=email]", ALICE)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("form.form button[type=submit]")
-    page.wait_for_url("/")
-    expect(page.locator(".topbar .who")).to_have_text(ALICE)
-    page.close()
+    context = new_context(chromium, server.url, timezone_id=BERLIN)
+    register(context, ALICE)
     yield context
     context.close()
-
-
-def search(page: Page, query: str) -> str:
-    """Search through the home page's form; the task's id, once its page shows it done."""
-    page.goto("/")
-    page.fill("input[name=query]", query)
-    page.click("form.search-form button[type=submit]")
-    page.wait_for_url("**/tasks/*")
-    task_id = page.url.rsplit("/", 1)[1]
-    expect(page.locator("#export")).to_be_visible()  # finished, and the page reloaded
-    return task_id
 
 
 def in_berlin(value: datetime | None) -> str:
@@ -146,7 +122,7 @@ def test_repeat_weekly_in_the_browsers_zone_then_run_pause_and_delete(
 ) -> None:
     page = alice.new_page()
     assert page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone") == BERLIN
-    source = search(page, "needle")
+    source = search_done(page, "needle")  # finished, and its page reloaded
 
     # The form comes filled with the browser's zone and its local time of day.
     form = page.locator("form#repeat")

@@ -10,37 +10,34 @@ Then ``/api/docs`` in a browser that cannot reach anything but the demo.
 from __future__ import annotations
 
 import re
-import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
-from argon2 import PasswordHasher
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Route, expect
 
-from errands import ANY_OWNER, Status, TaskRecord
-from errands.demo import accounts
-from errands.demo.web import Demo, DemoSettings, create_app
-from tests.conftest import eventually, require_chromium
+from errands import Status
+from tests.browser import (
+    PASSWORD,
+    TASK_URL,
+    DemoServer,
+    demo_served,
+    new_context,
+    sign_in,
+    use_chromium,
+)
 
 pytestmark = pytest.mark.slow
 
-PASSWORD = "correct horse battery staple"
 ALICE = "alice@example.com"
 ADMIN = "admin@example.com"
 WORD = "zebra"
 #: Files in the corpus (every tenth holds the word): at 5 ms a file in slow motion, a
 #: search lasts about 2 s, long enough to watch it live.
 FILES = 400
-TASK_URL = re.compile(r"/tasks/([0-9a-f-]{36})$")
-TIMEOUT_MS = 20_000
 
-require_chromium()
-
-expect.set_options(timeout=TIMEOUT_MS)
+use_chromium()
 
 #: Reports each CSP violation of every page to the test (``window.reportViolation`` is
 #: the context's exposed binding).
@@ -56,15 +53,6 @@ document.addEventListener("securitypolicyviolation", (event) => {
   if (window.reportViolation) window.reportViolation(seen);
 });
 """
-
-
-@dataclass
-class Server:
-    url: str
-    demo: Demo
-
-    def record(self, task_id: str) -> TaskRecord:
-        return self.demo.errands.sync.get(task_id, owner=ANY_OWNER)
 
 
 @dataclass
@@ -104,70 +92,26 @@ class Watched:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     tmp = tmp_path_factory.mktemp("demo-browser-security")
     (tmp / "corpus" / "pkg").mkdir(parents=True)
     for i in range(FILES):
         text = f"NAME = 'the {WORD} {i}'\n" if i % 10 == 0 else f"VALUE = {i}\n"
         (tmp / "corpus" / "pkg" / f"mod_{i:03d}.py").write_text(text)
-    with pytest.MonkeyPatch.context() as mp:
-        # Cheap password hashes: the module signs in a few times.
-        mp.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024))
-        app = create_app(
-            DemoSettings(
-                database_url=f"sqlite:///{tmp}/demo.db",
-                data_dir=tmp / "data",
-                corpus=tmp / "corpus",
-                worker=True,
-                worker_options={"poll_interval": 0.2, "progress_interval": 0.1},
-            )
-        )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="on",
-            ws="websockets-sansio",
-            timeout_graceful_shutdown=3,
-        )
-        uv = uvicorn.Server(config)
-        thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        try:
-            eventually(lambda: uv.started or not thread.is_alive(), "uvicorn to start", timeout=15)
-            assert uv.started, "uvicorn did not start"
-            yield Server(f"http://127.0.0.1:{sock.getsockname()[1]}", app.state.demo)
-        finally:
-            uv.should_exit = True
-            thread.join(15)
-            sock.close()
-        assert not thread.is_alive(), "uvicorn did not stop"
+    worker = {"poll_interval": 0.2, "progress_interval": 0.1}
+    with demo_served(tmp, worker=True, worker_options=worker) as served:
+        yield served
 
 
-def watched(browser: Browser, server: Server, **options: Any) -> Watched:
-    context = browser.new_context(
-        base_url=server.url, viewport={"width": 1280, "height": 900}, **options
-    )
-    context.set_default_timeout(TIMEOUT_MS)
+def watched(browser: Browser, server: DemoServer, **options: Any) -> Watched:
+    context = new_context(browser, server.url, **options)
     seen = Watched(context)
     context.expose_function("reportViolation", seen.violation)
     context.add_init_script(REPORT_VIOLATIONS)
     return seen
 
 
-def sign_in(page: Page, path: str, email: str) -> None:
-    """Register (``/register``) or log in (``/login``) through the form."""
-    page.goto(path)
-    page.fill("input[name=email]", email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("form.form button[type=submit]")
-    page.wait_for_url("/")
-    expect(page.locator(".topbar .who")).to_have_text(email)
-
-
-def test_the_pages_work_under_the_policy(chromium: Browser, server: Server) -> None:
+def test_the_pages_work_under_the_policy(chromium: Browser, server: DemoServer) -> None:
     alice = watched(
         chromium, server, permissions=["clipboard-read", "clipboard-write"]
     )  # the copy button's
@@ -264,7 +208,7 @@ def test_the_pages_work_under_the_policy(chromium: Browser, server: Server) -> N
     admin.context.close()
 
 
-def test_api_docs_render_offline(chromium: Browser, server: Server) -> None:
+def test_api_docs_render_offline(chromium: Browser, server: DemoServer) -> None:
     """Swagger UI from the demo itself: everything else is unreachable."""
     seen = watched(chromium, server)
     elsewhere: list[str] = []
@@ -288,7 +232,7 @@ def test_api_docs_render_offline(chromium: Browser, server: Server) -> None:
     seen.context.close()
 
 
-def test_favicon_and_the_watch_itself(chromium: Browser, server: Server) -> None:
+def test_favicon_and_the_watch_itself(chromium: Browser, server: DemoServer) -> None:
     """The icon loads as an image; and the watch above does see a violation: an inline
     style and an inline handler, added to a page, are refused and reported."""
     seen = watched(chromium, server)

@@ -8,106 +8,61 @@ module, and few page loads."""
 from __future__ import annotations
 
 import re
-import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-import uvicorn
-from argon2 import PasswordHasher
 from playwright.sync_api import Browser, BrowserContext, expect
 
-from errands import ANY_OWNER, TaskRecord
-from errands.demo import accounts
-from errands.demo.web import Demo, DemoSettings, create_app
-from tests.conftest import eventually, require_chromium
+from errands import TaskRecord
+from tests.browser import (
+    PASSWORD,
+    DemoServer,
+    demo_served,
+    log_in,
+    new_context,
+    search,
+    use_chromium,
+)
 
 pytestmark = pytest.mark.slow
 
-PASSWORD = "correct horse battery staple"
 EMAIL = "tokyo@example.com"
 ZONE = "Asia/Tokyo"
-TIMEOUT_MS = 20_000
 
-require_chromium()
-expect.set_options(timeout=TIMEOUT_MS)
-
-
-@dataclass
-class Server:
-    url: str
-    demo: Demo
+use_chromium()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     tmp = tmp_path_factory.mktemp("demo-ui")
     (tmp / "corpus").mkdir()
     (tmp / "corpus" / "a.py").write_text("needle = 1\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024))
-        app = create_app(
-            DemoSettings(
-                database_url=f"sqlite:///{tmp}/demo.db",
-                data_dir=tmp / "data",
-                corpus=tmp / "corpus",
-                worker_options={"poll_interval": 0.2, "heartbeat_interval": 0.25},
-            )
-        )
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)
-        uv = uvicorn.Server(config)
-        thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        try:
-            eventually(lambda: uv.started or not thread.is_alive(), "uvicorn to start")
-            assert uv.started
-            yield Server(f"http://127.0.0.1:{sock.getsockname()[1]}", app.state.demo)
-        finally:
-            uv.should_exit = True
-            thread.join(15)
-            sock.close()
+    worker = {"poll_interval": 0.2, "heartbeat_interval": 0.25}
+    with demo_served(tmp, worker_options=worker) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
-def tokyo(chromium: Browser, server: Server) -> Iterator[BrowserContext]:
+def tokyo(chromium: Browser, server: DemoServer) -> Iterator[BrowserContext]:
     """A signed-in administrator's browser in Tokyo (UTC+9, no summer time)."""
     server.demo.accounts.make_admin(EMAIL, PASSWORD)
-    context = chromium.new_context(base_url=server.url, timezone_id=ZONE, locale="en-US")
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto("/login")
-    page.fill("input[name=email]", EMAIL)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("form.form button[type=submit]")
-    page.wait_for_url("/")
-    page.close()
+    context = new_context(chromium, server.url, viewport=None, timezone_id=ZONE, locale="en-US")
+    log_in(context, EMAIL)
     yield context
     context.close()
 
 
-def finished_search(server: Server, context: BrowserContext) -> TaskRecord:
+def finished_search(server: DemoServer, context: BrowserContext) -> TaskRecord:
     page = context.new_page()
-    page.goto("/")
-    page.fill("input[name=query]", "needle")
-    page.click("form.search-form button[type=submit]")
-    page.wait_for_url(re.compile(r"/tasks/[0-9a-f-]{36}$"))
-    task_id = page.url.rsplit("/", 1)[1]
+    task_id = search(page, "needle")
     page.close()
-
-    def done() -> TaskRecord | None:
-        record = server.demo.errands.sync.get(task_id, owner=ANY_OWNER)
-        return record if record.done else None
-
-    return eventually(done, "the search to finish")
+    return server.finished(task_id)
 
 
 def test_times_show_in_the_readers_zone_with_how_long_ago(
-    server: Server, tokyo: BrowserContext
+    server: DemoServer, tokyo: BrowserContext
 ) -> None:
     record = finished_search(server, tokyo)
     created = record.created_at

@@ -21,18 +21,15 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from errands import ANY_OWNER, Errands, Status
-from tests.conftest import require_chromium
+from tests.browser import new_context, task_id_at, use_chromium
 from tests.django_site import SiteServer, SiteWorker, manage
 
 pytestmark = pytest.mark.slow
 
 PASSWORD = "correct horse battery staple"
 TASK_PAGE = re.compile(r"/count/([0-9a-f-]{36})$")
-TIMEOUT_MS = 20_000
 
-require_chromium()
-
-expect.set_options(timeout=TIMEOUT_MS)
+use_chromium()
 
 
 @dataclass
@@ -70,8 +67,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def signed_in(browser: Browser, site: Site, name: str) -> BrowserContext:
     """A new browser context, signed in as ``name`` through the login form."""
-    context = browser.new_context(base_url=site.url)
-    context.set_default_timeout(TIMEOUT_MS)
+    context = new_context(browser, site.url, viewport=None)
     page = context.new_page()
     page.goto("/")
     page.wait_for_url("**/accounts/login/?next=/")
@@ -104,10 +100,7 @@ def start_count(page: Page) -> str:
     page.goto("/")
     page.set_checked("input[name=slow]", True)
     page.click("form.start-form button[type=submit]")
-    page.wait_for_url(TASK_PAGE)
-    found = TASK_PAGE.search(page.url)
-    assert found, page.url
-    return found[1]
+    return task_id_at(page, TASK_PAGE)
 
 
 #: Samples the task page every 25 ms until the task is finished, the element gives up

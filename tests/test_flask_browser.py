@@ -22,18 +22,16 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, expect
 
 from errands.ids import new_task_id
-from tests.conftest import ROOT, WorkerProcess, eventually, require_chromium
+from tests.browser import new_context, use_chromium
+from tests.conftest import ROOT, WorkerProcess, eventually
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent  # the virtual environment's, with `flask` and `errands`
-TIMEOUT_MS = 20_000
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
 TASK_URL = re.compile(r"/tasks/([0-9a-f-]{36})$")
 
-require_chromium()
-
-expect.set_options(timeout=TIMEOUT_MS)
+use_chromium()
 
 
 @dataclass
@@ -77,8 +75,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def signed_in(browser: Browser, site: Site, user: str) -> BrowserContext:
     """A new browser context, signed in as ``user`` through the login form."""
-    context = browser.new_context(base_url=site.url)
-    context.set_default_timeout(TIMEOUT_MS)
+    context = new_context(browser, site.url, viewport=None)
     page = context.new_page()
     page.goto("/")
     page.wait_for_url("**/login")
@@ -148,8 +145,7 @@ def test_a_user_watches_a_task_and_another_user_cannot_see_it(
 
 
 def test_sign_in_and_the_api_refuse_strangers(chromium: Browser, site: Site) -> None:
-    context = chromium.new_context(base_url=site.url)
-    context.set_default_timeout(TIMEOUT_MS)
+    context = new_context(chromium, site.url, viewport=None)
     try:
         page = context.new_page()
         page.goto("/login")
