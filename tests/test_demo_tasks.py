@@ -31,7 +31,8 @@ from starlette.testclient import TestClient  # its httpx2 warning is ignored in 
 
 from errands import Status
 from errands.demo import accounts, store
-from errands.demo.web import PAGE_SIZE, Demo
+from errands.demo.mytasks import PAGE_SIZE
+from errands.demo.web import Demo
 from errands.web.hub import hub_for
 from tests.apps.demo_site import PASSWORD, DemoClient, build_demo
 from tests.conftest import eventually

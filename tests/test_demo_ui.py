@@ -211,9 +211,9 @@ def test_my_tasks_counts_and_filters_by_kind_and_status(site: DemoClient) -> Non
 
 
 def test_my_tasks_pages_keep_the_filters(site: DemoClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    from errands.demo import web
+    from errands.demo import mytasks
 
-    monkeypatch.setattr(web, "PAGE_SIZE", 2)
+    monkeypatch.setattr(mytasks, "PAGE_SIZE", 2)
     site.log_in(ALICE)
     ids = [site.submit("search", {"query": f"q{i}"}, run_at=LATER) for i in range(5)]
     site.submit("export", {"search_id": ids[0]}, run_at=LATER)

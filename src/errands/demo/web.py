@@ -6,7 +6,8 @@ It is an ordinary user of errands: tasks are submitted and read through the
 ``errands.web.task_api`` mounted at ``/api``, and the task page shows a task with the
 ``<errands-task>`` element. Searches can be repeated on a schedule (``schedules.py``),
 and run in several folders at once as a group of searches (``groups.py``). The register,
-login and logout pages are in ``signin.py``. ``create_app`` builds it; ``errands demo``
+login and logout pages are in ``signin.py``, "My tasks" in ``mytasks.py`` and the API
+tokens page in ``tokens.py``. ``create_app`` builds it; ``errands demo``
 serves it with a worker in the same process.
 
 Every answer carries the security headers of ``security.py`` (a Content-Security-Policy
@@ -43,7 +44,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import FastAPI
 from markupsafe import Markup
@@ -78,11 +78,13 @@ from . import (
     flash,
     groups,
     matching,
+    mytasks,
     reading,
     schedules,
     signin,
     summaries,
     tasks,
+    tokens,
     validation,
     waiting,
 )
@@ -98,28 +100,6 @@ MemberHandler = Callable[[Request, User, dict[str, str]], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 HERE = Path(__file__).parent
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PAGE_SIZE = 20
-#: The session's key for a token just created, until the tokens page shows it.
-NEW_TOKEN = "new_token"
-
-
-@dataclass(frozen=True, slots=True)
-class Kind:
-    """A kind of task "My tasks" filters by: what the filter calls it, the task name,
-    and whether it is a group (a search in several folders is a group of ``search``
-    tasks; its parts are searches in one folder each)."""
-
-    label: str
-    name: str
-    is_group: bool | None = None
-
-
-#: The kinds "My tasks" filters by, by the value of its ``kind`` parameter.
-KINDS = {
-    "search": Kind("searches", "search", is_group=False),
-    "folders": Kind("searches in several folders", "search", is_group=True),
-    "export": Kind("CSV exports", "export"),
-}
 HITS_ON_PAGE = 500
 #: The message page's title and text for each status code it is sent with.
 MESSAGES = {
@@ -553,74 +533,17 @@ def _add_pages(pages: Router, demo: Demo) -> None:
             headers={"Cache-Control": "private, no-store"},
         )
 
-    async def my_tasks(request: Request, user: User, data: dict[str, str]) -> Response:
-        """The user's tasks, newest first, a page at a time; filtered by status and by
-        kind (``KINDS``: a task name), with how many match and how many there are."""
-        wanted = request.query_params.get("status")
-        status = wanted if wanted in {s.value for s in Status} else None
-        wanted_kind = request.query_params.get("kind", "")
-        kind = KINDS.get(wanted_kind)
-        filters: dict[str, Any] = {"owner": user.owner, "status": status}
-        if kind is not None:
-            filters |= {"name": kind.name, "is_group": kind.is_group}
-        cursor = request.query_params.get("cursor") or None
-        try:
-            page = await app.list(**filters, limit=PAGE_SIZE, cursor=cursor)
-        except ValueError:  # a cursor that is not one: the first page
-            page = await app.list(**filters, limit=PAGE_SIZE)
-        matching = await app.count(**filters)
-        filtered = status is not None or kind is not None
-        total = await app.count(owner=user.owner) if filtered else matching
-        query = {k: v for k, v in (("kind", kind and wanted_kind), ("status", status)) if v}
-        return demo.render(
-            request,
-            "tasks.html",
-            page=page,
-            rows=groups.rows(page.items),
-            status=status or "",
-            kind=wanted_kind if kind else "",
-            kinds=KINDS,
-            matching=matching,
-            total=total,
-            filtered=filtered,
-            here=f"/tasks?{urlencode(query)}" if query else "/tasks",
-        )
-
-    # -- API tokens --------------------------------------------------------------------
-    async def tokens_page(request: Request, user: User, data: dict[str, str]) -> Response:
-        """The list and the form; its POST creates a token and redirects here (no
-        refresh creates another), where the new token is shown once: the session
-        keeps it until this page's next GET takes it out. Starlette's session is a
-        signed cookie, so the token crosses to its owner's browser as the page would
-        have carried it, HttpOnly, and leaves it with that GET's answer."""
-        if request.method == "POST":
-            name = data.get("name", "")
-            created = await run_in_threadpool(demo.accounts.create_token, user, name)
-            request.session[NEW_TOKEN] = created
-            return _redirect("/tokens")
-        shown = request.session.pop(NEW_TOKEN, None)
-        tokens = await run_in_threadpool(demo.accounts.tokens, user)
-        return demo.render(
-            request, "tokens.html", tokens=tokens, created=shown if isinstance(shown, str) else None
-        )
-
-    async def revoke_token(request: Request, user: User, data: dict[str, str]) -> Response:
-        token_id = request.path_params["token_id"]
-        await run_in_threadpool(demo.accounts.revoke_token, user, token_id)
-        return _redirect("/tokens")
-
     pages.add_route("/", home, methods=["GET"])
     signin.add_pages(pages, demo)
     pages.add_route("/search", demo.members(search), methods=["POST"])
-    pages.add_route("/tasks", demo.members(my_tasks), methods=["GET"])
+    mytasks.add_pages(pages, demo)
     pages.add_route("/tasks/{task_id}", demo.members(task_page), methods=["GET"])
     pages.add_route("/tasks/{task_id}/outcome", demo.members(outcome), methods=["GET"])
     pages.add_route("/tasks/{task_id}/cancel", demo.members(cancel), methods=["POST"])
     pages.add_route("/tasks/{task_id}/export", demo.members(export), methods=["POST"])
     pages.add_route("/tasks/{task_id}/waiting", demo.members(waiting_note), methods=["GET"])
     pages.add_route("/exports/{task_id}.csv", demo.members(download), methods=["GET"])
-    pages.add_route("/tokens", demo.members(tokens_page), methods=["GET", "POST"])
-    pages.add_route("/tokens/{token_id:int}/revoke", demo.members(revoke_token), methods=["POST"])
+    tokens.add_pages(pages, demo)
     schedules.add_pages(pages, demo)
 
 
