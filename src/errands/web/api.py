@@ -72,6 +72,11 @@ OwnerFn = Callable[[HTTPConnection], str | Awaitable[str | None] | None]
 AdminFn = Callable[[HTTPConnection], bool | Awaitable[bool]]
 
 log = logging.getLogger("errands.web")
+#: The query parameters every listing takes.
+PageCursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]
+OwnerParam = Annotated[
+    str | None, Query(alias="owner", description="Administrators: an owner's id, or `*` for all")
+]
 
 
 def _event_stream(events: list[str]) -> dict[str, Any]:
@@ -304,13 +309,8 @@ class TaskAPI:
         status: Annotated[Status | None, Query(description="Only tasks in this status")] = None,
         name: Annotated[str | None, Query(description="Only tasks of this name")] = None,
         limit: Annotated[int, Query(ge=1, le=500, description="Tasks per page")] = 50,
-        cursor: Annotated[
-            str | None, Query(description="`next_cursor` of the previous page")
-        ] = None,
-        owner_param: Annotated[
-            str | None,
-            Query(alias="owner", description="Administrators: an owner's id, or `*` for all"),
-        ] = None,
+        cursor: PageCursor = None,
+        owner_param: OwnerParam = None,
     ) -> Response:
         call = await self.call(request, "/tasks")
         query = ListQuery(status=status, name=name, limit=limit, cursor=cursor, owner=owner_param)
@@ -410,13 +410,8 @@ class TaskAPI:
         self,
         request: Request,
         limit: Annotated[int, Query(ge=1, le=500, description="Schedules per page")] = 50,
-        cursor: Annotated[
-            str | None, Query(description="`next_cursor` of the previous page")
-        ] = None,
-        owner_param: Annotated[
-            str | None,
-            Query(alias="owner", description="Administrators: an owner's id, or `*` for all"),
-        ] = None,
+        cursor: PageCursor = None,
+        owner_param: OwnerParam = None,
     ) -> Response:
         call = await self.call(request, "/schedules")
         query = ScheduleQuery(limit=limit, cursor=cursor, owner=owner_param)

@@ -98,6 +98,23 @@ class Call:
         """The owner to act as: the caller, or every owner for an administrator."""
         return ANY_OWNER if self.admin else self.owner
 
+    def owner_refusal(self, owner: str | None) -> dict[str, Any] | None:
+        """Why a listing's ``owner`` parameter is refused for this caller (a
+        pydantic-style error entry), or None: only administrators name another owner,
+        and none names the empty one."""
+        if owner is not None and not self.admin and owner != self.owner:
+            return {"loc": ["owner"], "msg": "only administrators list other owners"}
+        if owner == "":
+            return {"loc": ["owner"], "msg": "an owner's id, or * for all"}
+        return None
+
+    def listed_owner(self, owner: str | None) -> Any:
+        """Whose records a listing shows: the caller's, or for an administrator the
+        ``owner`` parameter's (``*``: every owner)."""
+        if self.admin and owner is not None:
+            return ANY_OWNER if owner == "*" else owner
+        return self.owner
+
 
 def check_owner(owner: object) -> str:
     """The caller's owner id from the host's ``current_owner``; 401 without one."""
@@ -499,11 +516,8 @@ class TaskProtocol:
     async def list(self, call: Call, query: ListQuery) -> Reply:
         """``GET /tasks``: the caller's tasks, newest first (``parse_query(ListQuery,
         …)`` gives ``query``)."""
-        errors = []
-        if query.owner is not None and not call.admin and query.owner != call.owner:
-            errors.append({"loc": ["owner"], "msg": "only administrators list other owners"})
-        elif query.owner == "":
-            errors.append({"loc": ["owner"], "msg": "an owner's id, or * for all"})
+        refusal = call.owner_refusal(query.owner)
+        errors = [refusal] if refusal else []
         for param, value in (("name", query.name), ("owner", query.owner)):
             if value is not None and "\x00" in value:
                 errors.append({"loc": [param], "msg": "must not contain NUL characters"})
@@ -511,11 +525,8 @@ class TaskProtocol:
             errors.append({"loc": ["cursor"], "msg": "not a cursor of this list"})
         if errors:
             raise validation_problem(errors)
-        target: Any = call.owner
-        if call.admin and query.owner is not None:
-            target = ANY_OWNER if query.owner == "*" else query.owner
         page = await self.app.list(
-            owner=target,
+            owner=call.listed_owner(query.owner),
             status=query.status,
             name=query.name,
             limit=query.limit,

@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
-from ..app import ANY_OWNER
 from ..errors import InvalidPayload, InvalidSchedule, PayloadTooLarge, UnknownTask
 from ..ids import is_task_id
 from ..records import Schedule
@@ -171,20 +170,16 @@ class ScheduleProtocol:
     async def list(self, call: Call, query: ScheduleQuery) -> Reply:
         """``GET /schedules``: the caller's schedules, oldest first; ``next_cursor`` is
         the last one's id when the page is full."""
-        errors = []
-        if query.owner is not None and not call.admin and query.owner != call.owner:
-            errors.append({"loc": ["owner"], "msg": "only administrators list other owners"})
-        elif query.owner == "" or (query.owner is not None and "\x00" in query.owner):
-            errors.append({"loc": ["owner"], "msg": "an owner's id, or * for all"})
+        refusal = call.owner_refusal(query.owner)
+        if refusal is None and query.owner is not None and "\x00" in query.owner:
+            refusal = {"loc": ["owner"], "msg": "an owner's id, or * for all"}
+        errors = [refusal] if refusal else []
         if query.cursor and not is_task_id(query.cursor):
             errors.append({"loc": ["cursor"], "msg": "not a cursor of this list"})
         if errors:
             raise validation_problem(errors)
-        target: Any = call.owner
-        if call.admin and query.owner is not None:
-            target = ANY_OWNER if query.owner == "*" else query.owner
         found = await self.schedules.list(
-            owner=target, limit=query.limit, cursor=query.cursor or None
+            owner=call.listed_owner(query.owner), limit=query.limit, cursor=query.cursor or None
         )
         doc = {
             "items": [self.resource(call, s) for s in found],
