@@ -5,7 +5,7 @@ max_running_per_user``): at most that many of one user's tasks of one kind run a
 so one user's slow searches cannot fill every worker slot while another user's quick
 search waits. A task held back by it says so on its page: "waiting: you already have
 2 searches running". The note is worked out here, from the user's running tasks (an
-owner-scoped list, like every read of the demo), when the page is served and again
+owner-scoped count, like every read of the demo), when the page is served and again
 each time its script asks (``GET /tasks/{id}/waiting``) while the task is queued; it
 goes once the task starts.
 """
@@ -37,9 +37,7 @@ async def note(app: Errands, tasks: Sequence[TaskRecord], owner: str) -> str | N
         cap = caps.get(task.name)
         if cap is None:
             continue
-        limit = min(cap + 10, 500)
-        page = await app.list(owner=owner, status=Status.RUNNING, name=task.name, limit=limit)
-        running = len(page.items)
+        running = await app.count(owner=owner, status=Status.RUNNING, name=task.name)
         if running >= cap:
             one, several = KINDS.get(task.name, ("task", "tasks"))
             kind = one if running == 1 else several
