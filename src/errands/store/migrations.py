@@ -42,6 +42,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     if revision == "head" and is_current(engine):
         return
     cfg = alembic_config()
+    if engine.dialect.name == "postgresql":  # errands' pools run in autocommit mode
+        engine = engine.execution_options(isolation_level="READ COMMITTED")
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
