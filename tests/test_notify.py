@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from errands.events import Notifier, Subscription, notifier_for
+from errands.events.notifier import Hint
 from errands.records import Change, Status
 from errands.store.database import Database
 from tests.conftest import eventually, stays
@@ -27,12 +28,14 @@ class Inbox:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.jobs = 0
+        self.hints: list[Hint | None] = []
         self.cancels: list[str] = []
         self.changes: list[Change] = []
 
-    def on_jobs(self) -> None:
+    def on_jobs(self, hint: Hint | None) -> None:
         with self.lock:
             self.jobs += 1
+            self.hints.append(hint)
 
     def on_cancel(self, ids: Sequence[str]) -> None:
         with self.lock:
@@ -93,6 +96,25 @@ def test_messages_reach_the_other_process_and_our_own_subscribers_once(
     assert theirs.jobs == 1
     # In-process subscribers hear it at once, and not a second time from the server.
     assert (mine.jobs, mine.cancels, mine.changes) == (1, ["t1", "t2"], sent)
+    for sub in subs:
+        sub.close()
+
+
+def test_a_new_jobs_hint_names_its_job_in_every_process(
+    pair: tuple[Notifier, Notifier],
+) -> None:
+    """A hint about one job carries its task name and id to the other process and to
+    this one's subscribers (the workers choose among themselves who claims it); a hint
+    without one still reaches them as None."""
+    a, b = pair
+    mine, theirs = Inbox(), Inbox()
+    subs = mine.subscribe(a) + theirs.subscribe(b)
+    a.publish_jobs(("export", "task-00001"))
+    eventually(lambda: theirs.jobs >= 1, "the other process to hear the hint")
+    a.publish_jobs()
+    eventually(lambda: theirs.jobs >= 2, "the other process to hear the plain hint")
+    assert theirs.hints == [("export", "task-00001"), None]
+    assert mine.hints == [("export", "task-00001"), None]
     for sub in subs:
         sub.close()
 
@@ -207,7 +229,7 @@ def test_writes_carry_their_notifications_on_postgresql_only(
         now = time.time()
         task = NewTask(new_task_id(now), "alice", "job", {}, "{}", 1, 0, now, now)
         queued = Change(task.id, "alice", 1, Status.QUEUED)
-        carrier = a.carrier(jobs=True, changes=[queued])
+        carrier = a.carrier(jobs=True, hint=("job", task.id), changes=[queued])
         with pytest.raises(RuntimeError), db.transaction() as conn:
             db.driver.task_create(conn, [task], carrier)
             raise RuntimeError("the transaction rolls back")
@@ -223,6 +245,7 @@ def test_writes_carry_their_notifications_on_postgresql_only(
             "the committed submit heard once, the rolled-back one never",
             0.3,
         )
+        assert theirs.hints == mine.hints == [("job", task.id)]  # the carried hint's job
         [claimed], _ = db.write(
             db.driver.job_claim, "w1", names=["job"], limit=1, now=time.time(), lease_seconds=30
         )

@@ -24,7 +24,7 @@ from .errors import IdempotencyConflict, InvalidTransition, TaskNotFound
 from .ids import is_task_id
 from .owners import ANY_OWNER, owner_filter
 from .records import BlobRef, Change, OutputPage, Page, Status, TaskRecord
-from .runtime import Publisher, Runtime
+from .runtime import Publisher, Runtime, hint_of
 from .store.callers import on_commit, run_in_caller_sync
 from .store.codec import utc
 from .store.database import database_errors
@@ -128,7 +128,9 @@ class Operations:
         carrier = None
         if one_statement and self.db.driver.carries:
             carrier = self.runtime.notifier.carrier(
-                jobs=self.engine.hinted, changes=[Change.of(r) for r in records]
+                jobs=self.engine.hinted,
+                hint=hint_of(records),
+                changes=[Change.of(r) for r in records],
             )
         if connection is None:
             found = self.db.write(self.create, tasks, carrier, autocommit=one_statement)

@@ -9,13 +9,14 @@ not the ``Errands`` facade, which is built on top of them. ``Errands`` makes one
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from .blobs import Blobs
-from .events.notifier import Notifier
+from .events.notifier import Hint, Notifier
 from .observers import Observers
 from .records import Change, TaskRecord
 from .registry import Registry
@@ -107,7 +108,10 @@ class Runtime:
                 self.publisher.queued(jobs)
             return
         with self.notifier.batch():  # both hints in one round trip
-            self.publisher.queued(jobs)
+            if self.publisher.hinted:
+                self.notifier.publish_jobs(hint_of(records))
+            else:
+                self.publisher.queued(jobs)
             self.notifier.publish_changes([Change.of(r) for r in records])
 
     def on_close(self, closer: Callable[[], None]) -> None:
@@ -118,3 +122,12 @@ class Runtime:
         for closer in reversed(self._closers):
             closer()
         self._closers.clear()
+
+
+def hint_of(records: Sequence[TaskRecord]) -> Hint | None:
+    """The new-jobs hint of a commit that queued ``records``: the one record's task name
+    and id when it queued one that is due now (the workers then choose one of them to
+    claim it); else None (every worker is woken)."""
+    if len(records) != 1 or records[0].run_at.timestamp() > time.time():
+        return None
+    return (records[0].name, records[0].id)

@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 
 from sqlalchemy import Connection
@@ -46,7 +47,9 @@ from sqlalchemy import Connection
 from . import liveness
 from .attempt import Attempt, Runner, StopReason, Unwritten
 from .context import TaskContext
+from .events.notifier import Hint
 from .maintenance import Maintenance
+from .peers import Peers
 from .records import Change, Status, storable_text
 from .runtime import Runtime
 from .schedules.ticker import Ticker, declarations
@@ -210,6 +213,12 @@ class Worker:
         self._wake = asyncio.Event()
         self._beat_now = asyncio.Event()
         self._hinted = False
+        #: The live workers per task name: which of them claims a hinted job.
+        self.peers = Peers(self.id)
+        #: A hint chose this worker since the last round (see ``_on_hint``).
+        self._chosen = False
+        self._peers_read_at = 0.0
+        self._background: set[asyncio.Task[None]] = set()
         #: When the earliest waiting job is due (from the last claim that came up short).
         self._due: float | None = None
         #: The progress flush in flight: the tasks whose items it carries, and a future
@@ -308,6 +317,7 @@ class Worker:
             for attempt in list(self._running.values()):  # only after an error in the pump
                 self._runner.stop(attempt, StopReason.SHUTDOWN)
                 self._runner.abandon(attempt)
+            background += self._background
             for t in background:
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -363,8 +373,13 @@ class Worker:
                     queue.maybe_work = True  # poll interval or due time reached
                 continue
             hinted, self._hinted = self._hinted, False
+            chosen, self._chosen = self._chosen, False
             claimed, requeued, sent = await self._round(limit)
             if limit and queue is not None:
+                if not claimed and chosen:
+                    # Chosen, yet another worker took the job: their lists of live
+                    # workers differ (one came or went); read the registry again.
+                    self._refresh_peers(soon=True)
                 if not claimed and hinted and not recheck:
                     # The hint may have come just before its transaction committed.
                     recheck = True
@@ -624,8 +639,45 @@ class Worker:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(callback)
 
-    def _on_jobs_hint(self) -> None:  # listener thread
-        self._call_soon(partial(self._poke, hinted=True))
+    def _on_jobs_hint(self, hint: Hint | None) -> None:  # listener thread
+        self._call_soon(partial(self._on_hint, hint))
+
+    def _on_hint(self, hint: Hint | None) -> None:
+        """New jobs: claim now, unless the hint names a job that falls to another
+        worker (see ``errands.peers``)."""
+        queue = self.source if isinstance(self.source, QueueSource) else None
+        if hint is not None and queue is not None:
+            if hint[0] not in self.names:
+                return
+            if not self.peers.chooses_me(hint):
+                queue.maybe_work = True  # the next round claims, if one runs anyway
+                return
+            if self._stopping or len(self._running) >= self.settings.concurrency:
+                self.runtime.notifier.publish_jobs()  # chosen but full: wake every worker
+            self._chosen = True
+        self._poke(hinted=True)
+
+    def _refresh_peers(self, *, soon: bool = False) -> None:
+        """Read the live workers again (``soon``: at most once a second)."""
+        now = time.monotonic()
+        if soon and now - self._peers_read_at < 1.0:
+            return
+        self._peers_read_at = now
+        task = asyncio.get_running_loop().create_task(self._read_peers())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _read_peers(self) -> None:
+        db = self.runtime.db
+        try:
+            self.peers.update(await db.aread(db.driver.worker_peers, self._peers_since()))
+        except Exception as exc:  # the heartbeat reports the database's troubles
+            log.debug("worker %s: could not read the live workers: %s", self.id, exc)
+
+    def _peers_since(self, now: float | None = None) -> datetime:
+        """Workers seen since then are alive (two heartbeats, the last one missed)."""
+        assert self.settings.heartbeat_interval is not None
+        return utc((now or time.time()) - 2 * self.settings.heartbeat_interval)
 
     def _on_cancel_hint(self, task_ids: Sequence[str]) -> None:  # listener thread
         # A hint only triggers a heartbeat, which reads the cancel flags from the database.
@@ -748,6 +800,8 @@ class Worker:
         s = self.settings
         assert s.heartbeat_interval is not None
         wait = s.heartbeat_interval
+        if isinstance(self.source, QueueSource):
+            await self._read_peers()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), wait)
@@ -763,7 +817,7 @@ class Worker:
         ids = list(self._running) + [i for i in self._writing if i not in self._running]
         db = self.runtime.db
         if not ids:
-            await db.awrite(db.driver.worker_beat, self.id, utc(time.time()), durable=False)
+            await db.awrite(self._beat_txn, [], 0.0, durable=False)
             return
         asked = {task_id: self._running.get(task_id) for task_id in ids}
         sent = time.monotonic()
@@ -785,8 +839,14 @@ class Worker:
     def _beat_txn(
         self, conn: Connection, ids: list[str], lease_until: float
     ) -> tuple[set[str], set[str]]:
+        """The heartbeat: this worker seen, its leases renewed (the ones it still
+        holds, and those asked to cancel), and the live workers read again (for
+        ``errands.peers``), on one connection."""
         driver = self.runtime.db.driver
-        driver.worker_beat(conn, self.id, utc(time.time()))
+        now = time.time()
+        driver.worker_beat(conn, self.id, utc(now))
+        if isinstance(self.source, QueueSource):
+            self.peers.update(driver.worker_peers(conn, self._peers_since(now)))
         return driver.job_heartbeat(conn, self.id, ids, lease_until=lease_until)
 
     async def _fence_loop(self) -> None:

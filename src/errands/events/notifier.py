@@ -17,7 +17,11 @@ from typing import Generic, Protocol, TypeVar
 from ..records import Change, Status
 from ..store.values import Carrier
 
-JobsCallback = Callable[[], None]
+#: A new-jobs hint about one new job: (its task name, its task id). The workers that
+#: run the name agree on one of them to claim it at once (``errands.worker``); a hint
+#: without one (None: several jobs, or jobs queued again) wakes every worker.
+Hint = tuple[str, str]
+JobsCallback = Callable[[Hint | None], None]
 CancelCallback = Callable[[Sequence[str]], None]
 ChangesCallback = Callable[[Sequence[Change]], None]
 T = TypeVar("T")
@@ -33,7 +37,7 @@ class Notifier(Protocol):
     #: True when messages reach other processes (else only this one).
     cross_process: bool
 
-    def publish_jobs(self) -> None: ...
+    def publish_jobs(self, hint: Hint | None = None) -> None: ...
     def publish_cancel(self, task_ids: Sequence[str]) -> None: ...
     def publish_changes(self, changes: Sequence[Change]) -> None: ...
     def listen_worker(self, on_jobs: JobsCallback, on_cancel: CancelCallback) -> Subscription: ...
@@ -44,13 +48,19 @@ class Notifier(Protocol):
         ...
 
     def carrier(
-        self, *, jobs: bool = False, changes: Sequence[Change] = (), written: bool = False
+        self,
+        *,
+        jobs: bool = False,
+        hint: Hint | None = None,
+        changes: Sequence[Change] = (),
+        written: bool = False,
     ) -> Carrier | None:
         """A write's notifications, for the write's own statement to send (see
-        ``Carrier``): the new-jobs hint, these changes, and with ``written`` the changes
-        of the records the statement writes. Carried messages reach every subscriber,
-        this process's too, once the transaction commits; nothing is to be published
-        for them. None: this notifier cannot be carried (publish after the commit)."""
+        ``Carrier``): the new-jobs hint (about the one job ``hint`` names), these
+        changes, and with ``written`` the changes of the records the statement writes.
+        Carried messages reach every subscriber, this process's too, once the
+        transaction commits; nothing is to be published for them. None: this notifier
+        cannot be carried (publish after the commit)."""
         ...
 
     def close(self) -> None: ...
@@ -75,9 +85,9 @@ class LocalNotifier:
         self._workers: set[tuple[JobsCallback, CancelCallback]] = set()
         self._changes: set[ChangesCallback] = set()
 
-    def publish_jobs(self) -> None:
+    def publish_jobs(self, hint: Hint | None = None) -> None:
         for on_jobs, _ in self._snapshot(self._workers):
-            on_jobs()
+            on_jobs(hint)
 
     def publish_cancel(self, task_ids: Sequence[str]) -> None:
         for _, on_cancel in self._snapshot(self._workers):
@@ -98,7 +108,12 @@ class LocalNotifier:
         return contextlib.nullcontext()
 
     def carrier(
-        self, *, jobs: bool = False, changes: Sequence[Change] = (), written: bool = False
+        self,
+        *,
+        jobs: bool = False,
+        hint: Hint | None = None,
+        changes: Sequence[Change] = (),
+        written: bool = False,
     ) -> Carrier | None:
         return None
 
@@ -148,9 +163,9 @@ class CrossProcessNotifier(Generic[ListenerT, SenderT]):
         raise NotImplementedError
 
     # -- publishing ------------------------------------------------------------------
-    def publish_jobs(self) -> None:
-        self._local.publish_jobs()
-        self._send(self.workers_channel, "J")
+    def publish_jobs(self, hint: Hint | None = None) -> None:
+        self._local.publish_jobs(hint)
+        self._send(self.workers_channel, jobs_message(hint))
 
     def publish_cancel(self, task_ids: Sequence[str]) -> None:
         if not task_ids:
@@ -175,7 +190,12 @@ class CrossProcessNotifier(Generic[ListenerT, SenderT]):
         ]
 
     def carrier(
-        self, *, jobs: bool = False, changes: Sequence[Change] = (), written: bool = False
+        self,
+        *,
+        jobs: bool = False,
+        hint: Hint | None = None,
+        changes: Sequence[Change] = (),
+        written: bool = False,
     ) -> Carrier | None:
         return None
 
@@ -207,7 +227,7 @@ class CrossProcessNotifier(Generic[ListenerT, SenderT]):
         """Deliver in this process a message that another process sent."""
         tag, body = message[:1], message[1:]
         if tag == "J":
-            self._local.publish_jobs()
+            self._local.publish_jobs(_hint(body))
         elif tag == "C":
             self._local.publish_cancel(json.loads(body))
         elif tag == "V":
@@ -220,3 +240,19 @@ class CrossProcessNotifier(Generic[ListenerT, SenderT]):
             self._closed = True
             listeners, self._listeners = list(self._listeners.values()), {}
         return listeners
+
+
+def jobs_message(hint: Hint | None) -> str:
+    """The new-jobs message: ``J``, followed by the hint as JSON when there is one."""
+    return "J" if hint is None else "J" + json.dumps(hint, separators=(",", ":"))
+
+
+def _hint(body: str) -> Hint | None:
+    """The hint a new-jobs message's body holds (none from a sender that sends none)."""
+    if not body:
+        return None
+    try:
+        name, task_id = json.loads(body)
+    except ValueError:
+        return None
+    return (name, task_id) if isinstance(name, str) and isinstance(task_id, str) else None

@@ -31,7 +31,7 @@ from typing import Any
 from ..records import Change
 from ..store import postgres
 from ..store.values import Carrier
-from .notifier import CrossProcessNotifier
+from .notifier import CrossProcessNotifier, Hint, jobs_message
 
 _log = logging.getLogger("errands.events")
 
@@ -116,11 +116,16 @@ class PostgresNotifier(CrossProcessNotifier["_Listener", "_Sender"]):
             self._deliver([item])
 
     def carrier(
-        self, *, jobs: bool = False, changes: Sequence[Change] = (), written: bool = False
+        self,
+        *,
+        jobs: bool = False,
+        hint: Hint | None = None,
+        changes: Sequence[Change] = (),
+        written: bool = False,
     ) -> Carrier | None:
         if self._closed:
             return None
-        messages = [(WORKER_CHANNEL, f"{_CARRIED} J")] if jobs else []
+        messages = [(WORKER_CHANNEL, f"{_CARRIED} {jobs_message(hint)}")] if jobs else []
         messages += [(CHANGES_CHANNEL, f"{_CARRIED} {m}") for m in self._change_messages(changes)]
         return Carrier(
             tuple(messages),

@@ -1518,6 +1518,11 @@ class Driver(abc.ABC):
         """Delete the rows of workers not seen since ``before``."""
         return conn.execute(delete(worker_table).where(W.seen_at < before)).rowcount or 0
 
+    def worker_peers(self, conn: Connection, since: datetime) -> list[tuple[str, list[str]]]:
+        """(id, task names) of the workers seen since ``since``."""
+        rows = conn.execute(select(W.id, W.names).where(W.seen_at >= since))
+        return [(r.id, list(r.names or ())) for r in rows]
+
     def worker_alive(self, conn: Connection, since: datetime) -> list[dict[str, Any]]:
         """Workers seen since ``since``, each with the tasks it holds leases on."""
         # process_key is internal to liveness, schedules to the schedules' reconciling.
