@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -94,6 +95,7 @@ def breakdown(args: argparse.Namespace, db: Path, sha: str, variant: str) -> int
         for k in range(5):
             adapter.w2_one(f"warm-{k}")
         time.sleep(1.0)
+        before = _transactions(adapter)
         for k in range(args.n):
             key = f"bd-{k}"
             t0 = time.time()
@@ -112,6 +114,7 @@ def breakdown(args: argparse.Namespace, db: Path, sha: str, variant: str) -> int
                     "visible": visible,
                 }
             )
+        after = _transactions(adapter)
         starts = common.probe_all()
         for row in rows:
             row["start"] = starts[f"bd-{int(row['key'])}"]
@@ -130,7 +133,27 @@ def breakdown(args: argparse.Namespace, db: Path, sha: str, variant: str) -> int
         values = [(r[b] - r[a]) for r in rows]
         s = common.summarize_ms(values)
         print(f"{label:<50} {s['p50']:8.2f} {s['p90']:8.2f} {s['p99']:8.2f}")
+    if before is not None and after is not None:
+        # Every statement in autocommit is a transaction: submits, claims (empty ones
+        # too), outcomes, the client's reads, heartbeats.
+        print(f"server transactions a task: {(after - before) / args.n:.2f}")
     return 0
+
+
+def _transactions(adapter: Any) -> int | None:
+    """PostgreSQL: the transactions committed in the bench's database so far (the
+    server publishes its counters within a second: read after a pause)."""
+    from bench.errands_adapter import app
+
+    if app.db.dialect != "postgresql":
+        return None
+    time.sleep(1.5)
+    with app.db.engine.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+        value = conn.exec_driver_sql(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).scalar()
+    return int(value or 0)
 
 
 if __name__ == "__main__":

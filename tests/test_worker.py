@@ -929,3 +929,45 @@ async def test_eta_from_the_observed_rate(app: Errands, run_worker: Any) -> None
         gate.set()
         done = await app.wait(rec.id, owner=OWNER, timeout=10)
     assert done.eta_seconds(at) is None
+
+
+async def test_wait_reads_the_record_when_it_ends_not_at_every_change(
+    app: Errands, run_worker: Any
+) -> None:
+    """``wait`` is woken by the change that says the task ended: the start and every
+    progress report before it cost no read (with a poll far away, the record is read
+    once at the start of the wait and once at the end), in both the async and the
+    synchronous twin."""
+
+    @app.task
+    async def steps(ctx: TaskContext, payload: dict[str, Any]) -> int:
+        for i in range(10):
+            await asyncio.sleep(0.06)  # past progress_interval: each report is written
+            ctx.progress(i + 1, 10)
+        return 10
+
+    reads = 0
+    real_get, real_sync_get = app.get, app.sync.get
+
+    async def counted_get(task_id: str, *, owner: str) -> TaskRecord:
+        nonlocal reads
+        reads += 1
+        return await real_get(task_id, owner=owner)
+
+    def counted_sync_get(task_id: str, *, owner: str) -> TaskRecord:
+        nonlocal reads
+        reads += 1
+        return real_sync_get(task_id, owner=owner)
+
+    app.get = counted_get  # type: ignore[method-assign]
+    app.sync.get = counted_sync_get  # type: ignore[method-assign]
+    async with run_worker(app):
+        first = await app.submit("steps", owner=OWNER)
+        done = await app.wait(first.id, owner=OWNER, timeout=20, poll=30)
+        assert done.status is Status.SUCCEEDED and done.progress.current == 10
+        assert reads == 2, reads
+        reads = 0
+        second = await app.submit("steps", owner=OWNER)
+        done = await asyncio.to_thread(app.sync.wait, second.id, owner=OWNER, timeout=20, poll=30)
+        assert done.status is Status.SUCCEEDED and done.progress.current == 10
+        assert reads == 2, reads

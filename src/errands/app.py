@@ -41,7 +41,7 @@ from .operations import (
     task_scope,
 )
 from .owners import owner_of
-from .records import OutputPage, Page, Status, TaskRecord
+from .records import Change, OutputPage, Page, Status, TaskRecord
 from .registry import (
     Backoff,
     DeclaredSchedule,
@@ -485,15 +485,18 @@ class Errands:
     ) -> TaskRecord:
         """Wait until the task is finished and return its record.
 
-        Woken by change notifications; ``poll`` seconds is the fallback check interval.
-        Raises :class:`WaitTimeout` (with ``.record``) after ``timeout`` seconds.
+        Woken by the change notification that says the task ended (the changes
+        before it are not read: they would only cost a read while the task runs);
+        ``poll`` seconds is the fallback check interval. Raises :class:`WaitTimeout`
+        (with ``.record``) after ``timeout`` seconds.
         """
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
 
-        def wake() -> None:
-            with contextlib.suppress(RuntimeError):  # the waiting loop has closed
-                loop.call_soon_threadsafe(changed.set)
+        def wake(change: Change) -> None:
+            if change.status.done:
+                with contextlib.suppress(RuntimeError):  # the waiting loop has closed
+                    loop.call_soon_threadsafe(changed.set)
 
         deadline = None if timeout is None else loop.time() + timeout
         with self.watchers.watch(task_id, wake):
@@ -646,8 +649,13 @@ class SyncErrands:
         self, task_id: str, *, owner: str, timeout: float | None = None, poll: float = 1.0
     ) -> TaskRecord:
         changed = threading.Event()
+
+        def wake(change: Change) -> None:
+            if change.status.done:  # as ``Errands.wait``
+                changed.set()
+
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._app.watchers.watch(task_id, changed.set):
+        with self._app.watchers.watch(task_id, wake):
             while True:
                 changed.clear()
                 record = self.get(task_id, owner=owner)

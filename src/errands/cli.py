@@ -209,7 +209,7 @@ def follow(
     deadline = None if timeout is None else started + timeout
     last = ""
     hinted = hint is None
-    with app.watchers.watch(task_id, changed.set):
+    with app.watchers.watch(task_id, lambda _change: changed.set()):
         while True:
             changed.clear()
             record = app.sync.get(task_id, owner=owner)
