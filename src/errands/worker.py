@@ -218,7 +218,6 @@ class Worker:
         #: A hint chose this worker since the last round (see ``_on_hint``).
         self._chosen = False
         self._peers_read_at = 0.0
-        self._background: set[asyncio.Task[None]] = set()
         #: When the earliest waiting job is due (from the last claim that came up short).
         self._due: float | None = None
         #: The progress flush in flight: the tasks whose items it carries, and a future
@@ -317,7 +316,6 @@ class Worker:
             for attempt in list(self._running.values()):  # only after an error in the pump
                 self._runner.stop(attempt, StopReason.SHUTDOWN)
                 self._runner.abandon(attempt)
-            background += self._background
             for t in background:
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -379,7 +377,7 @@ class Worker:
                 if not claimed and chosen:
                     # Chosen, yet another worker took the job: their lists of live
                     # workers differ (one came or went); read the registry again.
-                    self._refresh_peers(soon=True)
+                    self._refresh_peers()
                 if not claimed and hinted and not recheck:
                     # The hint may have come just before its transaction committed.
                     recheck = True
@@ -652,27 +650,19 @@ class Worker:
             if not self.peers.chooses_me(hint):
                 queue.maybe_work = True  # the next round claims, if one runs anyway
                 return
-            if self._stopping or len(self._running) >= self.settings.concurrency:
+            full = self._stopping or len(self._running) >= self.settings.concurrency
+            if full and len(self.peers.workers(hint[0])) > 1:
                 self.runtime.notifier.publish_jobs()  # chosen but full: wake every worker
             self._chosen = True
         self._poke(hinted=True)
 
-    def _refresh_peers(self, *, soon: bool = False) -> None:
-        """Read the live workers again (``soon``: at most once a second)."""
+    def _refresh_peers(self) -> None:
+        """Read the live workers again soon, with a heartbeat now (at most once a
+        second: on the heartbeat's own connection, not one more)."""
         now = time.monotonic()
-        if soon and now - self._peers_read_at < 1.0:
-            return
-        self._peers_read_at = now
-        task = asyncio.get_running_loop().create_task(self._read_peers())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _read_peers(self) -> None:
-        db = self.runtime.db
-        try:
-            self.peers.update(await db.aread(db.driver.worker_peers, self._peers_since()))
-        except Exception as exc:  # the heartbeat reports the database's troubles
-            log.debug("worker %s: could not read the live workers: %s", self.id, exc)
+        if now - self._peers_read_at >= 1.0:
+            self._peers_read_at = now
+            self._beat_now.set()
 
     def _peers_since(self, now: float | None = None) -> datetime:
         """Workers seen since then are alive (two heartbeats, the last one missed)."""
@@ -799,9 +789,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         s = self.settings
         assert s.heartbeat_interval is not None
-        wait = s.heartbeat_interval
-        if isinstance(self.source, QueueSource):
-            await self._read_peers()
+        wait = 0.0  # the first at once: it reads the live workers (see ``_beat_txn``)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), wait)
