@@ -6,6 +6,7 @@ dead is claimed by another's poll."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 OWNER = "alice"
 # Hints only: the fallback poll would hide a worker that did not claim when chosen.
-HINTS_ONLY = FAST | {"poll_interval": 30.0}
+HINTS_ONLY: dict[str, Any] = FAST | {"poll_interval": 30.0}
 
 
 def test_one_worker_of_those_that_run_the_name_is_chosen_for_each_job() -> None:
@@ -193,3 +194,44 @@ async def test_a_job_whose_chosen_worker_is_dead_runs_after_a_poll(app: Errands)
 
 def _status(app: Errands, task_id: str) -> Status:
     return app.sync.get(task_id, owner=OWNER).status
+
+
+class PausingSource(QueueSource):
+    """The SQL queue, whose next claim (``pause_next``) waits after it ran, until the
+    test lets it return: a claim on its way back while a hint arrives."""
+
+    def __init__(self) -> None:
+        self.pause_next = False
+        self.paused, self.go = threading.Event(), threading.Event()
+
+    def claim(self, conn: Connection, limit: int, now: float) -> tuple[list[Claimed], float | None]:
+        got = super().claim(conn, limit, now)
+        if self.pause_next:
+            self.pause_next = False
+            self.paused.set()
+            self.go.wait(10)
+        return got
+
+
+@pytest.mark.databases("postgresql")  # its claim commits alone: the submit can commit meanwhile
+async def test_a_hint_heard_while_a_claim_is_on_its_way_is_not_lost(app: Errands) -> None:
+    """A claim that ran just before a job committed comes back empty; the hint for that
+    job, heard while the claim was on its way back, must still make the worker claim
+    (it once ended up asleep until its poll: here 30 s)."""
+    register_tick(app)
+    source = PausingSource()
+    worker = Worker(app.runtime, WorkerSettings(**HINTS_ONLY), source)
+    tasks = await run_all([worker])
+    try:
+        source.pause_next = True
+        worker._call_soon(worker._poke)  # a claim now: it finds nothing and waits
+        assert await asyncio.to_thread(source.paused.wait, 10)
+        assert not worker._hinted
+        record = await asyncio.to_thread(app.sync.submit, "tick", owner=OWNER)
+        await eventually_async(lambda: worker._hinted, "the hint to reach the worker")
+        source.go.set()
+        done = await app.wait(record.id, owner=OWNER, timeout=5)
+        assert done.status is Status.SUCCEEDED
+    finally:
+        source.go.set()
+        await stop_all([worker], tasks)

@@ -213,6 +213,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._beat_now = asyncio.Event()
         self._hinted = False
+        self._pokes = 0  # how many times ``_poke`` ran (see ``_pump``)
         #: The live workers per task name: which of them claims a hinted job.
         self.peers = Peers(self.id)
         #: A hint chose this worker since the last round (see ``_on_hint``).
@@ -372,6 +373,7 @@ class Worker:
                 continue
             hinted, self._hinted = self._hinted, False
             chosen, self._chosen = self._chosen, False
+            pokes = self._pokes
             claimed, requeued, sent = await self._round(limit)
             if limit and queue is not None:
                 if not claimed and chosen:
@@ -384,7 +386,9 @@ class Worker:
                     self.loop.call_later(0.02, self._poke)
                 else:
                     recheck = False
-                queue.maybe_work = len(claimed) == limit
+                # A poke during the round (a hint that came while the claim was on its
+                # way) may name work the claim ran too early to see: it stands.
+                queue.maybe_work = len(claimed) == limit or self._pokes != pokes
             if requeued and queue is not None:
                 queue.maybe_work = True  # a retry or a handed-back job may be due now
             for job in claimed:
@@ -393,6 +397,7 @@ class Worker:
     def _poke(self, *, hinted: bool = False) -> None:
         """A claim may find something (``hinted``: a notification said so)."""
         self._hinted = self._hinted or hinted
+        self._pokes += 1
         if isinstance(self.source, QueueSource):
             self.source.maybe_work = True
         self._wake.set()
