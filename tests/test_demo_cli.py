@@ -27,11 +27,14 @@ def _env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def _errands(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _errands(tmp_path: Path, *args: str, input: str = "") -> subprocess.CompletedProcess[str]:
+    """``errands ARGS`` in a process of its own, ``input`` on its standard input (a
+    pipe: not a terminal)."""
     return subprocess.run(
         [sys.executable, "-m", "errands", *args],
         cwd=tmp_path,
         env=_env(tmp_path),
+        input=input,
         capture_output=True,
         text=True,
         timeout=60,
@@ -137,40 +140,16 @@ def _split_huge_header(port: int) -> bytes:
 def test_createadmin_reads_a_new_accounts_password_from_standard_input(tmp_path: Path) -> None:
     """Not a terminal (a script): the password is standard input's first line."""
     data = str(tmp_path / "data")
-    args = [sys.executable, "-m", "errands", "createadmin", "new@example.com", "--data", data]
-    made = subprocess.run(
-        args,
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        input="s3cret-pass\nignored\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    args = ["createadmin", "new@example.com", "--data", data]
+    made = _errands(tmp_path, *args, input="s3cret-pass\nignored\n")
     assert made.returncode == 0, made.stderr
     assert made.stdout.strip() == "new@example.com is an administrator"
     assert "s3cret-pass" not in made.stdout + made.stderr
     # An existing account is not asked for anything.
-    again = subprocess.run(
-        args,
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    again = _errands(tmp_path, *args)
     assert again.returncode == 0, again.stderr
     # Nothing on standard input: no password, nothing created.
-    empty = subprocess.run(
-        [*args[:4], "other@example.com", "--data", data],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    empty = _errands(tmp_path, "createadmin", "other@example.com", "--data", data)
     assert empty.returncode == 2 and "give a password" in empty.stderr
 
 

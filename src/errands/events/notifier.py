@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from ..records import Change, Status
+from ..store.codec import json_text
 from ..store.values import Carrier
 
 #: A new-jobs hint about one new job: (its task name, its task id). The workers that
@@ -185,7 +186,7 @@ class CrossProcessNotifier(Generic[ListenerT, SenderT]):
     def _change_messages(self, changes: Sequence[Change]) -> list[str]:
         rows = [[c.task_id, c.owner, c.version, c.status.value] for c in changes]
         return [
-            "V" + json.dumps(rows[i : i + self.chunk], separators=(",", ":"))
+            "V" + json_text(rows[i : i + self.chunk])
             for i in range(0, len(rows), self.chunk)
         ]
 
@@ -244,7 +245,7 @@ class CrossProcessNotifier(Generic[ListenerT, SenderT]):
 
 def jobs_message(hint: Hint | None) -> str:
     """The new-jobs message: ``J``, followed by the hint as JSON when there is one."""
-    return "J" if hint is None else "J" + json.dumps(hint, separators=(",", ":"))
+    return "J" if hint is None else "J" + json_text(hint)
 
 
 def _hint(body: str) -> Hint | None:
