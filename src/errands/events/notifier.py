@@ -185,10 +185,7 @@ class CrossProcessNotifier(Generic[ListenerT, SenderT]):
 
     def _change_messages(self, changes: Sequence[Change]) -> list[str]:
         rows = [[c.task_id, c.owner, c.version, c.status.value] for c in changes]
-        return [
-            "V" + json_text(rows[i : i + self.chunk])
-            for i in range(0, len(rows), self.chunk)
-        ]
+        return ["V" + json_text(rows[i : i + self.chunk]) for i in range(0, len(rows), self.chunk)]
 
     def carrier(
         self,
